@@ -1,0 +1,4 @@
+//! The only code that knows YAML.
+
+pub mod model;
+pub mod schema;

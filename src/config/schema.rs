@@ -1,0 +1,182 @@
+//! Serde structs that mirror `certgate.yaml` one to one.
+//!
+//! Nothing here is validated beyond its YAML shape: `deny_unknown_fields` catches typos at the place
+//! they were made, and `validate.rs` turns these raw values into the typed `model`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub server: Server,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    #[serde(default)]
+    pub partners: Vec<Partner>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub forward: Option<Forward>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub listen: String,
+    pub tls: ServerTls,
+    pub client_auth: ClientAuth,
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    #[serde(default)]
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub certificates: Vec<CertKey>,
+    #[serde(default)]
+    pub min_version: Option<String>,
+    #[serde(default)]
+    pub session_resumption: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertKey {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    pub trust_bundles: Vec<TrustBundle>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustBundle {
+    pub name: String,
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub crl: Vec<CrlSource>,
+    #[serde(default)]
+    pub crl_expired: Option<String>,
+    #[serde(default)]
+    pub ocsp: Option<Ocsp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlSource {
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub refresh: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ocsp {
+    pub mode: String,
+    #[serde(default)]
+    pub responder: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub max_cache_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_connections: Option<usize>,
+    pub handshake_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: String,
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    #[serde(default)]
+    pub request_timeout: Option<String>,
+    /// `http1` (default) or `http2`; for `https://` endpoints `http2` is offered through ALPN.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// CA certificates that an `https://` endpoint's certificate must chain to.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partner {
+    pub id: String,
+    pub owner: String,
+    pub trust_bundle: String,
+    pub identities: Vec<Identity>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// One way to bind a certificate to a partner; exactly one key per list item.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    #[serde(default)]
+    pub spiffe: Option<String>,
+    #[serde(default)]
+    pub subject_cn: Option<String>,
+    #[serde(default)]
+    pub san_dns: Option<String>,
+    #[serde(default)]
+    pub fingerprint_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    pub scope: String,
+    pub upstream: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    #[serde(default)]
+    pub client_cert_header: Option<String>,
+    #[serde(default)]
+    pub partner_header: Option<String>,
+}
