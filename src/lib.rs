@@ -2,4 +2,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod identity;
 pub mod policy;
+pub mod proxy;
+pub mod revocation;
+pub mod runtime;
+pub mod tls;

@@ -1,0 +1,236 @@
+//! One partner connection: handshake, identity, partner, then HTTP until idle, drained or revoked.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::CertificateError;
+use rustls_pki_types::UnixTime;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::headers::ConnectionHeaders;
+use super::refusal::Refusal;
+use super::service;
+use crate::config::model::PartnerId;
+use crate::identity::{PartnerMatch, PeerIdentity};
+use crate::runtime::Snapshot;
+use crate::tls::handshake;
+
+/// What every request on a connection shares: decided once, right after the handshake.
+#[derive(Debug)]
+pub struct ConnContext {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub sni: Option<Box<str>>,
+    pub snapshot: Arc<Snapshot>,
+    pub identity: Arc<PeerIdentity>,
+    pub partner: Option<(PartnerId, PartnerMatch)>,
+    /// Set when the connection may not forward anything (unknown partner, revoked): every request
+    /// gets this refusal, so the client learns why instead of seeing a bare reset.
+    pub refuse: Option<Refusal>,
+    pub headers: ConnectionHeaders,
+    pub activity: Activity,
+}
+
+impl ConnContext {
+    pub fn partner_id(&self) -> Option<&str> {
+        self.partner
+            .and_then(|(p, _)| self.snapshot.config.partners.get(p.0))
+            .map(|p| p.id.as_str())
+    }
+}
+
+/// In-flight requests and the time of the last one, for the idle timeout.
+#[derive(Debug)]
+pub struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks a request as in flight until the guard drops.
+    pub fn enter(&self) -> ActivityGuard<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        ActivityGuard(self)
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+pub struct ActivityGuard<'a>(&'a Activity);
+
+impl Drop for ActivityGuard<'_> {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_ms.store(ms, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted TCP connection to the end.
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    snapshot: Arc<Snapshot>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = snapshot.config.server.limits.clone();
+    let started = Instant::now();
+    let tls = match handshake::accept(&snapshot.acceptor, tcp, limits.handshake_timeout).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::info!(
+                target: "certgate::audit",
+                event = "handshake_refused",
+                conn.id = id,
+                client.addr = %peer,
+                reason = e.kind.as_str(),
+                error = e.source.as_ref().map(tracing::field::display),
+                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                "tls handshake refused"
+            );
+            return;
+        }
+    };
+
+    let ctx = {
+        let (_, session) = tls.get_ref();
+        let chain = session.peer_certificates().unwrap_or(&[]);
+        let sni = session.server_name().map(Box::from);
+        match identify(&snapshot, chain) {
+            Ok((identity, partner, refuse)) => {
+                let partner_id = partner
+                    .and_then(|(p, _)| snapshot.config.partners.get(p.0))
+                    .map(|p| p.id.as_str())
+                    .filter(|_| refuse.is_none());
+                let headers = ConnectionHeaders::build(
+                    &snapshot.config.forward,
+                    partner_id,
+                    &identity,
+                    chain,
+                    peer,
+                );
+                Arc::new(ConnContext {
+                    id,
+                    peer,
+                    sni,
+                    snapshot: snapshot.clone(),
+                    identity: Arc::new(identity),
+                    partner,
+                    refuse,
+                    headers,
+                    activity: Activity::new(),
+                })
+            }
+            Err(reason) => {
+                tracing::warn!(conn.id = id, client.addr = %peer, %reason, "cannot read the verified peer certificate");
+                return;
+            }
+        }
+    };
+    tracing::debug!(
+        conn.id = id,
+        client.addr = %peer,
+        partner = ctx.partner_id(),
+        subject = %ctx.identity.subject,
+        refused = ctx.refuse.map(Refusal::reason),
+        "connection established"
+    );
+
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let builder = if h2 { &snapshot.http2 } else { &snapshot.http1 };
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req| service::handle(svc_ctx.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+
+    let idle = limits.idle_timeout;
+    let mut idle_check = Box::pin(tokio::time::sleep(idle));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(conn.id = id, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.wait_for(|stop| *stop), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = &mut idle_check, if !closing => {
+                match ctx.activity.idle_since() {
+                    Some(since) if since.elapsed() >= idle => {
+                        tracing::debug!(conn.id = id, "closing idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    Some(since) => idle_check.as_mut().reset((since + idle).into()),
+                    None => idle_check.as_mut().reset((Instant::now() + idle).into()),
+                }
+            }
+        }
+    }
+}
+
+type Identified = (
+    PeerIdentity,
+    Option<(PartnerId, PartnerMatch)>,
+    Option<Refusal>,
+);
+
+/// Parses the leaf once, finds the partner and re-checks revocation (resumed sessions skip the
+/// verifier, so this is what keeps resumption from outliving a revocation).
+fn identify(
+    snapshot: &Snapshot,
+    chain: &[rustls_pki_types::CertificateDer<'_>],
+) -> Result<Identified, String> {
+    let leaf = chain.first().ok_or("no client certificate")?;
+    let identity = PeerIdentity::from_der(leaf).map_err(|e| e.to_string())?;
+    let partner = snapshot.partners.lookup(&identity);
+    let refuse = match partner {
+        None => Some(Refusal::UnknownPartner),
+        Some((pid, _)) => {
+            let bundle = snapshot.config.partners[pid.0].trust_bundle;
+            let now = UnixTime::now();
+            let checked = if snapshot.trust.bundles.len() > 1 {
+                snapshot
+                    .verifier
+                    .verify_for_bundle(bundle, leaf, &chain[1..], now)
+                    .map_err(|e| match e {
+                        rustls::Error::InvalidCertificate(c) => c,
+                        _ => CertificateError::UnknownIssuer,
+                    })
+            } else {
+                snapshot.verifier.check_chain_revocation(bundle, chain, now)
+            };
+            match checked {
+                Ok(()) => None,
+                Err(CertificateError::Revoked) => Some(Refusal::CertificateRevoked),
+                Err(CertificateError::UnknownRevocationStatus) => Some(Refusal::RevocationUnknown),
+                Err(_) => Some(Refusal::WrongTrustBundle),
+            }
+        }
+    };
+    Ok((identity, partner, refuse))
+}

@@ -1,0 +1,184 @@
+//! Header rewriting between partner and upstream.
+//!
+//! Everything that depends only on the connection (who the partner is, its certificate, its
+//! address) is rendered once per connection into [`ConnectionHeaders`]; per request certgate only
+//! removes headers and inserts clones of prebuilt values (reference-counted, no re-encoding).
+
+use std::net::{IpAddr, SocketAddr};
+
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use rustls_pki_types::CertificateDer;
+
+use crate::config::model::{ClientCertHeader, Forward};
+use crate::identity::PeerIdentity;
+
+static CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
+static CLIENT_CERT_CHAIN: HeaderName = HeaderName::from_static("client-cert-chain");
+static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop only (RFC 9110 §7.6.1) and never cross the proxy. `Upgrade` and
+/// `Connection` are handled separately so a WebSocket handshake can pass.
+fn hop_by_hop() -> [&'static HeaderName; 6] {
+    [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::PROXY_AUTHORIZATION,
+    ]
+}
+
+/// Headers a partner could use to impersonate someone; certgate alone sets them.
+fn identity_names(forward: &Forward) -> [&HeaderName; 7] {
+    [
+        &CLIENT_CERT,
+        &CLIENT_CERT_CHAIN,
+        &XFCC,
+        &forward.partner_header,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &header::FORWARDED,
+    ]
+}
+
+/// The headers certgate adds to every request of one connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionHeaders {
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ConnectionHeaders {
+    /// Renders the identity and forwarding headers for a verified connection. `partner` is `None`
+    /// for a connection that will only ever be refused.
+    pub fn build(
+        forward: &Forward,
+        partner: Option<&str>,
+        identity: &PeerIdentity,
+        chain: &[CertificateDer<'_>],
+        client: SocketAddr,
+    ) -> Self {
+        let mut add = Vec::with_capacity(6);
+        let ip = client.ip();
+        add.push((X_FORWARDED_FOR.clone(), header_value(&ip.to_string())));
+        add.push((X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https")));
+        let forwarded = match ip {
+            IpAddr::V4(v4) => format!("for={v4};proto=https"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=https"),
+        };
+        add.push((header::FORWARDED, header_value(&forwarded)));
+        if let Some(partner) = partner {
+            if let Ok(v) = HeaderValue::from_str(partner) {
+                add.push((forward.partner_header.clone(), v));
+            }
+        }
+        match forward.client_cert_header {
+            ClientCertHeader::Rfc9440 => {
+                if let Some((leaf, rest)) = chain.split_first() {
+                    add.push((CLIENT_CERT.clone(), header_value(&sf_binary(leaf))));
+                    if !rest.is_empty() {
+                        let list = rest.iter().map(sf_binary).collect::<Vec<_>>().join(", ");
+                        add.push((CLIENT_CERT_CHAIN.clone(), header_value(&list)));
+                    }
+                }
+            }
+            ClientCertHeader::Xfcc => {
+                add.push((XFCC.clone(), header_value(&xfcc(identity))));
+            }
+            ClientCertHeader::None => {}
+        }
+        Self { add }
+    }
+
+    /// Prepares a partner's request for the upstream: drops hop-by-hop and identity headers the
+    /// client sent, then adds certgate's own. `upgrade` keeps `Connection: upgrade` and `Upgrade`
+    /// for a protocol switch certgate has agreed to pass (WebSocket).
+    pub fn rewrite_request(&self, headers: &mut HeaderMap, forward: &Forward, upgrade: bool) {
+        strip_hop_by_hop(headers, upgrade);
+        for name in identity_names(forward) {
+            headers.remove(name);
+        }
+        for (name, value) in &self.add {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Drops hop-by-hop headers from a response before it goes back to the partner.
+pub fn rewrite_response(headers: &mut HeaderMap, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Headers named by `Connection` are hop-by-hop too (RFC 9110 §7.6.1). Collecting them only
+    // allocates when a client actually lists some.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        if let Ok(value) = value.to_str() {
+            for token in value.split(',').map(str::trim) {
+                if upgrade && token.eq_ignore_ascii_case("upgrade") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// An RFC 8941 byte sequence: `:base64:`.
+fn sf_binary(cert: &CertificateDer<'_>) -> String {
+    format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(cert.as_ref())
+    )
+}
+
+/// Envoy's `x-forwarded-client-cert` element for this peer.
+fn xfcc(identity: &PeerIdentity) -> String {
+    let mut out = format!("Hash={}", identity.fingerprint_hex());
+    let subject: String = identity
+        .subject
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    out.push_str(&format!(";Subject=\"{subject}\""));
+    for uri in &identity.san_uri {
+        if uri.is_ascii() && !uri.contains([';', ',', '"']) {
+            out.push_str(&format!(";URI={uri}"));
+        }
+    }
+    for dns in &identity.san_dns {
+        if dns.is_ascii() && !dns.contains([';', ',', '"']) {
+            out.push_str(&format!(";DNS={dns}"));
+        }
+    }
+    out
+}
+
+/// Values built here are ASCII by construction; anything else is dropped rather than forwarded.
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}

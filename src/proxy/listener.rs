@@ -1,0 +1,62 @@
+//! The accept loop: a connection permit first, then accept, with back-off on accept errors.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use super::connection;
+use crate::runtime::Snapshot;
+
+/// Accepts partner connections until `shutdown` turns true. Each connection holds one permit of
+/// `permits` for its whole life, so the caller drains by acquiring them all back.
+pub async fn accept_loop(
+    listener: TcpListener,
+    current: Arc<ArcSwap<Snapshot>>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        // Taking the permit before accepting leaves excess connections in the kernel's backlog
+        // instead of accepting sockets certgate cannot serve.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(5);
+                a
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning, then try again.
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let snapshot = current.load_full();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            connection::serve(tcp, peer, id, snapshot, shutdown).await;
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,11 @@
+//! The partner-facing data path: accept, per-connection task, per-request service, forwarding.
+//!
+//! Parses no configuration or certificate files and builds no TLS configuration: it runs on what
+//! a [`crate::runtime::Snapshot`] holds.
+
+pub mod connection;
+pub mod headers;
+pub mod listener;
+pub mod refusal;
+pub mod service;
+pub mod upstream;

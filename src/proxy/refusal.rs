@@ -1,0 +1,175 @@
+//! The one place where a refusal becomes a wire response: status, stable reason code, JSON body.
+//!
+//! The match below is exhaustive on purpose: a new refusal does not compile until it has a status
+//! and a reason code. Bodies never carry certificate or upstream details that would help an
+//! attacker; those go to the audit log.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::policy::Denial;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Policy(Denial),
+    /// The certificate verified but maps to no configured partner.
+    UnknownPartner,
+    /// The partner's certificate verified under another partner's trust bundle.
+    WrongTrustBundle,
+    CertificateRevoked,
+    RevocationUnknown,
+    /// The request is malformed in a way hyper let through (e.g. no usable path).
+    BadRequest,
+    /// `Upgrade: h2c` and similar protocol switches certgate never forwards.
+    UpgradeNotAllowed,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    UpstreamError,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The stable reason code: logged, counted and returned to the client.
+    pub fn reason(self) -> &'static str {
+        self.parts().1
+    }
+
+    fn parts(self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::Policy(Denial::NoRoute) => (
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "no route matches this request",
+            ),
+            Self::Policy(Denial::ScopeDenied) => (
+                StatusCode::FORBIDDEN,
+                "scope_denied",
+                "the partner is not granted this route",
+            ),
+            Self::Policy(Denial::MethodNotAllowed) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the route does not allow this method",
+            ),
+            Self::Policy(Denial::HostMismatch) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "host_mismatch",
+                "the Host header does not match the TLS server name",
+            ),
+            Self::Policy(Denial::BadPath) => (
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "the request path is malformed",
+            ),
+            Self::UnknownPartner => (
+                StatusCode::FORBIDDEN,
+                "unknown_partner",
+                "the client certificate is not bound to a partner",
+            ),
+            Self::WrongTrustBundle => (
+                StatusCode::FORBIDDEN,
+                "unknown_partner",
+                "the client certificate is not bound to a partner",
+            ),
+            Self::CertificateRevoked => (
+                StatusCode::FORBIDDEN,
+                "certificate_revoked",
+                "the client certificate has been revoked",
+            ),
+            Self::RevocationUnknown => (
+                StatusCode::FORBIDDEN,
+                "revocation_unknown",
+                "the client certificate's revocation status cannot be established",
+            ),
+            Self::BadRequest => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request is malformed",
+            ),
+            Self::UpgradeNotAllowed => (
+                StatusCode::BAD_REQUEST,
+                "upgrade_not_allowed",
+                "this protocol upgrade is not allowed",
+            ),
+            Self::UpstreamUnavailable => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the upstream service is unavailable",
+            ),
+            Self::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream service did not answer in time",
+            ),
+            Self::UpstreamError => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "the upstream service failed",
+            ),
+        }
+    }
+
+    /// The JSON body: `{"error": reason code, "message": fixed text}`.
+    pub fn body(self) -> String {
+        let (_, reason, message) = self.parts();
+        // Reason codes and messages are fixed ASCII without quotes or backslashes: no escaping.
+        format!("{{\"error\":\"{reason}\",\"message\":\"{message}\"}}\n")
+    }
+
+    /// The JSON response. `allow` fills the `Allow` header of a 405.
+    pub fn response(self, allow: Option<HeaderValue>) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.body())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(allow) = allow {
+            headers.insert(header::ALLOW, allow);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_a_distinct_meaning_and_valid_json() {
+        let all = [
+            Refusal::Policy(Denial::NoRoute),
+            Refusal::Policy(Denial::ScopeDenied),
+            Refusal::Policy(Denial::MethodNotAllowed),
+            Refusal::Policy(Denial::HostMismatch),
+            Refusal::Policy(Denial::BadPath),
+            Refusal::UnknownPartner,
+            Refusal::CertificateRevoked,
+            Refusal::RevocationUnknown,
+            Refusal::UpstreamUnavailable,
+            Refusal::UpstreamTimeout,
+        ];
+        for r in all {
+            let resp = r.response(None);
+            assert_eq!(resp.status(), r.status());
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+            let json: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
+            assert_eq!(json["error"], r.reason());
+            assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        assert_eq!(
+            Refusal::Policy(Denial::HostMismatch).status(),
+            StatusCode::MISDIRECTED_REQUEST
+        );
+        assert_eq!(
+            Refusal::UpstreamTimeout.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! One request: policy decision, then either a refusal or the forwarded exchange.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::connection::ConnContext;
+use super::headers;
+use super::refusal::Refusal;
+use crate::policy::{Allowed, RequestFacts, RouteId};
+
+/// Responses are either streamed from the upstream or a small JSON refusal.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Handles one request; never fails at the hyper level, so every outcome is an HTTP answer.
+pub async fn handle(
+    ctx: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let _active = ctx.activity.enter();
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let (response, route, upstream_ms) = match decide_and_forward(&ctx, req).await {
+        Ok(Forwarded {
+            response,
+            route,
+            upstream_ms,
+        }) => (
+            response.map(Either::Left),
+            ctx.snapshot
+                .config
+                .routes
+                .get(route.0)
+                .map(|r| r.name.as_str()),
+            upstream_ms,
+        ),
+        Err(Refused { refusal, allow }) => {
+            tracing::info!(
+                target: "certgate::audit",
+                event = "request",
+                decision = "deny",
+                reason = refusal.reason(),
+                conn.id = ctx.id,
+                client.addr = %ctx.peer,
+                sni = ctx.sni.as_deref(),
+                partner = ctx.partner_id().unwrap_or("unknown"),
+                cert.subject = %ctx.identity.subject,
+                cert.serial = %ctx.identity.serial,
+                cert.sha256 = %ctx.identity.fingerprint_hex(),
+                http.method = %method,
+                http.path = %path,
+                http.status = refusal.status().as_u16(),
+                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                "request refused"
+            );
+            return Ok(refusal.response(allow).map(Either::Right));
+        }
+    };
+    tracing::info!(
+        target: "certgate::audit",
+        event = "request",
+        decision = "allow",
+        conn.id = ctx.id,
+        client.addr = %ctx.peer,
+        sni = ctx.sni.as_deref(),
+        partner = ctx.partner_id().unwrap_or("unknown"),
+        cert.subject = %ctx.identity.subject,
+        cert.serial = %ctx.identity.serial,
+        cert.sha256 = %ctx.identity.fingerprint_hex(),
+        route,
+        http.method = %method,
+        http.path = %path,
+        http.status = response.status().as_u16(),
+        upstream_ms,
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        "request forwarded"
+    );
+    Ok(response)
+}
+
+struct Forwarded {
+    response: Response<Incoming>,
+    route: RouteId,
+    upstream_ms: f64,
+}
+
+struct Refused {
+    refusal: Refusal,
+    allow: Option<HeaderValue>,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        Self {
+            refusal,
+            allow: None,
+        }
+    }
+}
+
+async fn decide_and_forward(
+    ctx: &ConnContext,
+    mut req: Request<Incoming>,
+) -> Result<Forwarded, Refused> {
+    if let Some(refusal) = ctx.refuse {
+        return Err(refusal.into());
+    }
+    let snapshot = &ctx.snapshot;
+    let config = &snapshot.config;
+    let Some((partner_id, _)) = ctx.partner else {
+        return Err(Refusal::UnknownPartner.into());
+    };
+    let partner = &config.partners[partner_id.0];
+
+    let upgrade = upgrade_requested(&req)?;
+    let host = request_host(&req);
+    let facts = RequestFacts {
+        method: req.method(),
+        host: host.as_deref(),
+        sni: ctx.sni.as_deref(),
+        path: req.uri().path(),
+    };
+    let (route_id, new_path) = match snapshot.routes.decide(facts, &partner.scopes) {
+        Ok(Allowed { route, path }) => (
+            route,
+            match path {
+                std::borrow::Cow::Borrowed(_) => None,
+                std::borrow::Cow::Owned(p) => Some(p),
+            },
+        ),
+        Err(denial) => {
+            return Err(Refusal::Policy(denial).into());
+        }
+    };
+    let route = &config.routes[route_id.0];
+
+    let path_and_query = match new_path {
+        None => req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        Some(path) => {
+            let full = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            PathAndQuery::try_from(full).map_err(|_| Refused::from(Refusal::BadRequest))?
+        }
+    };
+    let upstream = &snapshot.upstreams[route.upstream.0];
+    let uri = upstream
+        .uri(path_and_query)
+        .map_err(|_| Refused::from(Refusal::BadRequest))?;
+
+    // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs it as `Host`.
+    if let Some(host) = host {
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+    }
+    ctx.headers
+        .rewrite_request(req.headers_mut(), &config.forward, upgrade);
+    *req.uri_mut() = uri;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let sent = Instant::now();
+    let mut response = match upstream.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(upstream = %upstream.name, kind = e.kind(), error = %e, "upstream request failed");
+            let refusal = match e {
+                super::upstream::UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
+                super::upstream::UpstreamFailure::Timeout(_) => Refusal::UpstreamTimeout,
+                super::upstream::UpstreamFailure::Exchange(_) => Refusal::UpstreamError,
+            };
+            return Err(refusal.into());
+        }
+    };
+    let upstream_ms = sent.elapsed().as_secs_f64() * 1e3;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::rewrite_response(response.headers_mut(), switching && upgrade);
+    if switching {
+        if let Some(client_upgrade) = client_upgrade {
+            tunnel(client_upgrade, hyper::upgrade::on(&mut response), ctx.id);
+        }
+    }
+    Ok(Forwarded {
+        response,
+        route: route_id,
+        upstream_ms,
+    })
+}
+
+/// Whether the client asks to switch protocols. Only WebSocket-style upgrades pass; `h2c` never
+/// does, since an upstream that accepts it would let the client smuggle requests past policy.
+fn upgrade_requested(req: &Request<Incoming>) -> Result<bool, Refused> {
+    let Some(upgrade) = req.headers().get(header::UPGRADE) else {
+        return Ok(false);
+    };
+    let connection_upgrade = req.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    if upgrade.to_str().map_or(true, |u| {
+        u.split(',')
+            .any(|p| p.trim().to_ascii_lowercase().starts_with("h2c"))
+    }) {
+        return Err(Refusal::UpgradeNotAllowed.into());
+    }
+    Ok(connection_upgrade)
+}
+
+/// The host the client addressed: `Host`, else the URI authority (HTTP/2 `:authority`).
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+}
+
+/// Splices an upgraded client connection to the upgraded upstream connection.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, conn_id: u64) {
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(conn.id = conn_id, error = %e, "upgraded tunnel ended");
+                }
+            }
+            Err(e) => tracing::debug!(conn.id = conn_id, error = %e, "upgrade failed"),
+        }
+    });
+}

@@ -1,0 +1,215 @@
+//! Upstream services: one pooled client per configured upstream, round robin over its endpoints.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::model::{self, UpstreamProtocol};
+use crate::tls::pem::{self, PemError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBuildError {
+    #[error("upstream {upstream}: endpoint {endpoint:?} is not a valid authority")]
+    Endpoint { upstream: String, endpoint: String },
+    #[error("upstream {upstream}: {source}")]
+    Ca {
+        upstream: String,
+        #[source]
+        source: PemError,
+    },
+    #[error("upstream {upstream}: {} holds no usable CA certificate", path.display())]
+    NoRoots { upstream: String, path: PathBuf },
+    #[error("upstream {upstream}: cannot load the system's CA certificates: {source}")]
+    NativeRoots {
+        upstream: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl UpstreamBuildError {
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Ca { source, .. } => Some(source.path()),
+            Self::NoRoots { path, .. } => Some(path),
+            Self::Endpoint { .. } | Self::NativeRoots { .. } => None,
+        }
+    }
+}
+
+/// Why forwarding failed, in the categories the refusal and the metrics use.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamFailure {
+    #[error("cannot connect to the upstream")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream exchange failed")]
+    Exchange(#[source] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamFailure {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Timeout(_) => "timeout",
+            Self::Exchange(_) => "exchange",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+/// A configured upstream, ready to take requests.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    targets: Vec<Target>,
+    next: AtomicUsize,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    request_timeout: Duration,
+    version: Version,
+}
+
+impl Upstream {
+    /// Builds the pooled client. Done once per configuration generation, off the request path.
+    ///
+    /// # Errors
+    /// An endpoint that is not a valid authority, or an unusable CA file.
+    pub fn build(config: &model::Upstream) -> Result<Self, UpstreamBuildError> {
+        let targets = config
+            .endpoints
+            .iter()
+            .map(|e| {
+                let authority =
+                    e.authority
+                        .parse::<Authority>()
+                        .map_err(|_| UpstreamBuildError::Endpoint {
+                            upstream: config.name.clone(),
+                            endpoint: e.authority.clone(),
+                        })?;
+                let scheme = if e.tls { Scheme::HTTPS } else { Scheme::HTTP };
+                Ok(Target { scheme, authority })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let needs_tls = config.endpoints.iter().any(|e| e.tls);
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let tls = tls_config(config, needs_tls)?;
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let connector = match config.protocol {
+            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+            UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+        };
+        let mut client = Client::builder(TokioExecutor::new());
+        client
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90));
+        if config.protocol == UpstreamProtocol::Http2 {
+            client.http2_only(true);
+        }
+        Ok(Self {
+            name: config.name.clone(),
+            targets,
+            next: AtomicUsize::new(0),
+            client: client.build(connector),
+            request_timeout: config.request_timeout,
+            version: match config.protocol {
+                UpstreamProtocol::Http1 => Version::HTTP_11,
+                UpstreamProtocol::Http2 => Version::HTTP_2,
+            },
+        })
+    }
+
+    /// The absolute URI for the next endpoint in round-robin order.
+    pub fn uri(&self, path_and_query: PathAndQuery) -> Result<Uri, http::Error> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len().max(1);
+        let target = &self.targets[i % self.targets.len()];
+        Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+
+    /// Sends a prepared request, bounding the wait for the response head by `request_timeout`.
+    ///
+    /// # Errors
+    /// Connect failures, timeouts and broken exchanges, classified.
+    pub async fn send(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamFailure> {
+        *req.version_mut() = self.version;
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamFailure::Connect(e)),
+            Ok(Err(e)) => Err(UpstreamFailure::Exchange(e)),
+            Err(_) => Err(UpstreamFailure::Timeout(self.request_timeout)),
+        }
+    }
+}
+
+fn tls_config(
+    config: &model::Upstream,
+    needs_tls: bool,
+) -> Result<rustls::ClientConfig, UpstreamBuildError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &config.ca {
+        let certs = pem::load_certs(ca).map_err(|source| UpstreamBuildError::Ca {
+            upstream: config.name.clone(),
+            source,
+        })?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(UpstreamBuildError::NoRoots {
+                upstream: config.name.clone(),
+                path: ca.clone(),
+            });
+        }
+    } else if needs_tls {
+        let native = rustls_native_certs::load_native_certs();
+        if native.certs.is_empty() {
+            if let Some(source) = native.errors.into_iter().next() {
+                return Err(UpstreamBuildError::NativeRoots {
+                    upstream: config.name.clone(),
+                    source: std::io::Error::other(source.to_string()),
+                });
+            }
+        }
+        roots.add_parsable_certificates(native.certs);
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamBuildError::NativeRoots {
+            upstream: config.name.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = match config.protocol {
+        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+    };
+    Ok(tls)
+}

@@ -1,0 +1,103 @@
+//! Runs the gateway: builds the first snapshot, binds the partner listener, publishes new
+//! generations, and drains on shutdown.
+
+mod snapshot;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+pub use snapshot::{BuildError, Snapshot};
+
+use crate::config::model::Config;
+use crate::proxy::listener;
+use crate::revocation::Checker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the configuration cannot be loaded ({} problems)", .0.len())]
+    Build(Vec<BuildError>),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    local_addr: SocketAddr,
+    current: Arc<ArcSwap<Snapshot>>,
+    shutdown: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    accept: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Builds everything from `config`, binds the partner listener and starts accepting.
+    ///
+    /// # Errors
+    /// Every build problem, or the listener cannot bind.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let checker = Arc::new(Checker::default());
+        let snapshot = Snapshot::build(Arc::new(config), checker).map_err(StartError::Build)?;
+        let addr = snapshot.config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let max_connections = snapshot.config.server.limits.max_connections;
+        let permits = Arc::new(Semaphore::new(max_connections));
+        let current = Arc::new(ArcSwap::from_pointee(snapshot));
+        let (shutdown, rx) = watch::channel(false);
+        let accept = tokio::spawn(listener::accept_loop(
+            listener,
+            current.clone(),
+            permits.clone(),
+            rx,
+        ));
+        tracing::info!(listen = %local_addr, "certgate is accepting partner connections");
+        Ok(Self {
+            local_addr,
+            current,
+            shutdown,
+            permits,
+            max_connections,
+            accept,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The snapshot new connections are accepted under.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
+    /// the configured drain timeout for them. Returns whether every connection finished in time.
+    pub async fn shutdown(self) -> bool {
+        let drain = self.current.load().config.server.drain_timeout;
+        let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(drain, self.permits.acquire_many(all))
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(timeout = ?drain, "drain timeout reached; closing remaining connections");
+        }
+        drained
+    }
+}

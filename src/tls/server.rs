@@ -1,0 +1,182 @@
+//! The rustls `ServerConfig` for the partner listener: certificates chosen by SNI, client
+//! certificates required and checked by [`ClientVerifier`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use super::pem::{self, PemError};
+use super::verifier::ClientVerifier;
+use crate::config::model::{self, TlsVersion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    #[error("{}: the private key does not match the certificate {}: {source}", key.display(), cert.display())]
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{}: cannot read the certificate's names: {reason}", path.display())]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("no server certificate configured")]
+    NoCertificate,
+    #[error("cannot build the TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl ServerTlsError {
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Pem(e) => Some(e.path()),
+            Self::KeyMismatch { key, .. } => Some(key),
+            Self::BadCertificate { path, .. } => Some(path),
+            Self::NoCertificate | Self::Rustls(_) => None,
+        }
+    }
+}
+
+/// ALPN protocols offered to partners, in preference order.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Builds the partner listener's TLS configuration.
+///
+/// # Errors
+/// Every certificate/key problem, each naming its file.
+pub fn build(
+    server: &model::Server,
+    verifier: Arc<ClientVerifier>,
+) -> Result<Arc<ServerConfig>, Vec<ServerTlsError>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let resolver = SniResolver::load(&server.certificates, &provider)?;
+    let versions: &[&rustls::SupportedProtocolVersion] = match server.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| vec![e.into()])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    if !server.session_resumption {
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    Ok(Arc::new(config))
+}
+
+/// Picks the server certificate by SNI: exact name, then a `*.` wildcard one label up, then the
+/// first configured certificate.
+#[derive(Debug)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn load(
+        pairs: &[model::CertKey],
+        provider: &CryptoProvider,
+    ) -> Result<Self, Vec<ServerTlsError>> {
+        let mut errors = Vec::new();
+        let mut keys = Vec::new();
+        for pair in pairs {
+            match load_pair(pair, provider) {
+                Ok(k) => keys.push(k),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut default = None;
+        for (names, key) in keys {
+            let key = Arc::new(key);
+            default.get_or_insert_with(|| key.clone());
+            for name in names {
+                match name.strip_prefix("*.") {
+                    Some(parent) => wildcard.entry(parent.to_owned()),
+                    None => exact.entry(name),
+                }
+                .or_insert_with(|| key.clone());
+            }
+        }
+        let default = default.ok_or_else(|| vec![ServerTlsError::NoCertificate])?;
+        Ok(Self {
+            exact,
+            wildcard,
+            default,
+        })
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // rustls hands SNI over lower-cased and validated as a DNS name.
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        if let Some(k) = self.exact.get(name) {
+            return Some(k.clone());
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(parent) {
+                return Some(k.clone());
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+fn load_pair(
+    pair: &model::CertKey,
+    provider: &CryptoProvider,
+) -> Result<(Vec<String>, CertifiedKey), ServerTlsError> {
+    let certs = pem::load_certs(&pair.cert)?;
+    let key = pem::load_key(&pair.key)?;
+    let names = dns_names(&certs[0]).map_err(|reason| ServerTlsError::BadCertificate {
+        path: pair.cert.clone(),
+        reason,
+    })?;
+    let certified = CertifiedKey::from_der(certs, key, provider).map_err(|source| {
+        ServerTlsError::KeyMismatch {
+            cert: pair.cert.clone(),
+            key: pair.key.clone(),
+            source,
+        }
+    })?;
+    Ok((names, certified))
+}
+
+/// The DNS names a server certificate answers for, lower-cased: its DNS SANs.
+fn dns_names(cert: &rustls_pki_types::CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| e.to_string())?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| e.to_string())?;
+    Ok(san
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
