@@ -8,3 +8,5 @@ pub mod proxy;
 pub mod revocation;
 pub mod runtime;
 pub mod tls;
+pub mod audit;
+pub mod cli;

@@ -1,0 +1,214 @@
+//! The command line: `serve`, `check`, `inspect`, `demo`. Parses, prints and picks exit codes;
+//! the work itself lives in the library modules.
+
+mod demo;
+mod echo;
+mod inspect;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::audit::{self, LogFormat};
+use crate::config::{self, model::Config};
+use crate::runtime::{BuildError, Gateway, Snapshot, StartError};
+
+
+#[derive(Debug, Parser)]
+#[command(name = "certgate", version, about = "mTLS gateway: certificate-bound partner access in front of APIs")]
+pub struct Cli {
+    /// Log format: `json` lines for pipelines, `text` for a terminal.
+    #[arg(long, global = true, value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, default_value = "config/certgate.yaml")]
+        config: PathBuf,
+    },
+    /// Load and validate everything `serve` would, print a summary; exit 1 on any problem.
+    Check {
+        #[arg(long, default_value = "config/certgate.yaml")]
+        config: PathBuf,
+    },
+    /// Print the identity certgate reads from a certificate and, with a config, whom it maps to.
+    Inspect {
+        /// PEM file; the first certificate is inspected.
+        cert: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Generate a demo PKI, start an echo upstream and the gateway on loopback, print curl calls.
+    Demo {
+        /// Where the demo's certificates, keys, CRL and config are written.
+        #[arg(long, default_value = ".certgate-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Only write the demo PKI (valid ten years) and exit: the example config's material.
+        #[arg(long)]
+        pki_only: bool,
+    },
+}
+
+/// Runs a parsed command line to completion.
+///
+/// # Errors
+/// Only failures that are not already reported as diagnostics (runtime start-up, I/O).
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { config } => Ok(check(&config)),
+        Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref())),
+        Command::Serve { config } => {
+            audit::init(cli.log_format);
+            let Some(config) = load_everything(&config) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            serve(config).await
+        }
+        Command::Demo {
+            dir,
+            pki_only: true,
+            ..
+        } => {
+            let pki = demo::generate(&dir, demo::Validity::LongLived)?;
+            println!("demo PKI written to {}", pki.dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            dir, listen, admin, ..
+        } => {
+            audit::init(cli.log_format);
+            demo(&dir, listen, admin).await
+        }
+    }
+}
+
+/// Loads the YAML and builds a snapshot from it exactly as `serve` does, printing every problem.
+fn load_everything(path: &Path) -> Option<Config> {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems.iter() {
+                eprintln!("error: {p}");
+            }
+            eprintln!("{}: {} problem(s); nothing was started", path.display(), problems.len());
+            return None;
+        }
+    };
+    match Snapshot::build(
+        std::sync::Arc::new(config.clone()),
+        std::sync::Arc::new(crate::revocation::Checker::default()),
+    ) {
+        Ok(_) => Some(config),
+        Err(errors) => {
+            print_build_errors(path, &errors);
+            None
+        }
+    }
+}
+
+fn print_build_errors(path: &Path, errors: &[BuildError]) {
+    for e in errors {
+        match e.path() {
+            Some(file) if !e.to_string().contains(&file.display().to_string()) => {
+                eprintln!("error: {}: {e}", file.display());
+            }
+            _ => eprintln!("error: {e}"),
+        }
+    }
+    eprintln!("{}: {} problem(s); nothing was started", path.display(), errors.len());
+}
+
+fn check(path: &Path) -> ExitCode {
+    let Some(config) = load_everything(path) else {
+        return ExitCode::FAILURE;
+    };
+    println!(
+        "{}: ok — {} trust bundle(s), {} partner(s), {} route(s), {} upstream(s), {} server certificate(s); config version {}",
+        path.display(),
+        config.trust_bundles.len(),
+        config.partners.len(),
+        config.routes.len(),
+        config.upstreams.len(),
+        config.server.certificates.len(),
+        &config.version[..config.version.len().min(12)],
+    );
+    ExitCode::SUCCESS
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let gateway = match Gateway::start(config).await {
+        Ok(g) => g,
+        Err(StartError::Build(errors)) => {
+            print_build_errors(Path::new("configuration"), &errors);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    wait_for_shutdown_signal().await;
+    tracing::info!("shutting down: draining connections");
+    gateway.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<ExitCode> {
+    let pki = demo::generate(dir, demo::Validity::Demo)?;
+    let (upstream, _echo) = echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let config_path = dir.join("certgate.yaml");
+    std::fs::write(&config_path, demo::config_yaml(&pki, listen, admin, upstream))?;
+    let Some(config) = load_everything(&config_path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let gateway = match Gateway::start(config).await {
+        Ok(g) => g,
+        Err(StartError::Build(errors)) => {
+            print_build_errors(&config_path, &errors);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!(
+        "\ncertgate demo is running: gateway https://localhost:{} → echo upstream http://{upstream}\n\
+         state folder: {} (config: {})\n\nTry these in another terminal:\n\n{}\nCtrl-C stops everything.\n",
+        gateway.local_addr().port(),
+        dir.display(),
+        config_path.display(),
+        demo::curl_commands(&pki, gateway.local_addr()),
+    );
+    wait_for_shutdown_signal().await;
+    gateway.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or Ctrl-C.
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

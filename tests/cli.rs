@@ -1,0 +1,258 @@
+//! The `certgate` binary as operators and partners use it: `check`, `inspect`, `serve` driven by
+//! the real `curl`, and a 100 MB stream that must not grow the gateway's memory.
+
+mod common;
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn certgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_certgate"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `certgate serve` process, killed on drop.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(config: &Path) -> Served {
+    let child = certgate()
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let yaml = std::fs::read_to_string(config).unwrap();
+    let port: u16 = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen: \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "certgate did not start listening on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Served { child, addr }
+}
+
+fn config_on_free_port(env: &Env, upstream: SocketAddr) -> std::path::PathBuf {
+    let yaml = env
+        .config(upstream, "")
+        .replacen("listen: \"127.0.0.1:0\"", &format!("listen: \"127.0.0.1:{}\"", free_port()), 1)
+        .replacen("listen: \"127.0.0.1:0\"", &format!("listen: \"127.0.0.1:{}\"", free_port()), 1);
+    write_file(env.dir.path(), "certgate.yaml", &yaml)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_with_a_partner_certificate_reaches_the_upstream() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let config = config_on_free_port(&env, up.addr);
+    let served = serve(&config);
+    let (cert, key) = env.acme().write(env.dir.path(), "acme");
+    let url = format!("https://localhost:{}/v1/orders/42", served.addr.port());
+    let curl = |args: &[&str]| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "10", "--cacert"]).arg(env.path("ca.pem"));
+        cmd.args(args);
+        cmd.output().unwrap()
+    };
+    let out = tokio::task::spawn_blocking({
+        let (cert, key, url) = (cert.clone(), key.clone(), url.clone());
+        let ca = env.path("ca.pem");
+        move || {
+            Command::new("curl")
+                .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+                .arg(&ca)
+                .arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .arg(&url)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout, "upstream saw /v1/orders/42\n200");
+    assert_eq!(up.last().headers["x-partner-id"], "acme");
+
+    // Without a certificate curl is refused in the handshake and the upstream sees nothing more.
+    let before = up.count();
+    let out = tokio::task::spawn_blocking(move || curl(&[&url])).await.unwrap();
+    assert!(!out.status.success(), "curl without a certificate must fail");
+    assert_eq!(up.count(), before);
+}
+
+#[test]
+fn check_accepts_the_shipped_example_config() {
+    let out = certgate()
+        .args(["check", "--config", "config/certgate.yaml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+}
+
+#[test]
+fn check_reports_every_problem_with_its_place_and_exits_1() {
+    let env = Env::new();
+    let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let yaml = env
+        .config(upstream, "")
+        .replace("    upstream: dead\n", "    upstream: nowhere\n")
+        .replace("key: server-key.pem", "key: missing-key.pem");
+    let config = write_file(env.dir.path(), "broken.yaml", &yaml);
+    let out = certgate().arg("check").arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = yaml.lines().position(|l| l.contains("upstream: nowhere")).unwrap() + 1;
+    assert!(
+        stderr.contains(&format!("broken.yaml:{line}:")),
+        "the unknown upstream is located at line {line}:\n{stderr}"
+    );
+    assert!(stderr.contains("nowhere"), "{stderr}");
+
+    // With the YAML fixed, the missing key file is named by its path.
+    let yaml = yaml.replace("    upstream: nowhere\n", "    upstream: dead\n");
+    let config = write_file(env.dir.path(), "broken.yaml", &yaml);
+    let out = certgate().arg("check").arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing-key.pem"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_a_key_that_does_not_match_its_certificate() {
+    let env = Env::new();
+    let other = env.root.server();
+    std::fs::write(env.path("server-key.pem"), &other.key_pem).unwrap();
+    let config = write_file(env.dir.path(), "c.yaml", &env.config("127.0.0.1:9".parse().unwrap(), ""));
+    let out = certgate().arg("check").arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server-key.pem") && stderr.contains("does not match"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_to_start_on_the_same_errors() {
+    let env = Env::new();
+    let yaml = env.config("127.0.0.1:9".parse().unwrap(), "").replace("    upstream: dead\n", "    upstream: nowhere\n");
+    let config = write_file(env.dir.path(), "broken.yaml", &yaml);
+    let out = certgate().arg("serve").arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+}
+
+#[test]
+fn inspect_prints_the_identity_and_the_partner_it_maps_to() {
+    let env = Env::new();
+    let acme = env.acme();
+    let (cert, _) = acme.write(env.dir.path(), "acme");
+    let config = write_file(env.dir.path(), "c.yaml", &env.config("127.0.0.1:9".parse().unwrap(), ""));
+    let out = certgate().arg("inspect").arg(&cert).arg("--config").arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CN=acme-billing"), "{stdout}");
+    assert!(stdout.contains(&acme.fingerprint_hex()), "{stdout}");
+    assert!(stdout.contains("spiffe://partners.example.com/acme"), "{stdout}");
+    assert!(stdout.contains("clientAuth"), "{stdout}");
+    assert!(stdout.contains("partner:      acme (matched by spiffe)"), "{stdout}");
+    assert!(stdout.contains("orders-read"), "{stdout}");
+    assert!(!stdout.contains("payments-write"), "acme may not call payments: {stdout}");
+}
+
+/// Peak resident memory of a process, from /proc (kB).
+fn vm_hwm_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_100_mb_body_streams_both_ways_without_growing_gateway_memory() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    const SIZE: usize = 100 * 1024 * 1024;
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let config = config_on_free_port(&env, up.addr);
+    let served = serve(&config);
+    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+
+    // Warm up so the baseline includes TLS, pools and buffers.
+    let a = call(served.addr, client.clone(), get("/v1/orders/download/1048576")).await.unwrap();
+    assert_eq!(a.body.len(), 1024 * 1024);
+    let baseline = vm_hwm_kb(served.child.id());
+
+    // Upload: the client streams 100 MB, the upstream counts it.
+    let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+    let stream = futures_util::stream::iter(
+        (0..SIZE / chunk.len()).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+    );
+    let tls = connect(served.addr, "localhost", client.clone()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/v1/orders/count-body")
+        .header("host", "localhost")
+        .body(http_body_util::StreamBody::new(stream))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body), format!("{{\"bytes\":{SIZE}}}"));
+
+    // Download: the upstream streams 100 MB, the client counts it.
+    let tls = connect(served.addr, "localhost", client).await.unwrap();
+    let mut sender = handshake_http(tls).await.unwrap();
+    let resp = sender.send(get(&format!("/v1/orders/download/{SIZE}"))).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            total += data.len();
+        }
+    }
+    assert_eq!(total, SIZE);
+
+    let peak = vm_hwm_kb(served.child.id());
+    let growth_mb = (peak.saturating_sub(baseline)) as f64 / 1024.0;
+    assert!(
+        growth_mb < 32.0,
+        "gateway peak memory grew by {growth_mb:.1} MB while streaming 2 × 100 MB (baseline {baseline} kB)"
+    );
+    let _ = std::io::stderr().write_all(format!("streaming 2 x 100 MB: gateway peak RSS grew {growth_mb:.1} MB\n").as_bytes());
+}

@@ -1,0 +1,392 @@
+//! Shared test harness: a real PKI, a real hyper upstream that records what it receives, the
+//! gateway started from YAML through the same loader `serve` uses, and a real TLS client.
+
+#![allow(dead_code)]
+
+pub mod pki;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+pub use pki::{Ca, Leaf};
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+}
+
+/// A real hyper upstream (HTTP/1.1 and h2c prior knowledge) on loopback.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| upstream_handle(record.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("the upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn full(text: impl Into<Bytes>) -> UpBody {
+    Full::new(text.into()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+async fn upstream_handle(
+    record: Arc<Mutex<Vec<Seen>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
+    record.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        path_and_query: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_owned();
+    if req.headers().get(http::header::UPGRADE).is_some_and(|u| u == "websocket") {
+        let key = req.headers().get("sec-websocket-key").cloned().unwrap();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use futures_util::{SinkExt, StreamExt};
+            let upgraded = on_upgrade.await.unwrap();
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() {
+                    let text = format!("echo: {}", msg.into_text().unwrap());
+                    ws.send(text.into()).await.unwrap();
+                }
+            }
+        });
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(full(""))
+            .unwrap();
+        return Ok(resp);
+    }
+    if path.starts_with("/v1/orders/count-body") || path.starts_with("/v1/upload") {
+        // Count a streamed body without keeping it.
+        let mut body = req.into_body();
+        let mut total: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                total += data.len() as u64;
+            }
+        }
+        return Ok(Response::new(full(format!("{{\"bytes\":{total}}}"))));
+    }
+    if let Some(n) = path.strip_prefix("/v1/orders/download/") {
+        let n: usize = n.parse().unwrap();
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::iter((0..n.div_ceil(chunk.len())).map(move |i| {
+            let len = chunk.len().min(n - i * chunk.len());
+            Ok::<_, hyper::Error>(hyper::body::Frame::data(chunk.slice(..len)))
+        }));
+        return Ok(Response::new(http_body_util::StreamBody::new(stream).boxed()));
+    }
+    if path.starts_with("/v1/orders/slow") {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+    Ok(Response::builder()
+        .header("content-type", "text/plain")
+        .header("x-upstream", "test")
+        .body(full(format!("upstream saw {path}")))
+        .unwrap())
+}
+
+/// A temporary folder with a root CA, a server certificate and the files a config points at.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub root: Ca,
+    pub server: Leaf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Ca::root("partner root CA");
+        let server = root.server();
+        std::fs::write(dir.path().join("ca.pem"), &root.pem).unwrap();
+        server.write(dir.path(), "server");
+        Env { dir, root, server }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The standard test configuration: partners `acme` (spiffe, orders:read) and `globex`
+    /// (subject CN, orders:read + payments:write), routes for both scopes plus a host-bound one.
+    /// `extra` is appended under the top level (e.g. a `forward:` block).
+    pub fn config(&self, upstream: SocketAddr, extra: &str) -> String {
+        format!(
+            r#"
+server:
+  listen: "127.0.0.1:0"
+  tls:
+    certificates:
+      - cert: server.pem
+        key: server-key.pem
+  client_auth:
+    trust_bundles:
+      - name: partner-ca
+        ca: ca.pem
+admin:
+  listen: "127.0.0.1:0"
+upstreams:
+  orders:
+    endpoints: ["http://{upstream}"]
+    connect_timeout: 1s
+    request_timeout: 2s
+  dead:
+    endpoints: ["http://127.0.0.1:1"]
+    connect_timeout: 1s
+partners:
+  - id: acme
+    owner: payments-team@example.com
+    trust_bundle: partner-ca
+    identities:
+      - spiffe: spiffe://partners.example.com/acme
+    scopes: [orders:read]
+  - id: globex
+    owner: logistics@example.com
+    trust_bundle: partner-ca
+    identities:
+      - subject_cn: globex-sync
+    scopes: [orders:read, payments:write]
+routes:
+  - name: orders-read
+    path_prefix: /v1/orders
+    methods: [GET, HEAD, POST]
+    scope: orders:read
+    upstream: orders
+  - name: payments-write
+    path_prefix: /v1/payments
+    methods: [POST]
+    scope: payments:write
+    upstream: orders
+  - name: hosted
+    host: api.example.com
+    path: /v1/hosted
+    scope: orders:read
+    upstream: orders
+  - name: broken
+    path_prefix: /v1/broken
+    scope: orders:read
+    upstream: dead
+{extra}
+"#
+        )
+    }
+
+    /// Writes the config and starts the gateway through the same loader `certgate serve` uses.
+    pub async fn start(&self, yaml: &str) -> certgate::runtime::Gateway {
+        let path = self.path("certgate.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let config = match certgate::config::load(&path) {
+            Ok(c) => c,
+            Err(problems) => panic!("test config rejected: {problems}"),
+        };
+        certgate::runtime::Gateway::start(config).await.unwrap()
+    }
+
+    pub fn acme(&self) -> Leaf {
+        self.root.leaf("acme-billing").spiffe("spiffe://partners.example.com/acme").issue()
+    }
+
+    pub fn globex(&self) -> Leaf {
+        self.root.leaf("globex-sync").issue()
+    }
+
+    /// A client that trusts the test root and presents `leaf` (or no certificate).
+    pub fn client(&self, leaf: Option<&Leaf>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        client_config(&self.root.pem, leaf, alpn)
+    }
+}
+
+pub fn client_config(ca_pem: &str, leaf: Option<&Leaf>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    client_config_with(ca_pem, leaf, alpn, rustls::DEFAULT_VERSIONS)
+}
+
+pub fn client_config_with(
+    ca_pem: &str,
+    leaf: Option<&Leaf>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match leaf {
+        Some(leaf) => {
+            let chain = CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// Connects and completes the TLS handshake (with TLS 1.3 the client learns of a rejected
+/// certificate only on its first read, which `send` surfaces as an error).
+pub async fn connect(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// An HTTP/1.1 or HTTP/2 sender over one TLS connection, chosen by the negotiated ALPN.
+pub enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+pub async fn handshake_http(tls: TlsStream<TcpStream>) -> Result<Sender, hyper::Error> {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(Sender::H1(sender))
+    }
+}
+
+impl Sender {
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn reason(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+pub async fn read(resp: Response<Incoming>) -> Answer {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// One request on a fresh connection; `Err` carries the connection-level failure as text.
+pub async fn call(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    req: Request<Full<Bytes>>,
+) -> Result<Answer, String> {
+    let sni = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let tls = connect(addr, &sni, config).await.map_err(|e| e.to_string())?;
+    let mut sender = handshake_http(tls).await.map_err(|e| format!("{e:?}"))?;
+    let resp = sender.send(req).await.map_err(|e| format!("{e:?}"))?;
+    Ok(read(resp).await)
+}
+
+pub fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).unwrap()
+}
+
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
