@@ -107,9 +107,14 @@ impl Index {
     }
 
     /// Where the key of the mapping entry at `path` starts, if it exists.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn key(&self, path: &str) -> Option<Pos> {
         self.entries.get(path).and_then(|e| e.key)
+    }
+
+    /// Like [`Index::locate`], but prefers the entry's key: for problems with the key itself (an
+    /// empty upstream name), whose value may start lines below.
+    pub(crate) fn locate_key(&self, path: &str) -> Option<Pos> {
+        self.key(path).or_else(|| self.locate(path))
     }
 
     /// The best position for a problem about `path`: its value if present, else the nearest
