@@ -101,6 +101,19 @@ impl fmt::Display for Place {
     }
 }
 
+// === impl Problem ===
+
+impl Problem {
+    /// A problem with a whole file: how the certificate, key and CRL loaders report a file that
+    /// does not read or parse, so that `certgate check` lists them with the YAML problems.
+    pub fn in_file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self {
+            place: Place::File(file.into()),
+            message: message.into(),
+        }
+    }
+}
+
 // === impl Problems ===
 
 impl Problems {
@@ -168,5 +181,46 @@ impl fmt::Display for Problems {
             write!(f, "{problem}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_place_prints_in_the_form_an_editor_can_jump_to() {
+        let yaml = Problem {
+            place: Place::Yaml {
+                file: PathBuf::from("gw.yaml"),
+                line: 3,
+                column: 7,
+                field: "routes[1].upstream".to_owned(),
+            },
+            message: "unknown upstream `x`".to_owned(),
+        };
+        assert_eq!(
+            yaml.to_string(),
+            "gw.yaml:3:7: routes[1].upstream: unknown upstream `x`"
+        );
+        let syntax = Problem {
+            place: Place::Yaml {
+                file: PathBuf::from("gw.yaml"),
+                line: 1,
+                column: 2,
+                field: String::new(),
+            },
+            message: "bad".to_owned(),
+        };
+        assert_eq!(syntax.to_string(), "gw.yaml:1:2: bad");
+        let file = Problem::in_file("certs/a.pem", "no certificate found");
+        assert_eq!(file.to_string(), "certs/a.pem: no certificate found");
+        let nowhere = Problem {
+            place: Place::None,
+            message: "no partners".to_owned(),
+        };
+        assert_eq!(nowhere.to_string(), "no partners");
+        let all = Problems::new(vec![yaml, file]);
+        assert_eq!(all.to_string().lines().count(), 2);
     }
 }
