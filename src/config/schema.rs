@@ -110,7 +110,9 @@ pub struct Limits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    pub listen: String,
+    /// Default `127.0.0.1:9901`.
+    #[serde(default)]
+    pub listen: Option<String>,
     #[serde(default)]
     pub allow_remote: bool,
 }

@@ -469,13 +469,17 @@ impl<'a> Validator<'a> {
     // --- admin ---
 
     fn admin(&mut self, admin: Option<schema::Admin>) -> model::Admin {
+        let default = SocketAddr::from(([127, 0, 0, 1], 9901));
         let Some(admin) = admin else {
             return model::Admin {
-                listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+                listen: default,
                 allow_remote: false,
             };
         };
-        let listen = self.socket_addr("admin.listen", &admin.listen);
+        let listen = match &admin.listen {
+            Some(listen) => self.socket_addr("admin.listen", listen),
+            None => default,
+        };
         if !listen.ip().to_canonical().is_loopback() && !admin.allow_remote {
             self.problem(
                 "admin.listen",
