@@ -16,6 +16,11 @@ mod table;
 
 pub use table::RouteTable;
 
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
 /// What the proxy knows about a request when it asks for a decision.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {

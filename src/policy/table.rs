@@ -178,7 +178,7 @@ impl RouteTable {
     }
 
     /// The methods that the routes matching this request's host and path allow, for the `Allow`
-    /// header of a 405: each once, in configuration order.
+    /// header of a 405: each once, in the order the routes are tried (most specific first).
     ///
     /// Meant for the error path after [`RouteTable::decide`] returned
     /// [`Denial::MethodNotAllowed`]; it repeats the host and path work and allocates. It ignores the
