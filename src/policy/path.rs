@@ -85,28 +85,41 @@ fn escape_at(bytes: &[u8], i: usize) -> Result<u8, Denial> {
 }
 
 /// The fast check: `Ok(true)` when `path` is already in normal form, `Ok(false)` when it is valid but
-/// needs rewriting. Errors found here are the same ones [`rewrite`] would find, so the caller can
-/// return them directly.
+/// needs rewriting.
+///
+/// It finds every error [`rewrite`] would, including a `..` above the root (by tracking how many
+/// segments the rewrite would hold), so that a refused path never allocates.
 fn is_normal(path: &str) -> Result<bool, Denial> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(Denial::BadPath);
     }
     let mut normal = true;
-    // Start of the current segment (just past its leading `/`).
-    let mut seg_start = 1;
+    // Segments the rewritten path would hold so far.
+    let mut depth: usize = 0;
+    // The current segment's length once decoded, and whether it is all dots.
+    let mut seg_len: usize = 0;
+    let mut all_dots = true;
     let mut i = 1;
-    while i <= bytes.len() {
-        let b = bytes.get(i).copied();
-        match b {
-            None | Some(b'/') => {
-                let seg = &bytes[seg_start..i];
-                // An empty segment is only normal as the very last one (a trailing slash), and
-                // only the root path may consist of nothing but it.
-                if (seg.is_empty() && b.is_some()) || seg == b"." || seg == b".." {
-                    normal = false;
+    loop {
+        match bytes.get(i).copied() {
+            end @ (None | Some(b'/')) => {
+                match (seg_len, all_dots) {
+                    // An empty segment is only normal as the last one: a trailing slash, or the
+                    // root itself.
+                    (0, _) => normal &= end.is_none(),
+                    (1, true) => normal = false,
+                    (2, true) => {
+                        normal = false;
+                        depth = depth.checked_sub(1).ok_or(Denial::BadPath)?;
+                    }
+                    _ => depth += 1,
                 }
-                seg_start = i + 1;
+                if end.is_none() {
+                    return Ok(normal);
+                }
+                seg_len = 0;
+                all_dots = true;
                 i += 1;
             }
             Some(b'%') => {
@@ -115,13 +128,18 @@ fn is_normal(path: &str) -> Result<bool, Denial> {
                 if is_unreserved(decoded) || lower_hex {
                     normal = false;
                 }
+                seg_len += 1;
+                all_dots &= decoded == b'.';
                 i += 3;
             }
-            Some(b) if is_raw_pchar(b) => i += 1,
+            Some(b) if is_raw_pchar(b) => {
+                seg_len += 1;
+                all_dots &= b == b'.';
+                i += 1;
+            }
             Some(_) => return Err(Denial::BadPath),
         }
     }
-    Ok(normal)
 }
 
 /// The slow path: builds the normal form in one buffer.
@@ -133,7 +151,9 @@ fn rewrite(path: &str) -> Result<String, Denial> {
     if bytes.first() != Some(&b'/') {
         return Err(Denial::BadPath);
     }
-    let mut out = String::with_capacity(bytes.len());
+    // The output is never longer than the input, but while it is built a segment is followed by
+    // a `/` that may be popped at the end: one more byte keeps it to a single allocation.
+    let mut out = String::with_capacity(bytes.len() + 1);
     out.push('/');
     // Whether the output should end with a slash: true unless the last segment was a plain one.
     let mut trailing_slash;
