@@ -1,10 +1,25 @@
 //! Route policy: which upstream a request may reach, decided from precompiled tables.
 //!
-//! OWNER: policy helper. Interface below is the contract the proxy calls.
+//! Default deny: a request is forwarded only when its Host agrees with the SNI, its path normalises,
+//! a route matches host, path and method, and the partner holds that route's scope. The proxy
+//! forwards [`Allowed::path`], the normalised path, so the upstream sees exactly what was checked.
+//!
+//! - [`path`]: path normalisation.
+//! - [`RouteTable`]: built once per config generation; [`RouteTable::decide`] per request, and
+//!   [`RouteTable::allowed_methods`] for the `Allow` header of a 405.
 
 use http::Method;
 
-use crate::config::model::{Route, ScopeId};
+mod host;
+pub mod path;
+mod table;
+
+pub use table::RouteTable;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 /// What the proxy knows about a request when it asks for a decision.
 #[derive(Debug, Clone, Copy)]
@@ -44,25 +59,4 @@ pub enum Denial {
 pub struct Allowed<'a> {
     pub route: RouteId,
     pub path: std::borrow::Cow<'a, str>,
-}
-
-/// The precompiled route table.
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    _todo: (),
-}
-
-impl RouteTable {
-    pub fn build(_routes: &[Route]) -> Self {
-        Self::default()
-    }
-
-    /// `partner_scopes` is sorted.
-    pub fn decide<'a>(
-        &self,
-        _req: RequestFacts<'a>,
-        _partner_scopes: &[ScopeId],
-    ) -> Result<Allowed<'a>, Denial> {
-        Err(Denial::NoRoute)
-    }
 }

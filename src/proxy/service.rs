@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
-use crate::policy::{Allowed, RequestFacts, RouteId};
+use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
 
 /// Responses are either streamed from the upstream or a small JSON refusal.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -137,6 +137,19 @@ async fn decide_and_forward(
                 std::borrow::Cow::Owned(p) => Some(p),
             },
         ),
+        Err(denial @ Denial::MethodNotAllowed) => {
+            let allow = snapshot
+                .routes
+                .allowed_methods(facts)
+                .iter()
+                .map(http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Refused {
+                refusal: Refusal::Policy(denial),
+                allow: HeaderValue::from_str(&allow).ok(),
+            });
+        }
         Err(denial) => {
             return Err(Refusal::Policy(denial).into());
         }
