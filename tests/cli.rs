@@ -71,30 +71,15 @@ async fn curl_with_a_partner_certificate_reaches_the_upstream() {
     let served = serve(&config);
     let (cert, key) = env.acme().write(env.dir.path(), "acme");
     let url = format!("https://localhost:{}/v1/orders/42", served.addr.port());
-    let curl = |args: &[&str]| {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "10", "--cacert"]).arg(env.path("ca.pem"));
-        cmd.args(args);
-        cmd.output().unwrap()
-    };
-    let out = tokio::task::spawn_blocking({
-        let (cert, key, url) = (cert.clone(), key.clone(), url.clone());
-        let ca = env.path("ca.pem");
-        move || {
-            Command::new("curl")
-                .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
-                .arg(&ca)
-                .arg("--cert")
-                .arg(&cert)
-                .arg("--key")
-                .arg(&key)
-                .arg(&url)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let ca = env.path("ca.pem").display().to_string();
+    let with_cert = vec![
+        "--cert".to_owned(),
+        cert.display().to_string(),
+        "--key".to_owned(),
+        key.display().to_string(),
+        url.clone(),
+    ];
+    let out = curl(&ca, with_cert).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout, "upstream saw /v1/orders/42\n200");
@@ -102,9 +87,23 @@ async fn curl_with_a_partner_certificate_reaches_the_upstream() {
 
     // Without a certificate curl is refused in the handshake and the upstream sees nothing more.
     let before = up.count();
-    let out = tokio::task::spawn_blocking(move || curl(&[&url])).await.unwrap();
+    let out = curl(&ca, vec![url]).await;
     assert!(!out.status.success(), "curl without a certificate must fail");
     assert_eq!(up.count(), before);
+}
+
+/// Runs the real `curl` off the async runtime (the gateway under test shares it).
+async fn curl(ca: &str, args: Vec<String>) -> std::process::Output {
+    let ca = ca.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert", &ca])
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 #[test]

@@ -199,7 +199,8 @@ fn tls_config(
         }
         roots.add_parsable_certificates(native.certs);
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    // ALPN is left empty: hyper-rustls sets it from the enabled protocols.
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| UpstreamBuildError::NativeRoots {
             upstream: config.name.clone(),
@@ -207,9 +208,5 @@ fn tls_config(
         })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = match config.protocol {
-        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
-        UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
-    };
     Ok(tls)
 }

@@ -1,7 +1,7 @@
 //! Shared test harness: a real PKI, a real hyper upstream that records what it receives, the
 //! gateway started from YAML through the same loader `serve` uses, and a real TLS client.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub, clippy::disallowed_types)]
 
 pub mod pki;
 

@@ -1,6 +1,6 @@
 //! A test PKI on rcgen: root → intermediate → leaf, with knobs for EKU, SANs, validity and serial.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub, clippy::disallowed_types)]
 
 use std::path::{Path, PathBuf};
 
