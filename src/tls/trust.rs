@@ -67,7 +67,8 @@ impl TrustStore {
         let hints = loaded
             .iter()
             .flat_map(|b| b.anchors.iter())
-            .map(|a| DistinguishedName::from(a.subject.as_ref().to_vec()))
+            // webpki keeps the Name without its SEQUENCE header; the hint must be the full DER Name.
+            .map(|a| DistinguishedName::in_sequence(a.subject.as_ref()))
             .collect();
         Ok(Self {
             bundles: loaded,
