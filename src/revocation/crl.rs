@@ -482,3 +482,200 @@ fn looks_like_pem(bytes: &[u8]) -> bool {
         .unwrap_or(bytes.len());
     bytes[start..].starts_with(b"-----BEGIN")
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    };
+
+    struct Ca {
+        cert: CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca(name: &str, usages: Vec<KeyUsagePurpose>) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = usages;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn crl_signing_ca(name: &str) -> Ca {
+        ca(
+            name,
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
+        )
+    }
+
+    fn leaf(ca: &Ca, serial: &[u8]) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(vec!["leaf.test".to_owned()]).unwrap();
+        params.serial_number = Some(SerialNumber::from_slice(serial));
+        let key = KeyPair::generate().unwrap();
+        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+    }
+
+    fn crl(ca: &Ca, serials: &[&[u8]], number: u64) -> Vec<u8> {
+        crl_object(ca, serials, number).der().to_vec()
+    }
+
+    fn crl_object(ca: &Ca, serials: &[&[u8]], number: u64) -> rcgen::CertificateRevocationList {
+        let now = rcgen::date_time_ymd(2025, 1, 1);
+        CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + Duration::from_secs(86_400),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(s),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.issuer)
+        .unwrap()
+    }
+
+    #[test]
+    fn issuer_and_serial_agrees_with_x509_parser() {
+        let ca = crl_signing_ca("Serial Test CA");
+        let serials: [&[u8]; 6] = [
+            &[0x01],
+            &[0x7f, 0xff],
+            &[0x80],
+            &[0xff, 0x00, 0x01],
+            &[0x00, 0x00, 0x42],
+            &[0x9a; 20],
+        ];
+        for serial in serials {
+            let der = leaf(&ca, serial);
+            let (issuer, got) = issuer_and_serial(&der).unwrap();
+            let (_, parsed) = X509Certificate::from_der(&der).unwrap();
+            assert_eq!(issuer, parsed.issuer().as_raw());
+            assert_eq!(got, strip_leading_zeros(parsed.raw_serial()));
+            assert_eq!(got, strip_leading_zeros(serial), "serial {serial:02x?}");
+        }
+        // The CA itself: a v3 self-signed certificate with the [0] version field.
+        let (issuer, _) = issuer_and_serial(&ca.cert).unwrap();
+        let (_, parsed) = X509Certificate::from_der(&ca.cert).unwrap();
+        assert_eq!(issuer, parsed.subject().as_raw());
+    }
+
+    #[test]
+    fn issuer_and_serial_refuses_non_certificates() {
+        assert!(issuer_and_serial(b"").is_none());
+        assert!(issuer_and_serial(b"\x30\x03\x02\x01\x01").is_none());
+        let ca = crl_signing_ca("Truncation CA");
+        let der = leaf(&ca, &[5]);
+        for cut in [1, 10, 40, der.len() / 2] {
+            assert!(issuer_and_serial(&der[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn crl_from_the_issuing_ca_loads_and_finds_high_bit_serials() {
+        let ca = crl_signing_ca("Good CA");
+        let keys = CaKey::from_bundle(std::slice::from_ref(&ca.cert)).unwrap();
+        let der = crl(&ca, &[&[0x80, 0x01], &[0x05]], 7);
+        let set = CrlSet::from_der(&der, &keys).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.crl_number(), Some(&[7u8][..]));
+        let revoked = leaf(&ca, &[0x80, 0x01]);
+        let (issuer, serial) = issuer_and_serial(&revoked).unwrap();
+        assert_eq!(issuer, set.issuer());
+        assert!(set.is_revoked(serial));
+        assert!(!set.is_revoked(&[0x06]));
+    }
+
+    #[test]
+    fn crl_signed_by_another_key_with_the_same_name_is_refused() {
+        let real = crl_signing_ca("Twin CA");
+        let impostor = crl_signing_ca("Twin CA");
+        let keys = CaKey::from_bundle(std::slice::from_ref(&real.cert)).unwrap();
+        let der = crl(&impostor, &[&[1]], 1);
+        // rcgen puts the AKI of the impostor's key, so the AKI check refuses it first.
+        let err = CrlSet::from_der(&der, &keys).unwrap_err();
+        assert!(
+            matches!(err, CrlError::AuthorityKeyMismatch { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn crl_from_an_issuer_outside_the_bundle_is_refused() {
+        let ca = crl_signing_ca("Bundle CA");
+        let other = crl_signing_ca("Other CA");
+        let keys = CaKey::from_bundle(std::slice::from_ref(&ca.cert)).unwrap();
+        let err = CrlSet::from_der(&crl(&other, &[], 1), &keys).unwrap_err();
+        assert!(matches!(err, CrlError::UnknownIssuer { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn ca_without_crl_sign_may_not_sign_crls() {
+        let ca = crl_signing_ca("Signer CA");
+        let der = crl(&ca, &[], 1);
+        // Same name and key, but a certificate whose keyUsage lacks cRLSign.
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Signer CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let no_crl_sign = params.self_signed(ca.issuer.key()).unwrap();
+        let keys = CaKey::from_bundle(&[no_crl_sign.der().clone()]).unwrap();
+        let err = CrlSet::from_der(&der, &keys).unwrap_err();
+        assert!(
+            matches!(err, CrlError::IssuerNotCrlSigner { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn tampered_crl_fails_the_signature_check() {
+        let ca = crl_signing_ca("Tamper CA");
+        let keys = CaKey::from_bundle(std::slice::from_ref(&ca.cert)).unwrap();
+        let mut der = crl(&ca, &[&[0x11, 0x22]], 1);
+        let at = der
+            .windows(2)
+            .position(|w| w == [0x11, 0x22])
+            .expect("serial bytes in the CRL");
+        der[at + 1] = 0x23;
+        let err = CrlSet::from_der(&der, &keys).unwrap_err();
+        assert!(matches!(err, CrlError::BadSignature { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn pem_and_der_give_the_same_set_and_garbage_is_refused() {
+        let ca = crl_signing_ca("Pem CA");
+        let keys = CaKey::from_bundle(std::slice::from_ref(&ca.cert)).unwrap();
+        let object = crl_object(&ca, &[&[9]], 3);
+        let der = object.der().to_vec();
+        // Two PEM blocks in one file: both are loaded.
+        let pem_text = object.pem().unwrap().repeat(2);
+        let from_pem = CrlSet::parse_all(pem_text.as_bytes(), &keys).unwrap();
+        let from_der = CrlSet::parse_all(&der, &keys).unwrap();
+        assert_eq!(from_pem.len(), 2);
+        assert!(from_pem[0].is_revoked(&[9]) && from_der[0].is_revoked(&[9]));
+        assert!(CrlSet::parse_all(b"", &keys).is_err());
+        assert!(CrlSet::parse_all(b"not a crl at all", &keys).is_err());
+        assert!(CrlSet::parse_all(
+            b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+            &keys
+        )
+        .is_err());
+    }
+}
