@@ -1,6 +1,8 @@
 //! certgate: a reverse-proxy gateway that enforces mutual TLS and certificate-bound partner access.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod policy;
@@ -8,5 +10,3 @@ pub mod proxy;
 pub mod revocation;
 pub mod runtime;
 pub mod tls;
-pub mod audit;
-pub mod cli;

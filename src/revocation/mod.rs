@@ -1,29 +1,614 @@
-//! PLACEHOLDER until the revocation branch merges: the interface the TLS verifier calls.
-#![allow(missing_docs, unreachable_pub)]
+//! Certificate revocation: CRLs verified once at load, an O(1) lookup for the handshake path, and
+//! the registry that ends live connections when their certificate is revoked.
+//!
+//! # How the pieces are called
+//! * Build one [`Checker`] per trust-bundle configuration ([`Checker::from_config`] or
+//!   [`Checker::new`]) and share it by `Arc`; pass the same `Arc<`[`Registry`]`>` to every
+//!   generation so a new configuration still cuts connections accepted under the old one.
+//! * Before serving: [`Checker::load_initial`] (async) loads every CRL source once and returns each
+//!   problem with its source (`certgate check` prints them). Then [`Checker::spawn_refresh`] starts
+//!   one background task per source; they stop when the shutdown `watch` flips to `true`.
+//! * TLS verifier, per chain certificate: [`issuer_and_serial`] then [`Checker::check`]: sync, no
+//!   I/O, no lock, no allocation. `Revoked` → `certificate_revoked` alert; `Unknown` → refuse
+//!   (fail closed); `Good` and `NotChecked` → pass.
+//! * Connection task, after the handshake: [`Registry::register_chain`] first, then
+//!   [`Checker::check`] again (that order closes the race with a CRL swapped in meanwhile), then race
+//!   the connection against [`RevokedSignal::revoked`].
+//!
+//! The OCSP half (`ocsp.rs`) is separate; it can cut connections through [`Registry::revoke`].
 
-use rustls_pki_types::UnixTime;
+pub mod crl;
+mod der;
+pub mod fetch;
+pub mod live;
 
-use crate::config::model::BundleId;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-pub mod crl {
-    pub fn issuer_and_serial(_der: &[u8]) -> Option<(&[u8], &[u8])> {
-        None
-    }
-}
+use arc_swap::ArcSwap;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde::Serialize;
 
+use crate::config::model::{BundleId, CrlExpiredPolicy, CrlSource, TrustBundle};
+
+pub use crl::{issuer_and_serial, CaKey, CrlError, CrlSet};
+pub use fetch::{FetchError, FetchOptions, RefreshTasks};
+pub use live::{Guard, Registry, RevokedSignal};
+
+/// The answer for one certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// A current CRL from this certificate's issuer does not list it.
     Good,
+    /// A CRL from this certificate's issuer lists it.
     Revoked,
+    /// The bundle has CRLs configured but none usable for this issuer: a source has never loaded
+    /// successfully (its CRL might be the one for this issuer), or the issuer's CRL has expired under
+    /// `crl_expired: reject`. Also returned for a `BundleId` this checker does not know. Refuse.
     Unknown,
+    /// Nothing to check: the bundle has no CRL sources, or every source has loaded and none of them
+    /// is from this certificate's issuer (a CRL from issuer A says nothing about issuer B's
+    /// certificates). Pass.
     NotChecked,
 }
 
-#[derive(Debug, Default)]
-pub struct Checker;
+/// What [`Checker::new`] needs per trust bundle, in [`BundleId`] order.
+#[derive(Debug, Clone)]
+pub struct BundleSpec {
+    pub name: String,
+    /// Every CA certificate of the bundle. A CRL is accepted only if one of these signed it, so
+    /// include intermediates whose CRLs are configured.
+    pub cas: Vec<CertificateDer<'static>>,
+    pub crls: Vec<CrlSource>,
+    pub crl_expired: CrlExpiredPolicy,
+}
+
+/// Revocation state for every trust bundle of one configuration.
+pub struct Checker {
+    bundles: Box<[BundleState]>,
+    registry: Arc<Registry>,
+}
+
+/// A source failed to load; the previous good CRL (if any) stays in force.
+#[derive(Debug, thiserror::Error)]
+#[error("trust bundle {bundle}: CRL source {origin}")]
+pub struct CrlLoadError {
+    pub bundle: String,
+    /// The file path or URL.
+    pub origin: String,
+    #[source]
+    pub cause: LoadFailure,
+}
+
+/// Why one load of a source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadFailure {
+    #[error("cannot read the file")]
+    Read(#[source] std::io::Error),
+    #[error("cannot fetch the CRL")]
+    Fetch(#[source] FetchError),
+    #[error("invalid CRL")]
+    Crl(#[source] CrlError),
+    #[error("CRL from {issuer} is older than the one in force (replayed or misordered)")]
+    Rollback { issuer: String },
+    #[error("the parse task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// [`Checker::from_config`] could not read a bundle's CA file.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("trust bundle {bundle}: cannot read CA file {path}")]
+    CaFile {
+        bundle: String,
+        path: PathBuf,
+        #[source]
+        cause: rustls_pki_types::pem::Error,
+    },
+    #[error("trust bundle {bundle}: bad CA certificate")]
+    Ca {
+        bundle: String,
+        #[source]
+        cause: CrlError,
+    },
+}
+
+/// One row of the admin `/status` CRL section: a configured source and what it last produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrlStatus {
+    pub bundle: String,
+    /// File path or URL.
+    pub source: String,
+    /// Whether a good CRL from this source is in force.
+    pub loaded: bool,
+    /// Unix seconds of the last load attempt, successful or not.
+    pub last_attempt: Option<u64>,
+    /// Unix seconds of the last successful load.
+    pub last_success: Option<u64>,
+    /// The last attempt's error chain, if it failed.
+    pub last_error: Option<String>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+    /// Handshake lookups answered with an expired CRL of this bundle (`allow_with_warning`).
+    pub expired_crl_uses: u64,
+    pub crls: Vec<CrlInfo>,
+}
+
+/// One CRL in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrlInfo {
+    pub issuer: String,
+    /// Unix seconds.
+    pub this_update: u64,
+    /// Unix seconds.
+    pub next_update: Option<u64>,
+    /// Hex.
+    pub crl_number: Option<String>,
+    pub entries: usize,
+    pub expired: bool,
+}
+
+/// Successful load summary, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadReport {
+    /// CRLs in the source.
+    pub crls: usize,
+    /// Revoked serials across them.
+    pub entries: usize,
+    /// Live connections signalled because their certificate is now revoked.
+    pub connections_cut: usize,
+}
+
+pub(crate) struct BundleState {
+    name: String,
+    policy: CrlExpiredPolicy,
+    cas: Vec<CaKey>,
+    sources: Box<[SourceState]>,
+    /// What the handshake path reads: one atomic load.
+    current: ArcSwap<BundleCrls>,
+    /// Serialises loads within the bundle so a merge never loses another source's update.
+    update: Mutex<()>,
+    expired_uses: AtomicU64,
+    /// Unix seconds of the last "expired CRL used" warning: one per minute per bundle at most.
+    expired_warned_at: AtomicU64,
+}
+
+/// The merged CRLs of one bundle, immutable once published.
+#[derive(Default)]
+struct BundleCrls {
+    by_issuer: HashMap<Box<[u8]>, Arc<CrlSet>>,
+    /// Every source has loaded successfully at least once, so an issuer absent here truly has no
+    /// CRL configured.
+    complete: bool,
+}
+
+pub(crate) struct SourceState {
+    pub(crate) source: CrlSource,
+    pub(crate) origin: String,
+    record: Mutex<SourceRecord>,
+    /// Last file stamp the poller acted on (files only).
+    pub(crate) file_stamp: Mutex<Option<fetch::FileStamp>>,
+}
+
+#[derive(Default)]
+struct SourceRecord {
+    /// Last good CRLs of this source, per issuer. A later load that lacks an issuer keeps its old
+    /// CRL: last good wins, and an expiring CRL then shows the problem instead of a silent gap.
+    crls: HashMap<Box<[u8]>, Arc<CrlSet>>,
+    ever_loaded: bool,
+    last_attempt: Option<u64>,
+    last_success: Option<u64>,
+    last_error: Option<String>,
+    consecutive_failures: u32,
+}
+
+/// How often an "expired CRL in use" warning may repeat per bundle.
+const EXPIRED_WARN_EVERY_SECS: u64 = 60;
+
+// === impl Checker ===
 
 impl Checker {
-    pub fn check(&self, _b: BundleId, _i: &[u8], _s: &[u8], _now: UnixTime) -> Verdict {
-        Verdict::NotChecked
+    /// Builds the checker from the validated configuration, reading each bundle's CA file.
+    /// No CRL is loaded yet: every bundle with CRL sources answers `Unknown` until
+    /// [`Self::load_initial`] (or a refresh task) loads them.
+    ///
+    /// # Errors
+    /// A CA file that cannot be read or holds a malformed certificate.
+    pub fn from_config(
+        bundles: &[TrustBundle],
+        registry: Arc<Registry>,
+    ) -> Result<Self, BuildError> {
+        let mut specs = Vec::with_capacity(bundles.len());
+        for b in bundles {
+            let cas = CertificateDer::pem_file_iter(&b.ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|cause| BuildError::CaFile {
+                    bundle: b.name.clone(),
+                    path: b.ca.clone(),
+                    cause,
+                })?;
+            specs.push(BundleSpec {
+                name: b.name.clone(),
+                cas,
+                crls: b.crls.clone(),
+                crl_expired: b.crl_expired,
+            });
+        }
+        Self::new(specs, registry)
     }
+
+    /// Builds the checker from bundles given in [`BundleId`] order.
+    ///
+    /// # Errors
+    /// A malformed CA certificate.
+    pub fn new(bundles: Vec<BundleSpec>, registry: Arc<Registry>) -> Result<Self, BuildError> {
+        let mut states = Vec::with_capacity(bundles.len());
+        for spec in bundles {
+            let cas = CaKey::from_bundle(&spec.cas).map_err(|cause| BuildError::Ca {
+                bundle: spec.name.clone(),
+                cause,
+            })?;
+            let sources = spec
+                .crls
+                .into_iter()
+                .map(|source| SourceState {
+                    origin: origin_of(&source),
+                    source,
+                    record: Mutex::default(),
+                    file_stamp: Mutex::default(),
+                })
+                .collect();
+            states.push(BundleState {
+                name: spec.name,
+                policy: spec.crl_expired,
+                cas,
+                sources,
+                current: ArcSwap::from_pointee(BundleCrls::default()),
+                update: Mutex::new(()),
+                expired_uses: AtomicU64::new(0),
+                expired_warned_at: AtomicU64::new(0),
+            });
+        }
+        Ok(Self {
+            bundles: states.into(),
+            registry,
+        })
+    }
+
+    /// The live-connection registry this checker signals on CRL changes.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Revocation verdict for one certificate, identified by its issuer Name (raw DER) and serial
+    /// (big-endian, leading zeros stripped), as [`issuer_and_serial`] returns them.
+    ///
+    /// Sync, lock-free and allocation-free: one `ArcSwap` load and one hash lookup. See [`Verdict`]
+    /// for what each answer means. An expired CRL under `allow_with_warning` is still used; that is
+    /// counted in [`Self::status`] and logged at most once a minute per bundle.
+    pub fn check(
+        &self,
+        bundle: BundleId,
+        issuer_dn: &[u8],
+        serial: &[u8],
+        now: UnixTime,
+    ) -> Verdict {
+        let Some(b) = self.bundles.get(bundle.0) else {
+            return Verdict::Unknown;
+        };
+        if b.sources.is_empty() {
+            return Verdict::NotChecked;
+        }
+        let crls = b.current.load();
+        let Some(set) = crls.by_issuer.get(issuer_dn) else {
+            return if crls.complete {
+                Verdict::NotChecked
+            } else {
+                Verdict::Unknown
+            };
+        };
+        if set.is_expired(now) {
+            match b.policy {
+                CrlExpiredPolicy::Reject => return Verdict::Unknown,
+                CrlExpiredPolicy::AllowWithWarning => b.note_expired_use(set, now),
+            }
+        }
+        if set.is_revoked(serial) {
+            Verdict::Revoked
+        } else {
+            Verdict::Good
+        }
+    }
+
+    /// Every configured source with its last load result, for the admin JSON.
+    pub fn status(&self) -> Vec<CrlStatus> {
+        let now = UnixTime::now();
+        let mut out = Vec::new();
+        for b in self.bundles.iter() {
+            let expired_crl_uses = b.expired_uses.load(Ordering::Relaxed);
+            for s in b.sources.iter() {
+                let rec = lock(&s.record);
+                let mut crls: Vec<CrlInfo> = rec
+                    .crls
+                    .values()
+                    .map(|c| CrlInfo {
+                        issuer: c.issuer_text().to_owned(),
+                        this_update: c.this_update().as_secs(),
+                        next_update: c.next_update().map(|t| t.as_secs()),
+                        crl_number: c.crl_number().map(hex::encode),
+                        entries: c.len(),
+                        expired: c.is_expired(now),
+                    })
+                    .collect();
+                crls.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+                out.push(CrlStatus {
+                    bundle: b.name.clone(),
+                    source: s.origin.clone(),
+                    loaded: !rec.crls.is_empty(),
+                    last_attempt: rec.last_attempt,
+                    last_success: rec.last_success,
+                    last_error: rec.last_error.clone(),
+                    consecutive_failures: rec.consecutive_failures,
+                    expired_crl_uses,
+                    crls,
+                });
+            }
+        }
+        out
+    }
+
+    /// Parses `bytes` as the new content of source `source` (index into the bundle's `crls`) of
+    /// `bundle`, verifies it, and publishes it, signalling live connections whose certificate it
+    /// newly revokes. On any error the previous good CRLs stay in force and the error is recorded
+    /// for [`Self::status`]. CPU-heavy for big CRLs: call from `spawn_blocking` in async code.
+    ///
+    /// Logs the outcome with the source in the message.
+    ///
+    /// # Errors
+    /// The CRL is invalid, not signed by a CA of the bundle, or older than the one in force.
+    ///
+    /// An unknown bundle or source index loads nothing and returns a zero report.
+    pub fn load_bytes(
+        &self,
+        bundle: BundleId,
+        source: usize,
+        bytes: &[u8],
+    ) -> Result<LoadReport, CrlLoadError> {
+        let Some((b, s)) = self.source(bundle, source) else {
+            return Ok(LoadReport {
+                crls: 0,
+                entries: 0,
+                connections_cut: 0,
+            });
+        };
+        match CrlSet::parse_all(bytes, &b.cas)
+            .map_err(LoadFailure::Crl)
+            .and_then(|sets| self.publish(b, s, sets))
+        {
+            Ok(report) => {
+                b.record_success(s, report);
+                Ok(report)
+            }
+            Err(cause) => Err(b.record_failure(s, cause)),
+        }
+    }
+
+    /// Records a failure that happened before parsing (read or fetch), keeping the last good CRL.
+    pub(crate) fn record_failure(
+        &self,
+        bundle: BundleId,
+        source: usize,
+        cause: LoadFailure,
+    ) -> CrlLoadError {
+        match self.source(bundle, source) {
+            Some((b, s)) => b.record_failure(s, cause),
+            None => CrlLoadError {
+                bundle: format!("#{}", bundle.0),
+                origin: format!("#{source}"),
+                cause,
+            },
+        }
+    }
+
+    pub(crate) fn source(
+        &self,
+        bundle: BundleId,
+        source: usize,
+    ) -> Option<(&BundleState, &SourceState)> {
+        let b = self.bundles.get(bundle.0)?;
+        Some((b, b.sources.get(source)?))
+    }
+
+    pub(crate) fn sources(&self) -> impl Iterator<Item = (BundleId, usize, &SourceState)> + '_ {
+        self.bundles.iter().enumerate().flat_map(|(bi, b)| {
+            b.sources
+                .iter()
+                .enumerate()
+                .map(move |(si, s)| (BundleId(bi), si, s))
+        })
+    }
+
+    /// The earliest nextUpdate among the CRLs a source currently provides.
+    pub(crate) fn earliest_next_update(&self, bundle: BundleId, source: usize) -> Option<UnixTime> {
+        let (_, s) = self.source(bundle, source)?;
+        let rec = lock(&s.record);
+        rec.crls
+            .values()
+            .filter_map(|c| c.next_update())
+            .min_by_key(|t| t.as_secs())
+    }
+
+    /// Merges a source's new CRLs into the bundle and publishes the result.
+    fn publish(
+        &self,
+        b: &BundleState,
+        s: &SourceState,
+        sets: Vec<CrlSet>,
+    ) -> Result<LoadReport, LoadFailure> {
+        let _update = lock(&b.update);
+        let mut rec = lock(&s.record);
+        for set in &sets {
+            if let Some(old) = rec.crls.get(set.issuer()) {
+                if set.is_older_than(old) {
+                    return Err(LoadFailure::Rollback {
+                        issuer: set.issuer_text().to_owned(),
+                    });
+                }
+            }
+        }
+        let report = LoadReport {
+            crls: sets.len(),
+            entries: sets.iter().map(CrlSet::len).sum(),
+            connections_cut: 0,
+        };
+        for set in sets {
+            rec.crls.insert(set.issuer().into(), Arc::new(set));
+        }
+        rec.ever_loaded = true;
+        drop(rec);
+
+        // Rebuild the merged view: per issuer, the newest CRL any source has.
+        let mut merged = BundleCrls {
+            by_issuer: HashMap::new(),
+            complete: true,
+        };
+        for src in b.sources.iter() {
+            let rec = lock(&src.record);
+            merged.complete &= rec.ever_loaded;
+            for (issuer, set) in &rec.crls {
+                match merged.by_issuer.get(issuer) {
+                    Some(have) if !have.is_older_than(set) => {}
+                    _ => {
+                        merged.by_issuer.insert(issuer.clone(), Arc::clone(set));
+                    }
+                }
+            }
+        }
+        let merged = Arc::new(merged);
+        let previous = b.current.swap(Arc::clone(&merged));
+
+        // Cut live connections: walk the (small) registry, look each key up in the new sets.
+        // Issuers whose CRL object did not change are skipped. A connection already signalled is
+        // signalled again harmlessly, which also covers one registered while we swapped.
+        let connections_cut = self.registry.revoke_where(|issuer, serial| {
+            let Some(new) = merged.by_issuer.get(issuer) else {
+                return false;
+            };
+            let unchanged = previous
+                .by_issuer
+                .get(issuer)
+                .is_some_and(|old| Arc::ptr_eq(old, new));
+            !unchanged && new.is_revoked(serial)
+        });
+        Ok(LoadReport {
+            connections_cut,
+            ..report
+        })
+    }
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field(
+                "bundles",
+                &self.bundles.iter().map(|b| &b.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl BundleState ===
+
+impl BundleState {
+    /// Records a successful load for status, and logs it with the source.
+    fn record_success(&self, s: &SourceState, report: LoadReport) {
+        let mut rec = lock(&s.record);
+        let now = UnixTime::now();
+        rec.last_attempt = Some(now.as_secs());
+        rec.last_success = Some(now.as_secs());
+        rec.last_error = None;
+        rec.consecutive_failures = 0;
+        let expired = rec.crls.values().filter(|c| c.is_expired(now)).count();
+        drop(rec);
+        tracing::info!(
+            crl.bundle = %self.name,
+            crl.crls = report.crls,
+            crl.entries = report.entries,
+            crl.connections_cut = report.connections_cut,
+            crl.expired = expired,
+            "loaded CRL from {}",
+            s.origin
+        );
+    }
+
+    /// Records a failed load for status (the last good CRLs stay), logs it, and returns the error.
+    fn record_failure(&self, s: &SourceState, cause: LoadFailure) -> CrlLoadError {
+        let err = CrlLoadError {
+            bundle: self.name.clone(),
+            origin: s.origin.clone(),
+            cause,
+        };
+        let chain = error_chain(&err);
+        let mut rec = lock(&s.record);
+        rec.last_attempt = Some(UnixTime::now().as_secs());
+        rec.last_error = Some(chain.clone());
+        rec.consecutive_failures = rec.consecutive_failures.saturating_add(1);
+        let kept = rec.crls.len();
+        drop(rec);
+        tracing::warn!(
+            crl.bundle = %self.name,
+            crl.kept = kept,
+            "CRL load from {} failed, keeping the last good CRL: {}",
+            s.origin,
+            chain
+        );
+        err
+    }
+
+    fn note_expired_use(&self, set: &CrlSet, now: UnixTime) {
+        let uses = self.expired_uses.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_s = now.as_secs();
+        let last = self.expired_warned_at.load(Ordering::Relaxed);
+        if now_s >= last.saturating_add(EXPIRED_WARN_EVERY_SECS)
+            && self
+                .expired_warned_at
+                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                crl.bundle = %self.name,
+                crl.issuer = %set.issuer_text(),
+                crl.next_update = set.next_update().map(|t| t.as_secs()),
+                crl.expired_uses = uses,
+                "using an expired CRL (crl_expired: allow_with_warning)"
+            );
+        }
+    }
+}
+
+fn origin_of(source: &CrlSource) -> String {
+    match source {
+        CrlSource::File(path) => path.display().to_string(),
+        CrlSource::Url { url, .. } => url.clone(),
+    }
+}
+
+/// Locks a mutex that guards only bookkeeping: a panic elsewhere must not wedge CRL loading.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
