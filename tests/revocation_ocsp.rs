@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use certgate::config::model::{Ocsp, OcspMode};
 use certgate::revocation::ocsp::{
-    decide, CertKey, OcspCache, OcspError, OcspStatus, OcspVerdict, PreparedRequest, RefuseReason,
-    SignerProblem,
+    decide, verify_response, CertKey, OcspCache, OcspError, OcspStatus, OcspVerdict,
+    PreparedRequest, RefuseReason, SignerProblem,
 };
+use der::{Decode, Encode};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SerialNumber,
@@ -707,5 +708,68 @@ fn openssl_reads_our_request_as_asking_for_the_leaf_serial() {
     assert!(
         text.contains(&format!("Serial Number: {GOOD_SERIAL}")),
         "{text}"
+    );
+}
+
+#[test]
+fn a_response_is_checked_for_freshness_and_integrity() {
+    let pki = Pki::new("http://127.0.0.1:9/ocsp");
+    let request = PreparedRequest::new(&pki.good, &pki.ca_der, None).unwrap();
+    let state = ResponderState {
+        dir: pki.dir.0.clone(),
+        signer: Signer::Ca,
+        delay: Duration::ZERO,
+        requests: Arc::default(),
+        next_file: AtomicUsize::new(0),
+    };
+    let response = run_openssl(&state, request.body());
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+
+    let verified = verify_response(&request, &response, now).unwrap();
+    assert_eq!(verified.status, OcspStatus::Good);
+    let next_update = verified.next_update.unwrap();
+    assert!(next_update > now + day - Duration::from_secs(60));
+
+    // Past nextUpdate (-ndays 1): stale.
+    let stale = verify_response(&request, &response, now + day + Duration::from_secs(60));
+    assert!(matches!(stale, Err(OcspError::Expired)), "{stale:?}");
+    // thisUpdate more than the allowed skew ahead of our clock.
+    let early = verify_response(&request, &response, now - Duration::from_secs(3600));
+    assert!(matches!(early, Err(OcspError::NotYetValid)), "{early:?}");
+    // Within the skew is fine.
+    let skewed = verify_response(&request, &response, now - Duration::from_secs(60));
+    assert!(skewed.is_ok(), "{skewed:?}");
+
+    // Drop nextUpdate (as if to make the answer last forever): the signature no longer fits.
+    let mut outer = x509_ocsp::OcspResponse::from_der(&response).unwrap();
+    let bytes = outer.response_bytes.as_mut().unwrap();
+    let mut basic = x509_ocsp::BasicOcspResponse::from_der(bytes.response.as_bytes()).unwrap();
+    // Re-encoding alone changes nothing: the failure below is the edit's doing.
+    bytes.response = der::asn1::OctetString::new(basic.to_der().unwrap()).unwrap();
+    assert!(verify_response(&request, &outer.to_der().unwrap(), now).is_ok());
+    let bytes = outer.response_bytes.as_mut().unwrap();
+    basic.tbs_response_data.responses[0].next_update = None;
+    bytes.response = der::asn1::OctetString::new(basic.to_der().unwrap()).unwrap();
+    let tampered = verify_response(&request, &outer.to_der().unwrap(), now);
+    assert!(
+        matches!(tampered, Err(OcspError::BadSignature)),
+        "{tampered:?}"
+    );
+
+    // An answer about another certificate does not answer ours.
+    let other = PreparedRequest::new(&pki.revoked, &pki.ca_der, None).unwrap();
+    let mismatch = verify_response(&other, &response, now);
+    assert!(
+        matches!(mismatch, Err(OcspError::NoMatchingResponse)),
+        "{mismatch:?}"
+    );
+
+    let garbage = verify_response(&request, b"\x30\x03\x0a\x01\x00", now);
+    assert!(matches!(garbage, Err(OcspError::NotBasic)), "{garbage:?}");
+    let try_later = verify_response(&request, b"\x30\x03\x0a\x01\x03", now);
+    assert!(
+        matches!(try_later, Err(OcspError::ResponseStatus(_))),
+        "{try_later:?}"
     );
 }
