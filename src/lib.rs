@@ -10,3 +10,16 @@ pub mod proxy;
 pub mod revocation;
 pub mod runtime;
 pub mod tls;
+
+/// An error and its sources as one line (`outer: cause: root cause`), for logs and diagnostics
+/// where the chain would otherwise be lost.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

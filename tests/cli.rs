@@ -16,7 +16,11 @@ fn certgate() -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `certgate serve` process, killed on drop.
@@ -49,7 +53,10 @@ fn serve(config: &Path) -> Served {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "certgate did not start listening on {addr}");
+        assert!(
+            Instant::now() < deadline,
+            "certgate did not start listening on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Served { child, addr }
@@ -58,8 +65,16 @@ fn serve(config: &Path) -> Served {
 fn config_on_free_port(env: &Env, upstream: SocketAddr) -> std::path::PathBuf {
     let yaml = env
         .config(upstream, "")
-        .replacen("listen: \"127.0.0.1:0\"", &format!("listen: \"127.0.0.1:{}\"", free_port()), 1)
-        .replacen("listen: \"127.0.0.1:0\"", &format!("listen: \"127.0.0.1:{}\"", free_port()), 1);
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"127.0.0.1:{}\"", free_port()),
+            1,
+        )
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"127.0.0.1:{}\"", free_port()),
+            1,
+        );
     write_file(env.dir.path(), "certgate.yaml", &yaml)
 }
 
@@ -81,14 +96,21 @@ async fn curl_with_a_partner_certificate_reaches_the_upstream() {
     ];
     let out = curl(&ca, with_cert).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout, "upstream saw /v1/orders/42\n200");
     assert_eq!(up.last().headers["x-partner-id"], "acme");
 
     // Without a certificate curl is refused in the handshake and the upstream sees nothing more.
     let before = up.count();
     let out = curl(&ca, vec![url]).await;
-    assert!(!out.status.success(), "curl without a certificate must fail");
+    assert!(
+        !out.status.success(),
+        "curl without a certificate must fail"
+    );
     assert_eq!(up.count(), before);
 }
 
@@ -97,7 +119,15 @@ async fn curl(ca: &str, args: Vec<String>) -> std::process::Output {
     let ca = ca.to_owned();
     tokio::task::spawn_blocking(move || {
         Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert", &ca])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+                &ca,
+            ])
             .args(&args)
             .output()
             .unwrap()
@@ -131,10 +161,19 @@ fn check_reports_every_problem_with_its_place_and_exits_1() {
         .replace("    upstream: dead\n", "    upstream: nowhere\n")
         .replace("key: server-key.pem", "key: missing-key.pem");
     let config = write_file(env.dir.path(), "broken.yaml", &yaml);
-    let out = certgate().arg("check").arg("--config").arg(&config).output().unwrap();
+    let out = certgate()
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = yaml.lines().position(|l| l.contains("upstream: nowhere")).unwrap() + 1;
+    let line = yaml
+        .lines()
+        .position(|l| l.contains("upstream: nowhere"))
+        .unwrap()
+        + 1;
     assert!(
         stderr.contains(&format!("broken.yaml:{line}:")),
         "the unknown upstream is located at line {line}:\n{stderr}"
@@ -144,7 +183,12 @@ fn check_reports_every_problem_with_its_place_and_exits_1() {
     // With the YAML fixed, the missing key file is named by its path.
     let yaml = yaml.replace("    upstream: nowhere\n", "    upstream: dead\n");
     let config = write_file(env.dir.path(), "broken.yaml", &yaml);
-    let out = certgate().arg("check").arg("--config").arg(&config).output().unwrap();
+    let out = certgate()
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("missing-key.pem"), "{stderr}");
@@ -155,19 +199,38 @@ fn check_refuses_a_key_that_does_not_match_its_certificate() {
     let env = Env::new();
     let other = env.root.server();
     std::fs::write(env.path("server-key.pem"), &other.key_pem).unwrap();
-    let config = write_file(env.dir.path(), "c.yaml", &env.config("127.0.0.1:9".parse().unwrap(), ""));
-    let out = certgate().arg("check").arg("--config").arg(&config).output().unwrap();
+    let config = write_file(
+        env.dir.path(),
+        "c.yaml",
+        &env.config("127.0.0.1:9".parse().unwrap(), ""),
+    );
+    let out = certgate()
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("server-key.pem") && stderr.contains("does not match"), "{stderr}");
+    assert!(
+        stderr.contains("server-key.pem") && stderr.contains("does not match"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn serve_refuses_to_start_on_the_same_errors() {
     let env = Env::new();
-    let yaml = env.config("127.0.0.1:9".parse().unwrap(), "").replace("    upstream: dead\n", "    upstream: nowhere\n");
+    let yaml = env
+        .config("127.0.0.1:9".parse().unwrap(), "")
+        .replace("    upstream: dead\n", "    upstream: nowhere\n");
     let config = write_file(env.dir.path(), "broken.yaml", &yaml);
-    let out = certgate().arg("serve").arg("--config").arg(&config).output().unwrap();
+    let out = certgate()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
 }
@@ -177,17 +240,40 @@ fn inspect_prints_the_identity_and_the_partner_it_maps_to() {
     let env = Env::new();
     let acme = env.acme();
     let (cert, _) = acme.write(env.dir.path(), "acme");
-    let config = write_file(env.dir.path(), "c.yaml", &env.config("127.0.0.1:9".parse().unwrap(), ""));
-    let out = certgate().arg("inspect").arg(&cert).arg("--config").arg(&config).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = write_file(
+        env.dir.path(),
+        "c.yaml",
+        &env.config("127.0.0.1:9".parse().unwrap(), ""),
+    );
+    let out = certgate()
+        .arg("inspect")
+        .arg(&cert)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("CN=acme-billing"), "{stdout}");
     assert!(stdout.contains(&acme.fingerprint_hex()), "{stdout}");
-    assert!(stdout.contains("spiffe://partners.example.com/acme"), "{stdout}");
+    assert!(
+        stdout.contains("spiffe://partners.example.com/acme"),
+        "{stdout}"
+    );
     assert!(stdout.contains("clientAuth"), "{stdout}");
-    assert!(stdout.contains("partner:      acme (matched by spiffe)"), "{stdout}");
+    assert!(
+        stdout.contains("partner:      acme (matched by spiffe)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("orders-read"), "{stdout}");
-    assert!(!stdout.contains("payments-write"), "acme may not call payments: {stdout}");
+    assert!(
+        !stdout.contains("payments-write"),
+        "acme may not call payments: {stdout}"
+    );
 }
 
 /// Peak resident memory of a process, from /proc (kB).
@@ -212,17 +298,29 @@ async fn a_100_mb_body_streams_both_ways_without_growing_gateway_memory() {
     let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
 
     // Warm up so the baseline includes TLS, pools and buffers.
-    let a = call(served.addr, client.clone(), get("/v1/orders/download/1048576")).await.unwrap();
+    let a = call(
+        served.addr,
+        client.clone(),
+        get("/v1/orders/download/1048576"),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.body.len(), 1024 * 1024);
     let baseline = vm_hwm_kb(served.child.id());
 
     // Upload: the client streams 100 MB, the upstream counts it.
     let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
     let stream = futures_util::stream::iter(
-        (0..SIZE / chunk.len()).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+        (0..SIZE / chunk.len())
+            .map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
     );
-    let tls = connect(served.addr, "localhost", client.clone()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    let tls = connect(served.addr, "localhost", client.clone())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = http::Request::post("/v1/orders/count-body")
         .header("host", "localhost")
@@ -231,12 +329,18 @@ async fn a_100_mb_body_streams_both_ways_without_growing_gateway_memory() {
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(String::from_utf8_lossy(&body), format!("{{\"bytes\":{SIZE}}}"));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("{{\"bytes\":{SIZE}}}")
+    );
 
     // Download: the upstream streams 100 MB, the client counts it.
     let tls = connect(served.addr, "localhost", client).await.unwrap();
     let mut sender = handshake_http(tls).await.unwrap();
-    let resp = sender.send(get(&format!("/v1/orders/download/{SIZE}"))).await.unwrap();
+    let resp = sender
+        .send(get(&format!("/v1/orders/download/{SIZE}")))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut total = 0usize;
@@ -253,5 +357,7 @@ async fn a_100_mb_body_streams_both_ways_without_growing_gateway_memory() {
         growth_mb < 32.0,
         "gateway peak memory grew by {growth_mb:.1} MB while streaming 2 × 100 MB (baseline {baseline} kB)"
     );
-    let _ = std::io::stderr().write_all(format!("streaming 2 x 100 MB: gateway peak RSS grew {growth_mb:.1} MB\n").as_bytes());
+    let _ = std::io::stderr().write_all(
+        format!("streaming 2 x 100 MB: gateway peak RSS grew {growth_mb:.1} MB\n").as_bytes(),
+    );
 }

@@ -17,7 +17,10 @@ async fn identity_headers_sent_by_a_partner_are_replaced() {
         .header("host", "localhost")
         .header("client-cert", ":AAAA:")
         .header("client-cert-chain", ":AAAA:")
-        .header("x-forwarded-client-cert", "Hash=00;Subject=\"CN=globex-sync\"")
+        .header(
+            "x-forwarded-client-cert",
+            "Hash=00;Subject=\"CN=globex-sync\"",
+        )
         .header("x-partner-id", "globex")
         .header("x-forwarded-for", "10.9.8.7")
         .header("forwarded", "for=10.9.8.7")
@@ -27,17 +30,29 @@ async fn identity_headers_sent_by_a_partner_are_replaced() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let acme = env.acme();
-    let a = call(gw.local_addr(), env.client(Some(&acme), &[b"http/1.1"]), req).await.unwrap();
+    let a = call(
+        gw.local_addr(),
+        env.client(Some(&acme), &[b"http/1.1"]),
+        req,
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200);
     let seen = up.last();
     assert_eq!(seen.headers.get_all("x-partner-id").iter().count(), 1);
     assert_eq!(seen.headers["x-partner-id"], "acme");
     assert_ne!(seen.headers["client-cert"], ":AAAA:");
-    assert!(seen.headers.get("client-cert-chain").is_none(), "acme has no intermediates");
+    assert!(
+        seen.headers.get("client-cert-chain").is_none(),
+        "acme has no intermediates"
+    );
     assert!(seen.headers.get("x-forwarded-client-cert").is_none());
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["forwarded"], "for=127.0.0.1;proto=https");
-    assert!(seen.headers.get("x-secret").is_none(), "headers named by Connection are hop-by-hop");
+    assert!(
+        seen.headers.get("x-secret").is_none(),
+        "headers named by Connection are hop-by-hop"
+    );
     assert!(seen.headers.get("te").is_none());
 }
 
@@ -45,7 +60,10 @@ async fn identity_headers_sent_by_a_partner_are_replaced() {
 async fn xfcc_mode_sends_envoys_header_and_no_rfc9440_headers() {
     let env = Env::new();
     let up = Upstream::start().await;
-    let yaml = env.config(up.addr, "forward:\n  client_cert_header: xfcc\n  partner_header: X-Partner\n");
+    let yaml = env.config(
+        up.addr,
+        "forward:\n  client_cert_header: xfcc\n  partner_header: X-Partner\n",
+    );
     let gw = env.start(&yaml).await;
     let acme = env.acme();
     let req = Request::get("/v1/orders/1")
@@ -53,13 +71,25 @@ async fn xfcc_mode_sends_envoys_header_and_no_rfc9440_headers() {
         .header("x-partner", "globex")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let a = call(gw.local_addr(), env.client(Some(&acme), &[b"http/1.1"]), req).await.unwrap();
+    let a = call(
+        gw.local_addr(),
+        env.client(Some(&acme), &[b"http/1.1"]),
+        req,
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200);
     let seen = up.last();
     assert_eq!(seen.headers["x-partner"], "acme");
     let xfcc = seen.headers["x-forwarded-client-cert"].to_str().unwrap();
-    assert!(xfcc.starts_with(&format!("Hash={}", acme.fingerprint_hex())), "{xfcc}");
-    assert!(xfcc.contains("URI=spiffe://partners.example.com/acme"), "{xfcc}");
+    assert!(
+        xfcc.starts_with(&format!("Hash={}", acme.fingerprint_hex())),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.contains("URI=spiffe://partners.example.com/acme"),
+        "{xfcc}"
+    );
     assert!(seen.headers.get("client-cert").is_none());
 }
 
@@ -69,7 +99,13 @@ async fn http2_clients_are_served_and_forwarded() {
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let acme = env.acme();
-    let tls = connect(gw.local_addr(), "localhost", env.client(Some(&acme), &[b"h2"])).await.unwrap();
+    let tls = connect(
+        gw.local_addr(),
+        "localhost",
+        env.client(Some(&acme), &[b"h2"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let mut sender = handshake_http(tls).await.unwrap();
     for i in 0..3 {
@@ -90,12 +126,19 @@ async fn http2_clients_are_served_and_forwarded() {
 async fn an_http2_upstream_is_reached_over_h2() {
     let env = Env::new();
     let up = Upstream::start().await;
-    let yaml = env
-        .config(up.addr, "")
-        .replace("    request_timeout: 2s\n", "    request_timeout: 2s\n    protocol: http2\n");
+    let yaml = env.config(up.addr, "").replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    protocol: http2\n",
+    );
     let gw = env.start(&yaml).await;
     let acme = env.acme();
-    let a = call(gw.local_addr(), env.client(Some(&acme), &[b"http/1.1"]), get("/v1/orders/1")).await.unwrap();
+    let a = call(
+        gw.local_addr(),
+        env.client(Some(&acme), &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(up.last().version, http::Version::HTTP_2);
 }
@@ -107,7 +150,13 @@ async fn websocket_upgrades_pass_through() {
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let acme = env.acme();
-    let tls = connect(gw.local_addr(), "localhost", env.client(Some(&acme), &[b"http/1.1"])).await.unwrap();
+    let tls = connect(
+        gw.local_addr(),
+        "localhost",
+        env.client(Some(&acme), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async("wss://localhost/v1/orders/live", tls)
         .await
         .unwrap();
@@ -130,8 +179,17 @@ async fn h2c_upgrades_are_never_forwarded() {
         .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let a = call(gw.local_addr(), env.client(Some(&env.acme()), &[b"http/1.1"]), req).await.unwrap();
-    assert_eq!((a.status.as_u16(), a.reason().as_str()), (400, "upgrade_not_allowed"));
+    let a = call(
+        gw.local_addr(),
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        req,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (400, "upgrade_not_allowed")
+    );
     assert_eq!(up.count(), 0);
 }
 
@@ -141,10 +199,20 @@ async fn a_slow_upstream_gets_504_and_a_dead_one_502() {
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
-    let a = call(gw.local_addr(), client.clone(), get("/v1/orders/slow")).await.unwrap();
-    assert_eq!((a.status.as_u16(), a.reason().as_str()), (504, "upstream_timeout"));
-    let a = call(gw.local_addr(), client, get("/v1/broken/1")).await.unwrap();
-    assert_eq!((a.status.as_u16(), a.reason().as_str()), (502, "upstream_unavailable"));
+    let a = call(gw.local_addr(), client.clone(), get("/v1/orders/slow"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (504, "upstream_timeout")
+    );
+    let a = call(gw.local_addr(), client, get("/v1/broken/1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (502, "upstream_unavailable")
+    );
 }
 
 #[tokio::test]
@@ -152,13 +220,22 @@ async fn keep_alive_connections_carry_many_requests() {
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
-    let tls = connect(gw.local_addr(), "localhost", env.client(Some(&env.acme()), &[b"http/1.1"])).await.unwrap();
+    let tls = connect(
+        gw.local_addr(),
+        "localhost",
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
     let mut sender = handshake_http(tls).await.unwrap();
     for i in 0..20 {
         let a = read(sender.send(get(&format!("/v1/orders/{i}"))).await.unwrap()).await;
         assert_eq!(a.status, 200);
     }
     let a = read(sender.send(get("/v1/payments")).await.unwrap()).await;
-    assert_eq!(a.status, 405, "POST-only route, GET refused on the same connection");
+    assert_eq!(
+        a.status, 405,
+        "POST-only route, GET refused on the same connection"
+    );
     assert_eq!(up.count(), 20);
 }

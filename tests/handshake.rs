@@ -7,7 +7,12 @@ use common::*;
 
 async fn refused_at_handshake(env: &Env, up: &Upstream, leaf: Option<&Leaf>) -> String {
     let gw = env.start(&env.config(up.addr, "")).await;
-    let result = call(gw.local_addr(), env.client(leaf, &[b"http/1.1"]), get("/v1/orders/1")).await;
+    let result = call(
+        gw.local_addr(),
+        env.client(leaf, &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await;
     let err = result.expect_err("the handshake should have been refused");
     assert_eq!(up.count(), 0, "nothing may reach the upstream");
     err
@@ -19,9 +24,13 @@ async fn a_valid_partner_certificate_is_forwarded_with_its_identity() {
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let acme = env.acme();
-    let answer = call(gw.local_addr(), env.client(Some(&acme), &[b"http/1.1"]), get("/v1/orders/7?x=1"))
-        .await
-        .unwrap();
+    let answer = call(
+        gw.local_addr(),
+        env.client(Some(&acme), &[b"http/1.1"]),
+        get("/v1/orders/7?x=1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body, "upstream saw /v1/orders/7");
     let seen = up.last();
@@ -34,8 +43,13 @@ async fn a_valid_partner_certificate_is_forwarded_with_its_identity() {
     // RFC 9440: the leaf, as an RFC 8941 byte sequence.
     use base64::Engine as _;
     let client_cert = seen.headers["client-cert"].to_str().unwrap();
-    let b64 = client_cert.strip_prefix(':').and_then(|s| s.strip_suffix(':')).unwrap();
-    let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let b64 = client_cert
+        .strip_prefix(':')
+        .and_then(|s| s.strip_suffix(':'))
+        .unwrap();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
     assert_eq!(der, acme.der);
     gw.shutdown().await;
 }
@@ -46,13 +60,27 @@ async fn a_chain_through_an_intermediate_is_accepted_and_forwarded_as_a_chain() 
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let issuing = env.root.intermediate("partner issuing CA");
-    let leaf = issuing.leaf("acme-billing").spiffe("spiffe://partners.example.com/acme").issue();
-    let answer = call(gw.local_addr(), env.client(Some(&leaf), &[b"http/1.1"]), get("/v1/orders/1"))
-        .await
-        .unwrap();
+    let leaf = issuing
+        .leaf("acme-billing")
+        .spiffe("spiffe://partners.example.com/acme")
+        .issue();
+    let answer = call(
+        gw.local_addr(),
+        env.client(Some(&leaf), &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status, 200);
-    let chain = up.last().headers["client-cert-chain"].to_str().unwrap().to_owned();
-    assert_eq!(chain.matches(':').count(), 2, "one intermediate in the chain header: {chain}");
+    let chain = up.last().headers["client-cert-chain"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        chain.matches(':').count(),
+        2,
+        "one intermediate in the chain header: {chain}"
+    );
 }
 
 #[tokio::test]
@@ -67,7 +95,12 @@ async fn no_client_certificate_is_refused() {
 async fn an_expired_certificate_is_refused_with_certificate_expired() {
     let env = Env::new();
     let up = Upstream::start().await;
-    let leaf = env.root.leaf("acme-billing").spiffe("spiffe://partners.example.com/acme").expired().issue();
+    let leaf = env
+        .root
+        .leaf("acme-billing")
+        .spiffe("spiffe://partners.example.com/acme")
+        .expired()
+        .issue();
     let err = refused_at_handshake(&env, &up, Some(&leaf)).await;
     assert!(err.contains("CertificateExpired"), "{err}");
 }
@@ -77,7 +110,10 @@ async fn a_certificate_from_an_unknown_ca_is_refused_with_unknown_ca() {
     let env = Env::new();
     let up = Upstream::start().await;
     let stranger = Ca::root("some other CA");
-    let leaf = stranger.leaf("acme-billing").spiffe("spiffe://partners.example.com/acme").issue();
+    let leaf = stranger
+        .leaf("acme-billing")
+        .spiffe("spiffe://partners.example.com/acme")
+        .issue();
     let err = refused_at_handshake(&env, &up, Some(&leaf)).await;
     assert!(err.contains("UnknownCA"), "{err}");
 }
@@ -102,15 +138,30 @@ async fn tls_1_2_clients_are_served_and_1_3_only_config_refuses_them() {
     let up = Upstream::start().await;
     let acme = env.acme();
     let tls12 = |leaf: &Leaf| {
-        client_config_with(&env.root.pem, Some(leaf), &[b"http/1.1"], &[&rustls::version::TLS12])
+        client_config_with(
+            &env.root.pem,
+            Some(leaf),
+            &[b"http/1.1"],
+            &[&rustls::version::TLS12],
+        )
     };
     let gw = env.start(&env.config(up.addr, "")).await;
-    let answer = call(gw.local_addr(), tls12(&acme), get("/v1/orders/1")).await.unwrap();
+    let answer = call(gw.local_addr(), tls12(&acme), get("/v1/orders/1"))
+        .await
+        .unwrap();
     assert_eq!(answer.status, 200);
     gw.shutdown().await;
 
-    let yaml = env.config(up.addr, "").replace("    certificates:", "    min_version: \"1.3\"\n    certificates:");
+    let yaml = env.config(up.addr, "").replace(
+        "    certificates:",
+        "    min_version: \"1.3\"\n    certificates:",
+    );
     let gw = env.start(&yaml).await;
-    let err = call(gw.local_addr(), tls12(&acme), get("/v1/orders/1")).await.unwrap_err();
-    assert!(err.to_lowercase().contains("protocol") || err.contains("ProtocolVersion"), "{err}");
+    let err = call(gw.local_addr(), tls12(&acme), get("/v1/orders/1"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_lowercase().contains("protocol") || err.contains("ProtocolVersion"),
+        "{err}"
+    );
 }

@@ -31,9 +31,13 @@ async fn setup() -> Setup {
 
 impl Setup {
     async fn as_acme(&self, r: Request<Full<Bytes>>) -> Answer {
-        call(self.gw.local_addr(), self.env.client(Some(&self.env.acme()), &[b"http/1.1"]), r)
-            .await
-            .unwrap()
+        call(
+            self.gw.local_addr(),
+            self.env.client(Some(&self.env.acme()), &[b"http/1.1"]),
+            r,
+        )
+        .await
+        .unwrap()
     }
 }
 
@@ -41,14 +45,21 @@ impl Setup {
 async fn a_route_outside_the_partners_scopes_is_refused() {
     let s = setup().await;
     let a = s.as_acme(req("POST", "localhost", "/v1/payments")).await;
-    assert_eq!((a.status.as_u16(), a.reason().as_str()), (403, "scope_denied"));
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (403, "scope_denied")
+    );
     assert_eq!(a.headers["content-type"], "application/json");
     assert_eq!(s.up.count(), 0);
     // globex holds payments:write.
     let globex = s.env.globex();
-    let a = call(s.gw.local_addr(), s.env.client(Some(&globex), &[b"http/1.1"]), req("POST", "localhost", "/v1/payments"))
-        .await
-        .unwrap();
+    let a = call(
+        s.gw.local_addr(),
+        s.env.client(Some(&globex), &[b"http/1.1"]),
+        req("POST", "localhost", "/v1/payments"),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(s.up.last().headers["x-partner-id"], "globex");
 }
@@ -57,7 +68,10 @@ async fn a_route_outside_the_partners_scopes_is_refused() {
 async fn an_unlisted_method_is_refused_with_405() {
     let s = setup().await;
     let a = s.as_acme(req("DELETE", "localhost", "/v1/orders/1")).await;
-    assert_eq!((a.status.as_u16(), a.reason().as_str()), (405, "method_not_allowed"));
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (405, "method_not_allowed")
+    );
     assert_eq!(s.up.count(), 0);
 }
 
@@ -75,12 +89,25 @@ async fn an_unknown_path_is_refused_with_404() {
 async fn a_host_that_disagrees_with_sni_is_refused_with_421() {
     let s = setup().await;
     // SNI is taken from the Host header by `call`; connect with SNI localhost, then ask for another host.
-    let tls = connect(s.gw.local_addr(), "localhost", s.env.client(Some(&s.env.acme()), &[b"http/1.1"]))
-        .await
-        .unwrap();
+    let tls = connect(
+        s.gw.local_addr(),
+        "localhost",
+        s.env.client(Some(&s.env.acme()), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
     let mut sender = handshake_http(tls).await.unwrap();
-    let a = read(sender.send(req("GET", "api.example.com", "/v1/hosted")).await.unwrap()).await;
-    assert_eq!((a.status.as_u16(), a.reason().as_str()), (421, "host_mismatch"));
+    let a = read(
+        sender
+            .send(req("GET", "api.example.com", "/v1/hosted"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (421, "host_mismatch")
+    );
     // Same host in SNI and Host: the host-bound route answers.
     let a = s.as_acme(req("GET", "api.example.com", "/v1/hosted")).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -101,11 +128,23 @@ async fn path_tricks_cannot_slip_past_a_prefix() {
         "/v1/orders/%2e%2e/payments",
     ] {
         let a = s.as_acme(req("POST", "localhost", trick)).await;
-        assert_eq!((a.status.as_u16(), a.reason().as_str()), (403, "scope_denied"), "{trick}");
+        assert_eq!(
+            (a.status.as_u16(), a.reason().as_str()),
+            (403, "scope_denied"),
+            "{trick}"
+        );
     }
-    for escape in ["/..", "/v1/../../etc/passwd", "/v1/orders/%2e%2e/%2e%2e/%2e%2e"] {
+    for escape in [
+        "/..",
+        "/v1/../../etc/passwd",
+        "/v1/orders/%2e%2e/%2e%2e/%2e%2e",
+    ] {
         let a = s.as_acme(req("GET", "localhost", escape)).await;
-        assert_eq!((a.status.as_u16(), a.reason().as_str()), (400, "bad_path"), "{escape}");
+        assert_eq!(
+            (a.status.as_u16(), a.reason().as_str()),
+            (400, "bad_path"),
+            "{escape}"
+        );
     }
     assert_eq!(s.up.count(), 0, "no trick may reach the upstream");
 }
@@ -113,7 +152,9 @@ async fn path_tricks_cannot_slip_past_a_prefix() {
 #[tokio::test]
 async fn the_upstream_receives_the_normalised_path_policy_checked() {
     let s = setup().await;
-    let a = s.as_acme(req("GET", "localhost", "/v1//orders/./x/../%37?q=%2F")).await;
+    let a = s
+        .as_acme(req("GET", "localhost", "/v1//orders/./x/../%37?q=%2F"))
+        .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(s.up.last().path_and_query, "/v1/orders/7?q=%2F");
 }
@@ -121,11 +162,23 @@ async fn the_upstream_receives_the_normalised_path_policy_checked() {
 #[tokio::test]
 async fn a_certificate_bound_to_no_partner_is_refused() {
     let s = setup().await;
-    let nobody = s.env.root.leaf("nobody").spiffe("spiffe://partners.example.com/nobody").issue();
-    let a = call(s.gw.local_addr(), s.env.client(Some(&nobody), &[b"http/1.1"]), req("GET", "localhost", "/v1/orders/1"))
-        .await
-        .unwrap();
-    assert_eq!((a.status.as_u16(), a.reason().as_str()), (403, "unknown_partner"));
+    let nobody = s
+        .env
+        .root
+        .leaf("nobody")
+        .spiffe("spiffe://partners.example.com/nobody")
+        .issue();
+    let a = call(
+        s.gw.local_addr(),
+        s.env.client(Some(&nobody), &[b"http/1.1"]),
+        req("GET", "localhost", "/v1/orders/1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (403, "unknown_partner")
+    );
     assert_eq!(s.up.count(), 0);
 }
 
@@ -133,7 +186,10 @@ async fn a_certificate_bound_to_no_partner_is_refused() {
 async fn refusals_do_not_leak_internals() {
     let s = setup().await;
     let a = s.as_acme(req("GET", "localhost", "/v1/broken/x")).await;
-    assert_eq!((a.status.as_u16(), a.reason().as_str()), (502, "upstream_unavailable"));
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (502, "upstream_unavailable")
+    );
     assert!(!a.body.contains("127.0.0.1"), "{}", a.body);
     assert!(!a.body.to_lowercase().contains("refused"), "{}", a.body);
 }

@@ -16,7 +16,9 @@ use tokio::net::TcpListener;
 ///
 /// # Errors
 /// The address cannot be bound.
-pub(super) async fn spawn(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub(super) async fn spawn(
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {

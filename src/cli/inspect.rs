@@ -38,7 +38,10 @@ pub(super) fn run(cert_path: &Path, config_path: Option<&Path>) -> ExitCode {
     let index = PartnerIndex::build(&config.partners);
     match index.lookup(&identity) {
         None => {
-            println!("partner:      none — this certificate maps to no partner in {}", config_path.display());
+            println!(
+                "partner:      none — this certificate maps to no partner in {}",
+                config_path.display()
+            );
         }
         Some((id, how)) => {
             let partner = &config.partners[id.0];
@@ -59,7 +62,12 @@ pub(super) fn run(cert_path: &Path, config_path: Option<&Path>) -> ExitCode {
                     any = true;
                     let methods = route.methods.as_ref().map_or_else(
                         || "any method".to_owned(),
-                        |m| m.iter().map(http::Method::as_str).collect::<Vec<_>>().join(","),
+                        |m| {
+                            m.iter()
+                                .map(http::Method::as_str)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        },
                     );
                     let path = match &route.path {
                         config::model::PathMatch::Exact(p) => p.clone(),
@@ -87,7 +95,10 @@ fn print_identity(id: &PeerIdentity) {
     let ts = |t: i64| {
         time::OffsetDateTime::from_unix_timestamp(t)
             .ok()
-            .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| t.to_string())
     };
     println!("subject:      {}", id.subject);
@@ -95,9 +106,30 @@ fn print_identity(id: &PeerIdentity) {
     println!("serial:       {}", id.serial);
     println!("sha256:       {}", id.fingerprint_hex());
     println!("spiffe:       {}", id.spiffe.as_deref().unwrap_or("-"));
-    println!("san dns:      {}", if id.san_dns.is_empty() { "-".to_owned() } else { id.san_dns.join(", ") });
-    println!("san uri:      {}", if id.san_uri.is_empty() { "-".to_owned() } else { id.san_uri.join(", ") });
+    println!(
+        "san dns:      {}",
+        if id.san_dns.is_empty() {
+            "-".to_owned()
+        } else {
+            id.san_dns.join(", ")
+        }
+    );
+    println!(
+        "san uri:      {}",
+        if id.san_uri.is_empty() {
+            "-".to_owned()
+        } else {
+            id.san_uri.join(", ")
+        }
+    );
     println!("not before:   {}", ts(id.not_before));
     println!("not after:    {}", ts(id.not_after));
-    println!("eku:          {}", if id.eku.is_empty() { "-".to_owned() } else { id.eku.join(", ") });
+    println!(
+        "eku:          {}",
+        if id.eku.is_empty() {
+            "-".to_owned()
+        } else {
+            id.eku.join(", ")
+        }
+    );
 }

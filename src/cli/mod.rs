@@ -13,11 +13,15 @@ use clap::{Parser, Subcommand};
 
 use crate::audit::{self, LogFormat};
 use crate::config::{self, model::Config};
-use crate::runtime::{BuildError, Gateway, Snapshot, StartError};
-
+use crate::revocation::Registry;
+use crate::runtime::{self, Gateway, StartError};
 
 #[derive(Debug, Parser)]
-#[command(name = "certgate", version, about = "mTLS gateway: certificate-bound partner access in front of APIs")]
+#[command(
+    name = "certgate",
+    version,
+    about = "mTLS gateway: certificate-bound partner access in front of APIs"
+)]
 pub struct Cli {
     /// Log format: `json` lines for pipelines, `text` for a terminal.
     #[arg(long, global = true, value_enum, default_value = "json")]
@@ -66,14 +70,14 @@ pub enum Command {
 /// Only failures that are not already reported as diagnostics (runtime start-up, I/O).
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Check { config } => Ok(check(&config)),
+        Command::Check { config } => Ok(check(&config).await),
         Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref())),
         Command::Serve { config } => {
             audit::init(cli.log_format);
-            let Some(config) = load_everything(&config) else {
+            let Some(config) = load_everything(&config).await else {
                 return Ok(ExitCode::FAILURE);
             };
-            serve(config).await
+            serve(&config.source.clone(), config).await
         }
         Command::Demo {
             dir,
@@ -93,44 +97,64 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Loads the YAML and builds a snapshot from it exactly as `serve` does, printing every problem.
-fn load_everything(path: &Path) -> Option<Config> {
+/// Loads the YAML, builds a snapshot and loads its CRLs exactly as `serve` does, printing every
+/// problem with its place.
+async fn load_everything(path: &Path) -> Option<Config> {
     let config = match config::load(path) {
         Ok(c) => c,
         Err(problems) => {
             for p in problems.iter() {
                 eprintln!("error: {p}");
             }
-            eprintln!("{}: {} problem(s); nothing was started", path.display(), problems.len());
+            eprintln!(
+                "{}: {} problem(s); nothing was started",
+                path.display(),
+                problems.len()
+            );
             return None;
         }
     };
-    match Snapshot::build(
-        std::sync::Arc::new(config.clone()),
-        std::sync::Arc::new(crate::revocation::Checker::default()),
-    ) {
+    match runtime::prepare(config.clone(), Registry::new()).await {
         Ok(_) => Some(config),
-        Err(errors) => {
-            print_build_errors(path, &errors);
+        Err(e) => {
+            print_start_error(path, &e);
             None
         }
     }
 }
 
-fn print_build_errors(path: &Path, errors: &[BuildError]) {
-    for e in errors {
-        match e.path() {
-            Some(file) if !e.to_string().contains(&file.display().to_string()) => {
-                eprintln!("error: {}: {e}", file.display());
+fn print_start_error(path: &Path, error: &StartError) {
+    let count = match error {
+        StartError::Build(errors) => {
+            for e in errors {
+                match e.path() {
+                    Some(file) if !e.to_string().contains(&file.display().to_string()) => {
+                        eprintln!("error: {}: {}", file.display(), crate::error_chain(e));
+                    }
+                    _ => eprintln!("error: {}", crate::error_chain(e)),
+                }
             }
-            _ => eprintln!("error: {e}"),
+            errors.len()
         }
-    }
-    eprintln!("{}: {} problem(s); nothing was started", path.display(), errors.len());
+        StartError::Revocation(errors) => {
+            for e in errors {
+                eprintln!("error: {}", crate::error_chain(e));
+            }
+            errors.len()
+        }
+        StartError::Bind { .. } => {
+            eprintln!("error: {}", crate::error_chain(error));
+            1
+        }
+    };
+    eprintln!(
+        "{}: {count} problem(s); nothing was started",
+        path.display()
+    );
 }
 
-fn check(path: &Path) -> ExitCode {
-    let Some(config) = load_everything(path) else {
+async fn check(path: &Path) -> ExitCode {
+    let Some(config) = load_everything(path).await else {
         return ExitCode::FAILURE;
     };
     println!(
@@ -146,14 +170,13 @@ fn check(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
-        Err(StartError::Build(errors)) => {
-            print_build_errors(Path::new("configuration"), &errors);
+        Err(e) => {
+            print_start_error(path, &e);
             return Ok(ExitCode::FAILURE);
         }
-        Err(e) => return Err(e.into()),
     };
     wait_for_shutdown_signal().await;
     tracing::info!("shutting down: draining connections");
@@ -165,17 +188,19 @@ async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
     let pki = demo::generate(dir, demo::Validity::Demo)?;
     let (upstream, _echo) = echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let config_path = dir.join("certgate.yaml");
-    std::fs::write(&config_path, demo::config_yaml(&pki, listen, admin, upstream))?;
-    let Some(config) = load_everything(&config_path) else {
+    std::fs::write(
+        &config_path,
+        demo::config_yaml(&pki, listen, admin, upstream),
+    )?;
+    let Some(config) = load_everything(&config_path).await else {
         return Ok(ExitCode::FAILURE);
     };
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
-        Err(StartError::Build(errors)) => {
-            print_build_errors(&config_path, &errors);
+        Err(e) => {
+            print_start_error(&config_path, &e);
             return Ok(ExitCode::FAILURE);
         }
-        Err(e) => return Err(e.into()),
     };
     println!(
         "\ncertgate demo is running: gateway https://localhost:{} → echo upstream http://{upstream}\n\

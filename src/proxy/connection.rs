@@ -1,7 +1,7 @@
 //! One partner connection: handshake, identity, partner, then HTTP until idle, drained or revoked.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,12 @@ use super::refusal::Refusal;
 use super::service;
 use crate::config::model::PartnerId;
 use crate::identity::{PartnerMatch, PeerIdentity};
+use crate::revocation::Revocation;
 use crate::runtime::Snapshot;
 use crate::tls::handshake;
+
+/// How long in-flight requests may run on a connection whose certificate was just revoked.
+const REVOKED_GRACE: Duration = Duration::from_millis(750);
 
 /// What every request on a connection shares: decided once, right after the handshake.
 #[derive(Debug)]
@@ -34,6 +38,9 @@ pub struct ConnContext {
     pub refuse: Option<Refusal>,
     pub headers: ConnectionHeaders,
     pub activity: Activity,
+    /// Set when the certificate is revoked while the connection is open: requests already
+    /// dispatched (HTTP/2 streams) are refused instead of forwarded while it closes.
+    pub revoked: AtomicBool,
 }
 
 impl ConnContext {
@@ -112,11 +119,14 @@ pub async fn serve(
         }
     };
 
-    let ctx = {
+    let registry = snapshot.revocation.registry().clone();
+    let (ctx, _live, mut revoked) = {
         let (_, session) = tls.get_ref();
         let chain = session.peer_certificates().unwrap_or(&[]);
         let sni = session.server_name().map(Box::from);
-        match identify(&snapshot, chain) {
+        // Register before re-checking: a CRL swapped in between then still finds this connection.
+        let (live, revoked) = registry.register_chain(Revocation::chain_keys(chain), id);
+        match identify(&snapshot, chain).await {
             Ok((identity, partner, refuse)) => {
                 let partner_id = partner
                     .and_then(|(p, _)| snapshot.config.partners.get(p.0))
@@ -129,7 +139,7 @@ pub async fn serve(
                     chain,
                     peer,
                 );
-                Arc::new(ConnContext {
+                let ctx = Arc::new(ConnContext {
                     id,
                     peer,
                     sni,
@@ -139,7 +149,9 @@ pub async fn serve(
                     refuse,
                     headers,
                     activity: Activity::new(),
-                })
+                    revoked: AtomicBool::new(false),
+                });
+                (ctx, live, revoked)
             }
             Err(reason) => {
                 tracing::warn!(conn.id = id, client.addr = %peer, %reason, "cannot read the verified peer certificate");
@@ -166,6 +178,8 @@ pub async fn serve(
     let idle = limits.idle_timeout;
     let mut idle_check = Box::pin(tokio::time::sleep(idle));
     let mut closing = false;
+    let mut cut = false;
+    let mut hard_stop = Box::pin(tokio::time::sleep(Duration::ZERO));
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -177,6 +191,26 @@ pub async fn serve(
             _ = shutdown.wait_for(|stop| *stop), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+            }
+            () = revoked.revoked(), if !cut => {
+                tracing::info!(
+                    target: "certgate::audit",
+                    event = "connection_revoked",
+                    conn.id = id,
+                    client.addr = %peer,
+                    partner = ctx.partner_id().unwrap_or("unknown"),
+                    cert.serial = %ctx.identity.serial,
+                    "certificate revoked: closing its live connection"
+                );
+                ctx.revoked.store(true, Ordering::Relaxed);
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                cut = true;
+                hard_stop.as_mut().reset((Instant::now() + REVOKED_GRACE).into());
+            }
+            () = &mut hard_stop, if cut => {
+                // In-flight requests had their grace period; a streaming one ends here.
+                break;
             }
             () = &mut idle_check, if !closing => {
                 match ctx.activity.idle_since() {
@@ -200,8 +234,9 @@ type Identified = (
 );
 
 /// Parses the leaf once, finds the partner and re-checks revocation (resumed sessions skip the
-/// verifier, so this is what keeps resumption from outliving a revocation).
-fn identify(
+/// verifier, so this is what keeps resumption from outliving a revocation), then settles OCSP when
+/// the handshake found no cached answer.
+async fn identify(
     snapshot: &Snapshot,
     chain: &[rustls_pki_types::CertificateDer<'_>],
 ) -> Result<Identified, String> {
@@ -223,6 +258,12 @@ fn identify(
                     })
             } else {
                 snapshot.verifier.check_chain_revocation(bundle, chain, now)
+            };
+            let checked = match checked {
+                Ok(()) if snapshot.revocation.needs_ocsp(bundle, leaf.as_ref()) => {
+                    snapshot.revocation.check_ocsp(bundle, chain).await
+                }
+                other => other,
             };
             match checked {
                 Ok(()) => None,

@@ -114,6 +114,9 @@ async fn decide_and_forward(
     if let Some(refusal) = ctx.refuse {
         return Err(refusal.into());
     }
+    if ctx.revoked.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Refusal::CertificateRevoked.into());
+    }
     let snapshot = &ctx.snapshot;
     let config = &snapshot.config;
     let Some((partner_id, _)) = ctx.partner else {

@@ -21,6 +21,10 @@ pub mod crl;
 mod der;
 pub mod fetch;
 pub mod live;
+pub mod ocsp;
+mod state;
+
+pub use state::{BackgroundTasks, Revocation};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +37,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 
 use crate::config::model::{BundleId, CrlExpiredPolicy, CrlSource, TrustBundle};
+use crate::error_chain;
 
 pub use crl::{issuer_and_serial, CaKey, CrlError, CrlSet};
 pub use fetch::{FetchError, FetchOptions, RefreshTasks};
@@ -600,15 +605,4 @@ fn origin_of(source: &CrlSource) -> String {
 /// Locks a mutex that guards only bookkeeping: a panic elsewhere must not wedge CRL loading.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

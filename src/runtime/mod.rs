@@ -15,12 +15,14 @@ pub use snapshot::{BuildError, Snapshot};
 
 use crate::config::model::Config;
 use crate::proxy::listener;
-use crate::revocation::Checker;
+use crate::revocation::{BackgroundTasks, CrlLoadError, LoadFailure, Registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("the configuration cannot be loaded ({} problems)", .0.len())]
     Build(Vec<BuildError>),
+    #[error("{} CRL source(s) cannot be loaded", .0.len())]
+    Revocation(Vec<CrlLoadError>),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -38,6 +40,7 @@ pub struct Gateway {
     permits: Arc<Semaphore>,
     max_connections: usize,
     accept: JoinHandle<()>,
+    background: BackgroundTasks,
 }
 
 impl Gateway {
@@ -46,8 +49,8 @@ impl Gateway {
     /// # Errors
     /// Every build problem, or the listener cannot bind.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let checker = Arc::new(Checker::default());
-        let snapshot = Snapshot::build(Arc::new(config), checker).map_err(StartError::Build)?;
+        let registry = Registry::new();
+        let snapshot = prepare(config, registry).await?;
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -57,8 +60,9 @@ impl Gateway {
             .map_err(|source| StartError::Bind { addr, source })?;
         let max_connections = snapshot.config.server.limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
-        let current = Arc::new(ArcSwap::from_pointee(snapshot));
         let (shutdown, rx) = watch::channel(false);
+        let background = snapshot.revocation.spawn(rx.clone());
+        let current = Arc::new(ArcSwap::from_pointee(snapshot));
         let accept = tokio::spawn(listener::accept_loop(
             listener,
             current.clone(),
@@ -73,6 +77,7 @@ impl Gateway {
             permits,
             max_connections,
             accept,
+            background,
         })
     }
 
@@ -98,6 +103,32 @@ impl Gateway {
         if !drained {
             tracing::warn!(timeout = ?drain, "drain timeout reached; closing remaining connections");
         }
+        self.background.join().await;
         drained
     }
+}
+
+/// Builds a snapshot and loads its revocation sources once: everything `serve` needs before it
+/// may accept a connection, and everything `check` validates.
+///
+/// A CRL file that cannot be loaded is an error (a configuration mistake); a CRL URL that cannot
+/// be fetched right now is logged, and that bundle fails closed until a fetch succeeds.
+///
+/// # Errors
+/// Every build problem, or every CRL file that failed to load.
+pub async fn prepare(config: Config, registry: Arc<Registry>) -> Result<Snapshot, StartError> {
+    let snapshot = Snapshot::build(Arc::new(config), registry).map_err(StartError::Build)?;
+    let (fatal, transient): (Vec<_>, Vec<_>) = snapshot
+        .revocation
+        .load()
+        .await
+        .into_iter()
+        .partition(|e| !matches!(e.cause, LoadFailure::Fetch(_)));
+    for e in &transient {
+        tracing::warn!(error = %crate::error_chain(e), "CRL URL unavailable at start; its bundle fails closed until it loads");
+    }
+    if !fatal.is_empty() {
+        return Err(StartError::Revocation(fatal));
+    }
+    Ok(snapshot)
 }

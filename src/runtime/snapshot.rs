@@ -11,7 +11,7 @@ use crate::config::model::Config;
 use crate::identity::PartnerIndex;
 use crate::policy::RouteTable;
 use crate::proxy::upstream::{Upstream, UpstreamBuildError};
-use crate::revocation::Checker;
+use crate::revocation::{self, Registry, Revocation};
 use crate::tls::server::ServerTlsError;
 use crate::tls::trust::{TrustError, TrustStore};
 use crate::tls::verifier::ClientVerifier;
@@ -25,6 +25,8 @@ pub enum BuildError {
     ServerTls(#[from] ServerTlsError),
     #[error(transparent)]
     Upstream(#[from] UpstreamBuildError),
+    #[error(transparent)]
+    Revocation(#[from] revocation::BuildError),
 }
 
 impl BuildError {
@@ -34,6 +36,7 @@ impl BuildError {
             Self::Trust(e) => Some(e.path()),
             Self::ServerTls(e) => e.path(),
             Self::Upstream(e) => e.path(),
+            Self::Revocation(_) => None,
         }
     }
 }
@@ -43,6 +46,7 @@ impl BuildError {
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub trust: Arc<TrustStore>,
+    pub revocation: Arc<Revocation>,
     pub verifier: Arc<ClientVerifier>,
     pub acceptor: TlsAcceptor,
     pub partners: PartnerIndex,
@@ -66,15 +70,12 @@ impl Snapshot {
     ///
     /// # Errors
     /// Every problem found, each naming its file, not only the first.
-    pub fn build(config: Arc<Config>, checker: Arc<Checker>) -> Result<Self, Vec<BuildError>> {
+    pub fn build(config: Arc<Config>, registry: Arc<Registry>) -> Result<Self, Vec<BuildError>> {
         let mut errors: Vec<BuildError> = Vec::new();
-        let trust = match TrustStore::load(&config.trust_bundles) {
-            Ok(t) => Some(Arc::new(t)),
-            Err(es) => {
-                errors.extend(es.into_iter().map(BuildError::from));
-                None
-            }
-        };
+        let trust = TrustStore::load(&config.trust_bundles)
+            .map(Arc::new)
+            .map_err(|es| errors.extend(es.into_iter().map(BuildError::from)))
+            .ok();
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
             match Upstream::build(u) {
@@ -82,43 +83,42 @@ impl Snapshot {
                 Err(e) => errors.push(e.into()),
             }
         }
-        let (trust, verifier, tls) = match trust {
+        // Without a trust store there is nothing to verify against, but the server certificates
+        // are still loaded (against an empty store) so every problem is reported in one go.
+        let (store, revocation) = match &trust {
             Some(trust) => {
-                let verifier = Arc::new(ClientVerifier::new(trust.clone(), checker));
-                match crate::tls::server::build(&config.server, verifier.clone()) {
-                    Ok(tls) => (trust, verifier, tls),
-                    Err(es) => {
-                        errors.extend(es.into_iter().map(BuildError::from));
-                        return Err(errors);
+                let cas: Vec<_> = trust.bundles.iter().map(|b| b.certs.clone()).collect();
+                match Revocation::new(&config.trust_bundles, &cas, registry.clone()) {
+                    Ok(r) => (trust.clone(), Arc::new(r)),
+                    Err(e) => {
+                        errors.push(e.into());
+                        (trust.clone(), Arc::new(empty_revocation(registry.clone())?))
                     }
                 }
             }
-            None => {
-                // The server certificates are still worth checking so every problem is reported.
-                if let Err(es) = crate::tls::server::build(
-                    &config.server,
-                    Arc::new(ClientVerifier::new(
-                        Arc::new(TrustStore {
-                            bundles: Vec::new(),
-                            hints: Vec::new(),
-                        }),
-                        checker,
-                    )),
-                ) {
-                    errors.extend(es.into_iter().map(BuildError::from));
-                }
-                return Err(errors);
-            }
+            None => (
+                Arc::new(TrustStore {
+                    bundles: Vec::new(),
+                    hints: Vec::new(),
+                }),
+                Arc::new(empty_revocation(registry.clone())?),
+            ),
         };
-        if !errors.is_empty() {
-            return Err(errors);
-        }
+        let verifier = Arc::new(ClientVerifier::new(store.clone(), revocation.clone()));
+        let tls = crate::tls::server::build(&config.server, verifier.clone())
+            .map_err(|es| errors.extend(es.into_iter().map(BuildError::from)))
+            .ok();
+        let tls = match tls {
+            Some(tls) if errors.is_empty() => tls,
+            _ => return Err(errors),
+        };
         let (http1, http2) = http_builders(&config);
         Ok(Self {
             partners: PartnerIndex::build(&config.partners),
             routes: RouteTable::build(&config.routes),
             acceptor: TlsAcceptor::from(tls),
-            trust,
+            trust: store,
+            revocation,
             verifier,
             upstreams,
             http1,
@@ -126,6 +126,11 @@ impl Snapshot {
             config,
         })
     }
+}
+
+/// Revocation over no bundles: only used to keep building (and reporting) after an earlier error.
+fn empty_revocation(registry: Arc<Registry>) -> Result<Revocation, Vec<BuildError>> {
+    Revocation::new(&[], &[], registry).map_err(|e| vec![e.into()])
 }
 
 fn http_builders(config: &Config) -> (auto::Builder<TokioExecutor>, auto::Builder<TokioExecutor>) {

@@ -15,21 +15,21 @@ use webpki::{EndEntityCert, KeyUsage};
 
 use super::trust::TrustStore;
 use crate::config::model::BundleId;
-use crate::revocation::{Checker, Verdict};
+use crate::revocation::Revocation;
 
 /// Verifies partner certificates against every configured trust bundle.
 #[derive(Debug)]
 pub struct ClientVerifier {
     store: Arc<TrustStore>,
-    checker: Arc<Checker>,
+    revocation: Arc<Revocation>,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl ClientVerifier {
-    pub fn new(store: Arc<TrustStore>, checker: Arc<Checker>) -> Self {
+    pub fn new(store: Arc<TrustStore>, revocation: Arc<Revocation>) -> Self {
         Self {
             store,
-            checker,
+            revocation,
             algs: rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
         }
     }
@@ -49,10 +49,11 @@ impl ClientVerifier {
         now: UnixTime,
     ) -> Result<(), Error> {
         let ee = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-        self.verify_with(&ee, bundle, intermediates, now)
+        self.verify_with(&ee, bundle, end_entity, intermediates, now)
     }
 
-    /// Checks every certificate in a presented chain against the bundle's revocation state.
+    /// Checks every certificate in a presented chain against the bundle's revocation state (CRL,
+    /// and the OCSP cache for the leaf).
     ///
     /// Run once per connection after the handshake too: a resumed TLS session skips the verifier,
     /// and this is what stops resumption from bypassing a revocation made since.
@@ -65,32 +66,18 @@ impl ClientVerifier {
         chain: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), CertificateError> {
-        for cert in chain {
-            // webpki's parser reads only the outer structure here; no signature is checked.
-            let cert = EndEntityCert::try_from(cert).map_err(|_| CertificateError::BadEncoding)?;
-            self.check_one(bundle, cert.issuer(), cert.serial(), now)?;
+        for (i, cert) in chain.iter().enumerate() {
+            self.revocation
+                .check_cert(bundle, cert.as_ref(), i == 0, now)?;
         }
         Ok(())
-    }
-
-    fn check_one(
-        &self,
-        bundle: BundleId,
-        issuer: &[u8],
-        serial: &[u8],
-        now: UnixTime,
-    ) -> Result<(), CertificateError> {
-        match self.checker.check(bundle, issuer, serial, now) {
-            Verdict::Good | Verdict::NotChecked => Ok(()),
-            Verdict::Revoked => Err(CertificateError::Revoked),
-            Verdict::Unknown => Err(CertificateError::UnknownRevocationStatus),
-        }
     }
 
     fn verify_with(
         &self,
         ee: &EndEntityCert<'_>,
         bundle: BundleId,
+        end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), Error> {
@@ -109,9 +96,11 @@ impl ClientVerifier {
                 None,
             )
             .map_err(pki_error)?;
-        self.check_one(bundle, ee.issuer(), ee.serial(), now)?;
+        self.revocation
+            .check_cert(bundle, end_entity.as_ref(), true, now)?;
         for cert in path.intermediate_certificates() {
-            self.check_one(bundle, cert.issuer(), cert.serial(), now)?;
+            self.revocation
+                .check_cert(bundle, cert.der().as_ref(), false, now)?;
         }
         Ok(())
     }
@@ -131,7 +120,7 @@ impl ClientCertVerifier for ClientVerifier {
         let ee = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
         let mut best: Option<Error> = None;
         for index in 0..self.store.bundles.len() {
-            match self.verify_with(&ee, BundleId(index), intermediates, now) {
+            match self.verify_with(&ee, BundleId(index), end_entity, intermediates, now) {
                 Ok(()) => return Ok(ClientCertVerified::assertion()),
                 // An unknown issuer under one bundle says nothing; any other failure (expired,
                 // wrong EKU, revoked) is what the client must be told.

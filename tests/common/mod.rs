@@ -55,7 +55,8 @@ impl Upstream {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let record = record.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| upstream_handle(record.clone(), req));
+                    let svc =
+                        hyper::service::service_fn(move |req| upstream_handle(record.clone(), req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
                         .await;
@@ -66,7 +67,12 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("the upstream saw no request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw no request")
     }
 
     pub fn count(&self) -> usize {
@@ -77,7 +83,9 @@ impl Upstream {
 type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 fn full(text: impl Into<Bytes>) -> UpBody {
-    Full::new(text.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 async fn upstream_handle(
@@ -86,12 +94,20 @@ async fn upstream_handle(
 ) -> Result<Response<UpBody>, Infallible> {
     record.lock().unwrap().push(Seen {
         method: req.method().to_string(),
-        path_and_query: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path_and_query: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         version: req.version(),
         headers: req.headers().clone(),
     });
     let path = req.uri().path().to_owned();
-    if req.headers().get(http::header::UPGRADE).is_some_and(|u| u == "websocket") {
+    if req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|u| u == "websocket")
+    {
         let key = req.headers().get("sec-websocket-key").cloned().unwrap();
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -138,7 +154,9 @@ async fn upstream_handle(
             let len = chunk.len().min(n - i * chunk.len());
             Ok::<_, hyper::Error>(hyper::body::Frame::data(chunk.slice(..len)))
         }));
-        return Ok(Response::new(http_body_util::StreamBody::new(stream).boxed()));
+        return Ok(Response::new(
+            http_body_util::StreamBody::new(stream).boxed(),
+        ));
     }
     if path.starts_with("/v1/orders/slow") {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
@@ -247,7 +265,10 @@ routes:
     }
 
     pub fn acme(&self) -> Leaf {
-        self.root.leaf("acme-billing").spiffe("spiffe://partners.example.com/acme").issue()
+        self.root
+            .leaf("acme-billing")
+            .spiffe("spiffe://partners.example.com/acme")
+            .issue()
     }
 
     pub fn globex(&self) -> Leaf {
@@ -260,7 +281,11 @@ routes:
     }
 }
 
-pub fn client_config(ca_pem: &str, leaf: Option<&Leaf>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+pub fn client_config(
+    ca_pem: &str,
+    leaf: Option<&Leaf>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     client_config_with(ca_pem, leaf, alpn, rustls::DEFAULT_VERSIONS)
 }
 
@@ -302,7 +327,9 @@ pub async fn connect(
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_owned()).unwrap();
-    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
 }
 
 /// An HTTP/1.1 or HTTP/2 sender over one TLS connection, chosen by the negotiated ALPN.
@@ -315,7 +342,8 @@ pub async fn handshake_http(tls: TlsStream<TcpStream>) -> Result<Sender, hyper::
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
     if h2 {
-        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(conn);
         Ok(Sender::H2(sender))
     } else {
@@ -326,7 +354,10 @@ pub async fn handshake_http(tls: TlsStream<TcpStream>) -> Result<Sender, hyper::
 }
 
 impl Sender {
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, hyper::Error> {
+    pub async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         match self {
             Sender::H1(s) => s.send_request(req).await,
             Sender::H2(s) => s.send_request(req).await,
@@ -375,14 +406,19 @@ pub async fn call(
         .and_then(|h| h.to_str().ok())
         .map(|h| h.split(':').next().unwrap_or(h).to_owned())
         .unwrap_or_else(|| "localhost".to_owned());
-    let tls = connect(addr, &sni, config).await.map_err(|e| e.to_string())?;
+    let tls = connect(addr, &sni, config)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut sender = handshake_http(tls).await.map_err(|e| format!("{e:?}"))?;
     let resp = sender.send(req).await.map_err(|e| format!("{e:?}"))?;
     Ok(read(resp).await)
 }
 
 pub fn get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).unwrap()
+    Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {

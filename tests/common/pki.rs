@@ -44,7 +44,8 @@ fn ca_params(name: &str) -> CertificateParams {
     let now = OffsetDateTime::now_utc();
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::CommonName, name);
-    p.distinguished_name.push(DnType::OrganizationName, "certgate tests");
+    p.distinguished_name
+        .push(DnType::OrganizationName, "certgate tests");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -163,8 +164,10 @@ impl LeafBuilder<'_> {
     pub fn issue(self) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, self.cn.as_str());
-        p.distinguished_name.push(DnType::OrganizationName, "certgate tests");
+        p.distinguished_name
+            .push(DnType::CommonName, self.cn.as_str());
+        p.distinguished_name
+            .push(DnType::OrganizationName, "certgate tests");
         p.subject_alt_names = self.sans;
         p.extended_key_usages = self.ekus;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
