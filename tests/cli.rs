@@ -1,6 +1,8 @@
 //! The `certgate` binary as operators and partners use it: `check`, `inspect`, `serve` driven by
 //! the real `curl`, and a 100 MB stream that must not grow the gateway's memory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write as _;

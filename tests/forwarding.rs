@@ -1,6 +1,8 @@
 //! Forwarding: identity headers cannot be spoofed, HTTP/2 and WebSocket pass, upstream failures map
 //! to 502/504.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use bytes::Bytes;

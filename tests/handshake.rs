@@ -1,6 +1,8 @@
 //! Who gets through the TLS handshake: only certificates that chain to the trust bundle, are in
 //! their validity window and carry the clientAuth EKU. Nothing else reaches the upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

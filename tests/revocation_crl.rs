@@ -1,5 +1,5 @@
 //! CRL revocation against real material: the `openssl ca` command is the CRL authority.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};

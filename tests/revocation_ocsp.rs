@@ -7,7 +7,7 @@
 //! printed status.
 
 // Test fixtures: a failed setup step should panic loudly, not be handled.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! Route policy end to end: default deny, scopes, methods, Host/SNI agreement and path tricks.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use bytes::Bytes;

@@ -240,7 +240,7 @@ pub(super) fn curl_commands(pki: &DemoPki, listen: SocketAddr) -> String {
     format!(
         "# 1. acme reads an order: allowed, forwarded with its verified identity (200)\n{}\n\n\
          # 2. acme tries to create a payment: outside its scopes (403 scope_denied)\n{}\n\n\
-         # 3. globex's certificate is revoked in the CRL: refused in the TLS handshake\n{}\n",
+         # 3. globex's certificate is revoked in the CRL: refused in the TLS handshake\n#    (curl reports `alert certificate revoked`; the audit log says reason=\"revoked\")\n{}\n",
         call(&pki.acme_cert, &pki.acme_key, "", "/v1/orders/42"),
         call(&pki.acme_cert, &pki.acme_key, "-X POST ", "/v1/payments"),
         call(&pki.globex_cert, &pki.globex_key, "", "/v1/orders/42"),

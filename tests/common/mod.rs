@@ -1,7 +1,13 @@
 //! Shared test harness: a real PKI, a real hyper upstream that records what it receives, the
 //! gateway started from YAML through the same loader `serve` uses, and a real TLS client.
 
-#![allow(dead_code, unreachable_pub, clippy::disallowed_types)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::disallowed_types,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 pub mod pki;
 
