@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod fswatch;
 pub mod identity;
 pub mod policy;
 pub mod proxy;

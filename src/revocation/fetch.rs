@@ -7,9 +7,9 @@
 //! hyper-util's client under a timeout, every `refresh` or sooner when the CRL's nextUpdate comes
 //! first. Any failure keeps the last good CRL: see [`Checker::load_bytes`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -61,16 +61,6 @@ pub enum FetchError {
     Status(http::StatusCode),
     #[error("reading the body failed")]
     Body(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
-/// What the poller compares to notice a file change: the resolved target and its identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    target: PathBuf,
-    modified: Option<SystemTime>,
-    len: u64,
-    dev: u64,
-    ino: u64,
 }
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -188,7 +178,7 @@ async fn load_once(
     let bytes = match &state.source {
         CrlSource::File(path) => {
             // Stamp before reading: a change that races the read is seen by the next poll.
-            let stamp = file_stamp(path).await.ok();
+            let stamp = crate::fswatch::FileStamp::of(path).await.ok();
             *lock(&state.file_stamp) = stamp;
             tokio::fs::read(path).await.map(Bytes::from).map_err(|e| {
                 *lock(&state.file_stamp) = None;
@@ -229,7 +219,7 @@ async fn poll_file(
         let Some((_, state)) = checker.source(bundle, source) else {
             return;
         };
-        let stamp = match file_stamp(&path).await {
+        let stamp = match crate::fswatch::FileStamp::of(&path).await {
             Ok(stamp) => {
                 unreadable = false;
                 stamp
@@ -311,25 +301,6 @@ fn next_delay(
 /// Resolves when shutdown is requested or its sender is gone.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-async fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
-    let target = tokio::fs::canonicalize(path).await?;
-    let meta = tokio::fs::metadata(&target).await?;
-    #[cfg(unix)]
-    let (dev, ino) = {
-        use std::os::unix::fs::MetadataExt;
-        (meta.dev(), meta.ino())
-    };
-    #[cfg(not(unix))]
-    let (dev, ino) = (0, 0);
-    Ok(FileStamp {
-        target,
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        dev,
-        ino,
-    })
 }
 
 fn http_client() -> HttpClient {

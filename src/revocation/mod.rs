@@ -199,7 +199,7 @@ pub(crate) struct SourceState {
     pub(crate) origin: String,
     record: Mutex<SourceRecord>,
     /// Last file stamp the poller acted on (files only).
-    pub(crate) file_stamp: Mutex<Option<fetch::FileStamp>>,
+    pub(crate) file_stamp: Mutex<Option<crate::fswatch::FileStamp>>,
 }
 
 #[derive(Default)]
