@@ -171,14 +171,22 @@ async fn check(path: &Path) -> ExitCode {
 }
 
 async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
-    let gateway = match Gateway::start(config).await {
+    let options = runtime::Options {
+        source: Some(path.to_owned()),
+        watch_files: true,
+    };
+    let gateway = match Gateway::start_with(config, options).await {
         Ok(g) => g,
         Err(e) => {
             print_start_error(path, &e);
             return Ok(ExitCode::FAILURE);
         }
     };
-    wait_for_shutdown_signal().await;
+    let reloader = gateway.reloader();
+    tokio::select! {
+        () = wait_for_shutdown_signal() => {}
+        () = reload_on_sighup(reloader) => {}
+    }
     tracing::info!("shutting down: draining connections");
     gateway.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -213,6 +221,27 @@ async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
     wait_for_shutdown_signal().await;
     gateway.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads on every SIGHUP; the outcome is logged by the reload task. Never returns on unix.
+async fn reload_on_sighup(reloader: runtime::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    reloader.reload().await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /reload")
+            }
+        }
+    }
+    let _ = reloader;
+    std::future::pending::<()>().await;
 }
 
 /// SIGTERM or Ctrl-C.

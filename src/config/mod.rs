@@ -12,6 +12,7 @@ mod locate;
 pub mod model;
 pub mod schema;
 mod validate;
+pub mod watch;
 
 /// Where a problem is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,9 +1,11 @@
 //! Runs the gateway: builds the first snapshot, binds the partner listener, publishes new
 //! generations, and drains on shutdown.
 
+mod reload;
 mod snapshot;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -11,11 +13,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+pub use reload::{ReloadOutcome, Reloader};
 pub use snapshot::{BuildError, Snapshot};
 
 use crate::config::model::Config;
 use crate::proxy::listener;
-use crate::revocation::{BackgroundTasks, CrlLoadError, LoadFailure, Registry};
+use crate::revocation::{CrlLoadError, LoadFailure, Registry};
+use reload::{Generation, ReloadTask};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -40,7 +44,18 @@ pub struct Gateway {
     permits: Arc<Semaphore>,
     max_connections: usize,
     accept: JoinHandle<()>,
-    background: BackgroundTasks,
+    reloader: Reloader,
+    reload_task: JoinHandle<()>,
+}
+
+/// Where a gateway's configuration came from, for reloads.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The YAML file to reload from (SIGHUP, `POST /reload`, file changes). Without it reloads
+    /// are refused.
+    pub source: Option<PathBuf>,
+    /// Reload when the YAML or a file it references (certificate, key, CA bundle) changes.
+    pub watch_files: bool,
 }
 
 impl Gateway {
@@ -49,8 +64,24 @@ impl Gateway {
     /// # Errors
     /// Every build problem, or the listener cannot bind.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        let source = Some(config.source.clone());
+        Self::start_with(
+            config,
+            Options {
+                source,
+                watch_files: false,
+            },
+        )
+        .await
+    }
+
+    /// [`Gateway::start`] with reload options.
+    ///
+    /// # Errors
+    /// Every build problem, or the listener cannot bind.
+    pub async fn start_with(config: Config, options: Options) -> Result<Self, StartError> {
         let registry = Registry::new();
-        let snapshot = prepare(config, registry).await?;
+        let snapshot = prepare(config, registry.clone()).await?;
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -61,8 +92,17 @@ impl Gateway {
         let max_connections = snapshot.config.server.limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
         let (shutdown, rx) = watch::channel(false);
-        let background = snapshot.revocation.spawn(rx.clone());
+        let generation = Generation::start(&snapshot);
         let current = Arc::new(ArcSwap::from_pointee(snapshot));
+        let (reloader, reload_task) = ReloadTask {
+            source: options.source,
+            watch_files: options.watch_files,
+            current: current.clone(),
+            registry,
+            generation,
+            shutdown: rx.clone(),
+        }
+        .spawn();
         let accept = tokio::spawn(listener::accept_loop(
             listener,
             current.clone(),
@@ -77,12 +117,23 @@ impl Gateway {
             permits,
             max_connections,
             accept,
-            background,
+            reloader,
+            reload_task,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Requests reloads of this gateway's configuration.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// The published generation; new connections pin whatever it holds when they are accepted.
+    pub fn current(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.current.clone()
     }
 
     /// The snapshot new connections are accepted under.
@@ -103,7 +154,7 @@ impl Gateway {
         if !drained {
             tracing::warn!(timeout = ?drain, "drain timeout reached; closing remaining connections");
         }
-        self.background.join().await;
+        let _ = self.reload_task.await;
         drained
     }
 }

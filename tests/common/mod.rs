@@ -164,6 +164,9 @@ async fn upstream_handle(
             http_body_util::StreamBody::new(stream).boxed(),
         ));
     }
+    if let Some(ms) = path.strip_prefix("/v1/orders/delay/") {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap())).await;
+    }
     if path.starts_with("/v1/orders/slow") {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     }
@@ -261,13 +264,24 @@ routes:
 
     /// Writes the config and starts the gateway through the same loader `certgate serve` uses.
     pub async fn start(&self, yaml: &str) -> certgate::runtime::Gateway {
+        self.start_with(yaml, false).await
+    }
+
+    /// [`Env::start`], optionally watching the config's files for changes as `serve` does.
+    pub async fn start_with(&self, yaml: &str, watch_files: bool) -> certgate::runtime::Gateway {
         let path = self.path("certgate.yaml");
         std::fs::write(&path, yaml).unwrap();
         let config = match certgate::config::load(&path) {
             Ok(c) => c,
             Err(problems) => panic!("test config rejected: {problems}"),
         };
-        certgate::runtime::Gateway::start(config).await.unwrap()
+        let options = certgate::runtime::Options {
+            source: Some(path),
+            watch_files,
+        };
+        certgate::runtime::Gateway::start_with(config, options)
+            .await
+            .unwrap()
     }
 
     pub fn acme(&self) -> Leaf {

@@ -1,0 +1,200 @@
+//! Reloading: a new configuration generation is loaded and validated off the hot path, then
+//! published with one atomic store. A configuration that fails anywhere — YAML, a certificate, a
+//! key, a CRL file — is refused with every problem logged, and the running one keeps serving.
+//!
+//! One task owns reloading, so requests from SIGHUP, `POST /reload` and the file watcher are
+//! serialised; requests that queue up while a reload runs share its outcome.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{prepare, Snapshot, StartError};
+use crate::config::{self, watch::Watcher};
+use crate::revocation::{BackgroundTasks, Registry};
+
+/// The result of one reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new generation is serving new connections.
+    Applied { version: String },
+    /// Nothing changed; each line is one problem with its place.
+    Rejected { problems: Vec<String> },
+}
+
+/// Asks the reload task for a reload. Cheap to clone; handed to the admin API and signal handlers.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    tx: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
+}
+
+impl Reloader {
+    /// Requests a reload and waits for its outcome.
+    pub async fn reload(&self) -> ReloadOutcome {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(tx).await.is_err() {
+            return rejected("the gateway is shutting down");
+        }
+        rx.await
+            .unwrap_or_else(|_| rejected("the gateway is shutting down"))
+    }
+}
+
+/// The revocation refresh tasks of the generation in service, stopped when it is replaced.
+#[derive(Debug)]
+pub(super) struct Generation {
+    stop: watch::Sender<bool>,
+    background: BackgroundTasks,
+}
+
+impl Generation {
+    pub(super) fn start(snapshot: &Snapshot) -> Self {
+        let (stop, rx) = watch::channel(false);
+        let background = snapshot.revocation.spawn(rx);
+        Self { stop, background }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.background.join().await;
+    }
+}
+
+/// Everything the reload task needs.
+pub(super) struct ReloadTask {
+    pub(super) source: Option<PathBuf>,
+    pub(super) watch_files: bool,
+    pub(super) current: Arc<ArcSwap<Snapshot>>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) generation: Generation,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+/// How often watched files are polled, and how long they must hold still after a change.
+const POLL: Duration = Duration::from_secs(1);
+const SETTLE: Duration = Duration::from_millis(300);
+
+impl ReloadTask {
+    pub(super) fn spawn(self) -> (Reloader, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(16);
+        (Reloader { tx }, tokio::spawn(self.run(rx)))
+    }
+
+    async fn run(mut self, mut requests: mpsc::Receiver<oneshot::Sender<ReloadOutcome>>) {
+        let files = config::watch::watched_files(&self.current.load().config);
+        let mut watcher = Watcher::new(files, POLL, SETTLE).await;
+        let watching = self.watch_files && self.source.is_some();
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                Some(first) = requests.recv() => {
+                    let mut waiting = vec![first];
+                    while let Ok(more) = requests.try_recv() {
+                        waiting.push(more);
+                    }
+                    let outcome = self.reload_once(&mut watcher).await;
+                    for reply in waiting {
+                        let _ = reply.send(outcome.clone());
+                    }
+                }
+                () = watcher.changed(), if watching => {
+                    tracing::info!("configuration files changed; reloading");
+                    self.reload_once(&mut watcher).await;
+                }
+                () = stopped(&mut shutdown) => break,
+            }
+        }
+        self.generation.stop().await;
+    }
+
+    async fn reload_once(&mut self, watcher: &mut Watcher) -> ReloadOutcome {
+        let outcome = self.try_reload().await;
+        match &outcome {
+            ReloadOutcome::Applied { version } => {
+                tracing::info!(config.version = %version, "configuration reloaded");
+            }
+            ReloadOutcome::Rejected { problems } => {
+                for p in problems {
+                    tracing::error!(problem = %p, "configuration reload rejected; the running configuration stays");
+                }
+            }
+        }
+        let files = config::watch::watched_files(&self.current.load().config);
+        watcher.rebase(files).await;
+        outcome
+    }
+
+    async fn try_reload(&mut self) -> ReloadOutcome {
+        let Some(path) = &self.source else {
+            return rejected("the gateway was started without a configuration file");
+        };
+        let config = match config::load(path) {
+            Ok(c) => c,
+            Err(problems) => {
+                return ReloadOutcome::Rejected {
+                    problems: problems.iter().map(ToString::to_string).collect(),
+                }
+            }
+        };
+        let running = self.current.load_full();
+        for warning in restart_only_changes(&running, &config) {
+            tracing::warn!("{warning}");
+        }
+        let snapshot = match prepare(config, self.registry.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                return ReloadOutcome::Rejected {
+                    problems: problems_of(&e),
+                }
+            }
+        };
+        let version = snapshot.config.version.clone();
+        let generation = Generation::start(&snapshot);
+        self.current.store(Arc::new(snapshot));
+        let old = std::mem::replace(&mut self.generation, generation);
+        old.stop().await;
+        ReloadOutcome::Applied { version }
+    }
+}
+
+/// Settings a running listener cannot change; they take effect at the next restart.
+fn restart_only_changes(running: &Snapshot, new: &config::model::Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let old = &running.config.server;
+    if old.listen != new.server.listen {
+        warnings.push(format!(
+            "server.listen changed ({} → {}); the listener keeps {} until restart",
+            old.listen, new.server.listen, old.listen
+        ));
+    }
+    if old.limits.max_connections != new.server.limits.max_connections {
+        warnings.push("server.limits.max_connections changes take effect at restart".to_owned());
+    }
+    if running.config.admin.listen != new.admin.listen {
+        warnings.push("admin.listen changes take effect at restart".to_owned());
+    }
+    warnings
+}
+
+fn problems_of(error: &StartError) -> Vec<String> {
+    match error {
+        StartError::Build(errors) => errors.iter().map(|e| crate::error_chain(e)).collect(),
+        StartError::Revocation(errors) => errors.iter().map(|e| crate::error_chain(e)).collect(),
+        StartError::Bind { .. } => vec![crate::error_chain(error)],
+    }
+}
+
+fn rejected(reason: &str) -> ReloadOutcome {
+    ReloadOutcome::Rejected {
+        problems: vec![reason.to_owned()],
+    }
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone), without holding the watch's read
+/// guard across the select's other branches.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
