@@ -102,7 +102,8 @@ impl Gateway {
             generation,
             shutdown: rx.clone(),
         }
-        .spawn();
+        .spawn()
+        .await;
         let accept = tokio::spawn(listener::accept_loop(
             listener,
             current.clone(),

@@ -78,14 +78,20 @@ const POLL: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_millis(300);
 
 impl ReloadTask {
-    pub(super) fn spawn(self) -> (Reloader, tokio::task::JoinHandle<()>) {
+    /// Takes the watcher's baseline before returning, so a change made right after start-up is
+    /// seen as a change.
+    pub(super) async fn spawn(self) -> (Reloader, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(16);
-        (Reloader { tx }, tokio::spawn(self.run(rx)))
+        let files = config::watch::watched_files(&self.current.load().config);
+        let watcher = Watcher::new(files, POLL, SETTLE).await;
+        (Reloader { tx }, tokio::spawn(self.run(rx, watcher)))
     }
 
-    async fn run(mut self, mut requests: mpsc::Receiver<oneshot::Sender<ReloadOutcome>>) {
-        let files = config::watch::watched_files(&self.current.load().config);
-        let mut watcher = Watcher::new(files, POLL, SETTLE).await;
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<oneshot::Sender<ReloadOutcome>>,
+        mut watcher: Watcher,
+    ) {
         let watching = self.watch_files && self.source.is_some();
         let mut shutdown = self.shutdown.clone();
         loop {
