@@ -200,6 +200,7 @@ async fn decide_and_forward(
                 super::upstream::UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
                 super::upstream::UpstreamFailure::Timeout(_) => Refusal::UpstreamTimeout,
                 super::upstream::UpstreamFailure::Exchange(_) => Refusal::UpstreamError,
+                super::upstream::UpstreamFailure::ClientBody(_) => Refusal::BadRequest,
             };
             return Err(refusal.into());
         }

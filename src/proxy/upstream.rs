@@ -55,6 +55,10 @@ pub enum UpstreamFailure {
     Timeout(Duration),
     #[error("the upstream exchange failed")]
     Exchange(#[source] hyper_util::client::legacy::Error),
+    /// The partner's request body broke while it was being streamed (bad chunk framing, reset):
+    /// the client's fault, not the upstream's.
+    #[error("the client's request body failed")]
+    ClientBody(#[source] hyper_util::client::legacy::Error),
 }
 
 impl UpstreamFailure {
@@ -63,6 +67,7 @@ impl UpstreamFailure {
             Self::Connect(_) => "connect",
             Self::Timeout(_) => "timeout",
             Self::Exchange(_) => "exchange",
+            Self::ClientBody(_) => "client_body",
         }
     }
 }
@@ -163,10 +168,23 @@ impl Upstream {
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamFailure::Connect(e)),
+            Ok(Err(e)) if is_request_body_error(&e) => Err(UpstreamFailure::ClientBody(e)),
             Ok(Err(e)) => Err(UpstreamFailure::Exchange(e)),
             Err(_) => Err(UpstreamFailure::Timeout(self.request_timeout)),
         }
     }
+}
+
+/// hyper reports a failure of the body it was sending as a "user body" error.
+fn is_request_body_error(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_user();
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn tls_config(
