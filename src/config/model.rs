@@ -83,6 +83,11 @@ pub struct Limits {
     pub max_headers: usize,
     /// HTTP/2 concurrent streams per connection (default 100).
     pub h2_max_concurrent_streams: u32,
+    /// Most intermediates a client may present (default 4); longer chains are refused before
+    /// path building, which is what bounds webpki's work for a hostile chain.
+    pub max_chain_depth: usize,
+    /// Largest total size of the presented certificates, in bytes (default 32 KiB).
+    pub max_chain_bytes: usize,
 }
 
 impl Default for Limits {
@@ -95,6 +100,8 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             h2_max_concurrent_streams: 100,
+            max_chain_depth: 4,
+            max_chain_bytes: 32 * 1024,
         }
     }
 }

@@ -105,6 +105,8 @@ pub struct Limits {
     pub max_header_bytes: Option<usize>,
     pub max_headers: Option<usize>,
     pub h2_max_concurrent_streams: Option<u32>,
+    pub max_chain_depth: Option<usize>,
+    pub max_chain_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

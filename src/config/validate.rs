@@ -339,6 +339,16 @@ impl<'a> Validator<'a> {
                 limits.h2_max_concurrent_streams,
                 d.h2_max_concurrent_streams,
             ),
+            max_chain_depth: self.positive(
+                &format!("{at}.max_chain_depth"),
+                limits.max_chain_depth,
+                d.max_chain_depth,
+            ),
+            max_chain_bytes: self.positive(
+                &format!("{at}.max_chain_bytes"),
+                limits.max_chain_bytes,
+                d.max_chain_bytes,
+            ),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::proxy::upstream::{Upstream, UpstreamBuildError};
 use crate::revocation::{self, Registry, Revocation};
 use crate::tls::server::ServerTlsError;
 use crate::tls::trust::{TrustError, TrustStore};
-use crate::tls::verifier::ClientVerifier;
+use crate::tls::verifier::{ChainLimits, ClientVerifier};
 
 /// Something that stops a configuration from becoming a snapshot, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,15 @@ impl Snapshot {
                 Arc::new(empty_revocation(registry.clone())?),
             ),
         };
-        let verifier = Arc::new(ClientVerifier::new(store.clone(), revocation.clone()));
+        let limits = ChainLimits {
+            max_intermediates: config.server.limits.max_chain_depth,
+            max_bytes: config.server.limits.max_chain_bytes,
+        };
+        let verifier = Arc::new(ClientVerifier::new(
+            store.clone(),
+            revocation.clone(),
+            limits,
+        ));
         let tls = crate::tls::server::build(&config.server, verifier.clone())
             .map_err(|es| errors.extend(es.into_iter().map(BuildError::from)))
             .ok();

@@ -23,13 +23,22 @@ pub struct ClientVerifier {
     store: Arc<TrustStore>,
     revocation: Arc<Revocation>,
     algs: WebPkiSupportedAlgorithms,
+    limits: ChainLimits,
+}
+
+/// Bounds on what a client may present, checked before any parsing or path building.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainLimits {
+    pub max_intermediates: usize,
+    pub max_bytes: usize,
 }
 
 impl ClientVerifier {
-    pub fn new(store: Arc<TrustStore>, revocation: Arc<Revocation>) -> Self {
+    pub fn new(store: Arc<TrustStore>, revocation: Arc<Revocation>, limits: ChainLimits) -> Self {
         Self {
             store,
             revocation,
+            limits,
             algs: rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
         }
     }
@@ -117,6 +126,10 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
+        let bytes = end_entity.len() + intermediates.iter().map(|c| c.len()).sum::<usize>();
+        if intermediates.len() > self.limits.max_intermediates || bytes > self.limits.max_bytes {
+            return Err(CertificateError::ApplicationVerificationFailure.into());
+        }
         let ee = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
         let mut best: Option<Error> = None;
         for index in 0..self.store.bundles.len() {
