@@ -163,6 +163,11 @@ pub struct Upstream {
     pub request_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub ca: Option<PathBuf>,
+    /// Passive health: an endpoint that fails this many requests in a row (connect errors,
+    /// timeouts, broken exchanges) is taken out of the rotation (default 3; 0 never ejects)…
+    pub eject_after_failures: u32,
+    /// …for this long, after which it gets traffic again (default 10s).
+    pub eject_for: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

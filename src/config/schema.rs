@@ -133,6 +133,10 @@ pub struct Upstream {
     /// CA certificates that an `https://` endpoint's certificate must chain to.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub eject_after_failures: Option<u32>,
+    #[serde(default)]
+    pub eject_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -575,6 +575,13 @@ impl<'a> Validator<'a> {
                 ),
                 protocol,
                 ca,
+                eject_after_failures: u.eject_after_failures.unwrap_or(3),
+                eject_for: self.duration(
+                    &format!("{at}.eject_for"),
+                    u.eject_for.as_deref(),
+                    Duration::from_secs(10),
+                    Zero::Rejected,
+                ),
             });
         }
         (out, ids)

@@ -174,7 +174,7 @@ async fn decide_and_forward(
         }
     };
     let upstream = &snapshot.upstreams[route.upstream.0];
-    let uri = upstream
+    let (uri, endpoint) = upstream
         .uri(path_and_query)
         .map_err(|_| Refused::from(Refusal::BadRequest))?;
 
@@ -192,7 +192,7 @@ async fn decide_and_forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let sent = Instant::now();
-    let mut response = match upstream.send(req).await {
+    let mut response = match upstream.send(req, endpoint).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, kind = e.kind(), error = %e, "upstream request failed");

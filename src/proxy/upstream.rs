@@ -1,9 +1,9 @@
 //! Upstream services: one pooled client per configured upstream, round robin over its endpoints.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
@@ -72,10 +72,14 @@ impl UpstreamFailure {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Target {
     scheme: Scheme,
     authority: Authority,
+    /// Failed requests in a row.
+    failures: AtomicU32,
+    /// Milliseconds since [`Upstream::epoch`] until which the endpoint gets no traffic.
+    ejected_until: AtomicU64,
 }
 
 /// A configured upstream, ready to take requests.
@@ -84,6 +88,9 @@ pub struct Upstream {
     pub name: String,
     targets: Vec<Target>,
     next: AtomicUsize,
+    epoch: Instant,
+    eject_after: u32,
+    eject_for: Duration,
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
     request_timeout: Duration,
     version: Version,
@@ -107,7 +114,12 @@ impl Upstream {
                             endpoint: e.authority.clone(),
                         })?;
                 let scheme = if e.tls { Scheme::HTTPS } else { Scheme::HTTP };
-                Ok(Target { scheme, authority })
+                Ok(Target {
+                    scheme,
+                    authority,
+                    failures: AtomicU32::new(0),
+                    ejected_until: AtomicU64::new(0),
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let needs_tls = config.endpoints.iter().any(|e| e.tls);
@@ -136,6 +148,9 @@ impl Upstream {
             name: config.name.clone(),
             targets,
             next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            eject_after: config.eject_after_failures,
+            eject_for: config.eject_for,
             client: client.build(connector),
             request_timeout: config.request_timeout,
             version: match config.protocol {
@@ -145,35 +160,86 @@ impl Upstream {
         })
     }
 
-    /// The absolute URI for the next endpoint in round-robin order.
-    pub fn uri(&self, path_and_query: PathAndQuery) -> Result<Uri, http::Error> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len().max(1);
-        let target = &self.targets[i % self.targets.len()];
-        Uri::builder()
+    /// Picks the next endpoint in round-robin order, skipping ejected ones (when every endpoint
+    /// is ejected, the rotation continues as if none were: trying beats refusing outright), and
+    /// builds the absolute URI for it.
+    pub fn uri(&self, path_and_query: PathAndQuery) -> Result<(Uri, EndpointId), http::Error> {
+        let n = self.targets.len().max(1);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let index = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.targets[i].ejected_until.load(Ordering::Relaxed) <= now)
+            .unwrap_or(start % n);
+        let target = &self.targets[index];
+        let uri = Uri::builder()
             .scheme(target.scheme.clone())
             .authority(target.authority.clone())
             .path_and_query(path_and_query)
-            .build()
+            .build()?;
+        Ok((uri, EndpointId(index)))
     }
 
-    /// Sends a prepared request, bounding the wait for the response head by `request_timeout`.
+    /// Sends a prepared request to the endpoint [`Upstream::uri`] chose, bounding the wait for the
+    /// response head by `request_timeout`, and feeds the outcome to passive health.
     ///
     /// # Errors
     /// Connect failures, timeouts and broken exchanges, classified.
     pub async fn send(
         &self,
         mut req: Request<Incoming>,
+        endpoint: EndpointId,
     ) -> Result<Response<Incoming>, UpstreamFailure> {
         *req.version_mut() = self.version;
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamFailure::Connect(e)),
-            Ok(Err(e)) if is_request_body_error(&e) => Err(UpstreamFailure::ClientBody(e)),
-            Ok(Err(e)) => Err(UpstreamFailure::Exchange(e)),
-            Err(_) => Err(UpstreamFailure::Timeout(self.request_timeout)),
+        let result =
+            match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) if e.is_connect() => Err(UpstreamFailure::Connect(e)),
+                Ok(Err(e)) if is_request_body_error(&e) => Err(UpstreamFailure::ClientBody(e)),
+                Ok(Err(e)) => Err(UpstreamFailure::Exchange(e)),
+                Err(_) => Err(UpstreamFailure::Timeout(self.request_timeout)),
+            };
+        self.record(endpoint, &result);
+        result
+    }
+
+    fn record(&self, endpoint: EndpointId, result: &Result<Response<Incoming>, UpstreamFailure>) {
+        let Some(target) = self.targets.get(endpoint.0) else {
+            return;
+        };
+        match result {
+            Ok(_) => {
+                target.failures.store(0, Ordering::Relaxed);
+            }
+            // The client's broken body says nothing about the endpoint.
+            Err(UpstreamFailure::ClientBody(_)) => {}
+            Err(_) => {
+                let failures = target.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.eject_after > 0 && failures >= self.eject_after {
+                    let until = self.now_ms()
+                        + u64::try_from(self.eject_for.as_millis()).unwrap_or(u64::MAX);
+                    target.ejected_until.store(until, Ordering::Relaxed);
+                    target.failures.store(0, Ordering::Relaxed);
+                    tracing::warn!(
+                        upstream = %self.name,
+                        endpoint = %target.authority,
+                        failures,
+                        eject_for = ?self.eject_for,
+                        "upstream endpoint ejected after consecutive failures"
+                    );
+                }
+            }
         }
     }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
+
+/// Which endpoint of an upstream a request went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointId(usize);
 
 /// hyper reports a failure of the body it was sending as a "user body" error.
 fn is_request_body_error(error: &hyper_util::client::legacy::Error) -> bool {

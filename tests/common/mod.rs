@@ -52,7 +52,12 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// An upstream on a given address (e.g. one that was down a moment ago).
+    pub async fn start_on(addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = seen.clone();
@@ -86,7 +91,8 @@ impl Upstream {
     }
 }
 
-type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type UpBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 fn full(text: impl Into<Bytes>) -> UpBody {
     Full::new(text.into())
@@ -158,7 +164,7 @@ async fn upstream_handle(
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         let stream = futures_util::stream::iter((0..n.div_ceil(chunk.len())).map(move |i| {
             let len = chunk.len().min(n - i * chunk.len());
-            Ok::<_, hyper::Error>(hyper::body::Frame::data(chunk.slice(..len)))
+            Ok::<_, BoxError>(hyper::body::Frame::data(chunk.slice(..len)))
         }));
         return Ok(Response::new(
             http_body_util::StreamBody::new(stream).boxed(),
@@ -166,6 +172,23 @@ async fn upstream_handle(
     }
     if let Some(ms) = path.strip_prefix("/v1/orders/delay/") {
         tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap())).await;
+    }
+    if path.starts_with("/v1/orders/truncated") {
+        // Promise 1000 bytes, send 10, then fail the body: the connection breaks mid-response.
+        use futures_util::StreamExt;
+        let stream = futures_util::stream::iter([
+            Ok(hyper::body::Frame::data(Bytes::from_static(b"0123456789"))),
+            Err(BoxError::from("upstream died mid-body")),
+        ])
+        .then(|item| async move {
+            // Let the head and the first bytes reach the gateway before the failure.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            item
+        });
+        return Ok(Response::builder()
+            .header("content-length", "1000")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+            .unwrap());
     }
     if path.starts_with("/v1/orders/slow") {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
