@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::body::CountIn;
 use crate::config::model::{self, UpstreamProtocol};
 use crate::tls::pem::{self, PemError};
 
@@ -73,13 +74,16 @@ struct Target {
     authority: Authority,
 }
 
+/// What is sent upstream: the client's body, streamed, its bytes counted for the audit line.
+pub type UpstreamBody = CountIn<Incoming>;
+
 /// A configured upstream, ready to take requests.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     targets: Vec<Target>,
     next: AtomicUsize,
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     request_timeout: Duration,
     version: Version,
 }
@@ -157,7 +161,7 @@ impl Upstream {
     /// Connect failures, timeouts and broken exchanges, classified.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamFailure> {
         *req.version_mut() = self.version;
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
