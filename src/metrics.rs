@@ -633,7 +633,9 @@ mod tests {
         let text = m.encode(&ScrapeState::default());
         for r in std::iter::once("ok").chain(HandshakeFailure::ALL.iter().map(|f| f.as_str())) {
             assert!(
-                text.contains(&format!("certgate_tls_handshakes_total{{result=\"{r}\"}} 0")),
+                text.contains(&format!(
+                    "certgate_tls_handshakes_total{{result=\"{r}\"}} 0"
+                )),
                 "{r} missing:\n{text}"
             );
         }

@@ -104,12 +104,9 @@ impl OnFinish for Exchange {
     fn finish(self, bytes_out: u64, complete: bool) {
         let ctx = &self.ctx;
         let took = self.started.elapsed();
-        ctx.snapshot.metrics.request(
-            self.route,
-            ctx.partner.map(|(p, _)| p),
-            self.status,
-            took,
-        );
+        ctx.snapshot
+            .metrics
+            .request(self.route, ctx.partner.map(|(p, _)| p), self.status, took);
         let config = &ctx.snapshot.config;
         let route = self
             .route

@@ -13,11 +13,11 @@ use x509_parser::prelude::FromDer;
 
 use super::der::strip_leading_zeros;
 use super::ocsp::{CertKey, OcspCache, OcspError, OcspVerdict, RefuseReason};
+use super::ocsp::{OcspCounters, OcspStatus};
 use super::{
     issuer_and_serial, BuildError, BundleSpec, Checker, CrlLoadError, FetchOptions, RefreshTasks,
     Registry, Verdict,
 };
-use super::ocsp::{OcspCounters, OcspStatus};
 use crate::config::model::{BundleId, OcspMode, TrustBundle};
 use crate::metrics::{RevocationCounters, RevocationResult, RevocationSource};
 
@@ -143,16 +143,15 @@ impl Revocation {
 
     /// The OCSP caches' counters, summed across bundles.
     pub fn ocsp_counters(&self) -> OcspCounters {
-        self.ocsp
-            .iter()
-            .flatten()
-            .map(|o| o.cache.counters())
-            .fold(OcspCounters::default(), |a, c| OcspCounters {
+        self.ocsp.iter().flatten().map(|o| o.cache.counters()).fold(
+            OcspCounters::default(),
+            |a, c| OcspCounters {
                 queries_sent: a.queries_sent + c.queries_sent,
                 cache_hits: a.cache_hits + c.cache_hits,
                 errors: a.errors + c.errors,
                 soft_fail_allowed: a.soft_fail_allowed + c.soft_fail_allowed,
-            })
+            },
+        )
     }
 
     /// Whether any bundle has an OCSP cache.
