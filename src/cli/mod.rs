@@ -215,8 +215,10 @@ async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
     };
     println!(
         "\ncertgate demo is running: gateway https://localhost:{} → echo upstream http://{upstream}\n\
+         admin API: http://{}/metrics, /status, /readyz\n\
          state folder: {} (config: {})\n\nTry these in another terminal:\n\n{}\nCtrl-C stops everything.\n",
         gateway.local_addr().port(),
+        gateway.admin_addr(),
         dir.display(),
         config_path.display(),
         demo::curl_commands(&pki, gateway.local_addr()),
