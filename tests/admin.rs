@@ -806,3 +806,115 @@ fn now_unix() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_appends_audit_lines_to_the_log_file() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (partner, admin_addr) = (free(), free());
+    let yaml = env
+        .config(up.addr, "")
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"{partner}\""),
+            1,
+        )
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"{admin_addr}\""),
+            1,
+        );
+    let config = write_file(env.dir.path(), "certgate.yaml", &yaml);
+    let log = env.path("audit.log");
+    std::fs::write(&log, "{\"kept\":true}\n").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--log-file")
+        .arg(&log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(admin_addr).await.is_err() {
+        assert!(Instant::now() < deadline, "certgate did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = call(
+        partner,
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        get("/v1/orders/logged"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200);
+    let (status, _, _) = admin(admin_addr, "GET", "/healthz").await;
+    assert_eq!(status, 200);
+
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        found = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["http.path"] == "/v1/orders/logged").then_some(v)
+            });
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = found.expect("no audit line in the log file");
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["target"], "certgate::audit");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.starts_with("{\"kept\":true}\n"),
+        "the file was not appended to"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_while_the_gateway_drains() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let (partner, admin_addr) = (gw.local_addr(), gw.admin_addr());
+    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let slow = tokio::spawn(call(partner, client, get("/v1/orders/delay/1500")));
+    // Wait until the slow request is in flight, then start draining.
+    scrape_until(admin_addr, &["certgate_connections_active 1"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drain = tokio::spawn(gw.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (status, body) = json(admin_addr, "GET", "/readyz").await;
+        if status == 503 {
+            assert!(body["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("shutting down"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready while draining: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.await.unwrap().unwrap().status, 200);
+    assert!(
+        drain.await.unwrap(),
+        "the in-flight request should finish in time"
+    );
+    assert!(
+        TcpStream::connect(admin_addr).await.is_err(),
+        "admin API still up"
+    );
+}
