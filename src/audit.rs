@@ -1,9 +1,33 @@
 //! Logging setup. Audit events are ordinary tracing events with target `certgate::audit` and
-//! dotted field names (`conn.id`, `cert.serial`, `http.status`), so one JSON line carries the
-//! whole decision: which identity, which rule, which outcome.
+//! dotted field names, so one JSON line carries the whole decision: which identity, which rule,
+//! which outcome.
+//!
+//! # Audit lines
+//! * `event="request"`, one per answered request, written when its response body has been sent to
+//!   the end (or dropped): `timestamp`, `conn.id`, `client.addr`, `sni`, `partner`
+//!   (`unknown` when none), `cert.subject`, `cert.serial`, `cert.sha256`, `route` (`none` when no
+//!   route matched), `upstream` (`none` when nothing was forwarded), `http.method`, `http.path`,
+//!   `http.status`, `decision` (`allow` | `deny`), `reason` (`ok` or the refusal's reason code;
+//!   upstream failures are `allow` with an `upstream_*` reason), `bytes.in` and `bytes.out` (body
+//!   bytes streamed each way, never buffered), `body.complete` (false when the client left before
+//!   the response body ended), `upstream_ms` (to the upstream's response head; 0 when not
+//!   forwarded) and `duration_ms` (request head to the end of the response body).
+//! * `event="handshake_refused"`, one per refused TLS handshake: `conn.id`, `client.addr`,
+//!   `decision="deny"`, `reason` (the handshake failure category), `error`, `duration_ms`.
+//! * `event="connection_revoked"`, when a live connection is cut because its certificate was
+//!   revoked.
+//!
+//! # Log file and rotation
+//! `--log-file PATH` appends to `PATH` (created if missing) instead of writing to stdout. Every
+//! line is written with one `write` call on a file opened with `O_APPEND`, so rotate with
+//! logrotate's `copytruncate`: after the truncation the next line lands at the new end of the file.
+//! certgate does not reopen the file on SIGHUP (SIGHUP reloads the configuration).
 
 use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
 
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -14,21 +38,54 @@ pub enum LogFormat {
     Text,
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default level (`info`).
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber, writing to stdout or appending to `file`. `RUST_LOG`
+/// overrides the default level (`info`).
+///
+/// # Errors
+/// The log file cannot be opened.
+pub fn init(format: LogFormat, file: Option<&Path>) -> std::io::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = match file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            subscriber(format, filter, Arc::new(file), false)
+        }
+        None => subscriber(
+            format,
+            filter,
+            std::io::stdout,
+            std::io::stdout().is_terminal(),
+        ),
+    };
+    // A second init (tests, embedding) keeps the first subscriber; that is not an error.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    Ok(())
+}
+
+/// The subscriber `serve` installs, writing to `writer`: tests capture audit lines through it.
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    // A second init (tests, embedding) keeps the first subscriber; that is not an error.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::stdout().is_terminal())
-            .try_init(),
-    };
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .finish(),
+        ),
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+    }
 }

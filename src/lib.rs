@@ -1,11 +1,13 @@
 //! certgate: a reverse-proxy gateway that enforces mutual TLS and certificate-bound partner access.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod fswatch;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod revocation;

@@ -26,6 +26,9 @@ pub struct Cli {
     /// Log format: `json` lines for pipelines, `text` for a terminal.
     #[arg(long, global = true, value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// Append logs to this file instead of stdout (rotate with logrotate `copytruncate`).
+    #[arg(long, global = true)]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -73,7 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => Ok(check(&config).await),
         Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref())),
         Command::Serve { config } => {
-            audit::init(cli.log_format);
+            audit::init(cli.log_format, cli.log_file.as_deref())?;
             let Some(config) = load_everything(&config).await else {
                 return Ok(ExitCode::FAILURE);
             };
@@ -91,7 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo {
             dir, listen, admin, ..
         } => {
-            audit::init(cli.log_format);
+            audit::init(cli.log_format, cli.log_file.as_deref())?;
             demo(&dir, listen, admin).await
         }
     }
@@ -142,7 +145,7 @@ fn print_start_error(path: &Path, error: &StartError) {
             }
             errors.len()
         }
-        StartError::Bind { .. } => {
+        StartError::Bind { .. } | StartError::AdminBind { .. } => {
             eprintln!("error: {}", crate::error_chain(error));
             1
         }
@@ -212,8 +215,10 @@ async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
     };
     println!(
         "\ncertgate demo is running: gateway https://localhost:{} → echo upstream http://{upstream}\n\
+         admin API: http://{}/metrics, /status, /readyz\n\
          state folder: {} (config: {})\n\nTry these in another terminal:\n\n{}\nCtrl-C stops everything.\n",
         gateway.local_addr().port(),
+        gateway.admin_addr(),
         dir.display(),
         config_path.display(),
         demo::curl_commands(&pki, gateway.local_addr()),

@@ -101,13 +101,18 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limits = snapshot.config.server.limits.clone();
+    let metrics = snapshot.metrics.metrics().clone();
+    let _active = metrics.connection();
     let started = Instant::now();
-    let tls = match handshake::accept(&snapshot.acceptor, tcp, limits.handshake_timeout).await {
+    let handshake = handshake::accept(&snapshot.acceptor, tcp, limits.handshake_timeout).await;
+    metrics.handshake(handshake.as_ref().err().map(|e| e.kind), started.elapsed());
+    let tls = match handshake {
         Ok(tls) => tls,
         Err(e) => {
             tracing::info!(
                 target: "certgate::audit",
                 event = "handshake_refused",
+                decision = "deny",
                 conn.id = id,
                 client.addr = %peer,
                 reason = e.kind.as_str(),
@@ -159,6 +164,11 @@ pub async fn serve(
             }
         }
     };
+    if ctx.refuse.is_none() {
+        if let Some(partner) = ctx.partner_id() {
+            metrics.saw_certificate(partner, &ctx.identity.serial, ctx.identity.not_after);
+        }
+    }
     tracing::debug!(
         conn.id = id,
         client.addr = %peer,

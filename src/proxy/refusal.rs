@@ -33,6 +33,14 @@ impl Refusal {
         self.parts().0
     }
 
+    /// Whether the refusal reports an upstream failure (policy had allowed the request).
+    pub fn is_upstream_failure(self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamUnavailable | Self::UpstreamTimeout | Self::UpstreamError
+        )
+    }
+
     /// The stable reason code: logged, counted and returned to the client.
     pub fn reason(self) -> &'static str {
         self.parts().1

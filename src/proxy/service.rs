@@ -1,101 +1,164 @@
 //! One request: policy decision, then either a refusal or the forwarded exchange.
+//!
+//! Every answer is counted and audited once, when its response body has been sent to the end
+//! (or dropped because the client left): the audit line then carries the bytes streamed each way
+//! and the full duration, and `certgate_request_duration_seconds` measures the same span.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::body::{CountIn, CountOut, OnFinish};
 use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
+use crate::config::model::UpstreamId;
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
 
-/// Responses are either streamed from the upstream or a small JSON refusal.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// Responses are either streamed from the upstream or a small JSON refusal, counted on the way
+/// out.
+pub type ProxyBody = CountOut<Either<Incoming, Full<Bytes>>, Exchange>;
 
 /// Handles one request; never fails at the hyper level, so every outcome is an HTTP answer.
 pub async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let _active = ctx.activity.enter();
+    let active = ctx.activity.enter();
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (response, route, upstream_ms) = match decide_and_forward(&ctx, req).await {
-        Ok(Forwarded {
-            response,
-            route,
-            upstream_ms,
-        }) => (
-            response.map(Either::Left),
-            ctx.snapshot
-                .config
-                .routes
-                .get(route.0)
-                .map(|r| r.name.as_str()),
-            upstream_ms,
-        ),
-        Err(Refused { refusal, allow }) => {
-            tracing::info!(
-                target: "certgate::audit",
-                event = "request",
-                decision = "deny",
-                reason = refusal.reason(),
-                conn.id = ctx.id,
-                client.addr = %ctx.peer,
-                sni = ctx.sni.as_deref(),
-                partner = ctx.partner_id().unwrap_or("unknown"),
-                cert.subject = %ctx.identity.subject,
-                cert.serial = %ctx.identity.serial,
-                cert.sha256 = %ctx.identity.fingerprint_hex(),
-                http.method = %method,
-                http.path = %path,
-                http.status = refusal.status().as_u16(),
-                duration_ms = started.elapsed().as_secs_f64() * 1e3,
-                "request refused"
-            );
-            return Ok(refusal.response(allow).map(Either::Right));
-        }
-    };
-    tracing::info!(
-        target: "certgate::audit",
-        event = "request",
-        decision = "allow",
-        conn.id = ctx.id,
-        client.addr = %ctx.peer,
-        sni = ctx.sni.as_deref(),
-        partner = ctx.partner_id().unwrap_or("unknown"),
-        cert.subject = %ctx.identity.subject,
-        cert.serial = %ctx.identity.serial,
-        cert.sha256 = %ctx.identity.fingerprint_hex(),
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let (response, route, upstream, upstream_ms, refusal) =
+        match decide_and_forward(&ctx, req, &bytes_in).await {
+            Ok(Forwarded {
+                response,
+                route,
+                upstream,
+                upstream_ms,
+            }) => (
+                response.map(Either::Left),
+                Some(route),
+                Some(upstream),
+                upstream_ms,
+                None,
+            ),
+            Err(Refused {
+                refusal,
+                allow,
+                route,
+                upstream,
+            }) => {
+                let partner = ctx.partner.map(|(p, _)| p);
+                ctx.snapshot.metrics.denial(refusal.reason(), partner);
+                (
+                    refusal.response(allow).map(Either::Right),
+                    route,
+                    upstream,
+                    0.0,
+                    Some(refusal),
+                )
+            }
+        };
+    drop(active);
+    let exchange = Exchange {
+        status: response.status().as_u16(),
+        ctx,
+        started,
+        method,
+        path,
         route,
-        http.method = %method,
-        http.path = %path,
-        http.status = response.status().as_u16(),
+        upstream,
         upstream_ms,
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        "request forwarded"
-    );
-    Ok(response)
+        refusal,
+        bytes_in,
+    };
+    Ok(response.map(|body| CountOut::new(body, exchange)))
+}
+
+/// One request's facts, reported when its response body finishes.
+#[derive(Debug)]
+pub struct Exchange {
+    ctx: Arc<ConnContext>,
+    started: Instant,
+    method: Method,
+    path: String,
+    status: u16,
+    route: Option<RouteId>,
+    upstream: Option<UpstreamId>,
+    upstream_ms: f64,
+    refusal: Option<Refusal>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+impl OnFinish for Exchange {
+    fn finish(self, bytes_out: u64, complete: bool) {
+        let ctx = &self.ctx;
+        let took = self.started.elapsed();
+        ctx.snapshot
+            .metrics
+            .request(self.route, ctx.partner.map(|(p, _)| p), self.status, took);
+        let config = &ctx.snapshot.config;
+        let route = self
+            .route
+            .and_then(|r| config.routes.get(r.0))
+            .map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str());
+        let upstream = self
+            .upstream
+            .and_then(|u| config.upstreams.get(u.0))
+            .map_or("none", |u| u.name.as_str());
+        // Upstream failures happen after policy allowed the request: they are not denials.
+        let denied = self.refusal.is_some_and(|r| !r.is_upstream_failure());
+        tracing::info!(
+            target: "certgate::audit",
+            event = "request",
+            decision = if denied { "deny" } else { "allow" },
+            reason = self.refusal.map_or("ok", Refusal::reason),
+            conn.id = ctx.id,
+            client.addr = %ctx.peer,
+            sni = ctx.sni.as_deref().unwrap_or(""),
+            partner = ctx.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
+            cert.subject = %ctx.identity.subject,
+            cert.serial = %ctx.identity.serial,
+            cert.sha256 = %ctx.identity.fingerprint_hex(),
+            route,
+            upstream,
+            http.method = %self.method,
+            http.path = %self.path,
+            http.status = self.status,
+            bytes.in = self.bytes_in.load(Ordering::Relaxed),
+            bytes.out = bytes_out,
+            body.complete = complete,
+            upstream_ms = self.upstream_ms,
+            duration_ms = took.as_secs_f64() * 1e3,
+            "{}",
+            if denied { "request refused" } else { "request answered" }
+        );
+    }
 }
 
 struct Forwarded {
     response: Response<Incoming>,
     route: RouteId,
+    upstream: UpstreamId,
     upstream_ms: f64,
 }
 
 struct Refused {
     refusal: Refusal,
     allow: Option<HeaderValue>,
+    /// Set once policy chose a route (upstream failures).
+    route: Option<RouteId>,
+    upstream: Option<UpstreamId>,
 }
 
 impl From<Refusal> for Refused {
@@ -103,13 +166,16 @@ impl From<Refusal> for Refused {
         Self {
             refusal,
             allow: None,
+            route: None,
+            upstream: None,
         }
     }
 }
 
 async fn decide_and_forward(
     ctx: &ConnContext,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
+    bytes_in: &Arc<AtomicU64>,
 ) -> Result<Forwarded, Refused> {
     if let Some(refusal) = ctx.refuse {
         return Err(refusal.into());
@@ -149,8 +215,8 @@ async fn decide_and_forward(
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(Refused {
-                refusal: Refusal::Policy(denial),
                 allow: HeaderValue::from_str(&allow).ok(),
+                ..Refusal::Policy(denial).into()
             });
         }
         Err(denial) => {
@@ -178,6 +244,7 @@ async fn decide_and_forward(
         .uri(path_and_query)
         .map_err(|_| Refused::from(Refusal::BadRequest))?;
 
+    let mut req = req.map(|body| CountIn::new(body, bytes_in.clone()));
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs it as `Host`.
     if let Some(host) = host {
         if !req.headers().contains_key(header::HOST) {
@@ -196,16 +263,23 @@ async fn decide_and_forward(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, kind = e.kind(), error = %e, "upstream request failed");
+            snapshot.metrics.upstream_error(route.upstream, e.kind());
             let refusal = match e {
                 super::upstream::UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
                 super::upstream::UpstreamFailure::Timeout(_) => Refusal::UpstreamTimeout,
                 super::upstream::UpstreamFailure::Exchange(_) => Refusal::UpstreamError,
                 super::upstream::UpstreamFailure::ClientBody(_) => Refusal::BadRequest,
             };
-            return Err(refusal.into());
+            return Err(Refused {
+                route: Some(route_id),
+                upstream: Some(route.upstream),
+                ..refusal.into()
+            });
         }
     };
-    let upstream_ms = sent.elapsed().as_secs_f64() * 1e3;
+    let upstream_took = sent.elapsed();
+    snapshot.metrics.upstream(route.upstream, upstream_took);
+    let upstream_ms = upstream_took.as_secs_f64() * 1e3;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::rewrite_response(response.headers_mut(), switching && upgrade);
     if switching {
@@ -216,13 +290,14 @@ async fn decide_and_forward(
     Ok(Forwarded {
         response,
         route: route_id,
+        upstream: route.upstream,
         upstream_ms,
     })
 }
 
 /// Whether the client asks to switch protocols. Only WebSocket-style upgrades pass; `h2c` never
 /// does, since an upstream that accepts it would let the client smuggle requests past policy.
-fn upgrade_requested(req: &Request<Incoming>) -> Result<bool, Refused> {
+fn upgrade_requested<B>(req: &Request<B>) -> Result<bool, Refused> {
     let Some(upgrade) = req.headers().get(header::UPGRADE) else {
         return Ok(false);
     };
@@ -242,7 +317,7 @@ fn upgrade_requested(req: &Request<Incoming>) -> Result<bool, Refused> {
 }
 
 /// The host the client addressed: `Host`, else the URI authority (HTTP/2 `:authority`).
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<String> {
     req.headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::body::CountIn;
 use crate::config::model::{self, UpstreamProtocol};
 use crate::tls::pem::{self, PemError};
 
@@ -82,6 +83,9 @@ struct Target {
     ejected_until: AtomicU64,
 }
 
+/// What is sent upstream: the client's body, streamed, its bytes counted for the audit line.
+pub type UpstreamBody = CountIn<Incoming>;
+
 /// A configured upstream, ready to take requests.
 #[derive(Debug)]
 pub struct Upstream {
@@ -91,7 +95,7 @@ pub struct Upstream {
     epoch: Instant,
     eject_after: u32,
     eject_for: Duration,
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     request_timeout: Duration,
     version: Version,
 }
@@ -187,7 +191,7 @@ impl Upstream {
     /// Connect failures, timeouts and broken exchanges, classified.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
         endpoint: EndpointId,
     ) -> Result<Response<Incoming>, UpstreamFailure> {
         *req.version_mut() = self.version;

@@ -13,11 +13,13 @@ use x509_parser::prelude::FromDer;
 
 use super::der::strip_leading_zeros;
 use super::ocsp::{CertKey, OcspCache, OcspError, OcspVerdict, RefuseReason};
+use super::ocsp::{OcspCounters, OcspStatus};
 use super::{
     issuer_and_serial, BuildError, BundleSpec, Checker, CrlLoadError, FetchOptions, RefreshTasks,
     Registry, Verdict,
 };
 use crate::config::model::{BundleId, OcspMode, TrustBundle};
+use crate::metrics::{RevocationCounters, RevocationResult, RevocationSource};
 
 /// How often OCSP caches look for entries to refresh before they expire.
 const OCSP_REFRESH_TICK: Duration = Duration::from_secs(10);
@@ -36,6 +38,7 @@ pub struct Revocation {
     crl: Arc<Checker>,
     ocsp: Box<[Option<BundleOcsp>]>,
     registry: Arc<Registry>,
+    counters: Arc<RevocationCounters>,
 }
 
 impl std::fmt::Debug for Revocation {
@@ -122,7 +125,38 @@ impl Revocation {
             crl,
             ocsp,
             registry,
+            counters: RevocationCounters::detached(),
         })
+    }
+
+    /// Counts checks into `counters` (the gateway's metrics) instead of detached ones.
+    #[must_use]
+    pub fn with_counters(mut self, counters: Arc<RevocationCounters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// OCSP answers cached across bundles.
+    pub fn ocsp_cache_entries(&self) -> usize {
+        self.ocsp.iter().flatten().map(|o| o.cache.len()).sum()
+    }
+
+    /// The OCSP caches' counters, summed across bundles.
+    pub fn ocsp_counters(&self) -> OcspCounters {
+        self.ocsp.iter().flatten().map(|o| o.cache.counters()).fold(
+            OcspCounters::default(),
+            |a, c| OcspCounters {
+                queries_sent: a.queries_sent + c.queries_sent,
+                cache_hits: a.cache_hits + c.cache_hits,
+                errors: a.errors + c.errors,
+                soft_fail_allowed: a.soft_fail_allowed + c.soft_fail_allowed,
+            },
+        )
+    }
+
+    /// Whether any bundle has an OCSP cache.
+    pub fn has_ocsp(&self) -> bool {
+        self.ocsp.iter().any(Option::is_some)
     }
 
     pub fn crl(&self) -> &Arc<Checker> {
@@ -165,10 +199,18 @@ impl Revocation {
         now: UnixTime,
     ) -> Result<(), CertificateError> {
         let (issuer, serial) = issuer_and_serial(cert).ok_or(CertificateError::BadEncoding)?;
+        let count = |result| self.counters.count(RevocationSource::Crl, result);
         match self.crl.check(bundle, issuer, serial, now) {
-            Verdict::Good | Verdict::NotChecked => {}
-            Verdict::Revoked => return Err(CertificateError::Revoked),
-            Verdict::Unknown => return Err(CertificateError::UnknownRevocationStatus),
+            Verdict::NotChecked => {}
+            Verdict::Good => count(RevocationResult::Good),
+            Verdict::Revoked => {
+                count(RevocationResult::Revoked);
+                return Err(CertificateError::Revoked);
+            }
+            Verdict::Unknown => {
+                count(RevocationResult::Unknown);
+                return Err(CertificateError::UnknownRevocationStatus);
+            }
         }
         if !leaf {
             return Ok(());
@@ -179,7 +221,11 @@ impl Revocation {
         let key = ocsp_key(cert).ok_or(CertificateError::BadEncoding)?;
         match ocsp.cache.cached(&key, Instant::now()) {
             None => Ok(()),
-            Some(status) => verdict_to_result(ocsp.cache.decide(ocsp.mode, &Ok(status))),
+            Some(status) => {
+                self.counters
+                    .count(RevocationSource::Ocsp, RevocationResult::CacheHit);
+                verdict_to_result(ocsp.cache.decide(ocsp.mode, &Ok(status)))
+            }
         }
     }
 
@@ -219,6 +265,15 @@ impl Revocation {
                 .await
                 .unwrap_or(Err(OcspError::Timeout(ocsp.timeout))),
         };
+        self.counters.count(
+            RevocationSource::Ocsp,
+            match &result {
+                Ok(OcspStatus::Good) => RevocationResult::Good,
+                Ok(OcspStatus::Revoked) => RevocationResult::Revoked,
+                Ok(OcspStatus::Unknown) => RevocationResult::Unknown,
+                Err(_) => RevocationResult::Error,
+            },
+        );
         if let Err(e) = &result {
             tracing::warn!(error = %e, mode = ?ocsp.mode, "no valid OCSP answer for a client certificate");
         }

@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 pub use reload::{ReloadOutcome, Reloader};
 pub use snapshot::{BuildError, Snapshot};
 
+use crate::admin;
 use crate::config::model::Config;
+use crate::metrics::Metrics;
 use crate::proxy::listener;
 use crate::revocation::{CrlLoadError, LoadFailure, Registry};
 use reload::{Generation, ReloadTask};
@@ -33,12 +35,21 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
     local_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    admin: admin::Server,
+    metrics: Arc<Metrics>,
     current: Arc<ArcSwap<Snapshot>>,
     shutdown: watch::Sender<bool>,
     permits: Arc<Semaphore>,
@@ -81,7 +92,9 @@ impl Gateway {
     /// Every build problem, or the listener cannot bind.
     pub async fn start_with(config: Config, options: Options) -> Result<Self, StartError> {
         let registry = Registry::new();
-        let snapshot = prepare(config, registry.clone()).await?;
+        let metrics = Metrics::new();
+        let snapshot = prepare_with(config, registry.clone(), &metrics).await?;
+        metrics.loaded_now();
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -89,6 +102,17 @@ impl Gateway {
         let local_addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
+        // The admin listener is bound before anything is spawned, so a port clash (including the
+        // partner port itself) fails the start instead of leaving a gateway without its API.
+        let admin_listen = snapshot.config.admin.listen;
+        let admin_listener = TcpListener::bind(admin_listen)
+            .await
+            .and_then(|l| l.local_addr().map(|a| (l, a)))
+            .map_err(|source| StartError::AdminBind {
+                addr: admin_listen,
+                source,
+            });
+        let (admin_listener, admin_addr) = admin_listener?;
         let max_connections = snapshot.config.server.limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
         let (shutdown, rx) = watch::channel(false);
@@ -101,18 +125,26 @@ impl Gateway {
             registry,
             generation,
             shutdown: rx.clone(),
+            metrics: metrics.clone(),
         }
         .spawn()
         .await;
+        let admin = admin::Server::spawn(
+            admin_listener,
+            admin::State::new(current.clone(), reloader.clone(), metrics.clone()),
+        );
         let accept = tokio::spawn(listener::accept_loop(
             listener,
             current.clone(),
             permits.clone(),
             rx,
         ));
-        tracing::info!(listen = %local_addr, "certgate is accepting partner connections");
+        tracing::info!(listen = %local_addr, admin = %admin_addr, "certgate is accepting partner connections");
         Ok(Self {
             local_addr,
+            admin_addr,
+            admin,
+            metrics,
             current,
             shutdown,
             permits,
@@ -125,6 +157,16 @@ impl Gateway {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the admin API (metrics, health, status, reload) listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// This gateway's metrics; they survive reloads.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Requests reloads of this gateway's configuration.
@@ -146,6 +188,8 @@ impl Gateway {
     /// the configured drain timeout for them. Returns whether every connection finished in time.
     pub async fn shutdown(self) -> bool {
         let drain = self.current.load().config.server.drain_timeout;
+        // The admin API stays up while draining, answering /readyz with 503.
+        self.admin.draining();
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
@@ -156,6 +200,7 @@ impl Gateway {
             tracing::warn!(timeout = ?drain, "drain timeout reached; closing remaining connections");
         }
         let _ = self.reload_task.await;
+        self.admin.stop().await;
         drained
     }
 }
@@ -169,7 +214,20 @@ impl Gateway {
 /// # Errors
 /// Every build problem, or every CRL file that failed to load.
 pub async fn prepare(config: Config, registry: Arc<Registry>) -> Result<Snapshot, StartError> {
-    let snapshot = Snapshot::build(Arc::new(config), registry).map_err(StartError::Build)?;
+    prepare_with(config, registry, &Metrics::new()).await
+}
+
+/// [`prepare`], counting into the gateway's `metrics`.
+///
+/// # Errors
+/// Every build problem, or every CRL file that failed to load.
+pub async fn prepare_with(
+    config: Config,
+    registry: Arc<Registry>,
+    metrics: &Arc<Metrics>,
+) -> Result<Snapshot, StartError> {
+    let snapshot =
+        Snapshot::build(Arc::new(config), registry, metrics).map_err(StartError::Build)?;
     let (fatal, transient): (Vec<_>, Vec<_>) = snapshot
         .revocation
         .load()

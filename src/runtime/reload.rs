@@ -12,8 +12,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{prepare, Snapshot, StartError};
+use super::{prepare_with, Snapshot, StartError};
 use crate::config::{self, watch::Watcher};
+use crate::metrics::Metrics;
 use crate::revocation::{BackgroundTasks, Registry};
 
 /// The result of one reload attempt.
@@ -71,6 +72,7 @@ pub(super) struct ReloadTask {
     pub(super) registry: Arc<Registry>,
     pub(super) generation: Generation,
     pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 /// How often watched files are polled, and how long they must hold still after a change.
@@ -120,9 +122,11 @@ impl ReloadTask {
         let outcome = self.try_reload().await;
         match &outcome {
             ReloadOutcome::Applied { version } => {
+                self.metrics.reload_applied();
                 tracing::info!(config.version = %version, "configuration reloaded");
             }
             ReloadOutcome::Rejected { problems } => {
+                self.metrics.reload_rejected();
                 for p in problems {
                     tracing::error!(problem = %p, "configuration reload rejected; the running configuration stays");
                 }
@@ -149,7 +153,7 @@ impl ReloadTask {
         for warning in restart_only_changes(&running, &config) {
             tracing::warn!("{warning}");
         }
-        let snapshot = match prepare(config, self.registry.clone()).await {
+        let snapshot = match prepare_with(config, self.registry.clone(), &self.metrics).await {
             Ok(s) => s,
             Err(e) => {
                 return ReloadOutcome::Rejected {
@@ -189,7 +193,9 @@ fn problems_of(error: &StartError) -> Vec<String> {
     match error {
         StartError::Build(errors) => errors.iter().map(|e| crate::error_chain(e)).collect(),
         StartError::Revocation(errors) => errors.iter().map(|e| crate::error_chain(e)).collect(),
-        StartError::Bind { .. } => vec![crate::error_chain(error)],
+        StartError::Bind { .. } | StartError::AdminBind { .. } => {
+            vec![crate::error_chain(error)]
+        }
     }
 }
 

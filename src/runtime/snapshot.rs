@@ -9,6 +9,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::model::Config;
 use crate::identity::PartnerIndex;
+use crate::metrics::{Handles, Metrics};
 use crate::policy::RouteTable;
 use crate::proxy::upstream::{Upstream, UpstreamBuildError};
 use crate::revocation::{self, Registry, Revocation};
@@ -55,6 +56,10 @@ pub struct Snapshot {
     /// HTTP/1.1 and HTTP/2 server settings, chosen per connection by ALPN.
     pub http1: auto::Builder<TokioExecutor>,
     pub http2: auto::Builder<TokioExecutor>,
+    /// This generation's metric handles, indexed by the route, partner and upstream ids above.
+    pub metrics: Arc<Handles>,
+    /// When this generation was built.
+    pub loaded_at: std::time::SystemTime,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -70,7 +75,11 @@ impl Snapshot {
     ///
     /// # Errors
     /// Every problem found, each naming its file, not only the first.
-    pub fn build(config: Arc<Config>, registry: Arc<Registry>) -> Result<Self, Vec<BuildError>> {
+    pub fn build(
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, Vec<BuildError>> {
         let mut errors: Vec<BuildError> = Vec::new();
         let trust = TrustStore::load(&config.trust_bundles)
             .map(Arc::new)
@@ -89,7 +98,10 @@ impl Snapshot {
             Some(trust) => {
                 let cas: Vec<_> = trust.bundles.iter().map(|b| b.certs.clone()).collect();
                 match Revocation::new(&config.trust_bundles, &cas, registry.clone()) {
-                    Ok(r) => (trust.clone(), Arc::new(r)),
+                    Ok(r) => (
+                        trust.clone(),
+                        Arc::new(r.with_counters(metrics.revocation().clone())),
+                    ),
                     Err(e) => {
                         errors.push(e.into());
                         (trust.clone(), Arc::new(empty_revocation(registry.clone())?))
@@ -131,6 +143,8 @@ impl Snapshot {
             upstreams,
             http1,
             http2,
+            metrics: Arc::new(Handles::build(metrics, &config)),
+            loaded_at: std::time::SystemTime::now(),
             config,
         })
     }

@@ -1,0 +1,251 @@
+//! The admin API: plain HTTP/1.1 on its own listener (`admin.listen`, loopback unless
+//! `admin.allow_remote`), never on the partner port and never asking for a client certificate.
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | 200 while the process serves HTTP at all |
+//! | `GET /readyz` | 200, or 503 with the reasons (a CRL source never loaded, shutting down) |
+//! | `GET /status` | JSON: config version and source, generation load time, CRL and OCSP state, counts |
+//! | `POST /reload` | 200 `{"result":"applied","version":…}` or 422 `{"result":"rejected","problems":[…]}` |
+//!
+//! A known path with another method gets 405 with `Allow`; anything else 404. The API reads the
+//! published snapshot and asks the reload task for reloads; it never mutates a snapshot itself.
+//!
+//! Started by [`crate::runtime::Gateway::start_with`], bound before the gateway reports itself
+//! started, and kept up while the gateway drains so `/readyz` can say so.
+
+mod status;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::metrics::{Metrics, ScrapeState};
+use crate::runtime::{ReloadOutcome, Reloader, Snapshot};
+
+/// Admin connections served at once; more wait in the backlog.
+const MAX_CONNECTIONS: usize = 32;
+/// Deadline for an admin request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the admin handlers read.
+pub struct State {
+    current: Arc<ArcSwap<Snapshot>>,
+    reloader: Reloader,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    /// Scrapes reset and refill the scrape-time gauges: one at a time.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+impl State {
+    pub fn new(
+        current: Arc<ArcSwap<Snapshot>>,
+        reloader: Reloader,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            current,
+            reloader,
+            metrics,
+            draining: AtomicBool::new(false),
+            scrape: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// The running admin listener.
+#[derive(Debug)]
+pub struct Server {
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("draining", &self.draining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Serves the admin API on `listener` until [`Server::stop`].
+    pub fn spawn(listener: TcpListener, state: Arc<State>) -> Self {
+        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        Self { state, task }
+    }
+
+    /// From now on `/readyz` answers 503 (the gateway is draining).
+    pub fn draining(&self) {
+        self.state.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops accepting and closes every admin connection.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Dropping the set (when this task is aborted) aborts every connection with it.
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        let state = state.clone();
+        connections.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(client.addr = %peer, error = %e, "admin connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The endpoints and the methods each allows.
+const ENDPOINTS: [(&str, &str); 5] = [
+    ("/metrics", "GET, HEAD"),
+    ("/healthz", "GET, HEAD"),
+    ("/readyz", "GET, HEAD"),
+    ("/status", "GET, HEAD"),
+    ("/reload", "POST"),
+];
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let method = req.method();
+    let read = method == Method::GET || method == Method::HEAD;
+    let response = match path {
+        "/metrics" if read => metrics(&state).await,
+        "/healthz" if read => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        "/readyz" if read => ready(&state),
+        "/status" if read => json(StatusCode::OK, &status::of(&state)),
+        "/reload" if method == Method::POST => reload(&state).await,
+        _ => match ENDPOINTS.iter().find(|(p, _)| *p == path) {
+            Some((_, allow)) => {
+                let mut r = json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &serde_json::json!({"error": "method_not_allowed"}),
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                r
+            }
+            None => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "not_found"}),
+            ),
+        },
+    };
+    Ok(response)
+}
+
+async fn metrics(state: &State) -> Response<Full<Bytes>> {
+    let snapshot = state.current.load_full();
+    let scrape = ScrapeState {
+        crls: snapshot.revocation.crl().status(),
+        ocsp_cache_entries: snapshot.revocation.ocsp_cache_entries(),
+    };
+    let text = {
+        let _one_at_a_time = state.scrape.lock().await;
+        state.metrics.encode(&scrape)
+    };
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// Ready when the gateway is not draining and every CRL source of every bundle has loaded at
+/// least once (until then its bundle refuses every certificate). Configuration loaded and
+/// listeners bound hold by construction: the admin API starts after both.
+fn ready(state: &State) -> Response<Full<Bytes>> {
+    let snapshot = state.current.load_full();
+    let mut reasons = Vec::new();
+    if state.draining.load(Ordering::Relaxed) {
+        reasons.push("shutting down: draining connections".to_owned());
+    }
+    for s in snapshot.revocation.crl().status() {
+        if !s.loaded {
+            reasons.push(format!(
+                "trust bundle {}: CRL source {} has not loaded{}",
+                s.bundle,
+                s.source,
+                s.last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if reasons.is_empty() {
+        json(StatusCode::OK, &serde_json::json!({"ready": true}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"ready": false, "reasons": reasons}),
+        )
+    }
+}
+
+async fn reload(state: &State) -> Response<Full<Bytes>> {
+    match state.reloader.reload().await {
+        ReloadOutcome::Applied { version } => json(
+            StatusCode::OK,
+            &serde_json::json!({"result": "applied", "version": version}),
+        ),
+        ReloadOutcome::Rejected { problems } => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({"result": "rejected", "problems": problems}),
+        ),
+    }
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}

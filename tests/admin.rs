@@ -1,0 +1,920 @@
+//! Operations: the admin API (metrics, health, readiness, status, reload), bounded metric labels,
+//! and the audit line of each request — over real sockets, against a real upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use common::*;
+
+/// One plain-HTTP request to the admin API.
+async fn admin(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let (status, headers, body) = admin(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    body
+}
+
+/// Scrapes until every line in `expected` is present: request metrics are recorded when the
+/// response body ends, which can be a moment after the client has read it.
+async fn scrape_until(addr: SocketAddr, expected: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(addr).await;
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|l| !text.lines().any(|line| line == **l))
+            .collect();
+        if missing.is_empty() {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing {missing:?} in the scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn json(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, serde_json::Value) {
+    let (status, headers, body) = admin(addr, method, path).await;
+    assert_eq!(headers["content-type"], "application/json", "{body}");
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+fn with_crl(yaml: &str, source: &str) -> String {
+    yaml.replacen(
+        "        ca: ca.pem\n",
+        &format!("        ca: ca.pem\n        crl:\n          - {source}\n"),
+        1,
+    )
+}
+
+#[tokio::test]
+async fn metrics_count_an_allowed_call_a_scope_denial_and_refused_handshakes() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let acme = env.acme();
+
+    let allowed = call(
+        gw.local_addr(),
+        env.client(Some(&acme), &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(allowed.status, 200);
+
+    let scope = Request::post("/v1/payments/7")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let denied = call(
+        gw.local_addr(),
+        env.client(Some(&acme), &[b"http/1.1"]),
+        scope,
+    )
+    .await
+    .unwrap();
+    assert_eq!(denied.reason(), "scope_denied");
+
+    let no_cert = call(
+        gw.local_addr(),
+        env.client(None, &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await;
+    assert!(no_cert.is_err());
+
+    let stranger = Ca::root("some other CA")
+        .leaf("acme-billing")
+        .spiffe("spiffe://partners.example.com/acme")
+        .issue();
+    let unknown_ca = call(
+        gw.local_addr(),
+        env.client(Some(&stranger), &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await;
+    assert!(unknown_ca.is_err());
+
+    let text = scrape_until(
+        gw.admin_addr(),
+        &[
+            r#"certgate_requests_total{partner="acme",route="orders-read",status_class="2xx"} 1"#,
+            r#"certgate_requests_total{partner="acme",route="none",status_class="4xx"} 1"#,
+            r#"certgate_policy_denials_total{partner="acme",reason="scope_denied"} 1"#,
+            r#"certgate_tls_handshakes_total{result="ok"} 2"#,
+            r#"certgate_tls_handshakes_total{result="no_client_cert"} 1"#,
+            r#"certgate_tls_handshakes_total{result="unknown_ca"} 1"#,
+            r#"certgate_tls_handshakes_total{result="expired"} 0"#,
+            r#"certgate_tls_handshakes_total{result="timeout"} 0"#,
+            "certgate_tls_handshake_duration_seconds_count 4",
+            r#"certgate_request_duration_seconds_count{route="orders-read"} 1"#,
+            r#"certgate_request_duration_seconds_count{route="none"} 1"#,
+            r#"certgate_upstream_duration_seconds_count{upstream="orders"} 1"#,
+            r#"certgate_upstream_errors_total{kind="connect",upstream="orders"} 0"#,
+            "certgate_connections_active 0",
+        ],
+    )
+    .await;
+    // The partner's certificate, keyed by the serial certgate read from it.
+    let expiry = text
+        .lines()
+        .find(|l| l.starts_with("certgate_partner_cert_expiry_timestamp_seconds{partner=\"acme\""))
+        .unwrap_or_else(|| panic!("no expiry gauge for acme:\n{text}"));
+    let not_after: f64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
+    let in_days = (not_after - now_unix()) / 86_400.0;
+    assert!((29.0..31.0).contains(&in_days), "{expiry}");
+    assert!(text.contains("certgate_build_info{version=\""));
+    assert!(text.contains("certgate_config_last_reload_success_timestamp_seconds "));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_failures_are_counted_by_upstream_and_kind_not_as_denials() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let answer = call(
+        gw.local_addr(),
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        get("/v1/broken/x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 502);
+    let text = scrape_until(
+        gw.admin_addr(),
+        &[
+            r#"certgate_upstream_errors_total{kind="connect",upstream="dead"} 1"#,
+            r#"certgate_requests_total{partner="acme",route="broken",status_class="5xx"} 1"#,
+        ],
+    )
+    .await;
+    assert!(!text.contains("certgate_policy_denials_total{"), "{text}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn label_values_stay_bounded_under_hostile_paths_and_hosts() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let tls = connect(
+        gw.local_addr(),
+        "localhost",
+        env.client(Some(&env.globex()), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let mut sender = handshake_http(tls).await.unwrap();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..50 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let path = match i % 5 {
+            0 => format!("/evil-{seed:x}/../../etc/passwd"),
+            1 => format!("/v1/orders/{seed:x}%2e%2e/%00"),
+            2 => format!("/{seed:x}?q=%3Cscript%3E&x=%22"),
+            3 => format!("/v1/payments/{seed:x}"),
+            _ => format!("//evil-{seed:x}//x"),
+        };
+        let req = Request::builder()
+            .method(["GET", "POST", "DELETE", "PURGE"][i % 4])
+            .uri(path)
+            .header("host", format!("evil-{seed:x}.example"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = read(sender.send(req).await.unwrap()).await;
+        assert!(answer.status.is_client_error(), "{}", answer.status);
+    }
+    drop(sender);
+    let text = scrape_until(gw.admin_addr(), &["certgate_connections_active 0"]).await;
+
+    let routes: BTreeSet<&str> = ["none", "orders-read", "payments-write", "hosted", "broken"]
+        .into_iter()
+        .collect();
+    let partners: BTreeSet<&str> = ["acme", "globex", "unknown"].into_iter().collect();
+    let mut series = 0;
+    for line in text.lines().filter(|l| l.starts_with("certgate_")) {
+        series += 1;
+        assert!(!line.contains("evil"), "client input in a label: {line}");
+        for (name, allowed) in [("route", &routes), ("partner", &partners)] {
+            if let Some(value) = label(line, name) {
+                assert!(allowed.contains(value.as_str()), "{line}");
+            }
+        }
+    }
+    // Fixed series plus histogram buckets for the configured routes and upstreams: it must not
+    // grow with the number of distinct requests.
+    assert!(series < 300, "{series} series:\n{text}");
+    let request_series = text
+        .lines()
+        .filter(|l| l.starts_with("certgate_requests_total{"))
+        .count();
+    assert!(request_series <= 2, "{text}");
+    gw.shutdown().await;
+}
+
+fn label(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = line[start..].find('"')? + start;
+    Some(line[start..end].to_owned())
+}
+
+#[tokio::test]
+async fn readyz_is_ready_once_every_crl_source_has_loaded() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    std::fs::write(env.path("ca.crl"), env.root.crl(&[4242], 1)).unwrap();
+    let gw = env
+        .start(&with_crl(&env.config(up.addr, ""), "path: ca.crl"))
+        .await;
+
+    let (status, body) = json(gw.admin_addr(), "GET", "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ready"], true);
+    let (status, body) = json(gw.admin_addr(), "GET", "/healthz").await;
+    assert_eq!((status, &body["status"]), (StatusCode::OK, &"ok".into()));
+
+    let allowed = call(
+        gw.local_addr(),
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(allowed.status, 200);
+
+    let source = env.path("ca.crl").display().to_string();
+    let entries = format!(r#"certgate_crl_entries{{bundle="partner-ca",source="{source}"}} 1"#);
+    let text = scrape_until(gw.admin_addr(), &[&entries]).await;
+    let next_update = text
+        .lines()
+        .find(|l| l.starts_with("certgate_crl_next_update_timestamp_seconds{bundle=\"partner-ca\""))
+        .unwrap_or_else(|| panic!("no CRL nextUpdate:\n{text}"));
+    let hours_left = (next_update
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        - now_unix())
+        / 3600.0;
+    assert!((23.0..25.0).contains(&hours_left), "{next_update}");
+    let good = text
+        .lines()
+        .find(|l| l.starts_with(r#"certgate_revocation_checks_total{result="good",source="crl"}"#))
+        .unwrap();
+    assert!(!good.ends_with(" 0"), "{good}");
+    assert!(text.contains("certgate_ocsp_cache_entries 0"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_with_the_reason_while_a_crl_url_is_unreachable() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/ca.crl");
+    let gw = env
+        .start(&with_crl(
+            &env.config(up.addr, ""),
+            &format!("url: \"{url}\"\n            refresh: 1h"),
+        ))
+        .await;
+
+    let (status, body) = json(gw.admin_addr(), "GET", "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["ready"], false);
+    let reasons = body["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "{body}");
+    let reason = reasons[0].as_str().unwrap();
+    assert!(
+        reason.contains("partner-ca") && reason.contains(&url),
+        "{reason}"
+    );
+
+    // It fails closed meanwhile: the partner is refused in the handshake.
+    let refused = call(
+        gw.local_addr(),
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    scrape_until(
+        gw.admin_addr(),
+        &[
+            r#"certgate_tls_handshakes_total{result="revocation_unknown"} 1"#,
+            r#"certgate_revocation_checks_total{result="unknown",source="crl"} 1"#,
+        ],
+    )
+    .await;
+
+    let (_, status) = json(gw.admin_addr(), "GET", "/status").await;
+    let crl = &status["bundles"][0]["crls"][0];
+    assert_eq!(crl["source"], url.as_str());
+    assert_eq!(crl["loaded"], false);
+    assert!(crl["last_error"].as_str().unwrap().contains(&url), "{crl}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_reports_the_generation_its_bundles_and_counts() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    std::fs::write(env.path("ca.crl"), env.root.crl(&[7, 8], 3)).unwrap();
+    let gw = env
+        .start(&with_crl(&env.config(up.addr, ""), "path: ca.crl"))
+        .await;
+    let (status, body) = json(gw.admin_addr(), "GET", "/status").await;
+    assert_eq!(status, 200);
+    let snapshot = gw.snapshot();
+    assert_eq!(body["version"], snapshot.config.version.as_str());
+    assert_eq!(
+        body["source"],
+        env.path("certgate.yaml").display().to_string().as_str()
+    );
+    let loaded_at = body["loaded_at"].as_u64().unwrap() as f64;
+    assert!((now_unix() - loaded_at).abs() < 60.0, "{body}");
+    assert_eq!(body["partners"], 2);
+    assert_eq!(body["routes"], 4);
+    assert_eq!(body["upstreams"], 2);
+    assert_eq!(body["connections_active"], 0);
+    assert_eq!(body["draining"], false);
+    let bundle = &body["bundles"][0];
+    assert_eq!(bundle["name"], "partner-ca");
+    assert_eq!(bundle["ocsp"], false);
+    let crl = &bundle["crls"][0];
+    assert_eq!(crl["bundle"], "partner-ca");
+    assert_eq!(crl["loaded"], true);
+    assert!(crl["last_error"].is_null());
+    assert_eq!(crl["crls"][0]["entries"], 2);
+    assert_eq!(crl["crls"][0]["crl_number"], "03");
+    assert!(crl["crls"][0]["this_update"].as_u64().unwrap() > 0);
+    assert!(crl["crls"][0]["next_update"].as_u64().unwrap() > 0);
+    for counter in [
+        "cache_entries",
+        "queries_sent",
+        "cache_hits",
+        "errors",
+        "soft_fail_allowed",
+    ] {
+        assert_eq!(body["ocsp"][counter], 0, "{counter}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_applies_or_rejects_with_the_located_problem_and_counts_both() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let yaml = env.config(up.addr, "");
+    let gw = env.start(&yaml).await;
+    let addr = gw.admin_addr();
+
+    std::fs::write(
+        env.path("certgate.yaml"),
+        yaml.replace(
+            "scopes: [orders:read]\n",
+            "scopes: [orders:read, payments:write]\n",
+        ),
+    )
+    .unwrap();
+    let (status, body) = json(addr, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], "applied");
+    let version = body["version"].as_str().unwrap().to_owned();
+    assert_eq!(version, gw.snapshot().config.version);
+
+    std::fs::write(env.path("certgate.yaml"), "server:\n  listen: [\n").unwrap();
+    let (status, body) = json(addr, "POST", "/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["result"], "rejected");
+    let problem = body["problems"][0].as_str().unwrap();
+    let located = format!("{}:", env.path("certgate.yaml").display());
+    assert!(problem.starts_with(&located), "{problem}");
+    assert!(
+        problem[located.len()..]
+            .split(':')
+            .take(2)
+            .all(|n| n.parse::<u32>().is_ok()),
+        "no line:column in {problem}"
+    );
+
+    // The applied generation keeps serving.
+    assert_eq!(gw.snapshot().config.version, version);
+    let pay = Request::post("/v1/payments/7")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = call(
+        gw.local_addr(),
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        pay,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    scrape_until(
+        addr,
+        &[
+            r#"certgate_config_reloads_total{result="applied"} 1"#,
+            r#"certgate_config_reloads_total{result="rejected"} 1"#,
+            r#"certgate_requests_total{partner="acme",route="payments-write",status_class="2xx"} 1"#,
+        ],
+    )
+    .await;
+
+    let (status, headers, _) = admin(addr, "GET", "/reload").await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "POST");
+    let (status, headers, _) = admin(addr, "POST", "/metrics").await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "GET, HEAD");
+    let (status, _, _) = admin(addr, "GET", "/nope").await;
+    assert_eq!(status, 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_is_not_served_on_the_partner_port() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    assert_ne!(gw.admin_addr(), gw.local_addr());
+    assert!(gw.admin_addr().ip().is_loopback());
+    // With a partner certificate, /metrics on the partner port is just an unrouted path.
+    let answer = call(
+        gw.local_addr(),
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        get("/metrics"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.reason(), "no_route");
+    gw.shutdown().await;
+}
+
+#[test]
+fn check_refuses_a_non_loopback_admin_listener_without_allow_remote() {
+    let env = Env::new();
+    let yaml = env.config("127.0.0.1:9".parse().unwrap(), "").replace(
+        "admin:\n  listen: \"127.0.0.1:0\"",
+        "admin:\n  listen: \"0.0.0.0:9901\"",
+    );
+    let path = write_file(env.dir.path(), "certgate.yaml", &yaml);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("admin.listen") && stderr.contains("allow_remote"),
+        "{stderr}"
+    );
+
+    let allowed = yaml.replace(
+        "listen: \"0.0.0.0:9901\"",
+        "listen: \"0.0.0.0:9901\"\n  allow_remote: true",
+    );
+    write_file(env.dir.path(), "certgate.yaml", &allowed);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Collects what the audit subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    /// The JSON audit lines whose `http.path` or `event` is `key`, waiting up to 5 s for `n`.
+    async fn lines(&self, field: &str, key: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            let found: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v[field] == key)
+                .collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn audit_lines_carry_every_field_for_allowed_denied_and_refused() {
+    let captured = Captured::default();
+    let subscriber = certgate::audit::subscriber(
+        certgate::audit::LogFormat::Json,
+        tracing_subscriber::EnvFilter::new("certgate::audit=info"),
+        captured.clone(),
+        false,
+    );
+    // The only test in this binary that installs a subscriber; others' lines are filtered out
+    // by path below.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let acme = env.acme();
+
+    let upload = Request::post("/v1/orders/count-body/audit")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from_static(b"12345")))
+        .unwrap();
+    let allowed = call(gw.local_addr(), env.client(Some(&acme), &[b"h2"]), upload)
+        .await
+        .unwrap();
+    assert_eq!(allowed.body, "{\"bytes\":5}");
+    let deny = Request::post("/v1/payments/audit")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let denied = call(
+        gw.local_addr(),
+        env.client(Some(&acme), &[b"http/1.1"]),
+        deny,
+    )
+    .await
+    .unwrap();
+    assert_eq!(denied.status, 403);
+    let _ = call(
+        gw.local_addr(),
+        env.client(None, &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await
+    .unwrap_err();
+
+    let fields = [
+        "timestamp",
+        "conn.id",
+        "client.addr",
+        "sni",
+        "partner",
+        "cert.subject",
+        "cert.serial",
+        "cert.sha256",
+        "route",
+        "http.method",
+        "http.path",
+        "http.status",
+        "decision",
+        "reason",
+        "upstream",
+        "bytes.in",
+        "bytes.out",
+        "duration_ms",
+        "upstream_ms",
+    ];
+    let allow = captured
+        .lines("http.path", "/v1/orders/count-body/audit", 1)
+        .await;
+    assert_eq!(allow.len(), 1, "{allow:?}");
+    let allow = &allow[0];
+    for f in fields {
+        assert!(!allow[f].is_null(), "allowed line lacks {f}: {allow}");
+    }
+    assert_eq!(allow["event"], "request");
+    assert_eq!(allow["decision"], "allow");
+    assert_eq!(allow["reason"], "ok");
+    assert_eq!(allow["partner"], "acme");
+    assert_eq!(allow["sni"], "localhost");
+    assert_eq!(allow["route"], "orders-read");
+    assert_eq!(allow["upstream"], "orders");
+    assert_eq!(allow["http.method"], "POST");
+    assert_eq!(allow["http.status"], 200);
+    assert_eq!(allow["bytes.in"], 5);
+    assert_eq!(allow["bytes.out"], allowed.body.len());
+    assert_eq!(allow["body.complete"], true);
+    assert_eq!(allow["cert.sha256"], acme.fingerprint_hex().as_str());
+    assert!(allow["cert.subject"]
+        .as_str()
+        .unwrap()
+        .contains("acme-billing"));
+    assert!(allow["upstream_ms"].as_f64().unwrap() > 0.0);
+    assert!(allow["duration_ms"].as_f64().unwrap() >= allow["upstream_ms"].as_f64().unwrap());
+
+    let deny = captured.lines("http.path", "/v1/payments/audit", 1).await;
+    assert_eq!(deny.len(), 1, "{deny:?}");
+    let deny = &deny[0];
+    for f in fields {
+        assert!(!deny[f].is_null(), "denied line lacks {f}: {deny}");
+    }
+    assert_eq!(deny["decision"], "deny");
+    assert_eq!(deny["reason"], "scope_denied");
+    assert_eq!(deny["http.status"], 403);
+    assert_eq!(deny["route"], "none");
+    assert_eq!(deny["upstream"], "none");
+    assert_eq!(deny["bytes.out"], denied.body.len());
+
+    let refused = captured.lines("event", "handshake_refused", 1).await;
+    let refused = refused
+        .iter()
+        .find(|v| v["reason"] == "no_client_cert")
+        .unwrap_or_else(|| panic!("{refused:?}"));
+    for f in [
+        "timestamp",
+        "conn.id",
+        "client.addr",
+        "decision",
+        "reason",
+        "duration_ms",
+    ] {
+        assert!(!refused[f].is_null(), "handshake line lacks {f}: {refused}");
+    }
+    assert_eq!(refused["decision"], "deny");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn dashboard_and_alerts_name_only_metrics_certgate_exports() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    std::fs::write(env.path("ca.crl"), env.root.crl(&[], 1)).unwrap();
+    let gw = env
+        .start(&with_crl(&env.config(up.addr, ""), "path: ca.crl"))
+        .await;
+    // Populate the lazily created series: a request, a denial, a partner certificate.
+    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    call(gw.local_addr(), client.clone(), get("/v1/orders/1"))
+        .await
+        .unwrap();
+    call(gw.local_addr(), client, get("/v1/nothing"))
+        .await
+        .unwrap();
+    let text = scrape_until(
+        gw.admin_addr(),
+        &[r#"certgate_policy_denials_total{partner="acme",reason="no_route"} 1"#],
+    )
+    .await;
+    let exported: BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let alerts: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("alerts.yaml")).unwrap()).unwrap();
+    let mut expressions = Vec::new();
+    for group in alerts["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}");
+            assert!(rule["labels"]["severity"].as_str().is_some(), "{name}");
+            expressions.push((name.to_owned(), rule["expr"].as_str().unwrap().to_owned()));
+        }
+    }
+    assert!(expressions.len() >= 5);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            expressions.push((
+                panel["title"].as_str().unwrap().to_owned(),
+                target["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    for (name, expr) in &expressions {
+        let used = metric_names(expr);
+        assert!(!used.is_empty(), "{name}: {expr} names no certgate metric");
+        for metric in used {
+            assert!(
+                exported.contains(&metric),
+                "{name}: {metric} is not exported by certgate"
+            );
+        }
+    }
+
+    // Where promtool is installed (the Debian `prometheus` package), it checks the rules too.
+    if let Ok(out) = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(root.join("alerts.yaml"))
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    gw.shutdown().await;
+}
+
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("certgate_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_appends_audit_lines_to_the_log_file() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (partner, admin_addr) = (free(), free());
+    let yaml = env
+        .config(up.addr, "")
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"{partner}\""),
+            1,
+        )
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"{admin_addr}\""),
+            1,
+        );
+    let config = write_file(env.dir.path(), "certgate.yaml", &yaml);
+    let log = env.path("audit.log");
+    std::fs::write(&log, "{\"kept\":true}\n").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--log-file")
+        .arg(&log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(admin_addr).await.is_err() {
+        assert!(Instant::now() < deadline, "certgate did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = call(
+        partner,
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        get("/v1/orders/logged"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200);
+    let (status, _, _) = admin(admin_addr, "GET", "/healthz").await;
+    assert_eq!(status, 200);
+
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        found = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["http.path"] == "/v1/orders/logged").then_some(v)
+            });
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = found.expect("no audit line in the log file");
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["target"], "certgate::audit");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.starts_with("{\"kept\":true}\n"),
+        "the file was not appended to"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_while_the_gateway_drains() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let (partner, admin_addr) = (gw.local_addr(), gw.admin_addr());
+    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let slow = tokio::spawn(call(partner, client, get("/v1/orders/delay/1500")));
+    // Wait until the slow request is in flight, then start draining.
+    scrape_until(admin_addr, &["certgate_connections_active 1"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drain = tokio::spawn(gw.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (status, body) = json(admin_addr, "GET", "/readyz").await;
+        if status == 503 {
+            assert!(body["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("shutting down"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready while draining: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.await.unwrap().unwrap().status, 200);
+    assert!(
+        drain.await.unwrap(),
+        "the in-flight request should finish in time"
+    );
+    assert!(
+        TcpStream::connect(admin_addr).await.is_err(),
+        "admin API still up"
+    );
+}
