@@ -180,6 +180,11 @@ pub async fn serve(
     let mut closing = false;
     let mut cut = false;
     let mut hard_stop = Box::pin(tokio::time::sleep(Duration::ZERO));
+    // A connection that already refuses every request has nothing to cut, and its signal may have
+    // fired before serving started: an OCSP query made by `identify` that finds the certificate
+    // revoked also signals the live connections registered under it, this one included. Racing
+    // it would close the connection before the client reads its `certificate_revoked` answer.
+    let watch_revoked = ctx.refuse.is_none();
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -192,7 +197,7 @@ pub async fn serve(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = revoked.revoked(), if !cut => {
+            () = revoked.revoked(), if watch_revoked && !cut => {
                 tracing::info!(
                     target: "certgate::audit",
                     event = "connection_revoked",
