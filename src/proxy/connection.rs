@@ -1,7 +1,7 @@
 //! One partner connection: handshake, identity, partner, then HTTP until idle, drained or revoked.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use super::refusal::Refusal;
 use super::service;
 use crate::config::model::PartnerId;
 use crate::identity::{PartnerMatch, PeerIdentity};
-use crate::revocation::Revocation;
+use crate::revocation::{Revocation, RevokedSignal};
 use crate::runtime::Snapshot;
 use crate::tls::handshake;
 
@@ -38,9 +38,11 @@ pub struct ConnContext {
     pub refuse: Option<Refusal>,
     pub headers: ConnectionHeaders,
     pub activity: Activity,
-    /// Set when the certificate is revoked while the connection is open: requests already
-    /// dispatched (HTTP/2 streams) are refused instead of forwarded while it closes.
-    pub revoked: AtomicBool,
+    /// Fires when the certificate is revoked while the connection is open. Every request reads
+    /// it before forwarding, so from the moment a new CRL or OCSP answer signals the connection
+    /// nothing more is forwarded, even before the serve loop below has woken up to close it
+    /// (HTTP/1.1 keep-alive requests and HTTP/2 streams already queued are refused instead).
+    pub revoked: RevokedSignal,
 }
 
 impl ConnContext {
@@ -149,7 +151,7 @@ pub async fn serve(
                     refuse,
                     headers,
                     activity: Activity::new(),
-                    revoked: AtomicBool::new(false),
+                    revoked: revoked.clone(),
                 });
                 (ctx, live, revoked)
             }
@@ -207,7 +209,6 @@ pub async fn serve(
                     cert.serial = %ctx.identity.serial,
                     "certificate revoked: closing its live connection"
                 );
-                ctx.revoked.store(true, Ordering::Relaxed);
                 conn.as_mut().graceful_shutdown();
                 closing = true;
                 cut = true;
