@@ -74,7 +74,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config).await),
-        Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref())),
+        Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref()).await),
         Command::Serve { config } => {
             audit::init(cli.log_format, cli.log_file.as_deref())?;
             let Some(config) = load_everything(&config).await else {

@@ -1,7 +1,7 @@
 //! One partner connection: handshake, identity, partner, then HTTP until idle, drained or revoked.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use super::refusal::Refusal;
 use super::service;
 use crate::config::model::PartnerId;
 use crate::identity::{PartnerMatch, PeerIdentity};
-use crate::revocation::Revocation;
+use crate::revocation::{Revocation, RevokedSignal};
 use crate::runtime::Snapshot;
 use crate::tls::handshake;
 
@@ -38,9 +38,11 @@ pub struct ConnContext {
     pub refuse: Option<Refusal>,
     pub headers: ConnectionHeaders,
     pub activity: Activity,
-    /// Set when the certificate is revoked while the connection is open: requests already
-    /// dispatched (HTTP/2 streams) are refused instead of forwarded while it closes.
-    pub revoked: AtomicBool,
+    /// Fires when the certificate is revoked while the connection is open. Every request reads
+    /// it before forwarding, so from the moment a new CRL or OCSP answer signals the connection
+    /// nothing more is forwarded, even before the serve loop below has woken up to close it
+    /// (HTTP/1.1 keep-alive requests and HTTP/2 streams already queued are refused instead).
+    pub revoked: RevokedSignal,
 }
 
 impl ConnContext {
@@ -154,7 +156,7 @@ pub async fn serve(
                     refuse,
                     headers,
                     activity: Activity::new(),
-                    revoked: AtomicBool::new(false),
+                    revoked: revoked.clone(),
                 });
                 (ctx, live, revoked)
             }
@@ -190,6 +192,11 @@ pub async fn serve(
     let mut closing = false;
     let mut cut = false;
     let mut hard_stop = Box::pin(tokio::time::sleep(Duration::ZERO));
+    // A connection that already refuses every request has nothing to cut, and its signal may have
+    // fired before serving started: an OCSP query made by `identify` that finds the certificate
+    // revoked also signals the live connections registered under it, this one included. Racing
+    // it would close the connection before the client reads its `certificate_revoked` answer.
+    let watch_revoked = ctx.refuse.is_none();
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -202,7 +209,7 @@ pub async fn serve(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = revoked.revoked(), if !cut => {
+            () = revoked.revoked(), if watch_revoked && !cut => {
                 tracing::info!(
                     target: "certgate::audit",
                     event = "connection_revoked",
@@ -212,7 +219,6 @@ pub async fn serve(
                     cert.serial = %ctx.identity.serial,
                     "certificate revoked: closing its live connection"
                 );
-                ctx.revoked.store(true, Ordering::Relaxed);
                 conn.as_mut().graceful_shutdown();
                 closing = true;
                 cut = true;

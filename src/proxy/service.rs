@@ -180,7 +180,7 @@ async fn decide_and_forward(
     if let Some(refusal) = ctx.refuse {
         return Err(refusal.into());
     }
-    if ctx.revoked.load(std::sync::atomic::Ordering::Relaxed) {
+    if ctx.revoked.is_revoked() {
         return Err(Refusal::CertificateRevoked.into());
     }
     let snapshot = &ctx.snapshot;

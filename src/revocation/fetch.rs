@@ -31,7 +31,8 @@ pub struct FetchOptions {
     /// How often files are stat'ed for changes (default 1s).
     pub file_poll_interval: Duration,
     /// Shortest wait between two fetches of one URL, even when its CRL's nextUpdate has passed and
-    /// the server keeps serving it (default 10s): stops a tight loop against a late CA.
+    /// the server keeps serving it (default 10s): stops a tight loop against a late CA. It does
+    /// not lengthen a source's configured `refresh`.
     pub min_refresh: Duration,
     /// First wait after a failed fetch; doubles per consecutive failure up to the source's
     /// `refresh` (default 30s).
@@ -284,8 +285,9 @@ async fn refresh_url(
     }
 }
 
-/// When to fetch next: after `refresh`, or at nextUpdate if that is sooner, but never sooner than
-/// `min_refresh`.
+/// When to fetch next: after `refresh`, or at nextUpdate if that is sooner. `min_refresh` bounds
+/// only the nextUpdate shortcut (a CRL past its nextUpdate must not cause a tight loop); a
+/// configured `refresh` shorter than it is honoured as written.
 fn next_delay(
     refresh: Duration,
     min_refresh: Duration,
@@ -295,7 +297,7 @@ fn next_delay(
     let until_next = next_update
         .map(|t| Duration::from_secs(t.as_secs().saturating_sub(now.as_secs())))
         .unwrap_or(refresh);
-    refresh.min(until_next).max(min_refresh)
+    refresh.min(until_next.max(min_refresh))
 }
 
 /// Resolves when shutdown is requested or its sender is gone.
@@ -349,5 +351,9 @@ mod tests {
         );
         assert_eq!(next_delay(hour, min, Some(at(900)), at(1000)), min);
         assert_eq!(next_delay(hour, min, Some(at(100_000)), at(1000)), hour);
+        // A configured refresh below `min_refresh` is what the operator asked for.
+        let second = Duration::from_secs(1);
+        assert_eq!(next_delay(second, min, None, at(1000)), second);
+        assert_eq!(next_delay(second, min, Some(at(900)), at(1000)), second);
     }
 }

@@ -332,6 +332,24 @@ impl Checker {
         }
     }
 
+    /// The origin (file path or URL) of the source whose CRL for `issuer_dn` is in force in
+    /// `bundle`, if any. For diagnostics such as `certgate inspect`: it takes the bookkeeping
+    /// locks, so the handshake path never calls it.
+    pub fn crl_origin(&self, bundle: BundleId, issuer_dn: &[u8]) -> Option<&str> {
+        let b = self.bundles.get(bundle.0)?;
+        let crls = b.current.load();
+        let in_force = crls.by_issuer.get(issuer_dn)?;
+        b.sources
+            .iter()
+            .find(|s| {
+                lock(&s.record)
+                    .crls
+                    .get(issuer_dn)
+                    .is_some_and(|c| Arc::ptr_eq(c, in_force))
+            })
+            .map(|s| s.origin.as_str())
+    }
+
     /// Every configured source with its last load result, for the admin JSON.
     pub fn status(&self) -> Vec<CrlStatus> {
         let now = UnixTime::now();

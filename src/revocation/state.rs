@@ -12,8 +12,10 @@ use tokio::sync::watch;
 use x509_parser::prelude::FromDer;
 
 use super::der::strip_leading_zeros;
-use super::ocsp::{CertKey, OcspCache, OcspError, OcspVerdict, RefuseReason};
-use super::ocsp::{OcspCounters, OcspStatus};
+use super::ocsp::{
+    CertKey, OcspCache, OcspCounters, OcspError, OcspStatus, OcspVerdict, PreparedRequest,
+    RefuseReason,
+};
 use super::{
     issuer_and_serial, BuildError, BundleSpec, Checker, CrlLoadError, FetchOptions, RefreshTasks,
     Registry, Verdict,
@@ -28,9 +30,34 @@ struct BundleOcsp {
     cache: OcspCache,
     mode: OcspMode,
     timeout: Duration,
+    /// The configured responder URL; `None` means each leaf's AIA URL.
+    responder: Option<String>,
     /// The bundle's CA certificates by subject (raw DER Name), to find a leaf's issuer when the
     /// client sent no intermediate.
     issuers: HashMap<Vec<u8>, CertificateDer<'static>>,
+}
+
+impl BundleOcsp {
+    /// The leaf's issuer certificate: the chain's second certificate, or the bundle CA whose
+    /// subject is the leaf's issuer when the client sent no intermediate.
+    fn issuer_of<'a>(&'a self, chain: &'a [CertificateDer<'_>]) -> Option<&'a [u8]> {
+        match chain.get(1) {
+            Some(intermediate) => Some(intermediate.as_ref()),
+            None => issuer_and_serial(chain.first()?)
+                .and_then(|(issuer, _)| self.issuers.get(issuer))
+                .map(|ca| ca.as_ref()),
+        }
+    }
+
+    /// Asks the responder (or joins the in-flight query) under the configured timeout.
+    async fn query(&self, chain: &[CertificateDer<'_>]) -> Result<OcspStatus, OcspError> {
+        let (Some(leaf), Some(issuer)) = (chain.first(), self.issuer_of(chain)) else {
+            return Err(OcspError::NoResponder);
+        };
+        tokio::time::timeout(self.timeout, self.cache.query(leaf, issuer))
+            .await
+            .unwrap_or(Err(OcspError::Timeout(self.timeout)))
+    }
 }
 
 /// Revocation state for every trust bundle of one configuration.
@@ -117,6 +144,7 @@ impl Revocation {
                     cache,
                     mode: config.mode,
                     timeout: config.timeout,
+                    responder: config.responder.clone(),
                     issuers,
                 })
             })
@@ -250,21 +278,10 @@ impl Revocation {
         let Some(ocsp) = self.ocsp_for(bundle) else {
             return Ok(());
         };
-        let Some(leaf) = chain.first() else {
+        if chain.is_empty() {
             return Err(CertificateError::BadEncoding);
-        };
-        let issuer = match chain.get(1) {
-            Some(intermediate) => Some(intermediate.as_ref()),
-            None => issuer_and_serial(leaf)
-                .and_then(|(issuer, _)| ocsp.issuers.get(issuer))
-                .map(|ca| ca.as_ref()),
-        };
-        let result = match issuer {
-            None => Err(OcspError::NoResponder),
-            Some(issuer) => tokio::time::timeout(ocsp.timeout, ocsp.cache.query(leaf, issuer))
-                .await
-                .unwrap_or(Err(OcspError::Timeout(ocsp.timeout))),
-        };
+        }
+        let result = ocsp.query(chain).await;
         self.counters.count(
             RevocationSource::Ocsp,
             match &result {
@@ -278,6 +295,27 @@ impl Revocation {
             tracing::warn!(error = %e, mode = ?ocsp.mode, "no valid OCSP answer for a client certificate");
         }
         verdict_to_result(ocsp.cache.decide(ocsp.mode, &result))
+    }
+
+    /// What the bundle's OCSP responder says about the chain's leaf, without applying the
+    /// soft/hard-fail mode: for diagnostics such as `certgate inspect`. Uses and fills the cache
+    /// like [`Self::check_ocsp`]. `None` when the bundle has no OCSP configured; otherwise the
+    /// responder URL asked (when one could be determined) and its answer.
+    pub async fn query_ocsp(
+        &self,
+        bundle: BundleId,
+        chain: &[CertificateDer<'_>],
+    ) -> Option<(Option<String>, Result<OcspStatus, OcspError>)> {
+        let ocsp = self.ocsp_for(bundle)?;
+        let url = match (chain.first(), ocsp.issuer_of(chain)) {
+            (Some(leaf), Some(issuer)) => {
+                PreparedRequest::new(leaf.as_ref(), issuer, ocsp.responder.as_deref())
+                    .ok()
+                    .map(|r| r.url().to_string())
+            }
+            _ => None,
+        };
+        Some((url, ocsp.query(chain).await))
     }
 
     /// The live-connection keys of a chain: `(issuer, serial)` of every certificate.

@@ -9,6 +9,7 @@
     clippy::expect_used
 )]
 
+pub mod openssl;
 pub mod pki;
 
 use std::convert::Infallible;
@@ -225,6 +226,12 @@ impl Env {
     /// (subject CN, orders:read + payments:write), routes for both scopes plus a host-bound one.
     /// `extra` is appended under the top level (e.g. a `forward:` block).
     pub fn config(&self, upstream: SocketAddr, extra: &str) -> String {
+        self.config_with_bundle(upstream, "", extra)
+    }
+
+    /// [`Env::config`] with `bundle` added to the `partner-ca` trust bundle: YAML keys indented by
+    /// eight spaces, e.g. `"        crl:\n          - path: partner-ca.crl\n"`.
+    pub fn config_with_bundle(&self, upstream: SocketAddr, bundle: &str, extra: &str) -> String {
         format!(
             r#"
 server:
@@ -237,7 +244,7 @@ server:
     trust_bundles:
       - name: partner-ca
         ca: ca.pem
-admin:
+{bundle}admin:
   listen: "127.0.0.1:0"
 upstreams:
   orders:

@@ -23,6 +23,8 @@ pub struct Ca {
     pub pem: String,
     /// PEM of the chain above this CA, excluding the root (what a leaf must send along).
     pub chain_pem: String,
+    /// The CA's private key (PKCS#8 PEM), for the `openssl` CLI acting as this CA.
+    pub key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -73,6 +75,7 @@ impl Ca {
             name: name.to_owned(),
             pem: cert.pem(),
             chain_pem: String::new(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -86,6 +89,7 @@ impl Ca {
             name: name.to_owned(),
             pem: cert.pem(),
             chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         }
     }

@@ -1,0 +1,643 @@
+//! Revocation through the real gateway: `Gateway::start` from YAML, real TLS clients, a real
+//! upstream that counts what reaches it, and the `openssl` CLI as CRL authority and OCSP responder.
+//! Every assertion is about behaviour (status, alert, upstream count); the only clocks are
+//! generous deadlines.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use certgate::config::model::BundleId;
+use certgate::revocation::{issuer_and_serial, Registry, Verdict};
+use certgate::runtime::{self, Gateway, StartError};
+use common::openssl::{dead_url, replace_by_rename, CrlServer, OcspResponder, OpenSslCa};
+use common::*;
+use http_body_util::BodyExt;
+use rustls::HandshakeKind;
+use rustls_pki_types::UnixTime;
+use tokio::io::AsyncReadExt;
+
+// === helpers ===
+
+/// The `partner-ca` bundle reading its CRL from `file` (relative to the config).
+fn crl_file(file: &str) -> String {
+    format!("        crl:\n          - path: {file}\n")
+}
+
+fn ocsp(mode: &str, responder: &str) -> String {
+    format!("        ocsp:\n          mode: {mode}\n          responder: {responder}\n          timeout: 1s\n")
+}
+
+/// The gateway's current CRL verdict for `leaf` (what the next handshake will be told).
+fn crl_verdict(gw: &Gateway, leaf: &Leaf) -> Verdict {
+    let (issuer, serial) = issuer_and_serial(&leaf.der).unwrap();
+    gw.snapshot()
+        .revocation
+        .crl()
+        .check(BundleId(0), issuer, serial, UnixTime::now())
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes.
+async fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let give_up = Instant::now() + deadline;
+    while Instant::now() < give_up {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// One GET on a fresh connection presenting `leaf`.
+async fn call_as(gw: &Gateway, env: &Env, leaf: &Leaf) -> Result<Answer, String> {
+    call(
+        gw.local_addr(),
+        env.client(Some(leaf), &[b"http/1.1"]),
+        get("/v1/orders/1"),
+    )
+    .await
+}
+
+#[track_caller]
+fn assert_ok(result: &Result<Answer, String>) {
+    match result {
+        Ok(a) => assert_eq!(a.status, 200, "{}", a.body),
+        Err(e) => panic!("expected 200, got a connection failure: {e}"),
+    }
+}
+
+#[track_caller]
+fn assert_refused(result: &Result<Answer, String>, status: u16, reason: &str) {
+    match result {
+        Ok(a) => {
+            assert_eq!(a.status, status, "{}", a.body);
+            assert_eq!(a.reason(), reason);
+        }
+        Err(e) => panic!("expected {status} {reason}, got a connection failure: {e}"),
+    }
+}
+
+/// Connects presenting `leaf` and asserts the gateway ends the handshake with `alert`. With TLS 1.3
+/// the client finishes its side first and learns of the refusal on its first read, so read.
+async fn assert_handshake_refused(gw: &Gateway, env: &Env, leaf: &Leaf, alert: &str) {
+    let attempt = async {
+        let mut tls = connect(
+            gw.local_addr(),
+            "localhost",
+            env.client(Some(leaf), &[b"http/1.1"]),
+        )
+        .await?;
+        tls.read(&mut [0u8; 1]).await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Err(e)) => assert!(e.to_string().contains(alert), "expected {alert}: {e}"),
+        Ok(Ok(n)) => panic!("expected the handshake to fail with {alert}; read {n} bytes"),
+        Err(_) => panic!("expected the handshake to fail with {alert}; it was accepted"),
+    }
+}
+
+// === CRL from a file ===
+
+#[tokio::test]
+async fn a_certificate_revoked_by_the_crl_file_is_refused_in_the_handshake_and_a_good_one_passes() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let (acme, globex) = (env.acme(), env.globex());
+    ca.revoke(&globex);
+    std::fs::write(env.path("partner-ca.crl"), ca.crl(&[])).unwrap();
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), ""))
+        .await;
+
+    assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing from a revoked certificate reaches the upstream"
+    );
+
+    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_eq!(up.count(), 1);
+    assert_eq!(up.last().headers["x-partner-id"], "acme");
+    gw.shutdown().await;
+}
+
+/// What the keep-alive client saw for one request.
+#[derive(Debug)]
+struct Outcome {
+    /// The gateway's CRL already revoked the certificate when the request was sent.
+    revoked_before_send: bool,
+    /// Status and body, or the connection-level failure.
+    result: Result<(u16, String), String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_replaced_while_serving_refuses_new_handshakes_and_cuts_the_open_connection() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let acme = env.acme();
+    let crl = env.path("partner-ca.crl");
+    std::fs::write(&crl, ca.crl(&[])).unwrap();
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), ""))
+        .await;
+
+    // A keep-alive client calling in a loop until its connection ends.
+    let tls = connect(
+        gw.local_addr(),
+        "localhost",
+        env.client(Some(&acme), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let mut sender = handshake_http(tls).await.unwrap();
+    let snapshot = gw.snapshot();
+    let (issuer, serial) = issuer_and_serial(&acme.der).unwrap();
+    let (issuer, serial) = (issuer.to_vec(), serial.to_vec());
+    let client = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        loop {
+            let revoked_before_send =
+                snapshot
+                    .revocation
+                    .crl()
+                    .check(BundleId(0), &issuer, &serial, UnixTime::now())
+                    == Verdict::Revoked;
+            let result = match sender.send(get("/v1/orders/1")).await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    match resp.into_body().collect().await {
+                        Ok(body) => Ok((
+                            status,
+                            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+                        )),
+                        Err(e) => Err(format!("body cut: {e}")),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let ended = result.is_err();
+            outcomes.push(Outcome {
+                revoked_before_send,
+                result,
+            });
+            if ended {
+                return outcomes;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || up.count() >= 3).await,
+        "the keep-alive client is being served"
+    );
+
+    ca.revoke(&acme);
+    replace_by_rename(&crl, &ca.crl(&[]));
+    let replaced = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || crl_verdict(&gw, &acme)
+            == Verdict::Revoked)
+        .await,
+        "the poller picks up the renamed CRL"
+    );
+    let picked_up = replaced.elapsed();
+    let abort = client.abort_handle();
+    let outcomes = match tokio::time::timeout(Duration::from_secs(5), client).await {
+        Ok(outcomes) => outcomes.unwrap(),
+        Err(_) => {
+            abort.abort();
+            panic!("the open keep-alive connection was not cut within 5 s of the CRL change");
+        }
+    };
+    eprintln!(
+        "CRL picked up {picked_up:?} after the rename; connection ended {:?} after it; {} requests",
+        replaced.elapsed(),
+        outcomes.len()
+    );
+
+    let served = outcomes
+        .iter()
+        .filter(|o| matches!(o.result, Ok((200, _))))
+        .count();
+    assert!(served >= 3, "{outcomes:?}");
+    let first_refusal = outcomes
+        .iter()
+        .position(|o| !matches!(o.result, Ok((200, _))))
+        .unwrap();
+    for o in &outcomes[first_refusal..] {
+        match &o.result {
+            Ok((200, _)) => panic!("a 200 after the cut: {outcomes:?}"),
+            Ok((status, body)) => {
+                assert_eq!(*status, 403, "{body}");
+                assert!(body.contains("certificate_revoked"), "{body}");
+            }
+            Err(e) => assert!(!e.starts_with("body cut"), "a response was torn: {e}"),
+        }
+    }
+    assert!(
+        outcomes.last().unwrap().result.is_err(),
+        "the connection is closed"
+    );
+    assert!(
+        !outcomes
+            .iter()
+            .any(|o| o.revoked_before_send && matches!(o.result, Ok((200, _)))),
+        "a request sent after the CRL was in force was served: {outcomes:?}"
+    );
+    // Everything the upstream saw was answered with a 200, bar at most one request in flight
+    // when the connection closed.
+    let seen = up.count();
+    assert!(
+        served <= seen && seen <= served + 1,
+        "{served} 200s, upstream saw {seen}"
+    );
+
+    assert_handshake_refused(&gw, &env, &acme, "CertificateRevoked").await;
+    assert_eq!(up.count(), seen);
+    gw.shutdown().await;
+}
+
+// === CRL from a URL ===
+
+#[tokio::test]
+async fn a_crl_from_a_url_is_refreshed_and_a_new_revocation_refuses_the_next_handshake() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let acme = env.acme();
+    let server = CrlServer::start(ca.crl(&[])).await;
+    let bundle = format!(
+        "        crl:\n          - url: {}\n            refresh: 1s\n",
+        server.url
+    );
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &bundle, ""))
+        .await;
+    assert_ok(&call_as(&gw, &env, &acme).await);
+    let fetches = server.requests();
+    assert!(fetches >= 1);
+
+    ca.revoke(&acme);
+    server.set(ca.crl(&[]));
+    assert!(
+        eventually(Duration::from_secs(8), || crl_verdict(&gw, &acme)
+            == Verdict::Revoked)
+        .await,
+        "the refreshed CRL is in force within a few refresh periods ({} fetches)",
+        server.requests()
+    );
+    assert!(server.requests() > fetches);
+    assert_handshake_refused(&gw, &env, &acme, "CertificateRevoked").await;
+    assert_eq!(up.count(), 1);
+    gw.shutdown().await;
+}
+
+// === expired CRL ===
+
+#[tokio::test]
+async fn an_expired_crl_refuses_under_reject_and_serves_under_allow_with_warning() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let (acme, globex) = (env.acme(), env.globex());
+    ca.revoke(&globex);
+    std::fs::write(env.path("partner-ca.crl"), ca.expired_crl()).unwrap();
+
+    let strict = format!(
+        "{}        crl_expired: reject\n",
+        crl_file("partner-ca.crl")
+    );
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &strict, ""))
+        .await;
+    // Unknown revocation status: rustls sends unknown_ca, as OpenSSL does.
+    assert_handshake_refused(&gw, &env, &acme, "UnknownCA").await;
+    assert_handshake_refused(&gw, &env, &globex, "UnknownCA").await;
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+
+    let lenient = format!(
+        "{}        crl_expired: allow_with_warning\n",
+        crl_file("partner-ca.crl")
+    );
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &lenient, ""))
+        .await;
+    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
+    assert_eq!(up.count(), 1);
+    let status = gw.snapshot().revocation.crl().status();
+    assert!(status[0].crls[0].expired);
+    assert!(status[0].expired_crl_uses >= 2);
+    gw.shutdown().await;
+}
+
+// === CRL with a bad signature ===
+
+#[tokio::test]
+async fn a_crl_signed_by_an_impostor_ca_is_reported_at_start_and_ignored_at_runtime() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let acme = env.acme();
+    // Same name as the partner root, different key.
+    let impostor = OpenSslCa::new(&Ca::root("partner root CA"));
+    impostor.revoke(&acme);
+    let forged = impostor.crl(&[]);
+    let crl = env.path("partner-ca.crl");
+    let yaml = env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), "");
+    let config_path = write_file(env.dir.path(), "certgate.yaml", &yaml);
+
+    // At start: `runtime::prepare` (what `serve` and `check` run) names the file.
+    std::fs::write(&crl, &forged).unwrap();
+    let config = certgate::config::load(&config_path).unwrap();
+    match runtime::prepare(config, Registry::new()).await {
+        Err(StartError::Revocation(errors)) => {
+            assert_eq!(errors.len(), 1);
+            let chain = certgate::error_chain(&errors[0]);
+            assert!(chain.contains(&crl.display().to_string()), "{chain}");
+            assert!(chain.contains("invalid CRL"), "{chain}");
+        }
+        other => panic!("expected a CRL error, got {other:?}"),
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&crl.display().to_string()), "{stderr}");
+    assert!(stderr.contains("CRL"), "{stderr}");
+
+    // At runtime: swapped in over a good CRL, it is refused and the good one stays in force.
+    let real = OpenSslCa::new(&env.root);
+    std::fs::write(&crl, real.crl(&[])).unwrap();
+    let gw = env.start(&yaml).await;
+    assert_ok(&call_as(&gw, &env, &acme).await);
+    replace_by_rename(&crl, &forged);
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .snapshot()
+            .revocation
+            .crl()
+            .status()[0]
+            .last_error
+            .is_some())
+        .await,
+        "the poller reads the forged CRL"
+    );
+    let status = &gw.snapshot().revocation.crl().status()[0];
+    assert!(status.loaded, "the good CRL is kept");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("invalid CRL"),
+        "{status:?}"
+    );
+    assert_eq!(crl_verdict(&gw, &acme), Verdict::Good);
+    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_eq!(up.count(), 2);
+    gw.shutdown().await;
+}
+
+// === OCSP ===
+
+#[tokio::test]
+async fn ocsp_good_is_served_and_a_cached_answer_avoids_a_second_query() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let acme = env.acme();
+    ca.valid(&acme);
+    let responder = OcspResponder::start(&ca).await;
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &ocsp("hard_fail", &responder.url), ""))
+        .await;
+
+    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_eq!(responder.requests(), 1);
+    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_eq!(
+        responder.requests(),
+        1,
+        "the second connection used the cache"
+    );
+    assert_eq!(up.count(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn ocsp_revoked_is_refused_before_forwarding_and_then_in_the_handshake_from_the_cache() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let acme = env.acme();
+    ca.revoke(&acme);
+    let responder = OcspResponder::start(&ca).await;
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &ocsp("soft_fail", &responder.url), ""))
+        .await;
+
+    // First connection: nothing cached at handshake time, so the connection asks the responder
+    // before serving and answers every request with the refusal.
+    let first = call_as(&gw, &env, &acme).await;
+    assert_refused(&first, 403, "certificate_revoked");
+    assert_eq!(up.count(), 0);
+    assert_eq!(responder.requests(), 1);
+
+    // Second connection: the cached `revoked` ends the handshake.
+    assert_handshake_refused(&gw, &env, &acme, "CertificateRevoked").await;
+    assert_eq!(responder.requests(), 1, "answered from the cache");
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn ocsp_unknown_is_refused_under_hard_fail_and_served_under_soft_fail() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let acme = env.acme(); // never entered in the CA database: the responder says `unknown`
+    let responder = OcspResponder::start(&ca).await;
+
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &ocsp("hard_fail", &responder.url), ""))
+        .await;
+    assert_refused(&call_as(&gw, &env, &acme).await, 403, "revocation_unknown");
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &ocsp("soft_fail", &responder.url), ""))
+        .await;
+    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_eq!(up.count(), 1);
+    assert_eq!(responder.requests(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn ocsp_responder_down_refuses_under_hard_fail_and_serves_under_soft_fail() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let acme = env.acme();
+    let down = dead_url();
+
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &ocsp("hard_fail", &down), ""))
+        .await;
+    assert_refused(&call_as(&gw, &env, &acme).await, 403, "revocation_unknown");
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &ocsp("soft_fail", &down), ""))
+        .await;
+    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_eq!(up.count(), 1);
+    gw.shutdown().await;
+}
+
+// === session resumption ===
+
+#[tokio::test]
+async fn a_resumed_session_is_refused_once_its_certificate_is_revoked() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let acme = env.acme();
+    let crl = env.path("partner-ca.crl");
+    std::fs::write(&crl, ca.crl(&[])).unwrap();
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), ""))
+        .await;
+    // One client configuration, so one session cache, for every connection below.
+    let client = env.client(Some(&acme), &[b"http/1.1"]);
+
+    let request = |expect_kind: HandshakeKind| {
+        let client = client.clone();
+        let addr = gw.local_addr();
+        async move {
+            let tls = connect(addr, "localhost", client).await.unwrap();
+            assert_eq!(tls.get_ref().1.handshake_kind(), Some(expect_kind));
+            let mut sender = handshake_http(tls).await.unwrap();
+            read(sender.send(get("/v1/orders/1")).await.unwrap()).await
+        }
+    };
+    assert_eq!(request(HandshakeKind::Full).await.status, 200);
+    // The server's tickets work: the next connection resumes and is served.
+    assert_eq!(request(HandshakeKind::Resumed).await.status, 200);
+    assert_eq!(up.count(), 2);
+
+    ca.revoke(&acme);
+    replace_by_rename(&crl, &ca.crl(&[]));
+    assert!(
+        eventually(Duration::from_secs(5), || crl_verdict(&gw, &acme)
+            == Verdict::Revoked)
+        .await
+    );
+    // Resuming skips the certificate verifier; the connection's own re-check refuses it.
+    let answer = request(HandshakeKind::Resumed).await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert_eq!(answer.reason(), "certificate_revoked");
+    assert_eq!(up.count(), 2);
+    gw.shutdown().await;
+}
+
+// === certgate inspect ===
+
+fn inspect(cert: &Path, config: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .arg("inspect")
+        .arg(cert)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn revocation_line(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("revocation:"))
+        .unwrap_or_else(|| panic!("no revocation line in:\n{stdout}"))
+}
+
+#[tokio::test]
+async fn inspect_shows_the_revocation_status_from_the_configured_sources() {
+    let env = Env::new();
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let ca = OpenSslCa::new(&env.root);
+    let (acme, globex) = (env.acme(), env.globex());
+    let (acme_pem, _) = acme.write(env.dir.path(), "acme");
+    let (globex_pem, _) = globex.write(env.dir.path(), "globex");
+    ca.valid(&acme);
+    ca.revoke(&globex);
+    let crl = env.path("partner-ca.crl");
+    std::fs::write(&crl, ca.crl(&[])).unwrap();
+
+    let with_crl = write_file(
+        env.dir.path(),
+        "crl.yaml",
+        &env.config_with_bundle(up, &crl_file("partner-ca.crl"), ""),
+    );
+    let out = inspect(&globex_pem, &with_crl);
+    assert_eq!(
+        revocation_line(&out),
+        format!("revocation:   revoked (CRL {})", crl.display())
+    );
+    let out = inspect(&acme_pem, &with_crl);
+    assert_eq!(
+        revocation_line(&out),
+        format!("revocation:   good (CRL {})", crl.display())
+    );
+
+    let plain = write_file(env.dir.path(), "plain.yaml", &env.config(up, ""));
+    let out = inspect(&acme_pem, &plain);
+    assert!(
+        revocation_line(&out).starts_with("revocation:   not checked"),
+        "{out}"
+    );
+
+    let responder = OcspResponder::start(&ca).await;
+    let with_ocsp = write_file(
+        env.dir.path(),
+        "ocsp.yaml",
+        &env.config_with_bundle(up, &ocsp("hard_fail", &responder.url), ""),
+    );
+    // The binary blocks; run it off the runtime so the responder (on this runtime) can answer.
+    let (acme_out, globex_out) = tokio::task::spawn_blocking(move || {
+        (
+            inspect(&acme_pem, &with_ocsp),
+            inspect(&globex_pem, &with_ocsp),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        revocation_line(&acme_out),
+        format!("revocation:   good (OCSP {})", responder.url)
+    );
+    assert_eq!(
+        revocation_line(&globex_out),
+        format!("revocation:   revoked (OCSP {})", responder.url)
+    );
+    assert_eq!(responder.requests(), 2, "OCSP is queried once per inspect");
+}
