@@ -15,8 +15,8 @@
 # pinned; the summary table lists each one and the script exits 1 when any differs.
 #
 # Everything listens on 127.0.0.1 only, every load is bounded in connections, requests and time,
-# and every process started here is stopped by its PID. --quick shortens the loads (~2-3 min);
-# the full run takes ~6-8 min on 2 shared cores. --keep keeps the work dir (logs, JSON, CSVs).
+# and every process started here is stopped by its PID. --quick shortens the loads (~2 min);
+# the full run takes ~3 min on 2 shared cores. --keep keeps the work dir (logs, JSON, CSVs).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
