@@ -242,3 +242,35 @@ async fn a_chain_longer_than_allowed_is_refused_in_the_handshake() {
     .unwrap();
     assert_eq!(a.status, 200);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_response_is_cut_after_the_idle_timeout() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env
+        .start(&limits(&env, &up, "    idle_timeout: 500ms\n"))
+        .await;
+    let mut tls = connect(
+        gw.local_addr(),
+        "localhost",
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    const SIZE: usize = 64 * 1024 * 1024;
+    tls.write_all(
+        format!("GET /v1/orders/download/{SIZE} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Read nothing while the gateway's socket buffers fill and it stalls.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    still_serves(&env, &gw).await;
+    let received = closed_within(&mut tls, Duration::from_secs(10))
+        .await
+        .expect("a stalled response was held open");
+    assert!(
+        received.len() < SIZE,
+        "the whole body arrived: the reader was not cut"
+    );
+}

@@ -1,14 +1,17 @@
 //! One partner connection: handshake, identity, partner, then HTTP until idle, drained or revoked.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::CertificateError;
 use rustls_pki_types::UnixTime;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -53,12 +56,15 @@ impl ConnContext {
     }
 }
 
-/// In-flight requests and the time of the last one, for the idle timeout.
+/// In-flight requests, the time of the last one, and the last time a byte moved either way: the
+/// idle timeout closes a connection that has nothing to do, the stall check one that makes no
+/// progress (a slow reader holding a response, a client that stopped mid-request).
 #[derive(Debug)]
 pub struct Activity {
     started: Instant,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    last_io_ms: AtomicU64,
 }
 
 impl Activity {
@@ -67,7 +73,24 @@ impl Activity {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            last_io_ms: AtomicU64::new(0),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn io_progress(&self) {
+        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long no byte has moved on the connection.
+    fn stalled_for(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_io_ms.load(Ordering::Relaxed)),
+        )
     }
 
     /// Marks a request as in flight until the guard drops.
@@ -80,7 +103,12 @@ impl Activity {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
         }
-        Some(self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+        // A response still streaming after its handler returned counts as activity too.
+        let last = self
+            .last_ms
+            .load(Ordering::Relaxed)
+            .max(self.last_io_ms.load(Ordering::Relaxed));
+        Some(self.started + Duration::from_millis(last))
     }
 }
 
@@ -88,9 +116,67 @@ pub struct ActivityGuard<'a>(&'a Activity);
 
 impl Drop for ActivityGuard<'_> {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_ms.store(ms, Ordering::Relaxed);
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection's transport, noting every read or write that moved bytes.
+struct Tracked<T> {
+    inner: T,
+    ctx: Arc<ConnContext>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.ctx.activity.io_progress();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.ctx.activity.io_progress();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.ctx.activity.io_progress();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -184,11 +270,18 @@ pub async fn serve(
     let builder = if h2 { &snapshot.http2 } else { &snapshot.http1 };
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| service::handle(svc_ctx.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    let io = Tracked {
+        inner: tls,
+        ctx: ctx.clone(),
+    };
+    ctx.activity.io_progress();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
 
     let idle = limits.idle_timeout;
-    let mut idle_check = Box::pin(tokio::time::sleep(idle));
+    // Checked twice per idle period: closes within 1.5 × idle_timeout at worst.
+    let tick = (idle / 2).max(Duration::from_millis(50));
+    let mut idle_check = Box::pin(tokio::time::sleep(tick));
     let mut closing = false;
     let mut cut = false;
     let mut hard_stop = Box::pin(tokio::time::sleep(Duration::ZERO));
@@ -228,15 +321,23 @@ pub async fn serve(
                 // In-flight requests had their grace period; a streaming one ends here.
                 break;
             }
-            () = &mut idle_check, if !closing => {
-                match ctx.activity.idle_since() {
-                    Some(since) if since.elapsed() >= idle => {
-                        tracing::debug!(conn.id = id, "closing idle connection");
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
+            () = &mut idle_check => {
+                idle_check.as_mut().reset((Instant::now() + tick).into());
+                let busy = closing || ctx.activity.in_flight.load(Ordering::Relaxed) > 0;
+                if busy && ctx.activity.stalled_for() >= idle {
+                    // A response nobody reads, or a request that stopped arriving: graceful
+                    // shutdown would wait for it forever.
+                    tracing::info!(conn.id = id, client.addr = %peer, "closing a connection that made no progress for the idle timeout");
+                    break;
+                }
+                if !closing {
+                    if let Some(since) = ctx.activity.idle_since() {
+                        if since.elapsed() >= idle {
+                            tracing::debug!(conn.id = id, "closing idle connection");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
                     }
-                    Some(since) => idle_check.as_mut().reset((since + idle).into()),
-                    None => idle_check.as_mut().reset((Instant::now() + idle).into()),
                 }
             }
         }
