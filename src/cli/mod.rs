@@ -26,6 +26,10 @@ pub struct Cli {
     /// Log format: `json` lines for pipelines, `text` for a terminal.
     #[arg(long, global = true, value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// Runtime worker threads. Default: `TOKIO_WORKER_THREADS` if set, else one per CPU this
+    /// process may run on (so `taskset -c 0` alone already gives one).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }
