@@ -85,8 +85,9 @@ if [ "$BUILD" = 1 ]; then
     cargo build --release --locked --bin certgate >&2
 fi
 CERTGATE=$ROOT/target/release/certgate
-LOADGEN=$(cargo bench --locked --no-run --bench loadgen --message-format=json 2>/dev/null \
-    | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)
+# LOADGEN=path overrides the lookup (e.g. to reuse a binary while cargo is busy elsewhere).
+LOADGEN=${LOADGEN:-$(cargo bench --locked --no-run --bench loadgen --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)}
 [ -x "$CERTGATE" ] && [ -x "$LOADGEN" ] || { echo "build missing: $CERTGATE / $LOADGEN" >&2; exit 1; }
 lg() { taskset -c "$LG_CORE" "$LOADGEN" "$@"; }
 

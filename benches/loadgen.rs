@@ -43,7 +43,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", about = "mTLS load generator for the certgate comparison benchmark")]
+#[command(
+    name = "loadgen",
+    about = "mTLS load generator for the certgate comparison benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
@@ -481,9 +484,15 @@ async fn keepalive(
     }
     let window = measure_window(&run).await;
     let lat = join_latencies(tasks).await;
-    Ok(report(&run, "keepalive", window, lat, json!({
-        "connections": connections, "proto": format!("{proto:?}").to_lowercase(), "streams": streams,
-    })))
+    Ok(report(
+        &run,
+        "keepalive",
+        window,
+        lat,
+        json!({
+            "connections": connections, "proto": format!("{proto:?}").to_lowercase(), "streams": streams,
+        }),
+    ))
 }
 
 async fn handshake(run: Arc<Run>, concurrency: usize) -> anyhow::Result<Value> {
@@ -508,7 +517,13 @@ async fn handshake(run: Arc<Run>, concurrency: usize) -> anyhow::Result<Value> {
     }
     let window = measure_window(&run).await;
     let lat = join_latencies(tasks).await;
-    Ok(report(&run, "handshake", window, lat, json!({ "concurrency": concurrency })))
+    Ok(report(
+        &run,
+        "handshake",
+        window,
+        lat,
+        json!({ "concurrency": concurrency }),
+    ))
 }
 
 async fn idle(
@@ -699,7 +714,12 @@ fn cpu_us(pid: Option<u32>) -> u64 {
         return 0;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime is field 14, stime field 15 (1-based); `rest` starts at field 3.
     (ticks(11) + ticks(12)) * 10_000
 }
@@ -762,9 +782,7 @@ fn gen_crl(
     let ski = x509
         .iter_extensions()
         .find_map(|e| match e.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
-                Some(k.0.to_vec())
-            }
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
             _ => None,
         })
         .ok_or_else(|| anyhow::anyhow!("issuer has no subject key identifier"))?;
