@@ -515,6 +515,6 @@ log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- summary -------------------------------------------------------------------------------------
 python3 "$ROOT/benches/summarize.py" "$RESULTS" "$OUT" \
-    --command "benches/compare.sh $([ $QUICK = 1 ] && echo --quick) --rounds $ROUNDS --duration $DURATION" \
+    --command "benches/compare.sh$([ $QUICK = 1 ] && echo ' --quick') --rounds $ROUNDS --duration $DURATION" \
     --peers "$PEERS"
 log "done: $OUT/summary.md"
