@@ -29,6 +29,10 @@ pub struct Cli {
     /// Append logs to this file instead of stdout (rotate with logrotate `copytruncate`).
     #[arg(long, global = true)]
     pub log_file: Option<PathBuf>,
+    /// Runtime worker threads. Default: `TOKIO_WORKER_THREADS` if set, else one per CPU this
+    /// process may run on (so `taskset -c 0` alone already gives one).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }

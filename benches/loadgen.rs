@@ -1,0 +1,829 @@
+//! `loadgen`: the load generator of the comparison benchmark (`benches/compare.sh`).
+//!
+//! A small, single-purpose mTLS client on tokio + tokio-rustls + hyper. It presents a client
+//! certificate, never resumes a TLS session (`Resumption::disabled()`, so every new connection is a
+//! full handshake), and prints one JSON object on stdout. Modes:
+//!
+//! * `keepalive`: N connections (HTTP/1.1 or h2), each sending requests back to back;
+//! * `handshake`: C workers, each opening a new connection per request (full handshake each time);
+//! * `idle`: open N connections (one request each, so the peer really proxies on them), hold them,
+//!   and report how much the watched processes' memory grew per connection;
+//! * `gen-crl`: write a CRL with any number of revoked serials (the 1M-entry CRL in seconds).
+//!
+//! Every load is bounded by `--duration` and `--max-requests`. `--watch-pid` makes the JSON carry
+//! the watched processes' CPU time (utime+stime from `/proc/PID/stat`) over exactly the measured
+//! window, and their peak RSS, so the gateway's CPU per request needs no outside synchronisation.
+//!
+//! Latencies go into a plain `Vec<u32>` of microseconds, sorted once at the end: the runs are
+//! bounded (tens of millions of samples at most), so exact percentiles cost a few MB and no extra
+//! dependency.
+//!
+//! Run: `cargo bench --bench loadgen -- keepalive --addr 127.0.0.1:8443 ...` or the built binary
+//! `target/release/deps/loadgen-*`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::Resumption;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::HandshakeKind;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "mTLS load generator for the certgate comparison benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// N connections, each sending requests back to back.
+    Keepalive {
+        #[command(flatten)]
+        common: Common,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, value_enum, default_value = "http1")]
+        proto: Proto,
+        /// h2 only: requests in flight per connection.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
+    /// One request per new connection: a full TLS handshake for every request.
+    Handshake {
+        #[command(flatten)]
+        common: Common,
+        /// Concurrent workers (connections being set up at once).
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Open N connections with one request each, hold them, report the memory they cost.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// How long to hold the connections before measuring.
+        #[arg(long, default_value = "2")]
+        settle_secs: f64,
+    },
+    /// Write a CRL signed by `--issuer-cert`/`--issuer-key` listing `--count` synthetic serials
+    /// plus every `--revoke` serial.
+    GenCrl {
+        #[arg(long)]
+        issuer_cert: PathBuf,
+        #[arg(long)]
+        issuer_key: PathBuf,
+        #[arg(long)]
+        count: u64,
+        /// Hex serials to list as well (e.g. the revoked partner's).
+        #[arg(long)]
+        revoke: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct Common {
+    /// Target address (loopback only).
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Plain HTTP instead of mTLS (the upstream-alone ceiling).
+    #[arg(long)]
+    plain: bool,
+    /// CA bundle that verifies the server certificate.
+    #[arg(long, required_unless_present = "plain")]
+    ca: Option<PathBuf>,
+    /// Client certificate chain (leaf first) and key, PEM.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// SNI and Host.
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    #[arg(long, default_value = "/v1/bench")]
+    path: String,
+    /// Measured window, seconds.
+    #[arg(long, default_value = "5")]
+    duration: f64,
+    /// Unmeasured warm-up before the window, seconds.
+    #[arg(long, default_value = "0.5")]
+    warmup: f64,
+    /// Stop after this many measured requests, whatever the duration.
+    #[arg(long, default_value_t = 20_000_000)]
+    max_requests: u64,
+    /// TLS versions offered.
+    #[arg(long, value_enum, default_value = "tls13")]
+    tls: TlsVer,
+    /// Processes whose CPU and RSS to report (comma separated), e.g. the gateway's workers.
+    #[arg(long, value_delimiter = ',')]
+    watch_pid: Vec<u32>,
+    /// A label copied into the JSON.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Proto {
+    Http1,
+    H2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TlsVer {
+    Tls13,
+    Tls12,
+}
+
+/// Shared state of one run.
+struct Run {
+    common: Common,
+    tls: Option<TlsConnector>,
+    server_name: ServerName<'static>,
+    uri: Uri,
+    h2_uri: Uri,
+    /// Set once the warm-up is over: only then are latencies recorded.
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    measured: AtomicU64,
+    errors: ErrorCounts,
+    full_handshakes: AtomicU64,
+    resumed_handshakes: AtomicU64,
+}
+
+#[derive(Default)]
+struct ErrorCounts {
+    connect: AtomicU64,
+    tls: AtomicU64,
+    http: AtomicU64,
+    status: AtomicU64,
+}
+
+type Sender1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+type Sender2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+enum Sender {
+    H1(Sender1),
+    H2(Sender2),
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` appends `--bench`; drop it so the same arguments work both ways.
+    let args = std::env::args().filter(|a| a != "--bench");
+    let cli = Cli::parse_from(args);
+    if let Mode::GenCrl {
+        issuer_cert,
+        issuer_key,
+        count,
+        revoke,
+        out,
+    } = &cli.mode
+    {
+        return gen_crl(issuer_cert, issuer_key, *count, revoke, out);
+    }
+    // One thread: the harness pins loadgen to one core, and one thread keeps its CPU honest.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(run(cli.mode))?;
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+async fn run(mode: Mode) -> anyhow::Result<Value> {
+    match mode {
+        Mode::Keepalive {
+            common,
+            connections,
+            proto,
+            streams,
+        } => {
+            let run = Arc::new(Run::new(common, proto)?);
+            keepalive(run, connections, proto, streams.max(1)).await
+        }
+        Mode::Handshake {
+            common,
+            concurrency,
+        } => {
+            let run = Arc::new(Run::new(common, Proto::Http1)?);
+            handshake(run, concurrency).await
+        }
+        Mode::Idle {
+            common,
+            connections,
+            concurrency,
+            settle_secs,
+        } => {
+            let run = Arc::new(Run::new(common, Proto::Http1)?);
+            idle(run, connections, concurrency, settle_secs).await
+        }
+        Mode::GenCrl { .. } => unreachable!("handled in main"),
+    }
+}
+
+// === impl Run ===
+
+impl Run {
+    fn new(common: Common, proto: Proto) -> anyhow::Result<Self> {
+        let tls = if common.plain {
+            None
+        } else {
+            Some(TlsConnector::from(Arc::new(client_config(&common, proto)?)))
+        };
+        let server_name = ServerName::try_from(common.host.clone())?;
+        let uri: Uri = common.path.parse()?;
+        let h2_uri: Uri = format!("https://{}{}", common.host, common.path).parse()?;
+        Ok(Self {
+            common,
+            tls,
+            server_name,
+            uri,
+            h2_uri,
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            measured: AtomicU64::new(0),
+            errors: ErrorCounts::default(),
+            full_handshakes: AtomicU64::new(0),
+            resumed_handshakes: AtomicU64::new(0),
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Records one finished request; returns false once the request budget is spent.
+    fn record(&self, lat: &mut Vec<u32>, started: Instant) -> bool {
+        if self.measuring.load(Ordering::Relaxed) && !self.stopped() {
+            let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            lat.push(us);
+            let n = self.measured.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= self.common.max_requests {
+                self.stop.store(true, Ordering::Relaxed);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// TCP connect, TLS handshake (unless plain) and the HTTP handshake; the connection task is
+    /// spawned and ends when the sender is dropped.
+    async fn connect(&self, proto: Proto) -> Option<Sender> {
+        let tcp = match TcpStream::connect(self.common.addr).await {
+            Ok(t) => t,
+            Err(_) => {
+                self.errors.connect.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => http_handshake(TokioIo::new(tcp), proto, &self.errors).await,
+            Some(tls) => match tls.connect(self.server_name.clone(), tcp).await {
+                Ok(stream) => {
+                    match stream.get_ref().1.handshake_kind() {
+                        Some(HandshakeKind::Resumed) => &self.resumed_handshakes,
+                        _ => &self.full_handshakes,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                    http_handshake(TokioIo::new(stream), proto, &self.errors).await
+                }
+                Err(_) => {
+                    self.errors.tls.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+        }
+    }
+
+    /// One GET, body read to the end. `Err` means the connection is no longer usable.
+    async fn request(&self, sender: &mut Sender) -> Result<(), ()> {
+        let result = match sender {
+            Sender::H1(s) => {
+                if s.ready().await.is_err() {
+                    self.errors.http.fetch_add(1, Ordering::Relaxed);
+                    return Err(());
+                }
+                let req = Request::get(self.uri.clone())
+                    .header(http::header::HOST, self.common.host.as_str())
+                    .body(Empty::new())
+                    .map_err(|_| ())?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                let req = Request::get(self.h2_uri.clone())
+                    .body(Empty::new())
+                    .map_err(|_| ())?;
+                s.send_request(req).await
+            }
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(_) => {
+                self.errors.http.fetch_add(1, Ordering::Relaxed);
+                return Err(());
+            }
+        };
+        let ok = resp.status() == http::StatusCode::OK;
+        if resp.into_body().collect().await.is_err() {
+            self.errors.http.fetch_add(1, Ordering::Relaxed);
+            return Err(());
+        }
+        if !ok {
+            self.errors.status.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn error_json(&self) -> Value {
+        json!({
+            "connect": self.errors.connect.load(Ordering::Relaxed),
+            "tls": self.errors.tls.load(Ordering::Relaxed),
+            "http": self.errors.http.load(Ordering::Relaxed),
+            "status": self.errors.status.load(Ordering::Relaxed),
+        })
+    }
+}
+
+async fn http_handshake<T>(io: TokioIo<T>, proto: Proto, errors: &ErrorCounts) -> Option<Sender>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let sender = match proto {
+        Proto::Http1 => hyper::client::conn::http1::handshake(io)
+            .await
+            .map(|(s, conn)| {
+                tokio::spawn(conn);
+                Sender::H1(s)
+            }),
+        Proto::H2 => hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map(|(s, conn)| {
+                tokio::spawn(conn);
+                Sender::H2(s)
+            }),
+    };
+    match sender {
+        Ok(s) => Some(s),
+        Err(_) => {
+            errors.http.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+fn client_config(common: &Common, proto: Proto) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match common.tls {
+        TlsVer::Tls13 => &[&rustls::version::TLS13],
+        TlsVer::Tls12 => &[&rustls::version::TLS12],
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = common.ca.as_ref().ok_or_else(|| anyhow::anyhow!("--ca"))?;
+    for c in read_certs(ca)? {
+        roots.add(c)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .with_root_certificates(roots);
+    let mut config = match (&common.cert, &common.key) {
+        (Some(cert), Some(key)) => {
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            builder.with_client_auth_cert(read_certs(cert)?, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    // Every connection is a full handshake: the point of the handshake measurement.
+    config.resumption = Resumption::disabled();
+    config.alpn_protocols = match proto {
+        Proto::Http1 => vec![b"http/1.1".to_vec()],
+        Proto::H2 => vec![b"h2".to_vec()],
+    };
+    Ok(config)
+}
+
+fn read_certs(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(certs)
+}
+
+// === modes ===
+
+async fn keepalive(
+    run: Arc<Run>,
+    connections: usize,
+    proto: Proto,
+    streams: usize,
+) -> anyhow::Result<Value> {
+    // Connect everything first, so the window measures requests, not handshakes.
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        if let Some(s) = run.connect(proto).await {
+            senders.push(s);
+        }
+    }
+    let mut tasks = Vec::new();
+    for sender in senders {
+        let per_conn = if proto == Proto::H2 { streams } else { 1 };
+        let mut sender = Some(sender);
+        for _ in 0..per_conn {
+            let shared = match &sender {
+                Some(Sender::H2(h)) if per_conn > 1 => Some(Sender::H2(h.clone())),
+                _ => None,
+            };
+            let Some(mut s) = shared.or_else(|| sender.take()) else {
+                break;
+            };
+            let run = run.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(1 << 16);
+                while !run.stopped() {
+                    let started = Instant::now();
+                    match run.request(&mut s).await {
+                        Ok(()) => {
+                            if !run.record(&mut lat, started) {
+                                break;
+                            }
+                        }
+                        Err(()) => match run.connect(proto).await {
+                            Some(new) => s = new,
+                            None => tokio::time::sleep(Duration::from_millis(10)).await,
+                        },
+                    }
+                }
+                lat
+            }));
+        }
+    }
+    let window = measure_window(&run).await;
+    let lat = join_latencies(tasks).await;
+    Ok(report(
+        &run,
+        "keepalive",
+        window,
+        lat,
+        json!({
+            "connections": connections, "proto": format!("{proto:?}").to_lowercase(), "streams": streams,
+        }),
+    ))
+}
+
+async fn handshake(run: Arc<Run>, concurrency: usize) -> anyhow::Result<Value> {
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 14);
+            while !run.stopped() {
+                let started = Instant::now();
+                let Some(mut s) = run.connect(Proto::Http1).await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                if run.request(&mut s).await.is_ok() && !run.record(&mut lat, started) {
+                    break;
+                }
+                // Dropping the sender closes the connection.
+            }
+            lat
+        }));
+    }
+    let window = measure_window(&run).await;
+    let lat = join_latencies(tasks).await;
+    Ok(report(
+        &run,
+        "handshake",
+        window,
+        lat,
+        json!({ "concurrency": concurrency }),
+    ))
+}
+
+async fn idle(
+    run: Arc<Run>,
+    connections: usize,
+    concurrency: usize,
+    settle_secs: f64,
+) -> anyhow::Result<Value> {
+    let before = Watch::sample(&run.common.watch_pid);
+    let started = Instant::now();
+    // `--duration` bounds the opening phase here.
+    let deadline = started + Duration::from_secs_f64(run.common.duration);
+    let held = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(connections)));
+    let remaining = Arc::new(AtomicU64::new(connections as u64));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (run, held, remaining) = (run.clone(), held.clone(), remaining.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                if remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_err()
+                {
+                    break;
+                }
+                if let Some(mut s) = run.connect(Proto::Http1).await {
+                    if run.request(&mut s).await.is_ok() {
+                        held.lock().await.push(s);
+                        continue;
+                    }
+                }
+                remaining.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let open_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs_f64(settle_secs)).await;
+    let after = Watch::sample(&run.common.watch_pid);
+    let n = held.lock().await.len();
+    // Still usable after the hold? Probe a few.
+    let mut alive = 0;
+    {
+        let mut held = held.lock().await;
+        for s in held.iter_mut().take(16) {
+            if run.request(s).await.is_ok() {
+                alive += 1;
+            }
+        }
+    }
+    held.lock().await.clear();
+    let per_conn = |a: u64, b: u64| {
+        if n == 0 {
+            0.0
+        } else {
+            (a.saturating_sub(b)) as f64 * 1024.0 / n as f64
+        }
+    };
+    Ok(json!({
+        "mode": "idle",
+        "label": run.common.label,
+        "addr": run.common.addr.to_string(),
+        "connections_requested": connections,
+        "connections_held": n,
+        "open_secs": open_secs,
+        "probe_alive_of_16": alive,
+        "rss_kb_before": before.rss_kb,
+        "rss_kb_after": after.rss_kb,
+        "pss_kb_before": before.pss_kb,
+        "pss_kb_after": after.pss_kb,
+        "rss_bytes_per_conn": per_conn(after.rss_kb, before.rss_kb),
+        "pss_bytes_per_conn": per_conn(after.pss_kb, before.pss_kb),
+        "errors": run.error_json(),
+        "full_handshakes": run.full_handshakes.load(Ordering::Relaxed),
+        "resumed_handshakes": run.resumed_handshakes.load(Ordering::Relaxed),
+    }))
+}
+
+/// What the measured window saw besides latencies.
+struct Window {
+    secs: f64,
+    self_cpu_us: u64,
+    watched_cpu_us: u64,
+    watched_rss_kb_peak: u64,
+    watched_pss_kb_end: u64,
+}
+
+/// Warm-up, then the measured window (until the duration or the request budget runs out),
+/// sampling the watched processes' RSS every 100 ms.
+async fn measure_window(run: &Run) -> Window {
+    tokio::time::sleep(Duration::from_secs_f64(run.common.warmup)).await;
+    let pids = &run.common.watch_pid;
+    let self_cpu0 = cpu_us(None);
+    let watched0: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
+    let started = Instant::now();
+    run.measuring.store(true, Ordering::Relaxed);
+    let end = started + Duration::from_secs_f64(run.common.duration);
+    let mut peak = 0;
+    while Instant::now() < end && !run.stopped() {
+        peak = peak.max(Watch::rss_kb(pids));
+        tokio::time::sleep(Duration::from_millis(100).min(end - Instant::now().min(end))).await;
+    }
+    run.stop.store(true, Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    let watched1: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
+    let self_cpu1 = cpu_us(None);
+    let end_sample = Watch::sample(pids);
+    Window {
+        secs,
+        self_cpu_us: self_cpu1.saturating_sub(self_cpu0),
+        watched_cpu_us: watched1.saturating_sub(watched0),
+        watched_rss_kb_peak: peak.max(end_sample.rss_kb),
+        watched_pss_kb_end: end_sample.pss_kb,
+    }
+}
+
+async fn join_latencies(tasks: Vec<tokio::task::JoinHandle<Vec<u32>>>) -> Vec<u32> {
+    let mut all = Vec::new();
+    for t in tasks {
+        // A worker stuck on a dead peer must not hang the run.
+        if let Ok(Ok(lat)) = tokio::time::timeout(Duration::from_secs(5), t).await {
+            all.extend(lat);
+        }
+    }
+    all
+}
+
+fn report(run: &Run, mode: &str, w: Window, mut lat: Vec<u32>, extra: Value) -> Value {
+    lat.sort_unstable();
+    let n = lat.len();
+    let pct = |p: f64| -> f64 {
+        if n == 0 {
+            return 0.0;
+        }
+        let i = ((p / 100.0) * n as f64).ceil() as usize;
+        f64::from(lat[i.clamp(1, n) - 1]) / 1000.0
+    };
+    let rate = n as f64 / w.secs.max(1e-9);
+    let per_req = |us: u64| {
+        if n == 0 {
+            0.0
+        } else {
+            us as f64 / n as f64
+        }
+    };
+    json!({
+        "mode": mode,
+        "label": run.common.label,
+        "addr": run.common.addr.to_string(),
+        "plain": run.common.plain,
+        "tls": format!("{:?}", run.common.tls).to_lowercase(),
+        "params": extra,
+        "secs": w.secs,
+        "requests": n,
+        "rps": rate,
+        "latency_ms": { "p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0), "max": pct(100.0) },
+        "errors": run.error_json(),
+        "full_handshakes": run.full_handshakes.load(Ordering::Relaxed),
+        "resumed_handshakes": run.resumed_handshakes.load(Ordering::Relaxed),
+        "loadgen_cpu_us": w.self_cpu_us,
+        "loadgen_cpu_util": w.self_cpu_us as f64 / 1e6 / w.secs.max(1e-9),
+        "watched_pids": run.common.watch_pid,
+        "watched_cpu_us": w.watched_cpu_us,
+        "watched_cpu_util": w.watched_cpu_us as f64 / 1e6 / w.secs.max(1e-9),
+        "watched_cpu_us_per_req": per_req(w.watched_cpu_us),
+        "watched_rss_kb_peak": w.watched_rss_kb_peak,
+        "watched_pss_kb_end": w.watched_pss_kb_end,
+    })
+}
+
+// === /proc readings ===
+
+/// utime+stime of a process (all its threads), or of this one, in microseconds. The kernel counts
+/// in clock ticks (100 Hz on Debian: `getconf CLK_TCK`), so windows should be seconds long.
+fn cpu_us(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime is field 14, stime field 15 (1-based); `rest` starts at field 3.
+    (ticks(11) + ticks(12)) * 10_000
+}
+
+struct Watch {
+    rss_kb: u64,
+    pss_kb: u64,
+}
+
+impl Watch {
+    fn sample(pids: &[u32]) -> Self {
+        Self {
+            rss_kb: Self::rss_kb(pids),
+            pss_kb: pids
+                .iter()
+                .map(|p| proc_kb(&format!("/proc/{p}/smaps_rollup"), "Pss:"))
+                .sum(),
+        }
+    }
+
+    fn rss_kb(pids: &[u32]) -> u64 {
+        pids.iter()
+            .map(|p| proc_kb(&format!("/proc/{p}/status"), "VmRSS:"))
+            .sum()
+    }
+}
+
+fn proc_kb(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+// === gen-crl ===
+
+fn gen_crl(
+    issuer_cert: &std::path::Path,
+    issuer_key: &std::path::Path,
+    count: u64,
+    revoke: &[String],
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use rcgen::{
+        CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevocationReason,
+        RevokedCertParams, SerialNumber,
+    };
+    let started = Instant::now();
+    let cert_pem = std::fs::read_to_string(issuer_cert)?;
+    let key = KeyPair::from_pem(&std::fs::read_to_string(issuer_key)?)?;
+    // The CRL's authority key identifier must match the issuer's subject key identifier.
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", issuer_cert.display()))?;
+    let ski = x509
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("issuer has no subject key identifier"))?;
+    let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+    let now = time::OffsetDateTime::now_utc();
+    let when = now - time::Duration::hours(1);
+    let mut revoked = Vec::with_capacity(count as usize + revoke.len());
+    for s in revoke {
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&hex::decode(s.trim_start_matches("0x"))?),
+            revocation_time: when,
+            reason_code: Some(RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        });
+    }
+    for i in 0..count {
+        // Synthetic 9-byte serials with a fixed high prefix: never a real certificate's.
+        let mut serial = [0u8; 9];
+        serial[0] = 0x5e;
+        serial[1..].copy_from_slice(&i.to_be_bytes());
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: when,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let params = CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(30),
+        crl_number: SerialNumber::from(u64::try_from(now.unix_timestamp()).unwrap_or(1)),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::PreSpecified(ski),
+    };
+    let crl = params.signed_by(&issuer)?;
+    std::fs::write(out, crl.pem()?)?;
+    println!(
+        "{}",
+        json!({"mode": "gen-crl", "out": out.display().to_string(), "revoked": count as usize + revoke.len(),
+               "secs": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Turns benches/compare.sh's results.jsonl into summary.json and summary.md (medians over rounds,
+certgate/peer ratios measured side by side in the same run, the issue's targets)."""
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+from collections import defaultdict
+
+ap = argparse.ArgumentParser()
+ap.add_argument("results")
+ap.add_argument("out")
+ap.add_argument("--command", default="benches/compare.sh")
+ap.add_argument("--peers", default="certgate nginx haproxy")
+args = ap.parse_args()
+
+rows = [json.loads(l) for l in open(args.results) if l.strip()]
+by = defaultdict(list)
+for r in rows:
+    by[(r["peer"], r["test"])].append(r)
+peers = args.peers.split()
+others = [p for p in peers if p != "certgate"]
+
+
+def med(peer, test, f):
+    vals = [f(r["result"]) for r in by.get((peer, test), [])]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def rps(r):
+    return r["rps"]
+
+
+def p50(r):
+    return r["latency_ms"]["p50"]
+
+
+def p99(r):
+    return r["latency_ms"]["p99"]
+
+
+def cpu(r):
+    return r["watched_cpu_us_per_req"]
+
+
+def util(r):
+    return r["watched_cpu_util"] * 100
+
+
+def lgutil(r):
+    return r["loadgen_cpu_util"] * 100
+
+
+def rss(r):
+    return r["watched_rss_kb_peak"] / 1024
+
+
+def errors(r):
+    return sum(r["errors"].values())
+
+
+# (label, test, extractor, unit, better: "higher"|"lower")
+METRICS = [
+    ("keep-alive h1 64c req/s", "ka-h1", rps, "req/s", "higher"),
+    ("keep-alive h1 p50", "ka-h1", p50, "ms", "lower"),
+    ("keep-alive h1 p99", "ka-h1", p99, "ms", "lower"),
+    ("keep-alive h1 proxy CPU/req", "ka-h1", cpu, "µs", "lower"),
+    ("keep-alive h1 proxy core busy", "ka-h1", util, "%", None),
+    ("keep-alive h1 loadgen core busy", "ka-h1", lgutil, "%", None),
+    ("keep-alive h1 peak RSS", "ka-h1", rss, "MiB", "lower"),
+    ("keep-alive h2 64c req/s", "ka-h2", rps, "req/s", "higher"),
+    ("keep-alive h2 p99", "ka-h2", p99, "ms", "lower"),
+    ("keep-alive h2 proxy CPU/req", "ka-h2", cpu, "µs", "lower"),
+    ("handshakes/s TLS1.3 ECDSA", "hs-ecdsa", rps, "/s", "higher"),
+    ("handshake p99 ECDSA", "hs-ecdsa", p99, "ms", "lower"),
+    ("handshake proxy CPU ECDSA", "hs-ecdsa", cpu, "µs", "lower"),
+    ("handshake loadgen core busy", "hs-ecdsa", lgutil, "%", None),
+    ("handshakes/s TLS1.3 RSA-2048", "hs-rsa", rps, "/s", "higher"),
+    ("handshakes/s CRL 0 entries", "hs-crl0", rps, "/s", "higher"),
+    ("handshakes/s CRL 10k", "hs-crl10k", rps, "/s", "higher"),
+    ("handshakes/s CRL 1M", "hs-crl1m", rps, "/s", "higher"),
+    ("handshake proxy CPU CRL 1M", "hs-crl1m", cpu, "µs", "lower"),
+]
+
+
+def start_secs(peer, variant_test):
+    vals = [r["start_secs"] for r in by.get((peer, variant_test), [])]
+    return statistics.median(vals) if vals else None
+
+
+def idle(peer, key):
+    rs = by.get((peer, "idle"), [])
+    return rs[0]["result"].get(key) if rs else None
+
+
+def fmt(v, unit):
+    if v is None:
+        return "–"
+    if unit in ("req/s", "/s"):
+        return f"{v:,.0f}"
+    if unit == "B":
+        return f"{v:,.0f}"
+    if unit == "%":
+        return f"{v:.0f}"
+    return f"{v:.2f}" if v < 100 else f"{v:,.0f}"
+
+
+table = []
+summary = {"metrics": {}, "ratios": {}}
+for label, test, f, unit, better in METRICS:
+    vals = {p: med(p, test, f) for p in peers}
+    errs = {p: med(p, test, errors) for p in peers}
+    ratios = {
+        o: (vals["certgate"] / vals[o]) if vals.get("certgate") and vals.get(o) else None
+        for o in others
+    }
+    table.append((f"{label} ({unit})", [fmt(vals[p], unit) for p in peers], ratios, errs))
+    summary["metrics"][label] = {"unit": unit, "test": test, "median": vals, "errors": errs,
+                                 "rounds": {p: [f(r["result"]) for r in by.get((p, test), [])] for p in peers}}
+    summary["ratios"][label] = ratios
+
+# Memory per idle connection.
+idle_rows = [
+    ("idle conns held", "connections_held", "n"),
+    ("RSS per idle connection (B)", "rss_bytes_per_conn", "B"),
+    ("PSS per idle connection (B)", "pss_bytes_per_conn", "B"),
+    ("RSS with idle conns (MiB)", "rss_kb_after", "MiB"),
+]
+for label, key, unit in idle_rows:
+    vals = {p: idle(p, key) for p in peers}
+    if unit == "MiB":
+        vals = {p: (v / 1024 if v is not None else None) for p, v in vals.items()}
+    ratios = {o: (vals["certgate"] / vals[o]) if vals.get("certgate") and vals.get(o) else None for o in others}
+    table.append((label, [fmt(vals[p], unit) if unit != "n" else str(vals[p]) for p in peers], ratios, {}))
+    summary["metrics"][label] = {"median": vals}
+    summary["ratios"][label] = ratios
+
+up = med("upstream", "ka-h1", rps)
+summary["upstream_alone_rps"] = up
+crl_self = {p: (med(p, "hs-crl1m", rps) / med(p, "hs-ecdsa", rps))
+            if med(p, "hs-crl1m", rps) and med(p, "hs-ecdsa", rps) else None for p in peers}
+summary["crl1m_over_nocrl"] = crl_self
+# The same ratio from CPU per handshake (no CRL ÷ 1M CRL): less sensitive to a busy machine.
+crl_cpu = {p: (med(p, "hs-ecdsa", cpu) / med(p, "hs-crl1m", cpu))
+           if med(p, "hs-crl1m", cpu) and med(p, "hs-ecdsa", cpu) else None for p in peers}
+summary["crl1m_over_nocrl_by_cpu"] = crl_cpu
+summary["startup_secs_crl1m"] = {p: start_secs(p, "hs-crl1m") for p in peers}
+summary["checks"] = [r for r in rows if r["test"].startswith("check-") or r["test"] == "server-full-handshakes"]
+
+
+def ratio(label, o):
+    v = summary["ratios"].get(label, {}).get(o)
+    return v
+
+
+def verdict(ok):
+    return "met" if ok else "NOT met"
+
+
+targets = []
+if "nginx" in others:
+    r = ratio("keep-alive h1 64c req/s", "nginx")
+    targets.append(("keep-alive req/s ≥ 1.2× nginx", r, r is not None and r >= 1.2))
+if "haproxy" in others:
+    r = ratio("keep-alive h1 64c req/s", "haproxy")
+    targets.append(("keep-alive req/s ≥ 1.0× HAProxy", r, r is not None and r >= 1.0))
+for o in others:
+    r = ratio("keep-alive h1 p99", o)
+    targets.append((f"keep-alive p99 no worse than {o}", r, r is not None and r <= 1.0))
+if "nginx" in others:
+    r = ratio("handshakes/s TLS1.3 ECDSA", "nginx")
+    targets.append(("full handshakes/s ≥ 2× nginx (ECDSA)", r, r is not None and r >= 2.0))
+    r = ratio("keep-alive h1 peak RSS", "nginx")
+    targets.append(("RSS under keep-alive ≤ nginx", r, r is not None and r <= 1.0))
+r = crl_self.get("certgate")
+targets.append(("certgate handshakes/s with 1M CRL ≥ 0.95× no CRL", r, r is not None and r >= 0.95))
+summary["targets"] = [{"target": t, "ratio": r, "met": ok} for t, r, ok in targets]
+
+cpu_model = "?"
+for line in open("/proc/cpuinfo"):
+    if line.startswith("model name"):
+        cpu_model = line.split(":", 1)[1].strip()
+        break
+machine = f"{os.cpu_count()} cores, {cpu_model}"
+date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+summary.update({"date": date, "machine": machine, "command": args.command})
+
+md = []
+md.append(f"Date: {date} · machine: {machine} · command: `{args.command}`\n")
+md.append("Medians over rounds; ratios are certgate ÷ peer from the same run (for latency, CPU and memory "
+          "lower is better, so a ratio < 1 favours certgate).\n")
+head = "| metric | " + " | ".join(peers) + " | " + " | ".join(f"certgate/{o}" for o in others) + " |"
+md.append(head)
+md.append("|" + "---|" * (1 + len(peers) + len(others)))
+for label, vals, ratios, errs in table:
+    bad = [p for p, e in errs.items() if e]
+    note = f" ⚠ errors: {', '.join(bad)}" if bad else ""
+    md.append(f"| {label}{note} | " + " | ".join(vals) + " | "
+              + " | ".join("–" if ratios[o] is None else f"{ratios[o]:.2f}×" for o in others) + " |")
+md.append("")
+md.append(f"Upstream alone (plain HTTP keep-alive, 64 conns, the ceiling): {fmt(up, 'req/s')} req/s.  ")
+md.append("Handshakes/s with the 1M-entry CRL ÷ without a CRL: "
+          + ", ".join(f"{p} {v:.2f}×" if v else f"{p} –" for p, v in crl_self.items()) + ".  ")
+md.append("The same from CPU per handshake (no-CRL µs ÷ 1M-CRL µs): "
+          + ", ".join(f"{p} {v:.2f}×" if v else f"{p} –" for p, v in crl_cpu.items()) + ".  ")
+md.append("Start-up with the 1M-entry CRL (s, to accepting): "
+          + ", ".join(f"{p} {v}" for p, v in summary["startup_secs_crl1m"].items()) + ".\n")
+md.append("| target (issue 5) | ratio | |")
+md.append("|---|---|---|")
+for t, r, ok in targets:
+    md.append(f"| {t} | {'–' if r is None else f'{r:.2f}×'} | {verdict(ok)} |")
+md.append("")
+md.append("Correctness checks and server-side full-handshake confirmation:\n")
+for c in summary["checks"]:
+    if c["round"] == 1:
+        md.append(f"- {c['peer']} {c['test']}: `{json.dumps(c['result'])}`")
+
+open(os.path.join(args.out, "summary.json"), "w").write(json.dumps(summary, indent=2))
+open(os.path.join(args.out, "summary.md"), "w").write("\n".join(md) + "\n")
+print("\n".join(md))
