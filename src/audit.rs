@@ -25,7 +25,6 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::Arc;
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -38,31 +37,45 @@ pub enum LogFormat {
     Text,
 }
 
+/// Keeps the log writer thread alive; dropping it flushes every line still queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
 /// Installs the global subscriber, writing to stdout or appending to `file`. `RUST_LOG`
 /// overrides the default level (`info`).
 ///
+/// Lines are formatted on the request's task but written by a dedicated thread, so a request
+/// never waits on `write(2)`. The queue holds 128 Ki lines; when it is full, writers wait rather
+/// than drop lines: an audit trail with holes is worse than a brief stall.
+///
 /// # Errors
 /// The log file cannot be opened.
-pub fn init(format: LogFormat, file: Option<&Path>) -> std::io::Result<()> {
+pub fn init(format: LogFormat, file: Option<&Path>) -> std::io::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let subscriber = match file {
+    let builder = || {
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .buffered_lines_limit(128 * 1024)
+            .thread_name("certgate-log")
+    };
+    let (subscriber, guard) = match file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?;
-            subscriber(format, filter, Arc::new(file), false)
+            let (writer, guard) = builder().finish(file);
+            (subscriber(format, filter, writer, false), guard)
         }
-        None => subscriber(
-            format,
-            filter,
-            std::io::stdout,
-            std::io::stdout().is_terminal(),
-        ),
+        None => {
+            let ansi = std::io::stdout().is_terminal();
+            let (writer, guard) = builder().finish(std::io::stdout());
+            (subscriber(format, filter, writer, ansi), guard)
+        }
     };
     // A second init (tests, embedding) keeps the first subscriber; that is not an error.
     let _ = tracing::subscriber::set_global_default(subscriber);
-    Ok(())
+    Ok(LogGuard(guard))
 }
 
 /// The subscriber `serve` installs, writing to `writer`: tests capture audit lines through it.

@@ -80,7 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => Ok(check(&config).await),
         Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref()).await),
         Command::Serve { config } => {
-            audit::init(cli.log_format, cli.log_file.as_deref())?;
+            let _log = audit::init(cli.log_format, cli.log_file.as_deref())?;
             let Some(config) = load_everything(&config).await else {
                 return Ok(ExitCode::FAILURE);
             };
@@ -98,7 +98,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo {
             dir, listen, admin, ..
         } => {
-            audit::init(cli.log_format, cli.log_file.as_deref())?;
+            let _log = audit::init(cli.log_format, cli.log_file.as_deref())?;
             demo(&dir, listen, admin).await
         }
     }
