@@ -50,6 +50,8 @@ pub enum CrlError {
     UnsupportedCriticalExtension { oid: String },
     #[error("CRL extension {oid} is malformed")]
     BadExtension { oid: String },
+    #[error("CRLNumber is marked critical (RFC 5280 section 5.2.3 requires non-critical)")]
+    CriticalCrlNumber,
     #[error("delta CRLs are not supported")]
     DeltaCrl,
     #[error("CRL scope is not supported: {0}")]
@@ -233,6 +235,9 @@ impl CrlSet {
             match ext.parsed_extension() {
                 ParsedExtension::AuthorityKeyIdentifier(a) => {
                     aki = a.key_identifier.as_ref().map(|k| k.0)
+                }
+                ParsedExtension::CRLNumber(_) if ext.critical => {
+                    return Err(CrlError::CriticalCrlNumber)
                 }
                 ParsedExtension::CRLNumber(n) => {
                     crl_number = Some(strip_leading_zeros(&n.to_bytes_be()).into())
@@ -753,6 +758,46 @@ mod tests {
             matches!(err, CrlError::IssuerNotCrlSigner { .. }),
             "{err:?}"
         );
+    }
+
+    /// Re-encodes `der` with its CRLNumber extension marked critical and signs it again with the
+    /// CA's key, so only the criticality is wrong.
+    fn with_critical_crl_number(ca: &Ca, der: &[u8]) -> Vec<u8> {
+        use rcgen::SigningKey;
+        use x509_cert::der::{Decode, Encode};
+        let mut list = x509_cert::crl::CertificateList::from_der(der).unwrap();
+        let exts = list.tbs_cert_list.crl_extensions.as_mut().unwrap();
+        let number = exts
+            .iter_mut()
+            .find(|e| e.extn_id.to_string() == "2.5.29.20")
+            .expect("rcgen writes a CRLNumber");
+        number.critical = true;
+        let tbs = list.tbs_cert_list.to_der().unwrap();
+        let signature = ca.issuer.key().sign(&tbs).unwrap();
+        list.signature = x509_cert::der::asn1::BitString::from_bytes(&signature).unwrap();
+        list.to_der().unwrap()
+    }
+
+    #[test]
+    fn a_critical_crl_number_is_refused_and_a_non_critical_one_accepted() {
+        let ca = crl_signing_ca("Number CA");
+        let keys = CaKey::from_bundle(std::slice::from_ref(&ca.cert)).unwrap();
+        let der = crl(&ca, &[&[1]], 4);
+        assert!(CrlSet::from_der(&der, &keys).is_ok());
+        let critical = with_critical_crl_number(&ca, &der);
+        let err = CrlSet::from_der(&critical, &keys).unwrap_err();
+        assert!(matches!(err, CrlError::CriticalCrlNumber), "{err:?}");
+    }
+
+    #[test]
+    fn a_crl_x509_parser_cannot_read_is_refused_not_taken_as_empty() {
+        let ca = crl_signing_ca("Garbled CA");
+        let keys = CaKey::from_bundle(std::slice::from_ref(&ca.cert)).unwrap();
+        let der = crl(&ca, &[&[1]], 1);
+        // Truncations keep nothing: every cut is an error, never an empty, valid set.
+        for cut in [der.len() - 1, der.len() / 2, 12, 3] {
+            assert!(CrlSet::parse_all(&der[..cut], &keys).is_err(), "cut {cut}");
+        }
     }
 
     #[test]
