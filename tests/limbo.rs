@@ -64,7 +64,6 @@ enum Refusal {
     Revocation(String),
     /// The verifier's error, and the CRL load error if there was one.
     Chain(rustls::Error, Option<String>),
-    #[allow(dead_code)] // read through Debug in the suggested reason
     Identity(String),
 }
 
@@ -350,7 +349,9 @@ fn suggest_reason(case: &Value, mode: Mode, got: &Result<(), Refusal>) -> String
             Some(crl) => format!("certgate refuses the CRL ({crl}), so revocation fails closed"),
             None => format!("webpki refuses the chain ({e}) where limbo expects success"),
         },
-        Err(r) => format!("certgate refuses: {r:?}"),
+        Err(Refusal::Input(e)) => format!("the harness cannot read the case: {e}"),
+        Err(Refusal::Revocation(e)) => format!("the revocation checker refuses the CAs: {e}"),
+        Err(Refusal::Identity(e)) => format!("PeerIdentity::from_der refuses the leaf: {e}"),
     }
 }
 
