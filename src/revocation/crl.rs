@@ -127,6 +127,16 @@ impl CaKey {
     pub fn from_der(index: usize, der: &[u8]) -> Result<Self, CrlError> {
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|cause| CrlError::BadCa { index, cause })?;
+        // The subject becomes the key CRLs are filed under; a truncated one would never match
+        // the issuer the handshake path reads from a certificate (see `is_whole_tlv`).
+        if !is_whole_tlv(cert.subject().as_raw()) {
+            return Err(CrlError::BadCa {
+                index,
+                cause: x509_parser::nom::Err::Failure(
+                    x509_parser::error::X509Error::InvalidX509Name,
+                ),
+            });
+        }
         let spki = cert.public_key().raw;
         let (spki_alg, spki_key) = split_spki(spki).ok_or(CrlError::BadCa {
             index,
@@ -227,6 +237,9 @@ impl CrlSet {
             ));
         }
         let issuer_raw = crl.issuer().as_raw();
+        if !is_whole_tlv(issuer_raw) {
+            return Err(CrlError::Framing("malformed issuer Name"));
+        }
         let issuer_text = crl.issuer().to_string();
 
         let mut aki: Option<&[u8]> = None;
@@ -462,6 +475,16 @@ pub fn issuer_and_serial(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
     let (_signature_alg, rest) = expect_tlv(rest, TAG_SEQUENCE)?;
     let (issuer, _) = expect_tlv(rest, TAG_SEQUENCE)?;
     Some((issuer.whole, strip_leading_zeros(serial.content)))
+}
+
+/// Whether `raw` is exactly one complete TLV.
+///
+/// x509-parser stops reading a Name at the first RelativeDistinguishedName it cannot parse and
+/// returns the bytes read so far from `as_raw()`, without an error. Such a truncated Name must not
+/// become a lookup key: [`issuer_and_serial`] reads the whole TLV from a certificate, so a CRL
+/// filed under the truncated bytes would silently never apply. Callers refuse such Names.
+pub fn is_whole_tlv(raw: &[u8]) -> bool {
+    read_tlv(raw).is_some_and(|(_, rest)| rest.is_empty())
 }
 
 /// The signature algorithms CRLs may use: the aws-lc-rs set rustls verifies TLS with.
@@ -798,6 +821,23 @@ mod tests {
         for cut in [der.len() - 1, der.len() / 2, 12, 3] {
             assert!(CrlSet::parse_all(&der[..cut], &keys).is_err(), "cut {cut}");
         }
+    }
+
+    #[test]
+    fn a_name_x509_parser_reads_only_in_part_is_not_a_whole_tlv() {
+        // Name { SET { C=US }, SET { an OID whose length runs past its RDN } }: x509-parser keeps
+        // the first RDN and returns a raw slice shorter than the Name's own length.
+        let name: &[u8] = &[
+            0x30, 0x14, 0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13, 0x02, b'U',
+            b'S', 0x31, 0x05, 0x30, 0x03, 0x06, 0x09, 0x55,
+        ];
+        assert!(is_whole_tlv(name));
+        let (_, parsed) = x509_parser::x509::X509Name::from_der(name).unwrap();
+        assert!(parsed.as_raw().len() < name.len());
+        assert!(!is_whole_tlv(parsed.as_raw()));
+        let ca = crl_signing_ca("Whole CA");
+        let (_, cert) = X509Certificate::from_der(&ca.cert).unwrap();
+        assert!(is_whole_tlv(cert.subject().as_raw()));
     }
 
     #[test]

@@ -205,6 +205,13 @@ pub fn check_anchor(
         .map_err(|e| ("?".to_owned(), AnchorProblem::Unparseable(e.to_string())))?;
     let subject = cert.subject().to_string();
     let fail = |problem| Err((subject.clone(), problem));
+    // x509-parser reads a malformed Name only in part, without an error; the revocation code files
+    // CRLs under this subject, so it must be whole.
+    if !crate::revocation::is_whole_tlv(cert.subject().as_raw()) {
+        return fail(AnchorProblem::Unparseable(
+            "malformed subject Name".to_owned(),
+        ));
+    }
     let now = unix_secs(now);
     let validity = cert.validity();
     let not_before = validity.not_before.timestamp();
