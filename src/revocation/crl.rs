@@ -50,6 +50,8 @@ pub enum CrlError {
     UnsupportedCriticalExtension { oid: String },
     #[error("CRL extension {oid} is malformed")]
     BadExtension { oid: String },
+    #[error("CRLNumber is marked critical (RFC 5280 section 5.2.3 requires non-critical)")]
+    CriticalCrlNumber,
     #[error("delta CRLs are not supported")]
     DeltaCrl,
     #[error("CRL scope is not supported: {0}")]
@@ -125,6 +127,16 @@ impl CaKey {
     pub fn from_der(index: usize, der: &[u8]) -> Result<Self, CrlError> {
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|cause| CrlError::BadCa { index, cause })?;
+        // The subject becomes the key CRLs are filed under; a truncated one would never match
+        // the issuer the handshake path reads from a certificate (see `is_whole_tlv`).
+        if !is_whole_tlv(cert.subject().as_raw()) {
+            return Err(CrlError::BadCa {
+                index,
+                cause: x509_parser::nom::Err::Failure(
+                    x509_parser::error::X509Error::InvalidX509Name,
+                ),
+            });
+        }
         let spki = cert.public_key().raw;
         let (spki_alg, spki_key) = split_spki(spki).ok_or(CrlError::BadCa {
             index,
@@ -225,6 +237,9 @@ impl CrlSet {
             ));
         }
         let issuer_raw = crl.issuer().as_raw();
+        if !is_whole_tlv(issuer_raw) {
+            return Err(CrlError::Framing("malformed issuer Name"));
+        }
         let issuer_text = crl.issuer().to_string();
 
         let mut aki: Option<&[u8]> = None;
@@ -233,6 +248,9 @@ impl CrlSet {
             match ext.parsed_extension() {
                 ParsedExtension::AuthorityKeyIdentifier(a) => {
                     aki = a.key_identifier.as_ref().map(|k| k.0)
+                }
+                ParsedExtension::CRLNumber(_) if ext.critical => {
+                    return Err(CrlError::CriticalCrlNumber)
                 }
                 ParsedExtension::CRLNumber(n) => {
                     crl_number = Some(strip_leading_zeros(&n.to_bytes_be()).into())
@@ -457,6 +475,16 @@ pub fn issuer_and_serial(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
     let (_signature_alg, rest) = expect_tlv(rest, TAG_SEQUENCE)?;
     let (issuer, _) = expect_tlv(rest, TAG_SEQUENCE)?;
     Some((issuer.whole, strip_leading_zeros(serial.content)))
+}
+
+/// Whether `raw` is exactly one complete TLV.
+///
+/// x509-parser stops reading a Name at the first RelativeDistinguishedName it cannot parse and
+/// returns the bytes read so far from `as_raw()`, without an error. Such a truncated Name must not
+/// become a lookup key: [`issuer_and_serial`] reads the whole TLV from a certificate, so a CRL
+/// filed under the truncated bytes would silently never apply. Callers refuse such Names.
+pub fn is_whole_tlv(raw: &[u8]) -> bool {
+    read_tlv(raw).is_some_and(|(_, rest)| rest.is_empty())
 }
 
 /// The signature algorithms CRLs may use: the aws-lc-rs set rustls verifies TLS with.
@@ -753,6 +781,63 @@ mod tests {
             matches!(err, CrlError::IssuerNotCrlSigner { .. }),
             "{err:?}"
         );
+    }
+
+    /// Re-encodes `der` with its CRLNumber extension marked critical and signs it again with the
+    /// CA's key, so only the criticality is wrong.
+    fn with_critical_crl_number(ca: &Ca, der: &[u8]) -> Vec<u8> {
+        use rcgen::SigningKey;
+        use x509_cert::der::{Decode, Encode};
+        let mut list = x509_cert::crl::CertificateList::from_der(der).unwrap();
+        let exts = list.tbs_cert_list.crl_extensions.as_mut().unwrap();
+        let number = exts
+            .iter_mut()
+            .find(|e| e.extn_id.to_string() == "2.5.29.20")
+            .expect("rcgen writes a CRLNumber");
+        number.critical = true;
+        let tbs = list.tbs_cert_list.to_der().unwrap();
+        let signature = ca.issuer.key().sign(&tbs).unwrap();
+        list.signature = x509_cert::der::asn1::BitString::from_bytes(&signature).unwrap();
+        list.to_der().unwrap()
+    }
+
+    #[test]
+    fn a_critical_crl_number_is_refused_and_a_non_critical_one_accepted() {
+        let ca = crl_signing_ca("Number CA");
+        let keys = CaKey::from_bundle(std::slice::from_ref(&ca.cert)).unwrap();
+        let der = crl(&ca, &[&[1]], 4);
+        assert!(CrlSet::from_der(&der, &keys).is_ok());
+        let critical = with_critical_crl_number(&ca, &der);
+        let err = CrlSet::from_der(&critical, &keys).unwrap_err();
+        assert!(matches!(err, CrlError::CriticalCrlNumber), "{err:?}");
+    }
+
+    #[test]
+    fn a_crl_x509_parser_cannot_read_is_refused_not_taken_as_empty() {
+        let ca = crl_signing_ca("Garbled CA");
+        let keys = CaKey::from_bundle(std::slice::from_ref(&ca.cert)).unwrap();
+        let der = crl(&ca, &[&[1]], 1);
+        // Truncations keep nothing: every cut is an error, never an empty, valid set.
+        for cut in [der.len() - 1, der.len() / 2, 12, 3] {
+            assert!(CrlSet::parse_all(&der[..cut], &keys).is_err(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_name_x509_parser_reads_only_in_part_is_not_a_whole_tlv() {
+        // Name { SET { C=US }, SET { an OID whose length runs past its RDN } }: x509-parser keeps
+        // the first RDN and returns a raw slice shorter than the Name's own length.
+        let name: &[u8] = &[
+            0x30, 0x14, 0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13, 0x02, b'U',
+            b'S', 0x31, 0x05, 0x30, 0x03, 0x06, 0x09, 0x55,
+        ];
+        assert!(is_whole_tlv(name));
+        let (_, parsed) = x509_parser::x509::X509Name::from_der(name).unwrap();
+        assert!(parsed.as_raw().len() < name.len());
+        assert!(!is_whole_tlv(parsed.as_raw()));
+        let ca = crl_signing_ca("Whole CA");
+        let (_, cert) = X509Certificate::from_der(&ca.cert).unwrap();
+        assert!(is_whole_tlv(cert.subject().as_raw()));
     }
 
     #[test]

@@ -43,7 +43,7 @@ use serde::Serialize;
 use crate::config::model::{BundleId, CrlExpiredPolicy, CrlSource, TrustBundle};
 use crate::error_chain;
 
-pub use crl::{issuer_and_serial, CaKey, CrlError, CrlSet};
+pub use crl::{is_whole_tlv, issuer_and_serial, CaKey, CrlError, CrlSet};
 pub use fetch::{FetchError, FetchOptions, RefreshTasks};
 pub use live::{Guard, Registry, RevokedSignal};
 

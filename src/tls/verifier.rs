@@ -57,8 +57,33 @@ impl ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), Error> {
+        self.verify_for_bundle_with_usage(
+            bundle,
+            end_entity,
+            intermediates,
+            now,
+            KeyUsage::client_auth(),
+        )
+    }
+
+    /// [`Self::verify_for_bundle`] with another extended key usage than clientAuth.
+    ///
+    /// The gateway itself always requires clientAuth; this exists so conformance suites
+    /// (`tests/limbo.rs`) can run vectors written for other usages through the same chain and
+    /// revocation code.
+    ///
+    /// # Errors
+    /// As [`Self::verify_for_bundle`].
+    pub fn verify_for_bundle_with_usage(
+        &self,
+        bundle: BundleId,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<(), Error> {
         let ee = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-        self.verify_with(&ee, bundle, end_entity, intermediates, now)
+        self.verify_with(&ee, bundle, end_entity, intermediates, now, usage)
     }
 
     /// Checks every certificate in a presented chain against the bundle's revocation state (CRL,
@@ -89,6 +114,7 @@ impl ClientVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
+        usage: KeyUsage,
     ) -> Result<(), Error> {
         let anchors = match self.store.get(bundle) {
             Some(b) => &b.anchors[..],
@@ -100,7 +126,7 @@ impl ClientVerifier {
                 anchors,
                 intermediates,
                 now,
-                KeyUsage::client_auth(),
+                usage,
                 None,
                 None,
             )
@@ -133,7 +159,14 @@ impl ClientCertVerifier for ClientVerifier {
         let ee = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
         let mut best: Option<Error> = None;
         for index in 0..self.store.bundles.len() {
-            match self.verify_with(&ee, BundleId(index), end_entity, intermediates, now) {
+            match self.verify_with(
+                &ee,
+                BundleId(index),
+                end_entity,
+                intermediates,
+                now,
+                KeyUsage::client_auth(),
+            ) {
                 Ok(()) => return Ok(ClientCertVerified::assertion()),
                 // An unknown issuer under one bundle says nothing; any other failure (expired,
                 // wrong EKU, revoked) is what the client must be told.
