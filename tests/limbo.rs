@@ -241,7 +241,13 @@ fn run_case(case: &Value, mode: Mode) -> Result<(), Refusal> {
             .map(|e| certgate::error_chain(&e))
     };
 
-    let verifier = ClientVerifier::new(Arc::new(store), Arc::new(revocation));
+    // The gateway's default chain bounds, as `serve` builds them.
+    let defaults = certgate::config::model::Limits::default();
+    let limits = certgate::tls::verifier::ChainLimits {
+        max_intermediates: defaults.max_chain_depth,
+        max_bytes: defaults.max_chain_bytes,
+    };
+    let verifier = ClientVerifier::new(Arc::new(store), Arc::new(revocation), limits);
     let usage = match mode {
         Mode::ClientAuth => KeyUsage::client_auth(),
         Mode::AsWritten => as_written_usage(case)?,
