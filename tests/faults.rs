@@ -15,13 +15,7 @@ async fn an_upstream_dying_mid_body_breaks_the_response_instead_of_completing_it
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
-    let tls = connect(
-        gw.local_addr(),
-        "localhost",
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+    let tls = env.acme_tls(&gw).await;
     let mut sender = handshake_http(tls).await.unwrap();
     let resp = sender.send(get("/v1/orders/truncated")).await.unwrap();
     assert_eq!(resp.status(), 200, "the head had already been forwarded");
@@ -31,18 +25,7 @@ async fn an_upstream_dying_mid_body_breaks_the_response_instead_of_completing_it
         body.is_err(),
         "a truncated upstream body must not look complete to the partner"
     );
-    still_serves(&env, &gw).await;
-}
-
-async fn still_serves(env: &Env, gw: &certgate::runtime::Gateway) {
-    let a = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        get("/v1/orders/ok"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200);
+    env.still_serves(&gw).await;
 }
 
 fn free_addr() -> SocketAddr {

@@ -36,17 +36,6 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-async fn still_serves(env: &Env, gw: &certgate::runtime::Gateway) {
-    let a = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        get("/v1/orders/ok"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200);
-}
-
 #[tokio::test]
 async fn a_client_that_never_finishes_the_handshake_is_dropped() {
     let env = Env::new();
@@ -56,7 +45,7 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
         .await;
     let mut tcp = TcpStream::connect(gw.local_addr()).await.unwrap();
     tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap(); // the start of a ClientHello, then silence
-    still_serves(&env, &gw).await;
+    env.still_serves(&gw).await;
     assert!(
         closed_within(&mut tcp, Duration::from_secs(5))
             .await
@@ -72,13 +61,7 @@ async fn slowloris_headers_hit_the_header_read_timeout() {
     let gw = env
         .start(&limits(&env, &up, "    header_read_timeout: 400ms\n"))
         .await;
-    let mut tls = connect(
-        gw.local_addr(),
-        "localhost",
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+    let mut tls = env.acme_tls(&gw).await;
     tls.write_all(b"GET /v1/orders/1 HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
@@ -94,7 +77,7 @@ async fn slowloris_headers_hit_the_header_read_timeout() {
             }
         }
     };
-    tokio::join!(slow, still_serves(&env, &gw));
+    tokio::join!(slow, env.still_serves(&gw));
     let answer = closed_within(&mut tls, Duration::from_secs(5))
         .await
         .expect("still open after 5s");
@@ -130,13 +113,7 @@ async fn oversized_or_too_many_headers_are_refused_with_431() {
                 .collect::<String>(),
         ),
     ] {
-        let mut tls = connect(
-            gw.local_addr(),
-            "localhost",
-            env.client(Some(&env.acme()), &[b"http/1.1"]),
-        )
-        .await
-        .unwrap();
+        let mut tls = env.acme_tls(&gw).await;
         let req = format!("GET /v1/orders/1 HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n");
         let _ = tls.write_all(req.as_bytes()).await;
         let answer = closed_within(&mut tls, Duration::from_secs(5))
@@ -146,7 +123,7 @@ async fn oversized_or_too_many_headers_are_refused_with_431() {
         assert!(text.starts_with("HTTP/1.1 431"), "{name}: {text}");
     }
     assert_eq!(up.count(), 0);
-    still_serves(&env, &gw).await;
+    env.still_serves(&gw).await;
 }
 
 #[tokio::test]
@@ -185,13 +162,7 @@ async fn an_idle_keep_alive_connection_is_closed() {
     let gw = env
         .start(&limits(&env, &up, "    idle_timeout: 500ms\n"))
         .await;
-    let mut tls = connect(
-        gw.local_addr(),
-        "localhost",
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+    let mut tls = env.acme_tls(&gw).await;
     tls.write_all(b"GET /v1/orders/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
@@ -250,13 +221,7 @@ async fn a_client_that_stops_reading_a_response_is_cut_after_the_idle_timeout() 
     let gw = env
         .start(&limits(&env, &up, "    idle_timeout: 500ms\n"))
         .await;
-    let mut tls = connect(
-        gw.local_addr(),
-        "localhost",
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+    let mut tls = env.acme_tls(&gw).await;
     const SIZE: usize = 64 * 1024 * 1024;
     tls.write_all(
         format!("GET /v1/orders/download/{SIZE} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
@@ -265,7 +230,7 @@ async fn a_client_that_stops_reading_a_response_is_cut_after_the_idle_timeout() 
     .unwrap();
     // Read nothing while the gateway's socket buffers fill and it stalls.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    still_serves(&env, &gw).await;
+    env.still_serves(&gw).await;
     let received = closed_within(&mut tls, Duration::from_secs(10))
         .await
         .expect("a stalled response was held open");

@@ -314,6 +314,30 @@ routes:
             .unwrap()
     }
 
+    /// An open HTTP/1.1 mTLS connection to `gw` as `acme`.
+    pub async fn acme_tls(&self, gw: &certgate::runtime::Gateway) -> TlsStream<TcpStream> {
+        connect(
+            gw.local_addr(),
+            "localhost",
+            self.client(Some(&self.acme()), &[b"http/1.1"]),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Asserts that a well-behaved partner is still served (while or after something hostile).
+    pub async fn still_serves(&self, gw: &certgate::runtime::Gateway) {
+        let client = self.client(Some(&self.acme()), &[b"http/1.1"]);
+        let a = call(gw.local_addr(), client, get("/v1/orders/ok"))
+            .await
+            .unwrap();
+        assert_eq!(
+            a.status, 200,
+            "a well-behaved partner was not served: {}",
+            a.body
+        );
+    }
+
     pub fn acme(&self) -> Leaf {
         self.root
             .leaf("acme-billing")
