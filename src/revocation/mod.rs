@@ -515,24 +515,36 @@ impl Checker {
             }
         }
         let merged = Arc::new(merged);
-        let previous = b.current.swap(Arc::clone(&merged));
 
         // Cut live connections: walk the (small) registry, look each key up in the new sets.
-        // Issuers whose CRL object did not change are skipped. A connection already signalled is
-        // signalled again harmlessly, which also covers one registered while we swapped.
-        let connections_cut = self.registry.revoke_where(|issuer, serial| {
-            let Some(new) = merged.by_issuer.get(issuer) else {
-                return false;
-            };
-            let unchanged = previous
-                .by_issuer
-                .get(issuer)
-                .is_some_and(|old| Arc::ptr_eq(old, new));
-            !unchanged && new.is_revoked(serial)
-        });
+        // Once before publishing, so no request on a newly revoked connection slips into the
+        // moment between the swap and the signal; once after, for a connection that registered
+        // meanwhile. Signalling a connection twice is harmless. `update` is held, so the set in
+        // force cannot change between the two.
+        let before = b.current.load_full();
+        let signalled = self.cut_newly_revoked(&merged, &before);
+        let previous = b.current.swap(Arc::clone(&merged));
+        let connections_cut = signalled.max(self.cut_newly_revoked(&merged, &previous));
         Ok(LoadReport {
             connections_cut,
             ..report
+        })
+    }
+}
+
+impl Checker {
+    /// Signals every live connection whose certificate `new` revokes; issuers whose CRL object is
+    /// the same in `old` are skipped.
+    fn cut_newly_revoked(&self, new: &BundleCrls, old: &BundleCrls) -> usize {
+        self.registry.revoke_where(|issuer, serial| {
+            let Some(set) = new.by_issuer.get(issuer) else {
+                return false;
+            };
+            let unchanged = old
+                .by_issuer
+                .get(issuer)
+                .is_some_and(|prev| Arc::ptr_eq(prev, set));
+            !unchanged && set.is_revoked(serial)
         })
     }
 }
