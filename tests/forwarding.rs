@@ -222,13 +222,7 @@ async fn keep_alive_connections_carry_many_requests() {
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
-    let tls = connect(
-        gw.local_addr(),
-        "localhost",
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+    let tls = env.acme_tls(&gw).await;
     let mut sender = handshake_http(tls).await.unwrap();
     for i in 0..20 {
         let a = read(sender.send(get(&format!("/v1/orders/{i}"))).await.unwrap()).await;
