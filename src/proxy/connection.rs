@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::dedicated::Dedicated;
 use super::headers::ConnectionHeaders;
 use super::refusal::Refusal;
 use super::service;
@@ -41,6 +42,8 @@ pub struct ConnContext {
     pub refuse: Option<Refusal>,
     pub headers: ConnectionHeaders,
     pub activity: Activity,
+    /// HTTP/1.1 connections forward over an upstream connection of their own.
+    pub dedicated: Option<Dedicated>,
     /// Fires when the certificate is revoked while the connection is open. Every request reads
     /// it before forwarding, so from the moment a new CRL or OCSP answer signals the connection
     /// nothing more is forwarded, even before the serve loop below has woken up to close it
@@ -212,6 +215,7 @@ pub async fn serve(
         }
     };
 
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let registry = snapshot.revocation.registry().clone();
     let (ctx, _live, mut revoked) = {
         let (_, session) = tls.get_ref();
@@ -242,6 +246,7 @@ pub async fn serve(
                     refuse,
                     headers,
                     activity: Activity::new(),
+                    dedicated: (!h2).then(Dedicated::default),
                     revoked: revoked.clone(),
                 });
                 (ctx, live, revoked)
@@ -266,7 +271,6 @@ pub async fn serve(
         "connection established"
     );
 
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let builder = if h2 { &snapshot.http2 } else { &snapshot.http1 };
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| service::handle(svc_ctx.clone(), req));
@@ -290,8 +294,10 @@ pub async fn serve(
     // revoked also signals the live connections registered under it, this one included. Racing
     // it would close the connection before the client reads its `certificate_revoked` answer.
     let watch_revoked = ctx.refuse.is_none();
+    let dedicated = ctx.dedicated.as_ref();
     loop {
         tokio::select! {
+            () = std::future::poll_fn(|cx| dedicated.map_or(Poll::Pending, |d| d.poll_drive(cx))), if dedicated.is_some() => {}
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(conn.id = id, error = %e, "connection ended with an error");

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod connection;
+pub mod dedicated;
 pub mod headers;
 pub mod listener;
 pub mod refusal;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -21,6 +21,7 @@ use super::body::{CountIn, CountOut, OnFinish};
 use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
+use super::upstream::UpstreamFailure;
 use crate::config::model::UpstreamId;
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
 
@@ -240,9 +241,10 @@ async fn decide_and_forward(
         }
     };
     let upstream = &snapshot.upstreams[route.upstream.0];
-    let (uri, endpoint) = upstream
-        .uri(path_and_query)
-        .map_err(|_| Refused::from(Refusal::BadRequest))?;
+    let dedicated = ctx
+        .dedicated
+        .as_ref()
+        .filter(|_| !upgrade && upstream.dedicable());
 
     let mut req = req.map(|body| CountIn::new(body, bytes_in.clone()));
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs it as `Host`.
@@ -255,20 +257,35 @@ async fn decide_and_forward(
     }
     ctx.headers
         .rewrite_request(req.headers_mut(), &config.forward, upgrade);
-    *req.uri_mut() = uri;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let sent = Instant::now();
-    let mut response = match upstream.send(req, endpoint).await {
+    let result = if let Some(dedicated) = dedicated {
+        *req.uri_mut() = Uri::from(path_and_query);
+        dedicated
+            .send(upstream, route.upstream, req)
+            .await
+            .map(|response| (response, None))
+    } else {
+        let (uri, endpoint) = upstream
+            .uri(path_and_query)
+            .map_err(|_| Refused::from(Refusal::BadRequest))?;
+        *req.uri_mut() = uri;
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        upstream
+            .send(req, endpoint)
+            .await
+            .map(|response| (response, client_upgrade))
+    };
+    let (mut response, client_upgrade) = match result {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, kind = e.kind(), error = %e, "upstream request failed");
             snapshot.metrics.upstream_error(route.upstream, e.kind());
             let refusal = match e {
-                super::upstream::UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
-                super::upstream::UpstreamFailure::Timeout(_) => Refusal::UpstreamTimeout,
-                super::upstream::UpstreamFailure::Exchange(_) => Refusal::UpstreamError,
-                super::upstream::UpstreamFailure::ClientBody(_) => Refusal::BadRequest,
+                UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
+                UpstreamFailure::Timeout(_) => Refusal::UpstreamTimeout,
+                UpstreamFailure::Exchange(_) => Refusal::UpstreamError,
+                UpstreamFailure::ClientBody(_) => Refusal::BadRequest,
             };
             return Err(Refused {
                 route: Some(route_id),

@@ -1,4 +1,5 @@
-//! Upstream services: one pooled client per configured upstream, round robin over its endpoints.
+//! Upstream services: endpoints with passive health, round robin over them, and the pooled client
+//! for the exchanges a partner connection cannot drive itself (see [`super::dedicated`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -47,19 +48,21 @@ impl UpstreamBuildError {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why forwarding failed, in the categories the refusal and the metrics use.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamFailure {
     #[error("cannot connect to the upstream")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] BoxError),
     #[error("the upstream did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the upstream exchange failed")]
-    Exchange(#[source] hyper_util::client::legacy::Error),
+    Exchange(#[source] BoxError),
     /// The partner's request body broke while it was being streamed (bad chunk framing, reset):
     /// the client's fault, not the upstream's.
     #[error("the client's request body failed")]
-    ClientBody(#[source] hyper_util::client::legacy::Error),
+    ClientBody(#[source] BoxError),
 }
 
 impl UpstreamFailure {
@@ -96,8 +99,11 @@ pub struct Upstream {
     eject_after: u32,
     eject_for: Duration,
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    connect_timeout: Duration,
     request_timeout: Duration,
     version: Version,
+    /// HTTP/1.1 to plain-text endpoints only: what a partner connection can drive itself.
+    dedicable: bool,
 }
 
 impl Upstream {
@@ -156,7 +162,9 @@ impl Upstream {
             eject_after: config.eject_after_failures,
             eject_for: config.eject_for,
             client: client.build(connector),
+            connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            dedicable: config.protocol == UpstreamProtocol::Http1 && !needs_tls,
             version: match config.protocol {
                 UpstreamProtocol::Http1 => Version::HTTP_11,
                 UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -165,9 +173,8 @@ impl Upstream {
     }
 
     /// Picks the next endpoint in round-robin order, skipping ejected ones (when every endpoint
-    /// is ejected, the rotation continues as if none were: trying beats refusing outright), and
-    /// builds the absolute URI for it.
-    pub fn uri(&self, path_and_query: PathAndQuery) -> Result<(Uri, EndpointId), http::Error> {
+    /// is ejected, the rotation continues as if none were: trying beats refusing outright).
+    pub fn pick(&self) -> EndpointId {
         let n = self.targets.len().max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
@@ -175,13 +182,43 @@ impl Upstream {
             .map(|k| (start + k) % n)
             .find(|&i| self.targets[i].ejected_until.load(Ordering::Relaxed) <= now)
             .unwrap_or(start % n);
-        let target = &self.targets[index];
+        EndpointId(index)
+    }
+
+    /// Picks an endpoint ([`Upstream::pick`]) and builds the absolute URI the pooled client needs.
+    pub fn uri(&self, path_and_query: PathAndQuery) -> Result<(Uri, EndpointId), http::Error> {
+        let endpoint = self.pick();
+        let target = &self.targets[endpoint.0];
         let uri = Uri::builder()
             .scheme(target.scheme.clone())
             .authority(target.authority.clone())
             .path_and_query(path_and_query)
             .build()?;
-        Ok((uri, EndpointId(index)))
+        Ok((uri, endpoint))
+    }
+
+    /// Whether a partner connection may send this upstream's requests over a connection it owns.
+    pub fn dedicable(&self) -> bool {
+        self.dedicable
+    }
+
+    /// Whether the endpoint takes traffic (not ejected).
+    pub fn available(&self, endpoint: EndpointId) -> bool {
+        self.targets
+            .get(endpoint.0)
+            .is_some_and(|t| t.ejected_until.load(Ordering::Relaxed) <= self.now_ms())
+    }
+
+    pub fn authority(&self, endpoint: EndpointId) -> Option<&Authority> {
+        self.targets.get(endpoint.0).map(|t| &t.authority)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// Sends a prepared request to the endpoint [`Upstream::uri`] chose, bounding the wait for the
@@ -195,24 +232,26 @@ impl Upstream {
         endpoint: EndpointId,
     ) -> Result<Response<Incoming>, UpstreamFailure> {
         *req.version_mut() = self.version;
-        let result =
-            match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
-                Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) if e.is_connect() => Err(UpstreamFailure::Connect(e)),
-                Ok(Err(e)) if is_request_body_error(&e) => Err(UpstreamFailure::ClientBody(e)),
-                Ok(Err(e)) => Err(UpstreamFailure::Exchange(e)),
-                Err(_) => Err(UpstreamFailure::Timeout(self.request_timeout)),
-            };
-        self.record(endpoint, &result);
+        let result = match tokio::time::timeout(self.request_timeout, self.client.request(req))
+            .await
+        {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamFailure::Connect(e.into())),
+            Ok(Err(e)) if is_request_body_error(&e) => Err(UpstreamFailure::ClientBody(e.into())),
+            Ok(Err(e)) => Err(UpstreamFailure::Exchange(e.into())),
+            Err(_) => Err(UpstreamFailure::Timeout(self.request_timeout)),
+        };
+        self.record(endpoint, result.as_ref().map(|_| ()));
         result
     }
 
-    fn record(&self, endpoint: EndpointId, result: &Result<Response<Incoming>, UpstreamFailure>) {
+    /// Feeds one exchange's outcome to passive health: consecutive failures eject the endpoint.
+    pub fn record(&self, endpoint: EndpointId, result: Result<(), &UpstreamFailure>) {
         let Some(target) = self.targets.get(endpoint.0) else {
             return;
         };
         match result {
-            Ok(_) => {
+            Ok(()) => {
                 target.failures.store(0, Ordering::Relaxed);
             }
             // The client's broken body says nothing about the endpoint.

@@ -1,0 +1,215 @@
+//! How partner connections map onto upstream connections: an HTTP/1.1 partner connection keeps
+//! one upstream connection of its own across requests, and recovers when the upstream closes it,
+//! times out or fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{get, handshake_http, read, Env, Sender};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the upstream treats a connection after answering a request.
+#[derive(Clone, Copy)]
+enum After {
+    /// Keep-alive: wait for the next request.
+    KeepOpen,
+    /// `Connection: close`, then close.
+    AnnounceClose,
+    /// Close without saying so, a moment after answering (an upstream's idle timeout).
+    SilentClose,
+}
+
+/// A minimal HTTP/1.1 upstream on a real socket that counts the connections it accepted and the
+/// requests it answered (`ok` bodies; `/v1/orders/delay/MS` waits first).
+struct CountingUpstream {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CountingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CountingUpstream {
+    async fn start(after: After) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let (acc, ans) = (accepted.clone(), answered.clone());
+        let task = tokio::spawn(async move {
+            // Owned by the accept task, so aborting it closes every connection too.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                acc.fetch_add(1, Ordering::SeqCst);
+                connections.spawn(serve(tcp, after, ans.clone()));
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            answered,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(mut tcp: TcpStream, after: After, answered: Arc<AtomicUsize>) {
+    let mut buf = Vec::new();
+    loop {
+        // Requests in these tests carry no body: the head ends the request.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end);
+        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        if let Some(ms) = path.strip_prefix("/v1/orders/delay/") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        }
+        let close = matches!(after, After::AnnounceClose);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{}\r\nok",
+            if close { "connection: close\r\n" } else { "" }
+        );
+        if tcp.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        answered.fetch_add(1, Ordering::SeqCst);
+        match after {
+            After::KeepOpen => {}
+            After::AnnounceClose => return,
+            After::SilentClose => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn partner(env: &Env, gw: &certgate::runtime::Gateway) -> Sender {
+    handshake_http(env.acme_tls(gw).await).await.unwrap()
+}
+
+async fn ok(sender: &mut Sender, path: &str) -> bool {
+    let answer = read(sender.send(get(path)).await.unwrap()).await;
+    answer.status == 200 && answer.body == "ok"
+}
+
+#[tokio::test]
+async fn a_keep_alive_partner_connection_keeps_one_upstream_connection() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::KeepOpen).await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+
+    let mut first = partner(&env, &gw).await;
+    for i in 0..20 {
+        assert!(ok(&mut first, "/v1/orders/x").await, "request {i}");
+    }
+    assert_eq!(up.accepted(), 1, "20 requests on one partner connection");
+
+    // A second partner connection does not share the first one's upstream connection.
+    let mut second = partner(&env, &gw).await;
+    assert!(ok(&mut second, "/v1/orders/y").await);
+    assert!(ok(&mut first, "/v1/orders/z").await);
+    assert_eq!(up.accepted(), 2);
+    assert_eq!(up.answered(), 22);
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_after_each_answer_gets_a_new_connection_per_request() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::AnnounceClose).await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+
+    let mut sender = partner(&env, &gw).await;
+    for i in 0..5 {
+        assert!(ok(&mut sender, "/v1/orders/x").await, "request {i}");
+    }
+    assert_eq!(up.accepted(), 5);
+    assert_eq!(up.answered(), 5);
+}
+
+#[tokio::test]
+async fn an_upstream_idle_close_is_recovered_from_on_the_next_request() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::SilentClose).await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+
+    let mut sender = partner(&env, &gw).await;
+    for i in 0..3 {
+        assert!(ok(&mut sender, "/v1/orders/x").await, "request {i}");
+        // Past the upstream's close: the gateway's kept connection is dead by now.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(up.accepted(), 3);
+    assert_eq!(up.answered(), 3);
+}
+
+#[tokio::test]
+async fn a_timed_out_exchange_does_not_poison_the_partner_connection() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::KeepOpen).await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+
+    let mut sender = partner(&env, &gw).await;
+    assert!(ok(&mut sender, "/v1/orders/x").await);
+    // request_timeout is 2 s in the test config.
+    let slow = read(sender.send(get("/v1/orders/delay/3000")).await.unwrap()).await;
+    assert_eq!(slow.status, 504, "{}", slow.body);
+    assert_eq!(slow.reason(), "upstream_timeout");
+    // The late answer must not be taken for the next request's: a fresh connection serves it.
+    assert!(ok(&mut sender, "/v1/orders/after").await);
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_that_goes_away_and_comes_back_is_reached_again() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::KeepOpen).await;
+    let addr = up.addr;
+    let gw = env.start(&env.config(addr, "")).await;
+
+    let mut sender = partner(&env, &gw).await;
+    assert!(ok(&mut sender, "/v1/orders/x").await);
+    drop(up);
+    // The aborted upstream task drops its listener and connections.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let down = read(sender.send(get("/v1/orders/x")).await.unwrap()).await;
+    assert_eq!(down.status, 502, "{}", down.body);
+
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let back = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        serve(tcp, After::KeepOpen, Arc::default()).await;
+    });
+    assert!(ok(&mut sender, "/v1/orders/x").await);
+    back.abort();
+}
