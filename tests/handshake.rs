@@ -26,13 +26,10 @@ async fn a_valid_partner_certificate_is_forwarded_with_its_identity() {
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let acme = env.acme();
-    let answer = call(
-        gw.local_addr(),
-        env.client(Some(&acme), &[b"http/1.1"]),
-        get("/v1/orders/7?x=1"),
-    )
-    .await
-    .unwrap();
+    let answer = env
+        .call_as(&gw, &acme, get("/v1/orders/7?x=1"))
+        .await
+        .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body, "upstream saw /v1/orders/7");
     let seen = up.last();
@@ -66,13 +63,7 @@ async fn a_chain_through_an_intermediate_is_accepted_and_forwarded_as_a_chain() 
         .leaf("acme-billing")
         .spiffe("spiffe://partners.example.com/acme")
         .issue();
-    let answer = call(
-        gw.local_addr(),
-        env.client(Some(&leaf), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await
-    .unwrap();
+    let answer = env.call_as(&gw, &leaf, get("/v1/orders/1")).await.unwrap();
     assert_eq!(answer.status, 200);
     let chain = up.last().headers["client-cert-chain"]
         .to_str()

@@ -314,21 +314,41 @@ routes:
             .unwrap()
     }
 
+    /// An HTTP/1.1 client that trusts the test root and presents `leaf`.
+    pub fn tls_config_for(&self, leaf: &Leaf) -> Arc<rustls::ClientConfig> {
+        self.client(Some(leaf), &[b"http/1.1"])
+    }
+
+    /// An open HTTP/1.1 mTLS connection to `gw` presenting `leaf`.
+    pub async fn tls_as(
+        &self,
+        gw: &certgate::runtime::Gateway,
+        leaf: &Leaf,
+    ) -> TlsStream<TcpStream> {
+        connect(gw.local_addr(), "localhost", self.tls_config_for(leaf))
+            .await
+            .unwrap()
+    }
+
+    /// One request to `gw` on a fresh HTTP/1.1 connection presenting `leaf` (see [`call`]).
+    pub async fn call_as(
+        &self,
+        gw: &certgate::runtime::Gateway,
+        leaf: &Leaf,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Answer, String> {
+        call(gw.local_addr(), self.tls_config_for(leaf), req).await
+    }
+
     /// An open HTTP/1.1 mTLS connection to `gw` as `acme`.
     pub async fn acme_tls(&self, gw: &certgate::runtime::Gateway) -> TlsStream<TcpStream> {
-        connect(
-            gw.local_addr(),
-            "localhost",
-            self.client(Some(&self.acme()), &[b"http/1.1"]),
-        )
-        .await
-        .unwrap()
+        self.tls_as(gw, &self.acme()).await
     }
 
     /// Asserts that a well-behaved partner is still served (while or after something hostile).
     pub async fn still_serves(&self, gw: &certgate::runtime::Gateway) {
-        let client = self.client(Some(&self.acme()), &[b"http/1.1"]);
-        let a = call(gw.local_addr(), client, get("/v1/orders/ok"))
+        let a = self
+            .call_as(gw, &self.acme(), get("/v1/orders/ok"))
             .await
             .unwrap();
         assert_eq!(
