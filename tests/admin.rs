@@ -286,12 +286,7 @@ async fn readyz_is_ready_once_every_crl_source_has_loaded() {
 async fn readyz_is_503_with_the_reason_while_a_crl_url_is_unreachable() {
     let env = Env::new();
     let up = Upstream::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}/ca.crl");
+    let url = dead_url("ca.crl");
     let gw = env
         .start(&with_crl(
             &env.config(up.addr, ""),

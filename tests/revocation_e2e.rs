@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use certgate::config::model::BundleId;
 use certgate::revocation::{issuer_and_serial, Registry, Verdict};
 use certgate::runtime::{self, Gateway, StartError};
-use common::openssl::{dead_url, replace_by_rename, CrlServer, OcspResponder, OpenSslCa};
+use common::openssl::{replace_by_rename, CrlServer, OcspResponder, OpenSslCa};
 use common::*;
 use http_body_util::BodyExt;
 use rustls::HandshakeKind;
@@ -39,18 +39,6 @@ fn crl_verdict(gw: &Gateway, leaf: &Leaf) -> Verdict {
         .revocation
         .crl()
         .check(BundleId(0), issuer, serial, UnixTime::now())
-}
-
-/// Polls `cond` every 20 ms until it holds or `deadline` passes.
-async fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let give_up = Instant::now() + deadline;
-    while Instant::now() < give_up {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }
 
 #[track_caller]
@@ -474,7 +462,7 @@ async fn ocsp_responder_down_refuses_under_hard_fail_and_serves_under_soft_fail(
     let env = Env::new();
     let up = Upstream::start().await;
     let acme = env.acme();
-    let down = dead_url();
+    let down = dead_url("ocsp");
 
     let gw = env
         .start(&env.config_with_bundle(up.addr, &ocsp("hard_fail", &down), ""))

@@ -520,3 +520,25 @@ pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     std::fs::write(&path, contents).unwrap();
     path
 }
+
+/// An `http://127.0.0.1:PORT/{path}` URL where nothing listens: the port was bound and released.
+pub fn dead_url(path: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}/{path}")
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes.
+pub async fn eventually(deadline: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let give_up = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < give_up {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cond()
+}
