@@ -42,6 +42,26 @@ pub fn openssl(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `openssl req` in `dir` with a fresh P-256 key written to `key_file` and the subject `/CN={cn}`;
+/// `args` say what to make of it (`-x509 …` or `-new …`) and where to write it.
+fn req_with_new_p256_key(dir: &Path, key_file: &str, cn: &str, args: &[&str]) {
+    let subject = format!("/CN={cn}");
+    let mut all = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key_file,
+        "-subj",
+        &subject,
+    ];
+    all.extend_from_slice(args);
+    openssl(dir, &all);
+}
+
 /// A number for the next file written into a CA's folder, unique in this test binary.
 fn next_file() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -110,24 +130,16 @@ impl OpenSslCa {
     /// [`OpenSslCa::generate`] with `crl_ext` (lines of `ca.cnf`) as the CRL extensions.
     pub fn generate_with_crl_extensions(cn: &str, first_serial: &str, crl_ext: &str) -> OpenSslCa {
         let ca = OpenSslCa::folder(first_serial, crl_ext);
-        openssl(
+        req_with_new_p256_key(
             ca.dir(),
+            "ca.key",
+            cn,
             &[
-                "req",
                 "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
                 "-out",
                 "ca.pem",
                 "-days",
                 "365",
-                "-subj",
-                &format!("/CN={cn}"),
                 "-addext",
                 "basicConstraints=critical,CA:TRUE",
                 "-addext",
@@ -196,23 +208,11 @@ impl OpenSslCa {
             format!("leaf{n}.csr"),
             format!("leaf{n}.pem"),
         );
-        openssl(
+        req_with_new_p256_key(
             self.dir(),
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN=leaf{n}"),
-            ],
+            &key,
+            &format!("leaf{n}"),
+            &["-new", "-out", &csr],
         );
         openssl(
             self.dir(),
