@@ -112,10 +112,7 @@ async fn metrics_count_an_allowed_call_a_scope_denial_and_refused_handshakes() {
     .await;
     assert!(no_cert.is_err());
 
-    let stranger = Ca::root("some other CA")
-        .leaf("acme-billing")
-        .spiffe("spiffe://partners.example.com/acme")
-        .issue();
+    let stranger = acme_identity(&Ca::root("some other CA")).issue();
     let unknown_ca = env.call_as(&gw, &stranger, get("/v1/orders/1")).await;
     assert!(unknown_ca.is_err());
 

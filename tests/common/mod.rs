@@ -359,10 +359,7 @@ routes:
     }
 
     pub fn acme(&self) -> Leaf {
-        self.root
-            .leaf("acme-billing")
-            .spiffe("spiffe://partners.example.com/acme")
-            .issue()
+        acme_identity(&self.root).issue()
     }
 
     pub fn globex(&self) -> Leaf {
@@ -373,6 +370,13 @@ routes:
     pub fn client(&self, leaf: Option<&Leaf>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         client_config(&self.root.pem, leaf, alpn)
     }
+}
+
+/// A leaf from `ca` carrying acme's identity (CN acme-billing and acme's SPIFFE ID), to issue as
+/// it is or with a knob turned first (expired, serverAuth only, …).
+pub fn acme_identity(ca: &Ca) -> pki::LeafBuilder<'_> {
+    ca.leaf("acme-billing")
+        .spiffe("spiffe://partners.example.com/acme")
 }
 
 pub fn client_config(
