@@ -1,5 +1,6 @@
 //! Shared test harness: a real PKI, a real hyper upstream that records what it receives, the
 //! gateway started from YAML through the same loader `serve` uses, and a real TLS client.
+//! The lints allowed here are allowed in `openssl` and `pki` too: each test uses only some helpers.
 
 #![allow(
     dead_code,

@@ -2,14 +2,6 @@
 //! issues certificates and CRLs, `openssl ocsp` answers OCSP requests from the same database.
 //! Both are served on loopback by small hyper servers that count the requests they get.
 
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::disallowed_types,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
-
 use std::convert::Infallible;
 use std::path::Path;
 use std::process::Command;
