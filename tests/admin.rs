@@ -94,26 +94,14 @@ async fn metrics_count_an_allowed_call_a_scope_denial_and_refused_handshakes() {
     let gw = env.start(&env.config(up.addr, "")).await;
     let acme = env.acme();
 
-    let allowed = call(
-        gw.local_addr(),
-        env.client(Some(&acme), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await
-    .unwrap();
+    let allowed = env.call_as(&gw, &acme, get("/v1/orders/1")).await.unwrap();
     assert_eq!(allowed.status, 200);
 
     let scope = Request::post("/v1/payments/7")
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let denied = call(
-        gw.local_addr(),
-        env.client(Some(&acme), &[b"http/1.1"]),
-        scope,
-    )
-    .await
-    .unwrap();
+    let denied = env.call_as(&gw, &acme, scope).await.unwrap();
     assert_eq!(denied.reason(), "scope_denied");
 
     let no_cert = call(
@@ -124,16 +112,8 @@ async fn metrics_count_an_allowed_call_a_scope_denial_and_refused_handshakes() {
     .await;
     assert!(no_cert.is_err());
 
-    let stranger = Ca::root("some other CA")
-        .leaf("acme-billing")
-        .spiffe("spiffe://partners.example.com/acme")
-        .issue();
-    let unknown_ca = call(
-        gw.local_addr(),
-        env.client(Some(&stranger), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await;
+    let stranger = acme_identity(&Ca::root("some other CA")).issue();
+    let unknown_ca = env.call_as(&gw, &stranger, get("/v1/orders/1")).await;
     assert!(unknown_ca.is_err());
 
     let text = scrape_until(
@@ -174,13 +154,10 @@ async fn upstream_failures_are_counted_by_upstream_and_kind_not_as_denials() {
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
-    let answer = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        get("/v1/broken/x"),
-    )
-    .await
-    .unwrap();
+    let answer = env
+        .call_as(&gw, &env.acme(), get("/v1/broken/x"))
+        .await
+        .unwrap();
     assert_eq!(answer.status, 502);
     let text = scrape_until(
         gw.admin_addr(),
@@ -199,13 +176,7 @@ async fn label_values_stay_bounded_under_hostile_paths_and_hosts() {
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
-    let tls = connect(
-        gw.local_addr(),
-        "localhost",
-        env.client(Some(&env.globex()), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+    let tls = env.tls_as(&gw, &env.globex()).await;
     let mut sender = handshake_http(tls).await.unwrap();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..50 {
@@ -277,13 +248,10 @@ async fn readyz_is_ready_once_every_crl_source_has_loaded() {
     let (status, body) = json(gw.admin_addr(), "GET", "/healthz").await;
     assert_eq!((status, &body["status"]), (StatusCode::OK, &"ok".into()));
 
-    let allowed = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await
-    .unwrap();
+    let allowed = env
+        .call_as(&gw, &env.acme(), get("/v1/orders/1"))
+        .await
+        .unwrap();
     assert_eq!(allowed.status, 200);
 
     let source = env.path("ca.crl").display().to_string();
@@ -315,12 +283,7 @@ async fn readyz_is_ready_once_every_crl_source_has_loaded() {
 async fn readyz_is_503_with_the_reason_while_a_crl_url_is_unreachable() {
     let env = Env::new();
     let up = Upstream::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}/ca.crl");
+    let url = dead_url("ca.crl");
     let gw = env
         .start(&with_crl(
             &env.config(up.addr, ""),
@@ -340,12 +303,7 @@ async fn readyz_is_503_with_the_reason_while_a_crl_url_is_unreachable() {
     );
 
     // It fails closed meanwhile: the partner is refused in the handshake.
-    let refused = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await;
+    let refused = env.call_as(&gw, &env.acme(), get("/v1/orders/1")).await;
     assert!(refused.is_err(), "{refused:?}");
     scrape_until(
         gw.admin_addr(),
@@ -453,13 +411,7 @@ async fn reload_applies_or_rejects_with_the_located_problem_and_counts_both() {
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let answer = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        pay,
-    )
-    .await
-    .unwrap();
+    let answer = env.call_as(&gw, &env.acme(), pay).await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
 
     scrape_until(
@@ -491,13 +443,10 @@ async fn the_admin_api_is_not_served_on_the_partner_port() {
     assert_ne!(gw.admin_addr(), gw.local_addr());
     assert!(gw.admin_addr().ip().is_loopback());
     // With a partner certificate, /metrics on the partner port is just an unrouted path.
-    let answer = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        get("/metrics"),
-    )
-    .await
-    .unwrap();
+    let answer = env
+        .call_as(&gw, &env.acme(), get("/metrics"))
+        .await
+        .unwrap();
     assert_eq!(answer.reason(), "no_route");
     gw.shutdown().await;
 }
@@ -609,13 +558,7 @@ async fn audit_lines_carry_every_field_for_allowed_denied_and_refused() {
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let denied = call(
-        gw.local_addr(),
-        env.client(Some(&acme), &[b"http/1.1"]),
-        deny,
-    )
-    .await
-    .unwrap();
+    let denied = env.call_as(&gw, &acme, deny).await.unwrap();
     assert_eq!(denied.status, 403);
     let _ = call(
         gw.local_addr(),
@@ -715,7 +658,7 @@ async fn dashboard_and_alerts_name_only_metrics_certgate_exports() {
         .start(&with_crl(&env.config(up.addr, ""), "path: ca.crl"))
         .await;
     // Populate the lazily created series: a request, a denial, a partner certificate.
-    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let client = env.tls_config_for(&env.acme());
     call(gw.local_addr(), client.clone(), get("/v1/orders/1"))
         .await
         .unwrap();
@@ -848,7 +791,7 @@ async fn serve_appends_audit_lines_to_the_log_file() {
     }
     let answer = call(
         partner,
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        env.tls_config_for(&env.acme()),
         get("/v1/orders/logged"),
     )
     .await
@@ -886,7 +829,7 @@ async fn readyz_turns_503_while_the_gateway_drains() {
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let (partner, admin_addr) = (gw.local_addr(), gw.admin_addr());
-    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let client = env.tls_config_for(&env.acme());
     let slow = tokio::spawn(call(partner, client, get("/v1/orders/delay/1500")));
     // Wait until the slow request is in flight, then start draining.
     scrape_until(admin_addr, &["certgate_connections_active 1"]).await;

@@ -297,7 +297,7 @@ async fn a_100_mb_body_streams_both_ways_without_growing_gateway_memory() {
     let up = Upstream::start().await;
     let config = config_on_free_port(&env, up.addr);
     let served = serve(&config);
-    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let client = env.tls_config_for(&env.acme());
 
     // Warm up so the baseline includes TLS, pools and buffers.
     let a = call(

@@ -32,13 +32,7 @@ async fn identity_headers_sent_by_a_partner_are_replaced() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let acme = env.acme();
-    let a = call(
-        gw.local_addr(),
-        env.client(Some(&acme), &[b"http/1.1"]),
-        req,
-    )
-    .await
-    .unwrap();
+    let a = env.call_as(&gw, &acme, req).await.unwrap();
     assert_eq!(a.status, 200);
     let seen = up.last();
     assert_eq!(seen.headers.get_all("x-partner-id").iter().count(), 1);
@@ -73,13 +67,7 @@ async fn xfcc_mode_sends_envoys_header_and_no_rfc9440_headers() {
         .header("x-partner", "globex")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let a = call(
-        gw.local_addr(),
-        env.client(Some(&acme), &[b"http/1.1"]),
-        req,
-    )
-    .await
-    .unwrap();
+    let a = env.call_as(&gw, &acme, req).await.unwrap();
     assert_eq!(a.status, 200);
     let seen = up.last();
     assert_eq!(seen.headers["x-partner"], "acme");
@@ -134,13 +122,7 @@ async fn an_http2_upstream_is_reached_over_h2() {
     );
     let gw = env.start(&yaml).await;
     let acme = env.acme();
-    let a = call(
-        gw.local_addr(),
-        env.client(Some(&acme), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await
-    .unwrap();
+    let a = env.call_as(&gw, &acme, get("/v1/orders/1")).await.unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(up.last().version, http::Version::HTTP_2);
 }
@@ -152,13 +134,7 @@ async fn websocket_upgrades_pass_through() {
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let acme = env.acme();
-    let tls = connect(
-        gw.local_addr(),
-        "localhost",
-        env.client(Some(&acme), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+    let tls = env.tls_as(&gw, &acme).await;
     let (mut ws, resp) = tokio_tungstenite::client_async("wss://localhost/v1/orders/live", tls)
         .await
         .unwrap();
@@ -181,13 +157,7 @@ async fn h2c_upgrades_are_never_forwarded() {
         .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let a = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        req,
-    )
-    .await
-    .unwrap();
+    let a = env.call_as(&gw, &env.acme(), req).await.unwrap();
     assert_eq!(
         (a.status.as_u16(), a.reason().as_str()),
         (400, "upgrade_not_allowed")
@@ -200,7 +170,7 @@ async fn a_slow_upstream_gets_504_and_a_dead_one_502() {
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
-    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let client = env.tls_config_for(&env.acme());
     let a = call(gw.local_addr(), client.clone(), get("/v1/orders/slow"))
         .await
         .unwrap();

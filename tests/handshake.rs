@@ -26,13 +26,10 @@ async fn a_valid_partner_certificate_is_forwarded_with_its_identity() {
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let acme = env.acme();
-    let answer = call(
-        gw.local_addr(),
-        env.client(Some(&acme), &[b"http/1.1"]),
-        get("/v1/orders/7?x=1"),
-    )
-    .await
-    .unwrap();
+    let answer = env
+        .call_as(&gw, &acme, get("/v1/orders/7?x=1"))
+        .await
+        .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body, "upstream saw /v1/orders/7");
     let seen = up.last();
@@ -62,17 +59,8 @@ async fn a_chain_through_an_intermediate_is_accepted_and_forwarded_as_a_chain() 
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let issuing = env.root.intermediate("partner issuing CA");
-    let leaf = issuing
-        .leaf("acme-billing")
-        .spiffe("spiffe://partners.example.com/acme")
-        .issue();
-    let answer = call(
-        gw.local_addr(),
-        env.client(Some(&leaf), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await
-    .unwrap();
+    let leaf = acme_identity(&issuing).issue();
+    let answer = env.call_as(&gw, &leaf, get("/v1/orders/1")).await.unwrap();
     assert_eq!(answer.status, 200);
     let chain = up.last().headers["client-cert-chain"]
         .to_str()
@@ -97,12 +85,7 @@ async fn no_client_certificate_is_refused() {
 async fn an_expired_certificate_is_refused_with_certificate_expired() {
     let env = Env::new();
     let up = Upstream::start().await;
-    let leaf = env
-        .root
-        .leaf("acme-billing")
-        .spiffe("spiffe://partners.example.com/acme")
-        .expired()
-        .issue();
+    let leaf = acme_identity(&env.root).expired().issue();
     let err = refused_at_handshake(&env, &up, Some(&leaf)).await;
     assert!(err.contains("CertificateExpired"), "{err}");
 }
@@ -112,10 +95,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_with_unknown_ca() {
     let env = Env::new();
     let up = Upstream::start().await;
     let stranger = Ca::root("some other CA");
-    let leaf = stranger
-        .leaf("acme-billing")
-        .spiffe("spiffe://partners.example.com/acme")
-        .issue();
+    let leaf = acme_identity(&stranger).issue();
     let err = refused_at_handshake(&env, &up, Some(&leaf)).await;
     assert!(err.contains("UnknownCA"), "{err}");
 }
@@ -124,12 +104,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_with_unknown_ca() {
 async fn a_server_auth_only_certificate_is_refused() {
     let env = Env::new();
     let up = Upstream::start().await;
-    let leaf = env
-        .root
-        .leaf("acme-billing")
-        .spiffe("spiffe://partners.example.com/acme")
-        .server_auth_only()
-        .issue();
+    let leaf = acme_identity(&env.root).server_auth_only().issue();
     let err = refused_at_handshake(&env, &up, Some(&leaf)).await;
     assert!(err.contains("UnsupportedCertificate"), "{err}");
 }

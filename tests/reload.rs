@@ -60,13 +60,10 @@ async fn an_invalid_config_is_rejected_with_its_place_and_the_old_one_keeps_serv
         before,
         "the running generation is unchanged"
     );
-    let a = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await
-    .unwrap();
+    let a = env
+        .call_as(&gw, &env.acme(), get("/v1/orders/1"))
+        .await
+        .unwrap();
     assert_eq!(a.status, 200);
 
     // A missing key file is just as fatal for the new generation, and just as harmless.
@@ -88,7 +85,7 @@ async fn a_reload_changes_policy_for_new_connections_while_open_ones_keep_their_
     let up = Upstream::start().await;
     let yaml = env.config(up.addr, "");
     let gw = env.start(&yaml).await;
-    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let client = env.tls_config_for(&env.acme());
 
     let tls = connect(gw.local_addr(), "localhost", client.clone())
         .await
@@ -139,13 +136,10 @@ async fn a_changed_config_file_is_picked_up_by_the_watcher() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let a = call(
-        gw.local_addr(),
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-        post("/v1/payments"),
-    )
-    .await
-    .unwrap();
+    let a = env
+        .call_as(&gw, &env.acme(), post("/v1/payments"))
+        .await
+        .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
 }
 
@@ -161,7 +155,7 @@ async fn a_rotated_server_certificate_is_served_by_the_next_handshake() {
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
-    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let client = env.tls_config_for(&env.acme());
     let first = server_serial(
         &connect(gw.local_addr(), "localhost", client.clone())
             .await
@@ -197,7 +191,7 @@ async fn ten_reloads_under_load_fail_no_request() {
     let yaml = env.config(up.addr, "");
     let gw = env.start(&yaml).await;
     let addr = gw.local_addr();
-    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let client = env.tls_config_for(&env.acme());
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
 
@@ -299,7 +293,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_accepts_no_new_connections(
         )
         .await;
     let addr = gw.local_addr();
-    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+    let client = env.tls_config_for(&env.acme());
     let in_flight = tokio::spawn({
         let client = client.clone();
         async move { call(addr, client, get("/v1/orders/delay/1500")).await }

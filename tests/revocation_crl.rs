@@ -1,235 +1,22 @@
 //! CRL revocation against real material: the `openssl ca` command is the CRL authority.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
-use std::convert::Infallible;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use certgate::config::model::{BundleId, CrlExpiredPolicy, CrlSource};
 use certgate::revocation::{
     issuer_and_serial, BundleSpec, Checker, CrlError, FetchOptions, LoadFailure, Registry, Verdict,
 };
-use http_body_util::Full;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, UnixTime};
+use common::openssl::{replace_by_rename, CrlServer, IssuedLeaf, OpenSslCa};
+use common::{dead_url, eventually};
+use rustls_pki_types::UnixTime;
 use tokio::sync::watch;
 
-// === test PKI on the openssl CLI ===
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "certgate-crl-{}-{name}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl CLI is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA run by `openssl ca`: its own directory, index and serial files.
-struct OpenSslCa {
-    dir: TempDir,
-    next_leaf: usize,
-}
-
-/// A certificate issued by an [`OpenSslCa`]: its PEM file and revocation key.
-struct Leaf {
-    pem: PathBuf,
-    issuer: Vec<u8>,
-    serial: Vec<u8>,
-}
-
-impl OpenSslCa {
-    /// A P-256 CA with keyUsage keyCertSign+cRLSign; `first_serial` (hex) seeds `openssl ca`'s
-    /// serial file, so tests can pick serials with the high bit set.
-    fn new(cn: &str, first_serial: &str) -> Self {
-        Self::with_crl_extensions(cn, first_serial, "authorityKeyIdentifier = keyid:always\n")
-    }
-
-    fn with_crl_extensions(cn: &str, first_serial: &str, crl_ext: &str) -> Self {
-        let dir = TempDir::new("ca");
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("newcerts")).unwrap();
-        std::fs::write(d.join("index.txt"), "").unwrap();
-        std::fs::write(d.join("serial"), format!("{first_serial}\n")).unwrap();
-        std::fs::write(d.join("crlnumber"), "01\n").unwrap();
-        std::fs::write(
-            d.join("ca.cnf"),
-            format!(
-                "[ ca ]\n\
-                 default_ca = CA_default\n\
-                 [ CA_default ]\n\
-                 dir = {dir}\n\
-                 database = $dir/index.txt\n\
-                 new_certs_dir = $dir/newcerts\n\
-                 certificate = $dir/ca.pem\n\
-                 private_key = $dir/ca.key\n\
-                 serial = $dir/serial\n\
-                 crlnumber = $dir/crlnumber\n\
-                 default_md = sha256\n\
-                 default_days = 30\n\
-                 default_crl_days = 7\n\
-                 policy = policy_any\n\
-                 unique_subject = no\n\
-                 copy_extensions = none\n\
-                 crl_extensions = crl_ext\n\
-                 [ policy_any ]\n\
-                 commonName = supplied\n\
-                 [ crl_ext ]\n\
-                 {crl_ext}",
-                dir = d.display()
-            ),
-        )
-        .unwrap();
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "365",
-                "-subj",
-                &format!("/CN={cn}"),
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        Self { dir, next_leaf: 0 }
-    }
-
-    fn ca_pem(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    fn ca_der(&self) -> Vec<CertificateDer<'static>> {
-        CertificateDer::pem_file_iter(self.ca_pem())
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    }
-
-    fn issue(&mut self) -> Leaf {
-        self.next_leaf += 1;
-        let n = self.next_leaf;
-        let d = self.dir.path();
-        let (key, csr, pem) = (
-            format!("leaf{n}.key"),
-            format!("leaf{n}.csr"),
-            format!("leaf{n}.pem"),
-        );
-        openssl(
-            d,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN=leaf{n}"),
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "ca", "-batch", "-config", "ca.cnf", "-notext", "-in", &csr, "-out", &pem,
-            ],
-        );
-        let der = CertificateDer::from_pem_file(d.join(&pem)).unwrap();
-        let (issuer, serial) = issuer_and_serial(&der).unwrap();
-        Leaf {
-            pem: d.join(pem),
-            issuer: issuer.to_vec(),
-            serial: serial.to_vec(),
-        }
-    }
-
-    fn revoke(&self, leaf: &Leaf) {
-        openssl(
-            self.dir.path(),
-            &[
-                "ca",
-                "-config",
-                "ca.cnf",
-                "-revoke",
-                leaf.pem.to_str().unwrap(),
-            ],
-        );
-    }
-
-    /// A fresh CRL in PEM, from `openssl ca -gencrl` with `extra` arguments.
-    fn crl_pem(&self, extra: &[&str]) -> Vec<u8> {
-        let d = self.dir.path();
-        let mut args = vec!["ca", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem"];
-        args.extend_from_slice(extra);
-        openssl(d, &args);
-        std::fs::read(d.join("crl.pem")).unwrap()
-    }
-
-    /// The same CRL in DER, via `openssl crl -outform DER`.
-    fn crl_der(&self) -> Vec<u8> {
-        let d = self.dir.path();
-        self.crl_pem(&[]);
-        openssl(
-            d,
-            &[
-                "crl", "-in", "crl.pem", "-outform", "DER", "-out", "crl.der",
-            ],
-        );
-        std::fs::read(d.join("crl.der")).unwrap()
-    }
-}
+// === helpers (the openssl CA is tests/common/openssl.rs) ===
 
 fn checker(ca: &OpenSslCa, crls: Vec<CrlSource>, policy: CrlExpiredPolicy) -> Arc<Checker> {
     Arc::new(
@@ -257,7 +44,7 @@ fn checker(ca: &OpenSslCa, crls: Vec<CrlSource>, policy: CrlExpiredPolicy) -> Ar
 const B: BundleId = BundleId(0);
 const NO_CRL: BundleId = BundleId(1);
 
-fn verdict(checker: &Checker, leaf: &Leaf) -> Verdict {
+fn verdict(checker: &Checker, leaf: &IssuedLeaf) -> Verdict {
     checker.check(B, &leaf.issuer, &leaf.serial, UnixTime::now())
 }
 
@@ -265,31 +52,19 @@ fn file_source(path: &Path) -> CrlSource {
     CrlSource::File(path.to_path_buf())
 }
 
-/// Polls `cond` every 50ms until it holds or `deadline` passes.
-async fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let give_up = tokio::time::Instant::now() + deadline;
-    while tokio::time::Instant::now() < give_up {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cond()
-}
-
 // === verdicts ===
 
 #[tokio::test]
 async fn revoked_serial_is_revoked_and_other_serials_are_good_from_pem_and_der() {
     // Serials with the high bit set: DER pads them with 0x00, the lookup key does not.
-    let mut ca = OpenSslCa::new("Partner CA", "80000000000000A0");
+    let ca = OpenSslCa::generate("Partner CA", "80000000000000A0");
     let bad = ca.issue();
     let good = ca.issue();
     assert_eq!(bad.serial[0] & 0x80, 0x80);
     ca.revoke(&bad);
 
-    for (name, bytes) in [("crl.pem", ca.crl_pem(&[])), ("crl.der", ca.crl_der())] {
-        let dir = TempDir::new("verdict");
+    for (name, bytes) in [("crl.pem", ca.crl(&[])), ("crl.der", ca.crl_der())] {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         let checker = checker(&ca, vec![file_source(&path)], CrlExpiredPolicy::Reject);
@@ -324,9 +99,9 @@ async fn revoked_serial_is_revoked_and_other_serials_are_good_from_pem_and_der()
 
 #[tokio::test]
 async fn a_source_that_never_loaded_fails_closed_for_every_issuer() {
-    let mut ca = OpenSslCa::new("Closed CA", "10");
+    let ca = OpenSslCa::generate("Closed CA", "10");
     let leaf = ca.issue();
-    let dir = TempDir::new("missing");
+    let dir = tempfile::tempdir().unwrap();
     let checker = checker(
         &ca,
         vec![file_source(&dir.path().join("absent.pem"))],
@@ -349,8 +124,8 @@ async fn a_source_that_never_loaded_fails_closed_for_every_issuer() {
 
 #[tokio::test]
 async fn crl_signed_by_a_different_ca_with_the_same_name_is_refused_and_the_good_one_kept() {
-    let mut ca = OpenSslCa::new("Twin CA", "20");
-    let impostor = OpenSslCa::new("Twin CA", "20");
+    let ca = OpenSslCa::generate("Twin CA", "20");
+    let impostor = OpenSslCa::generate("Twin CA", "20");
     let leaf = ca.issue();
     ca.revoke(&leaf);
     let checker = checker(
@@ -359,12 +134,10 @@ async fn crl_signed_by_a_different_ca_with_the_same_name_is_refused_and_the_good
         CrlExpiredPolicy::Reject,
     );
 
-    checker.load_bytes(B, 0, &ca.crl_pem(&[])).unwrap();
+    checker.load_bytes(B, 0, &ca.crl(&[])).unwrap();
     assert_eq!(verdict(&checker, &leaf), Verdict::Revoked);
 
-    let err = checker
-        .load_bytes(B, 0, &impostor.crl_pem(&[]))
-        .unwrap_err();
+    let err = checker.load_bytes(B, 0, &impostor.crl(&[])).unwrap_err();
     assert!(err.to_string().contains("/unused"), "{err}");
     assert!(
         matches!(
@@ -382,16 +155,14 @@ async fn crl_signed_by_a_different_ca_with_the_same_name_is_refused_and_the_good
 
 #[tokio::test]
 async fn crl_from_a_ca_outside_the_bundle_is_refused() {
-    let ca = OpenSslCa::new("Bundle CA", "30");
-    let stranger = OpenSslCa::new("Stranger CA", "30");
+    let ca = OpenSslCa::generate("Bundle CA", "30");
+    let stranger = OpenSslCa::generate("Stranger CA", "30");
     let checker = checker(
         &ca,
         vec![file_source(Path::new("/unused"))],
         CrlExpiredPolicy::Reject,
     );
-    let err = checker
-        .load_bytes(B, 0, &stranger.crl_pem(&[]))
-        .unwrap_err();
+    let err = checker.load_bytes(B, 0, &stranger.crl(&[])).unwrap_err();
     assert!(
         matches!(err.cause, LoadFailure::Crl(CrlError::UnknownIssuer { .. })),
         "{err:?}"
@@ -400,7 +171,7 @@ async fn crl_from_a_ca_outside_the_bundle_is_refused() {
 
 #[tokio::test]
 async fn garbage_is_refused_and_the_previous_crl_kept() {
-    let mut ca = OpenSslCa::new("Garbage CA", "40");
+    let ca = OpenSslCa::generate("Garbage CA", "40");
     let leaf = ca.issue();
     ca.revoke(&leaf);
     let checker = checker(
@@ -412,7 +183,7 @@ async fn garbage_is_refused_and_the_previous_crl_kept() {
 
     let mut truncated = ca.crl_der();
     truncated.truncate(truncated.len() - 10);
-    let pem = ca.crl_pem(&[]);
+    let pem = ca.crl(&[]);
     for garbage in [
         &b"hello, world"[..],
         &b""[..],
@@ -426,7 +197,7 @@ async fn garbage_is_refused_and_the_previous_crl_kept() {
 
 #[tokio::test]
 async fn unknown_critical_crl_extension_is_refused() {
-    let ca = OpenSslCa::with_crl_extensions(
+    let ca = OpenSslCa::generate_with_crl_extensions(
         "Critical CA",
         "50",
         "authorityKeyIdentifier = keyid:always\n1.3.6.1.4.1.99999.1 = critical,ASN1:NULL\n",
@@ -436,7 +207,7 @@ async fn unknown_critical_crl_extension_is_refused() {
         vec![file_source(Path::new("/unused"))],
         CrlExpiredPolicy::Reject,
     );
-    let err = checker.load_bytes(B, 0, &ca.crl_pem(&[])).unwrap_err();
+    let err = checker.load_bytes(B, 0, &ca.crl(&[])).unwrap_err();
     assert!(
         matches!(
             err.cause,
@@ -448,11 +219,11 @@ async fn unknown_critical_crl_extension_is_refused() {
 
 #[tokio::test]
 async fn an_older_crl_does_not_replace_a_newer_one() {
-    let mut ca = OpenSslCa::new("Replay CA", "60");
+    let ca = OpenSslCa::generate("Replay CA", "60");
     let leaf = ca.issue();
-    let old = ca.crl_pem(&[]);
+    let old = ca.crl(&[]);
     ca.revoke(&leaf);
-    let new = ca.crl_pem(&[]);
+    let new = ca.crl(&[]);
     let checker = checker(
         &ca,
         vec![file_source(Path::new("/unused"))],
@@ -466,16 +237,11 @@ async fn an_older_crl_does_not_replace_a_newer_one() {
 
 #[tokio::test]
 async fn expired_crl_is_refused_under_reject_and_used_under_allow_with_warning() {
-    let mut ca = OpenSslCa::new("Expired CA", "70");
+    let ca = OpenSslCa::generate("Expired CA", "70");
     let bad = ca.issue();
     let good = ca.issue();
     ca.revoke(&bad);
-    let expired = ca.crl_pem(&[
-        "-crl_lastupdate",
-        "200101000000Z",
-        "-crl_nextupdate",
-        "200102000000Z",
-    ]);
+    let expired = ca.expired_crl();
 
     let strict = checker(
         &ca,
@@ -507,20 +273,13 @@ async fn expired_crl_is_refused_under_reject_and_used_under_allow_with_warning()
 
 // === keeping CRLs fresh ===
 
-/// Writes `bytes` to a sibling temp file and renames it over `path`, as editors and `kubectl cp` do.
-fn replace_by_rename(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[tokio::test]
 async fn file_replaced_by_rename_is_picked_up_and_garbage_in_between_is_ignored() {
-    let mut ca = OpenSslCa::new("Rename CA", "80");
+    let ca = OpenSslCa::generate("Rename CA", "80");
     let leaf = ca.issue();
-    let dir = TempDir::new("rename");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crl.pem");
-    std::fs::write(&path, ca.crl_pem(&[])).unwrap();
+    std::fs::write(&path, ca.crl(&[])).unwrap();
     let checker = checker(&ca, vec![file_source(&path)], CrlExpiredPolicy::Reject);
     assert!(checker
         .load_initial(&FetchOptions::default())
@@ -564,13 +323,13 @@ async fn file_replaced_by_rename_is_picked_up_and_garbage_in_between_is_ignored(
 async fn kubernetes_style_symlink_swap_is_picked_up() {
     use std::os::unix::fs::symlink;
 
-    let mut ca = OpenSslCa::new("Symlink CA", "90");
+    let ca = OpenSslCa::generate("Symlink CA", "90");
     let leaf = ca.issue();
     // /mount/crl.pem -> ..data/crl.pem, ..data -> ..v1: the layout of a Secret volume.
-    let dir = TempDir::new("symlink");
+    let dir = tempfile::tempdir().unwrap();
     let mount = dir.path();
     std::fs::create_dir(mount.join("..v1")).unwrap();
-    std::fs::write(mount.join("..v1/crl.pem"), ca.crl_pem(&[])).unwrap();
+    std::fs::write(mount.join("..v1/crl.pem"), ca.crl(&[])).unwrap();
     symlink("..v1", mount.join("..data")).unwrap();
     symlink("..data/crl.pem", mount.join("crl.pem")).unwrap();
 
@@ -589,7 +348,7 @@ async fn kubernetes_style_symlink_swap_is_picked_up() {
 
     ca.revoke(&leaf);
     std::fs::create_dir(mount.join("..v2")).unwrap();
-    std::fs::write(mount.join("..v2/crl.pem"), ca.crl_pem(&[])).unwrap();
+    std::fs::write(mount.join("..v2/crl.pem"), ca.crl(&[])).unwrap();
     symlink("..v2", mount.join("..data_tmp")).unwrap();
     std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
     std::fs::remove_dir_all(mount.join("..v1")).unwrap();
@@ -607,46 +366,12 @@ async fn kubernetes_style_symlink_swap_is_picked_up() {
         .unwrap();
 }
 
-/// A loopback HTTP server answering every request with the current `(status, body)`.
-async fn serve_crl(content: Arc<Mutex<(u16, Vec<u8>)>>) -> String {
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let content = Arc::clone(&content);
-            tokio::spawn(async move {
-                let service = service_fn(move |_req| {
-                    let (status, body) = content.lock().unwrap().clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}/ca.crl")
-}
-
 #[tokio::test]
 async fn url_source_is_refreshed_and_failures_keep_the_last_good_crl() {
-    let mut ca = OpenSslCa::new("Url CA", "A0");
+    let ca = OpenSslCa::generate("Url CA", "A0");
     let leaf = ca.issue();
-    let content = Arc::new(Mutex::new((200, ca.crl_der())));
-    let url = serve_crl(Arc::clone(&content)).await;
+    let server = CrlServer::start(ca.crl_der()).await;
+    let url = server.url.clone();
     let checker = checker(
         &ca,
         vec![CrlSource::Url {
@@ -667,7 +392,7 @@ async fn url_source_is_refreshed_and_failures_keep_the_last_good_crl() {
     let tasks = checker.spawn_refresh(opts, shutdown);
 
     // Server errors and garbage: recorded, last good kept.
-    *content.lock().unwrap() = (500, b"oops".to_vec());
+    server.answer(500, b"oops".to_vec());
     let c = Arc::clone(&checker);
     assert!(
         eventually(Duration::from_secs(10), || c.status()[0]
@@ -675,7 +400,7 @@ async fn url_source_is_refreshed_and_failures_keep_the_last_good_crl() {
             .is_some())
         .await
     );
-    *content.lock().unwrap() = (200, b"not a CRL".to_vec());
+    server.set(b"not a CRL".to_vec());
     let c = Arc::clone(&checker);
     assert!(
         eventually(Duration::from_secs(10), || c.status()[0]
@@ -692,7 +417,7 @@ async fn url_source_is_refreshed_and_failures_keep_the_last_good_crl() {
     assert_eq!(verdict(&checker, &leaf), Verdict::Good);
 
     ca.revoke(&leaf);
-    *content.lock().unwrap() = (200, ca.crl_pem(&[]));
+    server.set(ca.crl(&[]));
     let c = Arc::clone(&checker);
     assert!(
         eventually(Duration::from_secs(10), || verdict(&c, &leaf)
@@ -709,14 +434,8 @@ async fn url_source_is_refreshed_and_failures_keep_the_last_good_crl() {
 
 #[tokio::test]
 async fn unreachable_url_is_reported_with_its_source() {
-    let ca = OpenSslCa::new("Down CA", "B0");
-    // A port nothing listens on: bind, read the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}/ca.crl");
+    let ca = OpenSslCa::generate("Down CA", "B0");
+    let url = dead_url("ca.crl");
     let checker = checker(
         &ca,
         vec![CrlSource::Url {
@@ -735,7 +454,7 @@ async fn unreachable_url_is_reported_with_its_source() {
 
 #[tokio::test]
 async fn a_new_crl_cuts_only_the_live_connections_it_newly_revokes() {
-    let mut ca = OpenSslCa::new("Live CA", "C0");
+    let ca = OpenSslCa::generate("Live CA", "C0");
     let doomed = ca.issue();
     let spared = ca.issue();
     let checker = checker(
@@ -743,7 +462,7 @@ async fn a_new_crl_cuts_only_the_live_connections_it_newly_revokes() {
         vec![file_source(Path::new("/unused"))],
         CrlExpiredPolicy::Reject,
     );
-    checker.load_bytes(B, 0, &ca.crl_pem(&[])).unwrap();
+    checker.load_bytes(B, 0, &ca.crl(&[])).unwrap();
 
     let registry = Arc::clone(checker.registry());
     let (_g1, mut doomed_signal) = registry.register(&doomed.issuer, &doomed.serial, 1);
@@ -756,7 +475,7 @@ async fn a_new_crl_cuts_only_the_live_connections_it_newly_revokes() {
     assert_eq!(registry.len(), 2);
 
     ca.revoke(&doomed);
-    let report = checker.load_bytes(B, 0, &ca.crl_pem(&[])).unwrap();
+    let report = checker.load_bytes(B, 0, &ca.crl(&[])).unwrap();
     assert_eq!(report.connections_cut, 1);
     tokio::time::timeout(Duration::from_secs(1), doomed_signal.revoked())
         .await

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use certgate::config::model::BundleId;
 use certgate::revocation::{issuer_and_serial, Registry, Verdict};
 use certgate::runtime::{self, Gateway, StartError};
-use common::openssl::{dead_url, replace_by_rename, CrlServer, OcspResponder, OpenSslCa};
+use common::openssl::{replace_by_rename, CrlServer, OcspResponder, OpenSslCa};
 use common::*;
 use http_body_util::BodyExt;
 use rustls::HandshakeKind;
@@ -41,28 +41,6 @@ fn crl_verdict(gw: &Gateway, leaf: &Leaf) -> Verdict {
         .check(BundleId(0), issuer, serial, UnixTime::now())
 }
 
-/// Polls `cond` every 20 ms until it holds or `deadline` passes.
-async fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let give_up = Instant::now() + deadline;
-    while Instant::now() < give_up {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
-
-/// One GET on a fresh connection presenting `leaf`.
-async fn call_as(gw: &Gateway, env: &Env, leaf: &Leaf) -> Result<Answer, String> {
-    call(
-        gw.local_addr(),
-        env.client(Some(leaf), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await
-}
-
 #[track_caller]
 fn assert_ok(result: &Result<Answer, String>) {
     match result {
@@ -86,12 +64,7 @@ fn assert_refused(result: &Result<Answer, String>, status: u16, reason: &str) {
 /// the client finishes its side first and learns of the refusal on its first read, so read.
 async fn assert_handshake_refused(gw: &Gateway, env: &Env, leaf: &Leaf, alert: &str) {
     let attempt = async {
-        let mut tls = connect(
-            gw.local_addr(),
-            "localhost",
-            env.client(Some(leaf), &[b"http/1.1"]),
-        )
-        .await?;
+        let mut tls = connect(gw.local_addr(), "localhost", env.tls_config_for(leaf)).await?;
         tls.read(&mut [0u8; 1]).await
     };
     match tokio::time::timeout(Duration::from_secs(5), attempt).await {
@@ -122,7 +95,7 @@ async fn a_certificate_revoked_by_the_crl_file_is_refused_in_the_handshake_and_a
         "nothing from a revoked certificate reaches the upstream"
     );
 
-    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     assert_eq!(up.count(), 1);
     assert_eq!(up.last().headers["x-partner-id"], "acme");
     gw.shutdown().await;
@@ -150,13 +123,7 @@ async fn a_crl_replaced_while_serving_refuses_new_handshakes_and_cuts_the_open_c
         .await;
 
     // A keep-alive client calling in a loop until its connection ends.
-    let tls = connect(
-        gw.local_addr(),
-        "localhost",
-        env.client(Some(&acme), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+    let tls = env.tls_as(&gw, &acme).await;
     let mut sender = handshake_http(tls).await.unwrap();
     let snapshot = gw.snapshot();
     let (issuer, serial) = issuer_and_serial(&acme.der).unwrap();
@@ -281,7 +248,7 @@ async fn a_crl_from_a_url_is_refreshed_and_a_new_revocation_refuses_the_next_han
     let gw = env
         .start(&env.config_with_bundle(up.addr, &bundle, ""))
         .await;
-    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     let fetches = server.requests();
     assert!(fetches >= 1);
 
@@ -331,7 +298,7 @@ async fn an_expired_crl_refuses_under_reject_and_serves_under_allow_with_warning
     let gw = env
         .start(&env.config_with_bundle(up.addr, &lenient, ""))
         .await;
-    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
     assert_eq!(up.count(), 1);
     let status = gw.snapshot().revocation.crl().status();
@@ -381,7 +348,7 @@ async fn a_crl_signed_by_an_impostor_ca_is_reported_at_start_and_ignored_at_runt
     let real = OpenSslCa::new(&env.root);
     std::fs::write(&crl, real.crl(&[])).unwrap();
     let gw = env.start(&yaml).await;
-    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     replace_by_rename(&crl, &forged);
     assert!(
         eventually(Duration::from_secs(5), || gw
@@ -405,7 +372,7 @@ async fn a_crl_signed_by_an_impostor_ca_is_reported_at_start_and_ignored_at_runt
         "{status:?}"
     );
     assert_eq!(crl_verdict(&gw, &acme), Verdict::Good);
-    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     assert_eq!(up.count(), 2);
     gw.shutdown().await;
 }
@@ -424,9 +391,9 @@ async fn ocsp_good_is_served_and_a_cached_answer_avoids_a_second_query() {
         .start(&env.config_with_bundle(up.addr, &ocsp("hard_fail", &responder.url), ""))
         .await;
 
-    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     assert_eq!(responder.requests(), 1);
-    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     assert_eq!(
         responder.requests(),
         1,
@@ -450,7 +417,7 @@ async fn ocsp_revoked_is_refused_before_forwarding_and_then_in_the_handshake_fro
 
     // First connection: nothing cached at handshake time, so the connection asks the responder
     // before serving and answers every request with the refusal.
-    let first = call_as(&gw, &env, &acme).await;
+    let first = env.call_as(&gw, &acme, get("/v1/orders/1")).await;
     assert_refused(&first, 403, "certificate_revoked");
     assert_eq!(up.count(), 0);
     assert_eq!(responder.requests(), 1);
@@ -473,14 +440,18 @@ async fn ocsp_unknown_is_refused_under_hard_fail_and_served_under_soft_fail() {
     let gw = env
         .start(&env.config_with_bundle(up.addr, &ocsp("hard_fail", &responder.url), ""))
         .await;
-    assert_refused(&call_as(&gw, &env, &acme).await, 403, "revocation_unknown");
+    assert_refused(
+        &env.call_as(&gw, &acme, get("/v1/orders/1")).await,
+        403,
+        "revocation_unknown",
+    );
     assert_eq!(up.count(), 0);
     gw.shutdown().await;
 
     let gw = env
         .start(&env.config_with_bundle(up.addr, &ocsp("soft_fail", &responder.url), ""))
         .await;
-    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     assert_eq!(up.count(), 1);
     assert_eq!(responder.requests(), 2);
     gw.shutdown().await;
@@ -491,19 +462,23 @@ async fn ocsp_responder_down_refuses_under_hard_fail_and_serves_under_soft_fail(
     let env = Env::new();
     let up = Upstream::start().await;
     let acme = env.acme();
-    let down = dead_url();
+    let down = dead_url("ocsp");
 
     let gw = env
         .start(&env.config_with_bundle(up.addr, &ocsp("hard_fail", &down), ""))
         .await;
-    assert_refused(&call_as(&gw, &env, &acme).await, 403, "revocation_unknown");
+    assert_refused(
+        &env.call_as(&gw, &acme, get("/v1/orders/1")).await,
+        403,
+        "revocation_unknown",
+    );
     assert_eq!(up.count(), 0);
     gw.shutdown().await;
 
     let gw = env
         .start(&env.config_with_bundle(up.addr, &ocsp("soft_fail", &down), ""))
         .await;
-    assert_ok(&call_as(&gw, &env, &acme).await);
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     assert_eq!(up.count(), 1);
     gw.shutdown().await;
 }
@@ -522,7 +497,7 @@ async fn a_resumed_session_is_refused_once_its_certificate_is_revoked() {
         .start(&env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), ""))
         .await;
     // One client configuration, so one session cache, for every connection below.
-    let client = env.client(Some(&acme), &[b"http/1.1"]);
+    let client = env.tls_config_for(&acme);
 
     let request = |expect_kind: HandshakeKind| {
         let client = client.clone();

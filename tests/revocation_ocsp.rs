@@ -1,17 +1,16 @@
 //! OCSP for client certificates, against the real `openssl ocsp` responder logic.
 //!
-//! Each test builds a small PKI with rcgen, writes an `openssl ca`-style `index.txt`, and runs a
-//! loopback-only HTTP server that answers every POSTed request by running
-//! `openssl ocsp -index … -reqin … -respout …` (OpenSSL's own `-port` server listens on every
-//! interface, so it is not used). Verdicts come from certgate's code, never from OpenSSL's
-//! printed status.
+//! Each test builds a small PKI with rcgen, records its leaves in `openssl ca`'s database, and
+//! runs a loopback-only HTTP server that answers every POSTed request by running
+//! `openssl ocsp -index … -reqin … -respout …` (tests/common/openssl.rs; OpenSSL's own `-port`
+//! server listens on every interface, so it is not used). Verdicts come from certgate's code,
+//! never from OpenSSL's printed status.
 
 // Test fixtures: a failed setup step should panic loudly, not be handled.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,41 +19,18 @@ use certgate::revocation::ocsp::{
     decide, verify_response, CertKey, OcspCache, OcspError, OcspStatus, OcspVerdict,
     PreparedRequest, RefuseReason, SignerProblem,
 };
+use common::openssl::{ocsp_listener, openssl, OcspResponder, OcspSigner, OpenSslCa};
 use der::{Decode, Encode};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SerialNumber,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const GOOD_SERIAL: &str = "1001";
 const REVOKED_SERIAL: &str = "1002";
 const UNKNOWN_SERIAL: &str = "1003";
 
-// === test PKI ===
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "certgate-ocsp-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+// === test PKI (the openssl CA and responder are tests/common/openssl.rs) ===
 
 /// Who signs the responder's answers.
 #[derive(Clone, Copy, Debug)]
@@ -74,21 +50,30 @@ enum Signer {
 }
 
 impl Signer {
-    fn files(self) -> (&'static str, &'static str) {
-        match self {
-            Signer::Ca => ("ca.pem", "ca.key"),
+    /// The files [`Pki::new`] wrote for this signer.
+    fn signing(self) -> OcspSigner {
+        let (cert, key) = match self {
+            Signer::Ca => return OcspSigner::CA,
             Signer::Delegated | Signer::DelegatedByKey => ("rsigner.pem", "rsigner.key"),
             Signer::DelegatedWithoutEku => ("noeku.pem", "noeku.key"),
             Signer::OtherCa => ("other-rsigner.pem", "other-rsigner.key"),
             Signer::Impostor => ("impostor.pem", "impostor.key"),
+        };
+        OcspSigner {
+            cert,
+            key,
+            by_key_id: matches!(self, Signer::DelegatedByKey),
         }
     }
 }
 
 struct Pki {
-    dir: TempDir,
+    /// `openssl ca` acting for the CA: its folder holds the responders' certificates and keys.
+    ca: OpenSslCa,
     ca_der: Vec<u8>,
     good: Vec<u8>,
+    /// The good leaf in PEM, to revoke it later.
+    good_pem: String,
     revoked: Vec<u8>,
     unknown: Vec<u8>,
     no_aia: Vec<u8>,
@@ -133,18 +118,16 @@ fn responder_params(name: &str, eku: bool) -> CertificateParams {
 }
 
 impl Pki {
-    /// A CA, leaves whose AIA points at `ocsp_url`, every kind of responder, and an index in which
-    /// GOOD_SERIAL is valid, REVOKED_SERIAL is revoked and UNKNOWN_SERIAL is absent.
+    /// A CA, leaves whose AIA points at `ocsp_url`, every kind of responder, and a CA database in
+    /// which GOOD_SERIAL is valid, REVOKED_SERIAL is revoked and UNKNOWN_SERIAL is absent.
     fn new(ocsp_url: &str) -> Self {
-        let dir = TempDir::new();
-        let write =
-            |name: &str, contents: &str| std::fs::write(dir.0.join(name), contents).unwrap();
-
         let ca_key = KeyPair::generate().unwrap();
         let ca_params = authority_params("certgate test CA");
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        write("ca.pem", &ca_cert.pem());
-        write("ca.key", &ca_key.serialize_pem());
+        let openssl_ca = OpenSslCa::from_pem(&ca_cert.pem(), &ca_key.serialize_pem());
+        let write = |name: &str, contents: &str| {
+            std::fs::write(openssl_ca.dir().join(name), contents).unwrap();
+        };
         let ca = Issuer::new(ca_params, ca_key);
 
         let leaf = |serial_hex: &str, with_aia: bool| {
@@ -156,12 +139,15 @@ impl Pki {
             if with_aia {
                 params.custom_extensions.push(aia_ocsp(ocsp_url));
             }
-            params.signed_by(&key, &ca).unwrap().der().to_vec()
+            params.signed_by(&key, &ca).unwrap()
         };
         let good = leaf(GOOD_SERIAL, true);
         let revoked = leaf(REVOKED_SERIAL, true);
         let unknown = leaf(UNKNOWN_SERIAL, true);
         let no_aia = leaf("1004", false);
+        openssl_ca.valid(good.pem().as_str());
+        openssl_ca.revoke(revoked.pem().as_str());
+        openssl_ca.valid(no_aia.pem().as_str());
 
         let issue = |params: CertificateParams, issuer: &Issuer<'_, KeyPair>, stem: &str| {
             let key = KeyPair::generate().unwrap();
@@ -197,165 +183,16 @@ impl Pki {
         write("impostor.pem", &impostor.pem());
         write("impostor.key", &impostor_key.serialize_pem());
 
-        let pki = Self {
-            dir,
+        Self {
+            ca: openssl_ca,
             ca_der: ca_cert.der().to_vec(),
-            good,
-            revoked,
-            unknown,
-            no_aia,
-        };
-        pki.write_index(&[REVOKED_SERIAL]);
-        pki
-    }
-
-    /// Writes index.txt: GOOD_SERIAL and the no-AIA leaf valid, `revoked` revoked.
-    fn write_index(&self, revoked: &[&str]) {
-        let mut index = String::new();
-        for serial in [GOOD_SERIAL, REVOKED_SERIAL, "1004"] {
-            if revoked.contains(&serial) {
-                index.push_str(&format!(
-                    "R\t301231235959Z\t240101000000Z\t{serial}\tunknown\t/CN=client {serial}\n"
-                ));
-            } else {
-                index.push_str(&format!(
-                    "V\t301231235959Z\t\t{serial}\tunknown\t/CN=client {serial}\n"
-                ));
-            }
+            good: good.der().to_vec(),
+            good_pem: good.pem(),
+            revoked: revoked.der().to_vec(),
+            unknown: unknown.der().to_vec(),
+            no_aia: no_aia.der().to_vec(),
         }
-        std::fs::write(self.dir.0.join("index.txt"), index).unwrap();
     }
-}
-
-// === loopback OCSP responder ===
-
-struct Responder {
-    url: String,
-    requests: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-struct ResponderState {
-    dir: PathBuf,
-    signer: Signer,
-    delay: Duration,
-    requests: Arc<AtomicUsize>,
-    next_file: AtomicUsize,
-}
-
-/// A bound loopback listener, so certificates can name its URL before the server runs.
-async fn loopback() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/ocsp", listener.local_addr().unwrap());
-    (listener, url)
-}
-
-fn serve(listener: TcpListener, pki: &Pki, signer: Signer, delay: Duration) -> Responder {
-    let url = format!("http://{}/ocsp", listener.local_addr().unwrap());
-    let requests = Arc::new(AtomicUsize::new(0));
-    let state = Arc::new(ResponderState {
-        dir: pki.dir.0.clone(),
-        signer,
-        delay,
-        requests: Arc::clone(&requests),
-        next_file: AtomicUsize::new(0),
-    });
-    let task = tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(answer(socket, Arc::clone(&state)));
-        }
-    });
-    Responder {
-        url,
-        requests,
-        task,
-    }
-}
-
-/// Reads one HTTP/1.1 POST, answers it with `openssl ocsp`, closes the connection.
-async fn answer(mut socket: TcpStream, state: Arc<ResponderState>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let body_start = loop {
-        let n = socket.read(&mut chunk).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..body_start]).to_ascii_lowercase();
-    assert!(head.starts_with("post "), "responder got {head:?}");
-    assert!(head.contains("content-type: application/ocsp-request"));
-    let len: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0);
-    while buf.len() < body_start + len {
-        let n = socket.read(&mut chunk).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let request = buf[body_start..body_start + len].to_vec();
-    state.requests.fetch_add(1, Ordering::SeqCst);
-    tokio::time::sleep(state.delay).await;
-
-    let state2 = Arc::clone(&state);
-    let response = tokio::task::spawn_blocking(move || run_openssl(&state2, &request))
-        .await
-        .unwrap();
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/ocsp-response\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        response.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&response);
-    let _ = socket.write_all(&out).await;
-    let _ = socket.shutdown().await;
-}
-
-fn run_openssl(state: &ResponderState, request: &[u8]) -> Vec<u8> {
-    let n = state.next_file.fetch_add(1, Ordering::SeqCst);
-    let req = state.dir.join(format!("req-{n}.der"));
-    let resp = state.dir.join(format!("resp-{n}.der"));
-    std::fs::write(&req, request).unwrap();
-    let (cert, key) = state.signer.files();
-    let mut cmd = Command::new("openssl");
-    cmd.current_dir(&state.dir).args([
-        "ocsp",
-        "-index",
-        "index.txt",
-        "-CA",
-        "ca.pem",
-        "-rsigner",
-        cert,
-        "-rkey",
-        key,
-        "-ndays",
-        "1",
-    ]);
-    if matches!(state.signer, Signer::DelegatedByKey) {
-        cmd.arg("-resp_key_id");
-    }
-    cmd.arg("-reqin").arg(&req).arg("-respout").arg(&resp);
-    let output = cmd.output().expect("openssl runs");
-    assert!(
-        output.status.success(),
-        "openssl ocsp failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::read(&resp).unwrap()
 }
 
 // === helpers ===
@@ -370,10 +207,10 @@ fn config(mode: OcspMode, responder: Option<&str>) -> Ocsp {
 }
 
 /// A PKI whose leaves point at a responder signing with `signer`.
-async fn setup(signer: Signer, delay: Duration) -> (Pki, Responder) {
-    let (listener, url) = loopback().await;
+async fn setup(signer: Signer, delay: Duration) -> (Pki, OcspResponder) {
+    let (listener, url) = ocsp_listener().await;
     let pki = Pki::new(&url);
-    let responder = serve(listener, &pki, signer, delay);
+    let responder = OcspResponder::serve(listener, &pki.ca, signer.signing(), delay);
     (pki, responder)
 }
 
@@ -483,7 +320,7 @@ async fn a_delegated_responder_without_ocsp_signing_is_rejected() {
 
 #[tokio::test]
 async fn a_responder_that_is_down_refuses_under_hard_fail_and_allows_under_soft_fail() {
-    let (listener, url) = loopback().await;
+    let (listener, url) = ocsp_listener().await;
     let pki = Pki::new(&url);
     drop(listener); // nothing listens on the leaf's OCSP URL any more
 
@@ -534,7 +371,7 @@ async fn a_slow_responder_fails_within_the_timeout() {
         elapsed >= timeout && elapsed < Duration::from_secs(2),
         "{elapsed:?}"
     );
-    assert_eq!(responder.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(responder.requests(), 1);
 }
 
 #[tokio::test]
@@ -554,7 +391,7 @@ async fn a_cached_answer_avoids_a_second_query() {
     );
     assert_eq!(cache.cached(&key, Instant::now()), Some(OcspStatus::Good));
 
-    assert_eq!(responder.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(responder.requests(), 1);
     assert_eq!(cache.queries_sent(), 1);
     assert_eq!(cache.cache_hits(), 2);
 }
@@ -574,7 +411,7 @@ async fn concurrent_queries_for_one_certificate_share_one_request() {
     for task in tasks {
         assert_eq!(task.await.unwrap().ok(), Some(OcspStatus::Revoked));
     }
-    assert_eq!(responder.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(responder.requests(), 1);
     assert_eq!(cache.queries_sent(), 1);
 }
 
@@ -631,7 +468,7 @@ async fn a_background_refresh_reports_a_newly_revoked_certificate() {
         cache.query(&pki.good, &pki.ca_der).await.ok(),
         Some(OcspStatus::Good)
     );
-    pki.write_index(&[REVOKED_SERIAL, GOOD_SERIAL]);
+    pki.ca.revoke(pki.good_pem.as_str());
 
     // Refreshed in the last 20 % of its 2 s life, i.e. about 1.6 s after the query.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -650,7 +487,7 @@ async fn a_background_refresh_reports_a_newly_revoked_certificate() {
         cache.cached(&key, Instant::now()),
         Some(OcspStatus::Revoked)
     );
-    assert_eq!(responder.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(responder.requests(), 2);
 }
 
 #[tokio::test]
@@ -659,7 +496,7 @@ async fn the_configured_responder_overrides_the_aia_url() {
     let cache = OcspCache::new(&config(OcspMode::HardFail, Some(&responder.url)));
     let result = cache.query(&pki.no_aia, &pki.ca_der).await;
     assert_eq!(result.ok(), Some(OcspStatus::Good));
-    assert_eq!(responder.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(responder.requests(), 1);
 }
 
 #[test]
@@ -695,15 +532,8 @@ fn requests_need_an_http_responder_and_the_right_issuer() {
 fn openssl_reads_our_request_as_asking_for_the_leaf_serial() {
     let pki = Pki::new("http://127.0.0.1:9/ocsp");
     let request = PreparedRequest::new(&pki.good, &pki.ca_der, None).unwrap();
-    let path: &Path = &pki.dir.0.join("ours.der");
-    std::fs::write(path, request.body()).unwrap();
-    let output = Command::new("openssl")
-        .args(["ocsp", "-req_text", "-reqin"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let text = String::from_utf8_lossy(&output.stdout);
+    std::fs::write(pki.ca.dir().join("ours.der"), request.body()).unwrap();
+    let text = openssl(pki.ca.dir(), &["ocsp", "-req_text", "-reqin", "ours.der"]);
     assert!(text.contains("Hash Algorithm: sha1"), "{text}");
     assert!(
         text.contains(&format!("Serial Number: {GOOD_SERIAL}")),
@@ -715,14 +545,7 @@ fn openssl_reads_our_request_as_asking_for_the_leaf_serial() {
 fn a_response_is_checked_for_freshness_and_integrity() {
     let pki = Pki::new("http://127.0.0.1:9/ocsp");
     let request = PreparedRequest::new(&pki.good, &pki.ca_der, None).unwrap();
-    let state = ResponderState {
-        dir: pki.dir.0.clone(),
-        signer: Signer::Ca,
-        delay: Duration::ZERO,
-        requests: Arc::default(),
-        next_file: AtomicUsize::new(0),
-    };
-    let response = run_openssl(&state, request.body());
+    let response = pki.ca.ocsp_response(request.body(), &Signer::Ca.signing());
     let now = SystemTime::now();
     let day = Duration::from_secs(24 * 3600);
 

@@ -33,13 +33,10 @@ async fn setup() -> Setup {
 
 impl Setup {
     async fn as_acme(&self, r: Request<Full<Bytes>>) -> Answer {
-        call(
-            self.gw.local_addr(),
-            self.env.client(Some(&self.env.acme()), &[b"http/1.1"]),
-            r,
-        )
-        .await
-        .unwrap()
+        self.env
+            .call_as(&self.gw, &self.env.acme(), r)
+            .await
+            .unwrap()
     }
 }
 
@@ -55,13 +52,11 @@ async fn a_route_outside_the_partners_scopes_is_refused() {
     assert_eq!(s.up.count(), 0);
     // globex holds payments:write.
     let globex = s.env.globex();
-    let a = call(
-        s.gw.local_addr(),
-        s.env.client(Some(&globex), &[b"http/1.1"]),
-        req("POST", "localhost", "/v1/payments"),
-    )
-    .await
-    .unwrap();
+    let a = s
+        .env
+        .call_as(&s.gw, &globex, req("POST", "localhost", "/v1/payments"))
+        .await
+        .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(s.up.last().headers["x-partner-id"], "globex");
 }
@@ -91,13 +86,7 @@ async fn an_unknown_path_is_refused_with_404() {
 async fn a_host_that_disagrees_with_sni_is_refused_with_421() {
     let s = setup().await;
     // SNI is taken from the Host header by `call`; connect with SNI localhost, then ask for another host.
-    let tls = connect(
-        s.gw.local_addr(),
-        "localhost",
-        s.env.client(Some(&s.env.acme()), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+    let tls = s.env.tls_as(&s.gw, &s.env.acme()).await;
     let mut sender = handshake_http(tls).await.unwrap();
     let a = read(
         sender
@@ -170,13 +159,11 @@ async fn a_certificate_bound_to_no_partner_is_refused() {
         .leaf("nobody")
         .spiffe("spiffe://partners.example.com/nobody")
         .issue();
-    let a = call(
-        s.gw.local_addr(),
-        s.env.client(Some(&nobody), &[b"http/1.1"]),
-        req("GET", "localhost", "/v1/orders/1"),
-    )
-    .await
-    .unwrap();
+    let a = s
+        .env
+        .call_as(&s.gw, &nobody, req("GET", "localhost", "/v1/orders/1"))
+        .await
+        .unwrap();
     assert_eq!(
         (a.status.as_u16(), a.reason().as_str()),
         (403, "unknown_partner")

@@ -20,14 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends `raw` on a fresh mTLS connection and returns whatever the gateway answers before it
 /// closes the connection or goes quiet.
-async fn send_raw(env: &Env, addr: std::net::SocketAddr, raw: &str) -> String {
-    let mut tls = connect(
-        addr,
-        "localhost",
-        env.client(Some(&env.acme()), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
+async fn send_raw(env: &Env, gw: &certgate::runtime::Gateway, raw: &str) -> String {
+    let mut tls = env.acme_tls(gw).await;
     tls.write_all(raw.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -139,7 +133,7 @@ async fn no_smuggling_payload_reaches_the_upstream() {
     let mut report = Vec::new();
     for (name, expect, raw) in payloads() {
         let before = up.count();
-        let answer = send_raw(&env, gw.local_addr(), &raw).await;
+        let answer = send_raw(&env, &gw, &raw).await;
         let status = answer.lines().next().unwrap_or("(closed)").to_owned();
         let seen: Vec<Seen> = up.seen.lock().unwrap()[before..].to_vec();
         let paths: Vec<&str> = seen.iter().map(|s| s.path_and_query.as_str()).collect();
@@ -185,7 +179,7 @@ async fn a_plain_chunked_body_is_forwarded_exactly_once() {
     let up = Upstream::start().await;
     let gw = env.start(&env.config(up.addr, "")).await;
     let raw = "POST /v1/orders/count-body HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-    let answer = send_raw(&env, gw.local_addr(), raw).await;
+    let answer = send_raw(&env, &gw, raw).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("{\"bytes\":5}"), "{answer}");
     assert_eq!(up.count(), 1);

@@ -1,5 +1,6 @@
 //! Shared test harness: a real PKI, a real hyper upstream that records what it receives, the
 //! gateway started from YAML through the same loader `serve` uses, and a real TLS client.
+//! The lints allowed here are allowed in `openssl` and `pki` too: each test uses only some helpers.
 
 #![allow(
     dead_code,
@@ -314,21 +315,41 @@ routes:
             .unwrap()
     }
 
+    /// An HTTP/1.1 client that trusts the test root and presents `leaf`.
+    pub fn tls_config_for(&self, leaf: &Leaf) -> Arc<rustls::ClientConfig> {
+        self.client(Some(leaf), &[b"http/1.1"])
+    }
+
+    /// An open HTTP/1.1 mTLS connection to `gw` presenting `leaf`.
+    pub async fn tls_as(
+        &self,
+        gw: &certgate::runtime::Gateway,
+        leaf: &Leaf,
+    ) -> TlsStream<TcpStream> {
+        connect(gw.local_addr(), "localhost", self.tls_config_for(leaf))
+            .await
+            .unwrap()
+    }
+
+    /// One request to `gw` on a fresh HTTP/1.1 connection presenting `leaf` (see [`call`]).
+    pub async fn call_as(
+        &self,
+        gw: &certgate::runtime::Gateway,
+        leaf: &Leaf,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Answer, String> {
+        call(gw.local_addr(), self.tls_config_for(leaf), req).await
+    }
+
     /// An open HTTP/1.1 mTLS connection to `gw` as `acme`.
     pub async fn acme_tls(&self, gw: &certgate::runtime::Gateway) -> TlsStream<TcpStream> {
-        connect(
-            gw.local_addr(),
-            "localhost",
-            self.client(Some(&self.acme()), &[b"http/1.1"]),
-        )
-        .await
-        .unwrap()
+        self.tls_as(gw, &self.acme()).await
     }
 
     /// Asserts that a well-behaved partner is still served (while or after something hostile).
     pub async fn still_serves(&self, gw: &certgate::runtime::Gateway) {
-        let client = self.client(Some(&self.acme()), &[b"http/1.1"]);
-        let a = call(gw.local_addr(), client, get("/v1/orders/ok"))
+        let a = self
+            .call_as(gw, &self.acme(), get("/v1/orders/ok"))
             .await
             .unwrap();
         assert_eq!(
@@ -339,10 +360,7 @@ routes:
     }
 
     pub fn acme(&self) -> Leaf {
-        self.root
-            .leaf("acme-billing")
-            .spiffe("spiffe://partners.example.com/acme")
-            .issue()
+        acme_identity(&self.root).issue()
     }
 
     pub fn globex(&self) -> Leaf {
@@ -353,6 +371,13 @@ routes:
     pub fn client(&self, leaf: Option<&Leaf>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         client_config(&self.root.pem, leaf, alpn)
     }
+}
+
+/// A leaf from `ca` carrying acme's identity (CN acme-billing and acme's SPIFFE ID), to issue as
+/// it is or with a knob turned first (expired, serverAuth only, …).
+pub fn acme_identity(ca: &Ca) -> pki::LeafBuilder<'_> {
+    ca.leaf("acme-billing")
+        .spiffe("spiffe://partners.example.com/acme")
 }
 
 pub fn client_config(
@@ -499,4 +524,26 @@ pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
+}
+
+/// An `http://127.0.0.1:PORT/{path}` URL where nothing listens: the port was bound and released.
+pub fn dead_url(path: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}/{path}")
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes.
+pub async fn eventually(deadline: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let give_up = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < give_up {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cond()
 }

@@ -1,13 +1,5 @@
 //! A test PKI on rcgen: root → intermediate → leaf, with knobs for EKU, SANs, validity and serial.
 
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::disallowed_types,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
-
 use std::path::{Path, PathBuf};
 
 use rcgen::{
