@@ -2,7 +2,12 @@
 # certgate vs nginx vs HAProxy doing the same mTLS reverse-proxy job on this machine, in one run.
 #
 #   benches/compare.sh [--quick] [--rounds N] [--duration S] [--warmup S] [--peers "certgate nginx haproxy"]
-#                      [--idle-conns N] [--no-build]
+#                      [--idle-conns N] [--no-build] [--baseline PATH] [--variants "ecdsa-none rsa-none ..."]
+#
+# --baseline PATH adds a peer "baseline": another certgate binary (e.g. the previous commit's
+# release build) run with the same config, so a change is measured before/after in one run.
+# --variants limits the gateway variants (default: ecdsa-none rsa-none ecdsa-0 ecdsa-10k ecdsa-1m;
+# keep-alive and the ECDSA handshake run on ecdsa-none). --idle-conns 0 skips the idle test.
 #
 # Needs: root (apt-get for nginx/haproxy/openssl/curl/python3 if missing), a Rust toolchain, 2+ cores.
 # Loopback only. Every process it starts is stopped by its PID (also on error, via a trap).
@@ -21,6 +26,8 @@ PEERS="certgate nginx haproxy"
 IDLE_CONNS=10000
 BUILD=1
 QUICK=0
+BASELINE=""
+VARIANTS="ecdsa-none rsa-none ecdsa-0 ecdsa-10k ecdsa-1m"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1; DURATION=1.5; WARMUP=0.5 ;;
@@ -30,7 +37,9 @@ while [ $# -gt 0 ]; do
         --peers) PEERS=$2; shift ;;
         --idle-conns) IDLE_CONNS=$2; shift ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --baseline) BASELINE=$(realpath "$2"); PEERS="$PEERS baseline"; shift ;;
+        --variants) VARIANTS=$2; shift ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -352,9 +361,11 @@ start_gw() { # peer variant
     local t0
     t0=$(date +%s.%N)
     case "$peer" in
-        certgate)
+        certgate|baseline)
             write_certgate "$v" "$d"
-            taskset -c "$GW_CORE" "$CERTGATE" --threads 1 --log-format json serve --config "$d/certgate.yaml" \
+            local bin=$CERTGATE
+            [ "$peer" = baseline ] && bin=$BASELINE
+            taskset -c "$GW_CORE" "$bin" --threads 1 --log-format json serve --config "$d/certgate.yaml" \
                 >>"$GW_LOG" 2>&1 &
             GW_PID=$! ;;
         nginx)
@@ -439,7 +450,7 @@ EOF
 server_side_full_handshakes() { # peer round: how the gateway's own log confirms full handshakes
     local peer=$1 d="$W/$1-rsa-none" j
     case "$peer" in
-        certgate)
+        certgate|baseline)
             j=$(python3 - "$d/stdout.log" <<'EOF'
 import json, sys
 reqs, conns = 0, set()
@@ -461,7 +472,6 @@ EOF
 }
 
 # --- the run -------------------------------------------------------------------------------------
-VARIANTS="ecdsa-none rsa-none ecdsa-0 ecdsa-10k ecdsa-1m"
 read -r -a PEER_LIST <<< "$PEERS"
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
@@ -500,6 +510,7 @@ done
 
 # Memory per idle connection: a fresh gateway, IDLE_CONNS connections with one request each, held.
 for peer in "${PEER_LIST[@]}"; do
+    [ "$IDLE_CONNS" -gt 0 ] || break
     start_gw "$peer" ecdsa-none
     sleep 0.5
     n_idle=$IDLE_CONNS

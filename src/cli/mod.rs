@@ -30,7 +30,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub log_file: Option<PathBuf>,
     /// Runtime worker threads. Default: `TOKIO_WORKER_THREADS` if set, else one per CPU this
-    /// process may run on (so `taskset -c 0` alone already gives one).
+    /// process may run on (so `taskset -c 0` alone already gives one). One worker runs on a
+    /// current-thread runtime.
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
     #[command(subcommand)]

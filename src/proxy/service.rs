@@ -37,7 +37,8 @@ pub async fn handle(
     let active = ctx.activity.enter();
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Shares the request head's buffer: no copy of the path for the audit line.
+    let uri = req.uri().clone();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let (response, route, upstream, upstream_ms, refusal) =
         match decide_and_forward(&ctx, req, &bytes_in).await {
@@ -76,7 +77,7 @@ pub async fn handle(
         ctx,
         started,
         method,
-        path,
+        uri,
         route,
         upstream,
         upstream_ms,
@@ -92,7 +93,7 @@ pub struct Exchange {
     ctx: Arc<ConnContext>,
     started: Instant,
     method: Method,
-    path: String,
+    uri: Uri,
     status: u16,
     route: Option<RouteId>,
     upstream: Option<UpstreamId>,
@@ -134,7 +135,7 @@ impl OnFinish for Exchange {
             route,
             upstream,
             http.method = %self.method,
-            http.path = %self.path,
+            http.path = self.uri.path(),
             http.status = self.status,
             bytes.in = self.bytes_in.load(Ordering::Relaxed),
             bytes.out = bytes_out,
@@ -195,7 +196,7 @@ async fn decide_and_forward(
     let host = request_host(&req);
     let facts = RequestFacts {
         method: req.method(),
-        host: host.as_deref(),
+        host: host.as_ref().and_then(|h| h.to_str().ok()),
         sni: ctx.sni.as_deref(),
         path: req.uri().path(),
     };
@@ -250,9 +251,7 @@ async fn decide_and_forward(
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs it as `Host`.
     if let Some(host) = host {
         if !req.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+            req.headers_mut().insert(header::HOST, host);
         }
     }
     ctx.headers
@@ -333,13 +332,15 @@ fn upgrade_requested<B>(req: &Request<B>) -> Result<bool, Refused> {
     Ok(connection_upgrade)
 }
 
-/// The host the client addressed: `Host`, else the URI authority (HTTP/2 `:authority`).
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+/// The host the client addressed: `Host` (a shared view of the request head, no copy), else the
+/// URI authority (HTTP/2 `:authority`).
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let host = req.headers().get(header::HOST).filter(|h| h.to_str().is_ok());
+    host.cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection.

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Instructions and system calls per proxied keep-alive request, for one or more certgate binaries
+# side by side: a measure that does not move with the machine's load, unlike req/s or CPU time.
+#
+#   benches/instructions.sh PKI_DIR BINARY [BINARY ...]
+#
+# PKI_DIR: the `work/pki` folder a run of benches/compare.sh left under target/bench-results/.
+# For each binary: the gateway runs under `valgrind --tool=callgrind` uninstrumented, a
+# loadgen drives 16 HTTP/1.1 keep-alive connections through it to a plain nginx upstream, and
+# instrumentation is switched on for a fixed window once the connections are warm. The gateway's own
+# `certgate_requests_total` before and after the window gives the request count, so
+#   instructions/request = Ir collected ÷ requests in the window
+# (user-space instructions only: the kernel's share of a request is not in it). A second pass runs
+# the same load under `strace -c -f` and reports system calls per request by name.
+# Loopback only; every process started is stopped by its PID. Output under target/bench-results/.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+P=$(cd "$1" && pwd)
+shift
+BINS=()
+for b in "$@"; do BINS+=("$(realpath "$b")"); done
+WINDOW=${WINDOW:-8}
+OUT=$ROOT/target/bench-results/instructions-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT/up/tmp"
+GW_PORT=18443 UP_PORT=18080 ADMIN_PORT=19901
+LOADGEN=${LOADGEN:-$(cargo bench --locked --no-run --bench loadgen --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)}
+PIDS=()
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done' EXIT
+for tool in valgrind callgrind_control strace nginx; do
+    command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install valgrind strace nginx)" >&2; exit 1; }
+done
+
+BODY=$(printf 'x%.0s' $(seq 100))
+cat > "$OUT/up/nginx.conf" <<EOF
+user root; worker_processes 1; master_process off; pid $OUT/up/nginx.pid;
+error_log $OUT/up/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $OUT/up/tmp; proxy_temp_path $OUT/up/tmp;
+  fastcgi_temp_path $OUT/up/tmp; uwsgi_temp_path $OUT/up/tmp; scgi_temp_path $OUT/up/tmp;
+  keepalive_requests 100000000;
+  server { listen 127.0.0.1:$UP_PORT; default_type text/plain; location / { return 200 "$BODY"; } } }
+EOF
+taskset -c 1 nginx -p "$OUT/up" -c "$OUT/up/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+
+cat > "$OUT/certgate.yaml" <<EOF
+server:
+  listen: "127.0.0.1:$GW_PORT"
+  tls:
+    certificates: [{cert: $P/server-ecdsa-chain.pem, key: $P/server-ecdsa.key}]
+  client_auth:
+    trust_bundles: [{name: bench, ca: $P/cas.pem}]
+admin: {listen: "127.0.0.1:$ADMIN_PORT"}
+upstreams:
+  origin: {endpoints: ["http://127.0.0.1:$UP_PORT"]}
+partners:
+  - {id: bench, owner: perf@example.com, trust_bundle: bench, identities: [{subject_cn: bench-partner}], scopes: [bench]}
+routes:
+  - {name: all, path_prefix: /, scope: bench, upstream: origin}
+EOF
+
+wait_port() { for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; return 1; }
+requests() {
+    curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        awk '/^certgate_requests_total/ { s += $NF } END { printf "%d\n", s }'
+}
+load() { # seconds
+    taskset -c 1 "$LOADGEN" keepalive --connections 16 --addr "127.0.0.1:$GW_PORT" --ca "$P/cas.pem" \
+        --cert "$P/partner-chain.pem" --key "$P/partner.key" --duration "$1" --warmup 0.1 --label load
+}
+
+printf '%s\n' "binary,instructions_per_request,requests_in_window,syscalls_per_request" > "$OUT/summary.csv"
+for bin in "${BINS[@]}"; do
+    name=$(basename "$(dirname "$bin")")/$(basename "$bin")
+    # 1. Instructions.
+    taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.%p" \
+        "$bin" --threads 1 serve --config "$OUT/certgate.yaml" > "$OUT/gw.log" 2>&1 &
+    GW=$!; PIDS+=("$GW")
+    wait_port "$GW_PORT"
+    load $((WINDOW + 12)) > "$OUT/load.json" &
+    LG=$!
+    sleep 6
+    r1=$(requests)
+    callgrind_control -i on "$GW" >/dev/null
+    sleep "$WINDOW"
+    callgrind_control -i off "$GW" >/dev/null
+    r2=$(requests)
+    wait "$LG" || true
+    stop "$GW"
+    cg="$OUT/callgrind-$(basename "$bin").out"
+    cat "$OUT"/callgrind.* > "$cg"
+    rm -f "$OUT"/callgrind.*
+    ir=$(awk '/^totals:/ { print $2; exit }' "$cg")
+    n=$((r2 - r1))
+    ipr=$(python3 -c "print(round($ir / max($n, 1)))")
+    # 2. System calls.
+    taskset -c 0 strace -f -c -o "$OUT/strace.txt" "$bin" --threads 1 serve --config "$OUT/certgate.yaml" \
+        > "$OUT/gw-strace.log" 2>&1 &
+    GW=$!; PIDS+=("$GW")
+    wait_port "$GW_PORT"
+    load 6 > /dev/null
+    n2=$(requests)
+    # strace detaches on SIGTERM and leaves the gateway running: stop the gateway itself, and
+    # strace writes its table once it exits.
+    stop "$(pgrep -P "$GW" | head -1)"
+    stop "$GW"
+    calls=$(awk '/^ *[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+/ && $NF != "total" { s += $4 } END { print s }' "$OUT/strace.txt")
+    spr=$(python3 -c "print(round($calls / max($n2, 1), 2))")
+    echo "$name,$ipr,$n,$spr" >> "$OUT/summary.csv"
+    printf '%-40s %9s instructions/request (%s requests)  %s syscalls/request\n' "$name" "$ipr" "$n" "$spr" >&2
+    awk -v n="$n2" '/^ *[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+/ && $NF != "total" && $4 / n >= 0.05 { printf "      %-16s %6.2f/request\n", $NF, $4 / n }' \
+        "$OUT/strace.txt" >&2
+done
+echo "written to $OUT/summary.csv" >&2
