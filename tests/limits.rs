@@ -1,10 +1,11 @@
-//! Every connection limit, crossed on purpose: the offender gets a clean refusal or close, and the
-//! gateway keeps serving a well-behaved partner meanwhile.
+//! Every connection limit, crossed on purpose: the offender gets a clean refusal or close, the
+//! refusal is counted and audited, and the gateway keeps serving a well-behaved partner meanwhile.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -36,8 +37,47 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// The scrape once every connection's task has ended (so each refusal has been counted), checked
+/// to hold every line of `expected`.
+async fn settled(gw: &certgate::runtime::Gateway, expected: &[&str]) -> String {
+    let mut lines = vec!["certgate_connections_active 0"];
+    lines.extend_from_slice(expected);
+    scrape_until(gw.admin_addr(), &lines).await
+}
+
+/// The one `connection_refused` audit line of the connection from `client`, checked to carry
+/// `reason` and the fields every such line has.
+async fn refused_line(client: SocketAddr, reason: &str) -> serde_json::Value {
+    let lines = audit().of("connection_refused", client).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = lines.into_iter().next().unwrap();
+    assert_eq!(line["reason"], reason, "{line}");
+    assert_eq!(line["decision"], "deny", "{line}");
+    assert_eq!(line["partner"], "acme", "{line}");
+    for field in ["timestamp", "conn.id", "cert.serial"] {
+        assert!(!line[field].is_null(), "no {field}: {line}");
+    }
+    line
+}
+
+/// Asserts that the connection from `client` was not audited as refused.
+fn not_refused(client: SocketAddr) {
+    let client = client.to_string();
+    let lines: Vec<_> = audit()
+        .all()
+        .into_iter()
+        .filter(|v| v["event"] == "connection_refused" && v["client.addr"] == client.as_str())
+        .collect();
+    assert!(lines.is_empty(), "{lines:?}");
+}
+
+fn local_addr(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> SocketAddr {
+    tls.get_ref().0.local_addr().unwrap()
+}
+
 #[tokio::test]
 async fn a_client_that_never_finishes_the_handshake_is_dropped() {
+    let audit = audit();
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env
@@ -52,16 +92,39 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
             .is_some(),
         "still open after 5s"
     );
+    settled(
+        &gw,
+        &[
+            r#"certgate_tls_handshakes_total{result="timeout"} 1"#,
+            r#"certgate_tls_handshakes_total{result="ok"} 1"#,
+        ],
+    )
+    .await;
+    let lines = audit
+        .of("handshake_refused", tcp.local_addr().unwrap())
+        .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["reason"], "timeout");
+    assert_eq!(lines[0]["decision"], "deny");
 }
 
 #[tokio::test]
 async fn slowloris_headers_hit_the_header_read_timeout() {
+    audit();
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env
         .start(&limits(&env, &up, "    header_read_timeout: 400ms\n"))
         .await;
     let mut tls = env.acme_tls(&gw).await;
+    let slowloris = local_addr(&tls);
+    // A keep-alive connection that sends nothing after its first request also meets hyper's
+    // header read timeout: it is closed, but that is the end of an idle connection, no refusal.
+    let mut idle = env.acme_tls(&gw).await;
+    let idle_addr = local_addr(&idle);
+    idle.write_all(b"GET /v1/orders/idle HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
     tls.write_all(b"GET /v1/orders/1 HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
@@ -86,15 +149,27 @@ async fn slowloris_headers_hit_the_header_read_timeout() {
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
     );
+    let idle_answer = closed_within(&mut idle, Duration::from_secs(5))
+        .await
+        .expect("idle connection still open after 5s");
+    assert!(String::from_utf8_lossy(&idle_answer).starts_with("HTTP/1.1 200"));
     assert_eq!(
         up.count(),
-        1,
-        "only the well-behaved request reached the upstream"
+        2,
+        "only the well-behaved requests reached the upstream"
     );
+    settled(
+        &gw,
+        &[r#"certgate_connection_refusals_total{reason="header_timeout"} 1"#],
+    )
+    .await;
+    refused_line(slowloris, "header_timeout").await;
+    not_refused(idle_addr);
 }
 
 #[tokio::test]
 async fn oversized_or_too_many_headers_are_refused_with_431() {
+    audit();
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env
@@ -121,13 +196,57 @@ async fn oversized_or_too_many_headers_are_refused_with_431() {
             .expect("still open after 5s");
         let text = String::from_utf8_lossy(&answer);
         assert!(text.starts_with("HTTP/1.1 431"), "{name}: {text}");
+        refused_line(local_addr(&tls), "header_too_large").await;
     }
     assert_eq!(up.count(), 0);
     env.still_serves(&gw).await;
+    settled(
+        &gw,
+        &[r#"certgate_connection_refusals_total{reason="header_too_large"} 2"#],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_malformed_request_head_is_refused_with_400() {
+    audit();
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    for (name, head) in [
+        (
+            "header line without a colon",
+            "GET /v1/orders/1 HTTP/1.1\r\nHost: localhost\r\nX-No-Colon\r\n\r\n",
+        ),
+        (
+            "two different Content-Lengths",
+            "POST /v1/orders/1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        ),
+    ] {
+        let mut tls = env.acme_tls(&gw).await;
+        let _ = tls.write_all(head.as_bytes()).await;
+        let answer = closed_within(&mut tls, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{name}: still open after 5s"));
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 400"),
+            "{name}: {text}"
+        );
+        refused_line(local_addr(&tls), "bad_request").await;
+    }
+    assert_eq!(up.count(), 0);
+    env.still_serves(&gw).await;
+    settled(
+        &gw,
+        &[r#"certgate_connection_refusals_total{reason="bad_request"} 2"#],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let audit = audit();
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env
@@ -147,16 +266,33 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         !third.is_finished(),
         "a third connection was served beyond max_connections: 2"
     );
+    // Reaching the limit is counted and audited; the clients waiting in the backlog are not
+    // accepted, so certgate cannot name them.
+    scrape_until(
+        gw.admin_addr(),
+        &[
+            "certgate_connection_limit_reached_total 1",
+            "certgate_connections_active 2",
+        ],
+    )
+    .await;
+    let reached = audit.lines("event", "connection_limit_reached", 1).await;
+    assert_eq!(reached.len(), 1, "{reached:?}");
+    assert_eq!(reached[0]["decision"], "wait");
+    assert_eq!(reached[0]["limit"], 2);
     drop(first);
     let third = tokio::time::timeout(Duration::from_secs(5), third)
         .await
         .expect("never served")
         .unwrap();
-    assert!(third.is_ok());
+    let mut third = handshake_http(third.unwrap()).await.unwrap();
+    let answer = read(third.send(get("/v1/orders/1")).await.unwrap()).await;
+    assert_eq!(answer.status, 200);
 }
 
 #[tokio::test]
-async fn an_idle_keep_alive_connection_is_closed() {
+async fn an_idle_keep_alive_connection_is_closed_without_counting_a_refusal() {
+    audit();
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env
@@ -170,10 +306,82 @@ async fn an_idle_keep_alive_connection_is_closed() {
         .await
         .expect("idle connection still open after 5s");
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    // Closing an idle connection is the ordinary end of keep-alive, not a refusal.
+    let text = settled(&gw, &[]).await;
+    let refusals: Vec<_> = text
+        .lines()
+        .filter(|l| l.starts_with("certgate_connection_refusals_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(refusals.is_empty(), "{refusals:?}");
+    not_refused(local_addr(&tls));
+    env.still_serves(&gw).await;
+}
+
+/// Presents `leaf` and asserts the handshake is refused; returns the client's address.
+async fn refused_handshake(env: &Env, gw: &certgate::runtime::Gateway, leaf: &Leaf) -> SocketAddr {
+    // With TLS 1.3 the client learns of the refusal on its first read.
+    let mut tls = connect(
+        gw.local_addr(),
+        "localhost",
+        env.client(Some(leaf), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let client = local_addr(&tls);
+    let _ = tls
+        .write_all(b"GET /v1/orders/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let err = tls.read(&mut buf).await.unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    client
+}
+
+async fn chain_too_long_line(client: SocketAddr) {
+    let lines = audit().of("handshake_refused", client).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["reason"], "chain_too_long");
+    assert_eq!(lines[0]["decision"], "deny");
+}
+
+fn chain_bytes(leaf: &Leaf) -> usize {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+        .map(|c| c.unwrap().len())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_chain_larger_than_allowed_is_refused_in_the_handshake() {
+    audit();
+    let env = Env::new();
+    let up = Upstream::start().await;
+    // Room for a leaf issued by the root, not for one that brings an intermediate along.
+    let max = chain_bytes(&env.acme()) + 200;
+    let gw = env
+        .start(&limits(&env, &up, &format!("    max_chain_bytes: {max}\n")))
+        .await;
+    let big = env
+        .root
+        .intermediate("issuing")
+        .leaf("acme-billing")
+        .spiffe("spiffe://partners.example.com/acme")
+        .issue();
+    assert!(chain_bytes(&big) > max);
+    let client = refused_handshake(&env, &gw, &big).await;
+    assert_eq!(up.count(), 0);
+    env.still_serves(&gw).await;
+    settled(
+        &gw,
+        &[r#"certgate_tls_handshakes_total{result="chain_too_long"} 1"#],
+    )
+    .await;
+    chain_too_long_line(client).await;
 }
 
 #[tokio::test]
 async fn a_chain_longer_than_allowed_is_refused_in_the_handshake() {
+    audit();
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env
@@ -187,15 +395,9 @@ async fn a_chain_longer_than_allowed_is_refused_in_the_handshake() {
         .leaf("acme-billing")
         .spiffe("spiffe://partners.example.com/acme")
         .issue();
-    let err = call(
-        gw.local_addr(),
-        env.client(Some(&deep), &[b"http/1.1"]),
-        get("/v1/orders/1"),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.contains("AccessDenied"), "{err}");
+    let client = refused_handshake(&env, &gw, &deep).await;
     assert_eq!(up.count(), 0);
+    chain_too_long_line(client).await;
     // Two intermediates are within the limit.
     let ok = env
         .root
@@ -212,10 +414,19 @@ async fn a_chain_longer_than_allowed_is_refused_in_the_handshake() {
     .await
     .unwrap();
     assert_eq!(a.status, 200);
+    settled(
+        &gw,
+        &[
+            r#"certgate_tls_handshakes_total{result="chain_too_long"} 1"#,
+            r#"certgate_tls_handshakes_total{result="ok"} 1"#,
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_client_that_stops_reading_a_response_is_cut_after_the_idle_timeout() {
+    audit();
     let env = Env::new();
     let up = Upstream::start().await;
     let gw = env
@@ -238,4 +449,10 @@ async fn a_client_that_stops_reading_a_response_is_cut_after_the_idle_timeout() 
         received.len() < SIZE,
         "the whole body arrived: the reader was not cut"
     );
+    settled(
+        &gw,
+        &[r#"certgate_connection_refusals_total{reason="stalled"} 1"#],
+    )
+    .await;
+    refused_line(local_addr(&tls), "stalled").await;
 }
