@@ -168,6 +168,30 @@ async fn slowloris_headers_hit_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn http1_spoken_on_an_h2_connection_meets_the_same_header_read_timeout() {
+    audit();
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env
+        .start(&limits(&env, &up, "    header_read_timeout: 400ms\n"))
+        .await;
+    // hyper picks the protocol from the client's first bytes, whatever ALPN said.
+    let client = env.client(Some(&env.acme()), &[b"h2"]);
+    let mut tls = connect(gw.local_addr(), "localhost", client).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"GET /v1/orders/1 HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut tls, Duration::from_secs(5))
+        .await
+        .expect("a half-sent head on an h2 connection was held open");
+    assert!(!String::from_utf8_lossy(&answer).contains("200"));
+    refused_line(local_addr(&tls), "header_timeout").await;
+    assert_eq!(up.count(), 0);
+    env.still_serves(&gw).await;
+}
+
+#[tokio::test]
 async fn oversized_or_too_many_headers_are_refused_with_431() {
     audit();
     let env = Env::new();
