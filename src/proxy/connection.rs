@@ -386,6 +386,7 @@ fn refused(
         client.addr = %ctx.peer,
         partner = ctx.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
         cert.serial = %ctx.identity.serial,
+        cert.sha256 = %ctx.identity.fingerprint_hex(),
         reason = reason.as_str(),
         error = error.map(tracing::field::display),
         "connection closed: the client crossed a limit or broke the protocol"
