@@ -869,3 +869,159 @@ async fn an_http2_protocol_error_gets_goaway_and_is_counted() {
     .await;
     h2.peer.refused_line("http2_protocol_error").await;
 }
+
+// === Request bodies ===
+
+/// The standard configuration with a server-wide body limit of 1024 bytes, which the
+/// `payments-write` route raises to 100 000.
+fn body_limits(env: &Env, up: &Upstream) -> String {
+    let yaml = limits(env, up, "    max_body_bytes: 1024\n");
+    let route = "    scope: payments:write\n    upstream: orders\n";
+    assert!(yaml.contains(route));
+    yaml.replace(route, &format!("{route}    max_body_bytes: 100000\n"))
+}
+
+/// The `request` audit line of the one request to `path`, checked as a refusal for its size.
+async fn body_too_large_line(path: &str) {
+    let lines = audit().lines("http.path", path, 1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["event"], "request");
+    assert_eq!(line["decision"], "deny");
+    assert_eq!(line["reason"], "body_too_large");
+    assert_eq!(line["http.status"], 413);
+    assert_eq!(line["route"], "orders-read");
+    assert_eq!(line["partner"], "acme");
+}
+
+fn post(path: &str, body: Vec<u8>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::post(path)
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_refused_with_413_before_the_upstream_is_asked() {
+    audit();
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&body_limits(&env, &up)).await;
+
+    // HTTP/1.1: only the head, announcing more than the limit.
+    let (mut tls, _) = acme_conn(&env, &gw, b"http/1.1").await;
+    tls.write_all(
+        b"POST /v1/orders/count-body/declared HTTP/1.1\r\nHost: localhost\r\n\
+          Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = closed_within(&mut tls, Duration::from_secs(5))
+        .await
+        .expect("still open after 5s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+    assert!(text.contains(r#"{"error":"body_too_large""#), "{text}");
+
+    // HTTP/2: the body sent along, its length in content-length.
+    let a = call(
+        gw.local_addr(),
+        env.client(Some(&env.acme()), &[b"h2"]),
+        post("/v1/orders/count-body/declared-h2", vec![b'a'; 5000]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 413);
+    assert_eq!(a.reason(), "body_too_large");
+
+    assert_eq!(up.count(), 0, "the upstream was asked");
+    env.still_serves(&gw).await;
+    settled(
+        &gw,
+        &[r#"certgate_policy_denials_total{partner="acme",reason="body_too_large"} 2"#],
+    )
+    .await;
+    body_too_large_line("/v1/orders/count-body/declared").await;
+    body_too_large_line("/v1/orders/count-body/declared-h2").await;
+}
+
+#[tokio::test]
+async fn a_streamed_body_growing_past_the_limit_is_cut_and_the_upstream_never_sees_it_whole() {
+    audit();
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&body_limits(&env, &up)).await;
+    let (mut tls, _) = acme_conn(&env, &gw, b"http/1.1").await;
+    let chunk = format!("258\r\n{}\r\n", "a".repeat(600)); // 0x258 = 600 bytes
+    tls.write_all(
+        format!(
+            "POST /v1/orders/count-body/streamed HTTP/1.1\r\nHost: localhost\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{chunk}"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The first 600 bytes are within the limit and on their way upstream.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.count() == 0 {
+        assert!(Instant::now() < deadline, "the upstream was never asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 600 more cross 1024.
+    tls.write_all(chunk.as_bytes()).await.unwrap();
+    let answer = closed_within(&mut tls, Duration::from_secs(5))
+        .await
+        .expect("still open after 5s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains(r#"{"error":"body_too_large""#), "{text}");
+    let bodies = up.bodies(1).await;
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(
+        bodies[0].is_err(),
+        "the upstream saw a complete body: {bodies:?}"
+    );
+
+    env.still_serves(&gw).await;
+    settled(
+        &gw,
+        &[r#"certgate_policy_denials_total{partner="acme",reason="body_too_large"} 1"#],
+    )
+    .await;
+    body_too_large_line("/v1/orders/count-body/streamed").await;
+}
+
+#[tokio::test]
+async fn bodies_within_the_limit_arrive_intact_and_a_route_may_raise_it() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&body_limits(&env, &up)).await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let a = call(
+            gw.local_addr(),
+            env.client(Some(&env.acme()), &[alpn]),
+            post("/v1/orders/count-body/small", vec![b'a'; 1024]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (a.status.as_u16(), a.body.as_str()),
+            (200, r#"{"bytes":1024}"#)
+        );
+    }
+    // payments-write accepts 100 000 bytes; globex holds its scope.
+    let a = call(
+        gw.local_addr(),
+        env.client(Some(&env.globex()), &[b"h2"]),
+        post("/v1/payments/count-body", vec![b'p'; 50_000]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.body.as_str()),
+        (200, r#"{"bytes":50000}"#)
+    );
+    assert_eq!(up.bodies(3).await, vec![Ok(1024), Ok(1024), Ok(50_000)]);
+}

@@ -17,7 +17,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{CountIn, CountOut, OnFinish};
+use super::body::{BodyError, CountIn, CountOut, OnFinish};
 use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
@@ -224,6 +224,15 @@ async fn decide_and_forward(
         }
     };
     let route = &config.routes[route_id.0];
+    if let Some(limit) = route.max_body_bytes {
+        // A declared Content-Length over the limit is refused before the upstream is contacted.
+        if http_body::Body::size_hint(req.body()).lower() > limit {
+            return Err(Refused {
+                route: Some(route_id),
+                ..Refusal::BodyTooLarge.into()
+            });
+        }
+    }
 
     let path_and_query = match new_path {
         None => req
@@ -244,7 +253,7 @@ async fn decide_and_forward(
         .uri(path_and_query)
         .map_err(|_| Refused::from(Refusal::BadRequest))?;
 
-    let mut req = req.map(|body| CountIn::new(body, bytes_in.clone()));
+    let mut req = req.map(|body| CountIn::new(body, bytes_in.clone(), route.max_body_bytes));
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs it as `Host`.
     if let Some(host) = host {
         if !req.headers().contains_key(header::HOST) {
@@ -268,6 +277,9 @@ async fn decide_and_forward(
                 super::upstream::UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
                 super::upstream::UpstreamFailure::Timeout(_) => Refusal::UpstreamTimeout,
                 super::upstream::UpstreamFailure::Exchange(_) => Refusal::UpstreamError,
+                super::upstream::UpstreamFailure::ClientBody(e) if BodyError::is_too_large(&e) => {
+                    Refusal::BodyTooLarge
+                }
                 super::upstream::UpstreamFailure::ClientBody(_) => Refusal::BadRequest,
             };
             return Err(Refused {

@@ -43,6 +43,9 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// How each body sent to a `…/count-body…` path ended: its size when it arrived whole, the
+    /// error when it broke off.
+    pub bodies: Arc<Mutex<Vec<Result<u64, String>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -62,7 +65,11 @@ impl Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let record = seen.clone();
+        let bodies: Arc<Mutex<Vec<Result<u64, String>>>> = Arc::default();
+        let record = Record {
+            seen: seen.clone(),
+            bodies: bodies.clone(),
+        };
         let task = tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
@@ -76,7 +83,24 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, task }
+        Upstream {
+            addr,
+            seen,
+            bodies,
+            task,
+        }
+    }
+
+    /// How the bodies sent to `…/count-body…` paths ended, waiting up to 5 s for `n` of them.
+    pub async fn bodies(&self, n: usize) -> Vec<Result<u64, String>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let bodies = self.bodies.lock().unwrap().clone();
+            if bodies.len() >= n || Instant::now() > deadline {
+                return bodies;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn last(&self) -> Seen {
@@ -102,11 +126,17 @@ fn full(text: impl Into<Bytes>) -> UpBody {
         .boxed()
 }
 
+#[derive(Clone)]
+struct Record {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    bodies: Arc<Mutex<Vec<Result<u64, String>>>>,
+}
+
 async fn upstream_handle(
-    record: Arc<Mutex<Vec<Seen>>>,
+    record: Record,
     mut req: Request<Incoming>,
 ) -> Result<Response<UpBody>, Infallible> {
-    record.lock().unwrap().push(Seen {
+    record.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path_and_query: req
             .uri()
@@ -150,15 +180,28 @@ async fn upstream_handle(
             .unwrap();
         return Ok(resp);
     }
-    if path.starts_with("/v1/orders/count-body") || path.starts_with("/v1/upload") {
+    if path.contains("/count-body") || path.starts_with("/v1/upload") {
         // Count a streamed body without keeping it.
         let mut body = req.into_body();
         let mut total: u64 = 0;
         while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                total += data.len() as u64;
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len() as u64;
+                    }
+                }
+                Err(e) => {
+                    record.bodies.lock().unwrap().push(Err(e.to_string()));
+                    let broken = Response::builder()
+                        .status(StatusCode::BAD_REQUEST)
+                        .body(full("broken body"))
+                        .unwrap();
+                    return Ok(broken);
+                }
             }
         }
+        record.bodies.lock().unwrap().push(Ok(total));
         return Ok(Response::new(full(format!("{{\"bytes\":{total}}}"))));
     }
     if let Some(n) = path.strip_prefix("/v1/orders/download/") {
