@@ -1025,3 +1025,90 @@ async fn bodies_within_the_limit_arrive_intact_and_a_route_may_raise_it() {
     );
     assert_eq!(up.bodies(3).await, vec![Ok(1024), Ok(1024), Ok(50_000)]);
 }
+
+// === Upstream timeouts ===
+
+/// A listener whose accept queue is full and never drained: the kernel drops further SYNs, so a
+/// connect to it hangs until the connector's timeout. Returns it (keep it alive) and its address.
+async fn blackhole() -> (tokio::net::TcpListener, Vec<TcpStream>, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => queued.push(s),
+            _ => return (listener, queued, addr),
+        }
+    }
+    panic!("the accept queue never filled");
+}
+
+#[tokio::test]
+async fn upstream_connect_and_response_timeouts_are_answered_counted_and_audited() {
+    let audit = audit();
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let (_listener, _queued, hole) = blackhole().await;
+    let yaml = env
+        .config(up.addr, "")
+        .replace("http://127.0.0.1:1", &format!("http://{hole}"));
+    let gw = env.start(&yaml).await;
+    let client = env.client(Some(&env.acme()), &[b"http/1.1"]);
+
+    // The `orders` upstream answers after 3s; its request_timeout is 2s.
+    let a = call(
+        gw.local_addr(),
+        client.clone(),
+        get("/v1/orders/delay/3000"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (504, "upstream_timeout")
+    );
+    // The `dead` upstream never completes a TCP handshake; its connect_timeout is 1s.
+    let a = call(gw.local_addr(), client, get("/v1/broken/hole"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.reason().as_str()),
+        (502, "upstream_unavailable")
+    );
+    env.still_serves(&gw).await;
+
+    let text = settled(
+        &gw,
+        &[
+            r#"certgate_upstream_errors_total{kind="timeout",upstream="orders"} 1"#,
+            r#"certgate_upstream_errors_total{kind="connect",upstream="dead"} 1"#,
+            r#"certgate_requests_total{partner="acme",route="orders-read",status_class="5xx"} 1"#,
+            r#"certgate_requests_total{partner="acme",route="broken",status_class="5xx"} 1"#,
+        ],
+    )
+    .await;
+    // Upstream failures come after policy allowed the request: not denials.
+    assert!(!text.contains("certgate_policy_denials_total{"), "{text}");
+    for (path, reason, upstream) in [
+        ("/v1/orders/delay/3000", "upstream_timeout", "orders"),
+        ("/v1/broken/hole", "upstream_unavailable", "dead"),
+    ] {
+        let lines = audit
+            .wait(1, |v| {
+                v["http.path"] == path && v["upstream"] == upstream && v["reason"] == reason
+            })
+            .await;
+        assert_eq!(lines.len(), 1, "{path}: {lines:?}");
+        assert_eq!(lines[0]["decision"], "allow");
+        assert_eq!(
+            lines[0]["http.status"],
+            if reason == "upstream_timeout" {
+                504
+            } else {
+                502
+            }
+        );
+    }
+}
