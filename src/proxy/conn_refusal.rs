@@ -30,7 +30,8 @@ pub enum ConnRefusal {
     /// frames, a header block far over the limit, or too many streams that had to be refused.
     Http2Flood,
     /// No byte moved either way for `idle_timeout` while a request or response was in flight:
-    /// a client that stopped reading its response or stopped sending its request.
+    /// a client that stopped reading its response or stopped sending its request (or an
+    /// upstream slower than `idle_timeout`, where its `request_timeout` is set longer).
     Stalled,
 }
 
