@@ -4,7 +4,8 @@
 //!
 //! # Where what is counted
 //! * `proxy::connection`: handshakes (result, duration), active connections, partner certificate
-//!   expiry (once per connection).
+//!   expiry (once per connection), connections refused after the handshake (by reason).
+//! * `proxy::listener`: the connection limit reached.
 //! * `proxy::service`: requests, request and upstream latency, upstream errors, policy denials,
 //!   through [`Handles`] (array index by `RouteId` / `PartnerId` / `UpstreamId`).
 //! * `revocation`: CRL and OCSP checks where the verdict is made, through [`RevocationCounters`].
@@ -33,6 +34,7 @@ use prometheus::{
 
 use crate::config::model::{Config, PartnerId, UpstreamId};
 use crate::policy::RouteId;
+use crate::proxy::conn_refusal::ConnRefusal;
 use crate::tls::handshake::HandshakeFailure;
 
 /// Label value for a request that matched no route.
@@ -49,7 +51,7 @@ const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// `reason` label values of `certgate_policy_denials_total`: every refusal reason code except
 /// the upstream failures, which `certgate_upstream_errors_total` counts.
-pub const DENIAL_REASONS: [&str; 10] = [
+pub const DENIAL_REASONS: [&str; 11] = [
     "no_route",
     "scope_denied",
     "method_not_allowed",
@@ -60,6 +62,7 @@ pub const DENIAL_REASONS: [&str; 10] = [
     "revocation_unknown",
     "bad_request",
     "upgrade_not_allowed",
+    "body_too_large",
 ];
 
 /// `kind` label values of `certgate_upstream_errors_total` (`UpstreamFailure::kind`).
@@ -83,7 +86,7 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
     /// Index 0 is `ok`, then [`HandshakeFailure::ALL`] in order.
-    handshakes: [IntCounter; 9],
+    handshakes: [IntCounter; 1 + HandshakeFailure::ALL.len()],
     handshake_duration: Histogram,
     denials: IntCounterVec,
     revocation: Arc<RevocationCounters>,
@@ -94,6 +97,9 @@ pub struct Metrics {
     /// Partner id → recently seen certificates.
     seen_certs: DashMap<Box<str>, Vec<SeenCert>>,
     connections_active: IntGauge,
+    /// In [`ConnRefusal::ALL`] order.
+    connection_refusals: [IntCounter; ConnRefusal::ALL.len()],
+    connection_limit_reached: IntCounter,
     reloads_applied: IntCounter,
     reloads_rejected: IntCounter,
     last_reload_success: Gauge,
@@ -271,6 +277,19 @@ impl Metrics {
             "certgate_connections_active",
             "Partner connections open (handshake included).",
         )?;
+        let refusal_vec = IntCounterVec::new(
+            Opts::new(
+                "certgate_connection_refusals_total",
+                "Connections closed after the handshake because the client crossed a limit or broke the protocol, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let connection_refusals =
+            ConnRefusal::ALL.map(|r| refusal_vec.with_label_values(&[r.as_str()]));
+        let connection_limit_reached = IntCounter::new(
+            "certgate_connection_limit_reached_total",
+            "Times every max_connections permit was taken: further connections wait in the kernel's backlog until one closes.",
+        )?;
         let reloads = IntCounterVec::new(
             Opts::new(
                 "certgate_config_reloads_total",
@@ -304,6 +323,8 @@ impl Metrics {
             Box::new(ocsp_cache_entries.clone()),
             Box::new(cert_expiry.clone()),
             Box::new(connections_active.clone()),
+            Box::new(refusal_vec),
+            Box::new(connection_limit_reached.clone()),
             Box::new(reloads.clone()),
             Box::new(last_reload_success.clone()),
             Box::new(build_info),
@@ -327,6 +348,8 @@ impl Metrics {
             cert_expiry,
             seen_certs: DashMap::new(),
             connections_active,
+            connection_refusals,
+            connection_limit_reached,
             reloads_applied: reloads.with_label_values(&["applied"]),
             reloads_rejected: reloads.with_label_values(&["rejected"]),
             last_reload_success,
@@ -351,6 +374,7 @@ impl Metrics {
                 HandshakeFailure::RevocationUnknown => 6,
                 HandshakeFailure::ProtocolError => 7,
                 HandshakeFailure::Timeout => 8,
+                HandshakeFailure::ChainTooLong => 9,
             },
         };
         self.handshakes[i].inc();
@@ -365,6 +389,24 @@ impl Metrics {
 
     pub fn connections_active(&self) -> i64 {
         self.connections_active.get()
+    }
+
+    /// Counts a connection ended because its client crossed a limit or broke the protocol.
+    pub fn connection_refused(&self, reason: ConnRefusal) {
+        let i = match reason {
+            ConnRefusal::HeaderTooLarge => 0,
+            ConnRefusal::HeaderTimeout => 1,
+            ConnRefusal::BadRequest => 2,
+            ConnRefusal::Http2ProtocolError => 3,
+            ConnRefusal::Http2Flood => 4,
+            ConnRefusal::Stalled => 5,
+        };
+        self.connection_refusals[i].inc();
+    }
+
+    /// Counts the accept loop finding every connection permit taken.
+    pub fn connection_limit_reached(&self) {
+        self.connection_limit_reached.inc();
     }
 
     /// Notes a verified partner certificate for the expiry gauge. Once per connection: one map
@@ -640,6 +682,28 @@ mod tests {
             );
         }
         assert!(text.contains("certgate_build_info{version=\""));
+    }
+
+    #[test]
+    fn every_connection_refusal_is_exported_at_zero_and_counted_under_its_own_reason() {
+        let m = Metrics::new();
+        for r in ConnRefusal::ALL {
+            let line = |n: u32| {
+                format!(
+                    "certgate_connection_refusals_total{{reason=\"{}\"}} {n}",
+                    r.as_str()
+                )
+            };
+            assert!(m.encode(&ScrapeState::default()).contains(&line(0)));
+            m.connection_refused(r);
+            assert!(
+                m.encode(&ScrapeState::default()).contains(&line(1)),
+                "{r:?}"
+            );
+        }
+        assert!(m
+            .encode(&ScrapeState::default())
+            .contains("certgate_connection_limit_reached_total 0"));
     }
 
     #[test]

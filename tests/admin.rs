@@ -7,71 +7,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use tokio::net::TcpStream;
 
 use common::*;
-
-/// One plain-HTTP request to the admin API.
-async fn admin(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-) -> (StatusCode, http::HeaderMap, String) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8(body.to_vec()).unwrap())
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    let (status, headers, body) = admin(addr, "GET", "/metrics").await;
-    assert_eq!(status, 200);
-    assert!(headers["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
-    body
-}
-
-/// Scrapes until every line in `expected` is present: request metrics are recorded when the
-/// response body ends, which can be a moment after the client has read it.
-async fn scrape_until(addr: SocketAddr, expected: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = scrape(addr).await;
-        let missing: Vec<_> = expected
-            .iter()
-            .filter(|l| !text.lines().any(|line| line == **l))
-            .collect();
-        if missing.is_empty() {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "missing {missing:?} in the scrape:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 async fn json(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, serde_json::Value) {
     let (status, headers, body) = admin(addr, method, path).await;
@@ -488,58 +431,10 @@ fn check_refuses_a_non_loopback_admin_listener_without_allow_remote() {
     );
 }
 
-/// Collects what the audit subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Captured {
-    /// The JSON audit lines whose `http.path` or `event` is `key`, waiting up to 5 s for `n`.
-    async fn lines(&self, field: &str, key: &str, n: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-            let found: Vec<serde_json::Value> = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v[field] == key)
-                .collect();
-            if found.len() >= n || Instant::now() > deadline {
-                return found;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn audit_lines_carry_every_field_for_allowed_denied_and_refused() {
-    let captured = Captured::default();
-    let subscriber = certgate::audit::subscriber(
-        certgate::audit::LogFormat::Json,
-        tracing_subscriber::EnvFilter::new("certgate::audit=info"),
-        captured.clone(),
-        false,
-    );
-    // The only test in this binary that installs a subscriber; others' lines are filtered out
-    // by path below.
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    // Other tests' lines are filtered out by path below.
+    let captured = audit();
 
     let env = Env::new();
     let up = Upstream::start().await;

@@ -316,6 +316,54 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.forward.client_cert_header, ClientCertHeader::Rfc9440);
     assert_eq!(c.forward.partner_header, "x-partner-id");
     assert_eq!(c.routes[0].path, PathMatch::Prefix("/".to_owned()));
+    assert_eq!(c.server.limits.max_body_bytes, None);
+    assert_eq!(c.routes[0].max_body_bytes, None);
+}
+
+#[test]
+fn a_route_body_limit_overrides_the_server_wide_one() {
+    let text = FULL
+        .replace(
+            "    idle_timeout: 90s\n",
+            "    idle_timeout: 90s\n    max_body_bytes: 1048576\n",
+        )
+        .replace(
+            "    upstream: billing\n",
+            "    upstream: billing\n    max_body_bytes: 4096\n",
+        );
+    let c = check(&text).unwrap();
+    assert_eq!(c.server.limits.max_body_bytes, Some(1_048_576));
+    assert_eq!(c.routes[0].max_body_bytes, Some(1_048_576));
+    assert_eq!(c.routes[1].max_body_bytes, Some(4096));
+}
+
+#[test]
+fn a_zero_body_limit_is_located_at_the_server_or_its_route() {
+    let line_of = |text: &str, needle: &str| {
+        1 + text
+            .lines()
+            .position(|l| l.contains(needle))
+            .expect("the test config holds the needle")
+    };
+    let server = FULL.replace(
+        "    idle_timeout: 90s\n",
+        "    idle_timeout: 90s\n    max_body_bytes: 0\n",
+    );
+    let problem = only_problem(&server);
+    let (line, column, field) = yaml_place(&problem);
+    assert_eq!(field, "server.limits.max_body_bytes");
+    assert_eq!((line, column), (line_of(&server, "max_body_bytes: 0"), 21));
+    assert_eq!(problem.message, "must be greater than zero");
+
+    let route = FULL.replace(
+        "    upstream: billing\n",
+        "    upstream: billing\n    max_body_bytes: 0\n",
+    );
+    let problem = only_problem(&route);
+    let (line, column, field) = yaml_place(&problem);
+    assert_eq!(field, "routes[1].max_body_bytes");
+    assert_eq!((line, column), (line_of(&route, "max_body_bytes: 0"), 21));
+    assert_eq!(problem.message, "must be greater than zero");
 }
 
 #[test]

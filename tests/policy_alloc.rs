@@ -21,6 +21,7 @@ fn route(host: Option<&str>, path: PathMatch, methods: Option<Vec<Method>>, scop
         methods,
         scope: ScopeId(scope),
         upstream: UpstreamId(0),
+        max_body_bytes: None,
     }
 }
 

@@ -45,6 +45,7 @@ fn table() -> &'static RouteTable {
                 methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
                 scope: ScopeId(0),
                 upstream: UpstreamId(0),
+                max_body_bytes: None,
             })
             .collect();
         RouteTable::build(&routes)

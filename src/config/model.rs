@@ -88,6 +88,10 @@ pub struct Limits {
     pub max_chain_depth: usize,
     /// Largest total size of the presented certificates, in bytes (default 32 KiB).
     pub max_chain_bytes: usize,
+    /// Largest request body forwarded, in bytes, for routes that set no `max_body_bytes` of
+    /// their own (default none: bodies are streamed, never buffered, so their size costs no
+    /// memory; set it when the upstream should not receive large uploads).
+    pub max_body_bytes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -102,6 +106,7 @@ impl Default for Limits {
             h2_max_concurrent_streams: 100,
             max_chain_depth: 4,
             max_chain_bytes: 32 * 1024,
+            max_body_bytes: None,
         }
     }
 }
@@ -207,6 +212,11 @@ pub struct Route {
     pub methods: Option<Vec<http::Method>>,
     pub scope: ScopeId,
     pub upstream: UpstreamId,
+    /// Largest request body forwarded, in bytes: the route's own `max_body_bytes`, else
+    /// `server.limits.max_body_bytes`; `None` forwards any size. A declared `Content-Length` over
+    /// it is refused with 413 before the upstream is contacted; a body that grows past it while
+    /// streaming is cut, so the upstream sees an aborted request, never a complete one.
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

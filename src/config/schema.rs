@@ -107,6 +107,7 @@ pub struct Limits {
     pub h2_max_concurrent_streams: Option<u32>,
     pub max_chain_depth: Option<usize>,
     pub max_chain_bytes: Option<usize>,
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +179,9 @@ pub struct Route {
     pub methods: Option<Vec<String>>,
     pub scope: String,
     pub upstream: String,
+    /// Overrides `server.limits.max_body_bytes` for this route.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -226,7 +226,7 @@ impl<'a> Validator<'a> {
         let admin = self.admin(file.admin);
         let (upstreams, upstream_ids) = self.upstreams(file.upstreams);
         let partners = self.partners(file.partners, &bundle_ids);
-        let routes = self.routes(file.routes, &upstream_ids);
+        let routes = self.routes(file.routes, &upstream_ids, server.limits.max_body_bytes);
         let forward = self.forward(file.forward);
 
         model::Config {
@@ -349,6 +349,8 @@ impl<'a> Validator<'a> {
                 limits.max_chain_bytes,
                 d.max_chain_bytes,
             ),
+            max_body_bytes: self
+                .positive_opt(&format!("{at}.max_body_bytes"), limits.max_body_bytes),
         }
     }
 
@@ -747,6 +749,7 @@ impl<'a> Validator<'a> {
         &mut self,
         routes: Vec<schema::Route>,
         upstreams: &HashMap<String, Declared>,
+        max_body_bytes: Option<u64>,
     ) -> Vec<model::Route> {
         let mut names: HashMap<String, Declared> = HashMap::new();
         let mut out = Vec::with_capacity(routes.len());
@@ -794,6 +797,7 @@ impl<'a> Validator<'a> {
                 &r.upstream,
                 &format!("{at}.upstream"),
             );
+            let own_max_body = self.positive_opt(&format!("{at}.max_body_bytes"), r.max_body_bytes);
             out.push(model::Route {
                 name: r.name,
                 host,
@@ -801,6 +805,7 @@ impl<'a> Validator<'a> {
                 methods,
                 scope,
                 upstream: UpstreamId(upstream),
+                max_body_bytes: own_max_body.or(max_body_bytes),
             });
         }
         out
@@ -992,6 +997,17 @@ impl<'a> Validator<'a> {
                 default
             }
             Some(v) => v,
+        }
+    }
+
+    /// An optional limit with no default: absent stays `None`, zero is a problem.
+    fn positive_opt(&mut self, at: &str, value: Option<u64>) -> Option<u64> {
+        match value {
+            Some(0) => {
+                self.problem(at, "must be greater than zero");
+                None
+            }
+            other => other,
         }
     }
 

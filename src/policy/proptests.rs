@@ -351,6 +351,7 @@ fn to_route(r: &GenRoute) -> Route {
         methods: r.methods.clone(),
         scope: r.scope,
         upstream: UpstreamId(0),
+        max_body_bytes: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn route(host: Option<&str>, path: PathMatch, methods: Option<&[Method]>, scope:
         methods: methods.map(<[Method]>::to_vec),
         scope,
         upstream: UpstreamId(0),
+        max_body_bytes: None,
     }
 }
 

@@ -1,6 +1,8 @@
-//! Body adapters that count streamed bytes without buffering, and run a completion hook when the
-//! response body is finished (or dropped, when the client goes away first).
+//! Body adapters that count streamed bytes without buffering, cut a request body at its route's
+//! size limit, and run a completion hook when the response body is finished (or dropped, when the
+//! client goes away first).
 
+use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,35 +11,85 @@ use std::task::{ready, Context, Poll};
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 
-/// A request body that adds the size of every data frame to a shared counter.
+/// Why a request body ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client's body failed: broken framing, a reset stream, a connection gone.
+    #[error(transparent)]
+    Client(Box<dyn StdError + Send + Sync>),
+    /// The body grew past its route's `max_body_bytes`; the frame that crossed the limit was not
+    /// passed on.
+    #[error("the request body is over the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
+impl BodyError {
+    /// Whether `error` or one of its sources is a body cut at its size limit: how the forwarding
+    /// path tells a 413 from a client's broken body once the upstream client reports either.
+    pub fn is_too_large(error: &(dyn StdError + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(Self::TooLarge { .. }) = e.downcast_ref::<Self>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
+/// A request body that adds the size of every data frame it passes on to a shared counter, and
+/// fails with [`BodyError::TooLarge`] instead of passing on a frame that would take it past
+/// `limit`.
 #[derive(Debug)]
 pub struct CountIn<B> {
     inner: B,
     bytes: Arc<AtomicU64>,
+    limit: Option<u64>,
+    seen: u64,
 }
 
 impl<B> CountIn<B> {
-    pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
-        Self { inner, bytes }
+    pub fn new(inner: B, bytes: Arc<AtomicU64>, limit: Option<u64>) -> Self {
+        Self {
+            inner,
+            bytes,
+            limit,
+            seen: 0,
+        }
     }
 }
 
-impl<B: Body + Unpin> Body for CountIn<B> {
+impl<B> Body for CountIn<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame {
-            if let Some(data) = f.data_ref() {
-                self.bytes
-                    .fetch_add(data.remaining() as u64, Ordering::Relaxed);
-            }
+        if let Some(limit) = self.limit.filter(|l| self.seen > *l) {
+            // Once cut, always cut: ending the stream instead would pass for a complete body.
+            return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
         }
-        Poll::Ready(frame)
+        let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Client(e.into())))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.remaining() as u64;
+            self.seen = self.seen.saturating_add(len);
+            if let Some(limit) = self.limit.filter(|l| self.seen > *l) {
+                return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
+            }
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::conn_refusal::ConnRefusal;
 use super::dedicated::Dedicated;
 use super::headers::ConnectionHeaders;
 use super::refusal::Refusal;
@@ -68,6 +69,10 @@ pub struct Activity {
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
     last_io_ms: AtomicU64,
+    /// Reads that brought bytes, and their number when the last request's handler returned:
+    /// tells a half-sent request head from a keep-alive connection that sent nothing more.
+    reads: AtomicU64,
+    reads_when_handled: AtomicU64,
 }
 
 impl Activity {
@@ -77,6 +82,8 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             last_io_ms: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            reads_when_handled: AtomicU64::new(0),
         }
     }
 
@@ -86,6 +93,17 @@ impl Activity {
 
     fn io_progress(&self) {
         self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn read_progress(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.io_progress();
+    }
+
+    /// Whether bytes arrived since the last request was handled (or since the handshake).
+    /// Over-approximates when a request body kept arriving after its handler returned.
+    fn read_since_handled(&self) -> bool {
+        self.reads.load(Ordering::Relaxed) > self.reads_when_handled.load(Ordering::Relaxed)
     }
 
     /// How long no byte has moved on the connection.
@@ -120,6 +138,9 @@ pub struct ActivityGuard<'a>(&'a Activity);
 impl Drop for ActivityGuard<'_> {
     fn drop(&mut self) {
         self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0
+            .reads_when_handled
+            .store(self.0.reads.load(Ordering::Relaxed), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -139,7 +160,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.ctx.activity.io_progress();
+            self.ctx.activity.read_progress();
         }
         polled
     }
@@ -300,7 +321,12 @@ pub async fn serve(
             () = std::future::poll_fn(|cx| dedicated.map_or(Poll::Pending, |d| d.poll_drive(cx))), if dedicated.is_some() => {}
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(conn.id = id, error = %e, "connection ended with an error");
+                    match ConnRefusal::classify(&*e, ctx.activity.read_since_handled()) {
+                        Some(reason) => refused(&ctx, reason, Some(&*e)),
+                        None => {
+                            tracing::debug!(conn.id = id, error = %e, "connection ended with an error");
+                        }
+                    }
                 }
                 break;
             }
@@ -333,7 +359,7 @@ pub async fn serve(
                 if busy && ctx.activity.stalled_for() >= idle {
                     // A response nobody reads, or a request that stopped arriving: graceful
                     // shutdown would wait for it forever.
-                    tracing::info!(conn.id = id, client.addr = %peer, "closing a connection that made no progress for the idle timeout");
+                    refused(&ctx, ConnRefusal::Stalled, None);
                     break;
                 }
                 if !closing {
@@ -348,6 +374,29 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Counts and audits a connection ended because its client crossed a limit or broke the
+/// protocol. Once per connection, so a flood of refused connections costs one line each.
+fn refused(
+    ctx: &ConnContext,
+    reason: ConnRefusal,
+    error: Option<&(dyn std::error::Error + 'static)>,
+) {
+    ctx.snapshot.metrics.metrics().connection_refused(reason);
+    tracing::info!(
+        target: "certgate::audit",
+        event = "connection_refused",
+        decision = "deny",
+        conn.id = ctx.id,
+        client.addr = %ctx.peer,
+        partner = ctx.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
+        cert.serial = %ctx.identity.serial,
+        cert.sha256 = %ctx.identity.fingerprint_hex(),
+        reason = reason.as_str(),
+        error = error.map(tracing::field::display),
+        "connection closed: the client crossed a limit or broke the protocol"
+    );
 }
 
 type Identified = (

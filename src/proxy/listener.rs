@@ -6,17 +6,18 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Semaphore, TryAcquireError};
 
 use super::connection;
 use crate::runtime::Snapshot;
 
 /// Accepts partner connections until `shutdown` turns true. Each connection holds one permit of
-/// `permits` for its whole life, so the caller drains by acquiring them all back.
+/// `permits` (`limit` of them) for its whole life, so the caller drains by acquiring them all back.
 pub async fn accept_loop(
     listener: TcpListener,
     current: Arc<ArcSwap<Snapshot>>,
     permits: Arc<Semaphore>,
+    limit: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -24,12 +25,22 @@ pub async fn accept_loop(
     loop {
         // Taking the permit before accepting leaves excess connections in the kernel's backlog
         // instead of accepting sockets certgate cannot serve.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return,
+            Err(TryAcquireError::NoPermits) => {
+                // Draining takes every permit too; that is not the limit being reached.
+                if !*shutdown.borrow() {
+                    limit_reached(&current.load(), limit);
+                }
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+            }
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -59,4 +70,18 @@ pub async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// Counts and audits the accept loop running out of permits: from here on new connections wait
+/// in the kernel's backlog (and time out there) until one closes. Once per time the limit is
+/// reached, not per waiting client: certgate has not accepted those and cannot see them.
+fn limit_reached(snapshot: &Snapshot, limit: usize) {
+    snapshot.metrics.metrics().connection_limit_reached();
+    tracing::warn!(
+        target: "certgate::audit",
+        event = "connection_limit_reached",
+        decision = "wait",
+        limit,
+        "every connection permit is taken: new connections wait in the backlog"
+    );
 }

@@ -4,6 +4,7 @@
 //! a [`crate::runtime::Snapshot`] holds.
 
 pub mod body;
+pub mod conn_refusal;
 pub mod connection;
 pub mod dedicated;
 pub mod headers;

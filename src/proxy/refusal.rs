@@ -23,6 +23,10 @@ pub enum Refusal {
     BadRequest,
     /// `Upgrade: h2c` and similar protocol switches certgate never forwards.
     UpgradeNotAllowed,
+    /// The request body is over the route's `max_body_bytes`: declared so in `Content-Length`
+    /// (the upstream was not contacted) or grown past it while streaming (the upstream request
+    /// was aborted).
+    BodyTooLarge,
     UpstreamUnavailable,
     UpstreamTimeout,
     UpstreamError,
@@ -103,6 +107,11 @@ impl Refusal {
                 "upgrade_not_allowed",
                 "this protocol upgrade is not allowed",
             ),
+            Self::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than this route accepts",
+            ),
             Self::UpstreamUnavailable => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
@@ -160,10 +169,19 @@ mod tests {
             Refusal::UnknownPartner,
             Refusal::CertificateRevoked,
             Refusal::RevocationUnknown,
+            Refusal::BadRequest,
+            Refusal::UpgradeNotAllowed,
+            Refusal::BodyTooLarge,
             Refusal::UpstreamUnavailable,
             Refusal::UpstreamTimeout,
         ];
         for r in all {
+            // Every refusal but an upstream failure is counted as a denial under its reason.
+            assert_eq!(
+                crate::metrics::DENIAL_REASONS.contains(&r.reason()),
+                !r.is_upstream_failure(),
+                "{r:?}"
+            );
             let resp = r.response(None);
             assert_eq!(resp.status(), r.status());
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
@@ -178,6 +196,10 @@ mod tests {
         assert_eq!(
             Refusal::UpstreamTimeout.status(),
             StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            Refusal::BodyTooLarge.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
         );
     }
 }

@@ -12,12 +12,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{CountIn, CountOut, OnFinish};
+use super::body::{BodyError, CountIn, CountOut, OnFinish};
 use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
@@ -226,6 +226,15 @@ async fn decide_and_forward(
         }
     };
     let route = &config.routes[route_id.0];
+    if let Some(limit) = route.max_body_bytes {
+        // A declared Content-Length over the limit is refused before the upstream is contacted.
+        if http_body::Body::size_hint(req.body()).lower() > limit {
+            return Err(Refused {
+                route: Some(route_id),
+                ..Refusal::BodyTooLarge.into()
+            });
+        }
+    }
 
     let path_and_query = match new_path {
         None => req
@@ -242,12 +251,14 @@ async fn decide_and_forward(
         }
     };
     let upstream = &snapshot.upstreams[route.upstream.0];
+    // Only HTTP/1.x requests: they come one at a time. (ALPN does not settle it: a client may
+    // speak HTTP/2 with prior knowledge on a connection that negotiated nothing.)
     let dedicated = ctx
         .dedicated
         .as_ref()
-        .filter(|_| !upgrade && upstream.dedicable());
+        .filter(|_| !upgrade && upstream.dedicable() && req.version() < Version::HTTP_2);
 
-    let mut req = req.map(|body| CountIn::new(body, bytes_in.clone()));
+    let mut req = req.map(|body| CountIn::new(body, bytes_in.clone(), route.max_body_bytes));
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs it as `Host`.
     if let Some(host) = host {
         if !req.headers().contains_key(header::HOST) {
@@ -284,6 +295,9 @@ async fn decide_and_forward(
                 UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
                 UpstreamFailure::Timeout(_) => Refusal::UpstreamTimeout,
                 UpstreamFailure::Exchange(_) => Refusal::UpstreamError,
+                UpstreamFailure::ClientBody(e) if BodyError::is_too_large(&*e) => {
+                    Refusal::BodyTooLarge
+                }
                 UpstreamFailure::ClientBody(_) => Refusal::BadRequest,
             };
             return Err(Refused {
@@ -335,7 +349,10 @@ fn upgrade_requested<B>(req: &Request<B>) -> Result<bool, Refused> {
 /// The host the client addressed: `Host` (a shared view of the request head, no copy), else the
 /// URI authority (HTTP/2 `:authority`).
 fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
-    let host = req.headers().get(header::HOST).filter(|h| h.to_str().is_ok());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .filter(|h| h.to_str().is_ok());
     host.cloned().or_else(|| {
         req.uri()
             .authority()

@@ -137,6 +137,7 @@ impl Gateway {
             listener,
             current.clone(),
             permits.clone(),
+            max_connections,
             rx,
         ));
         tracing::info!(listen = %local_addr, admin = %admin_addr, "certgate is accepting partner connections");

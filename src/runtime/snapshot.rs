@@ -155,25 +155,35 @@ fn empty_revocation(registry: Arc<Registry>) -> Result<Revocation, Vec<BuildErro
     Revocation::new(&[], &[], registry).map_err(|e| vec![e.into()])
 }
 
+/// The HTTP/1.1 and HTTP/2 builders, chosen per connection by ALPN.
+///
+/// `serve_connection_with_upgrades` sniffs the client's preface and ignores `http1_only` and
+/// `http2_only`: a client that negotiated `http/1.1` may still speak HTTP/2 and the reverse. So
+/// each builder carries every limit for both protocols, or such a client would be served with
+/// hyper's defaults (for HTTP/1.1 over an `h2` connection: no header read timeout at all).
 fn http_builders(config: &Config) -> (auto::Builder<TokioExecutor>, auto::Builder<TokioExecutor>) {
     let limits = &config.server.limits;
-    let mut http1 = auto::Builder::new(TokioExecutor::new()).http1_only();
-    http1
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
-    http2
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(64)
-        .keep_alive_interval(limits.idle_timeout / 2)
-        .keep_alive_timeout(std::time::Duration::from_secs(20));
-    (http1, http2)
+    let configure = |mut builder: auto::Builder<TokioExecutor>| {
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(64)
+            .keep_alive_interval(limits.idle_timeout / 2)
+            .keep_alive_timeout(std::time::Duration::from_secs(20));
+        builder
+    };
+    (
+        configure(auto::Builder::new(TokioExecutor::new()).http1_only()),
+        configure(auto::Builder::new(TokioExecutor::new()).http2_only()),
+    )
 }

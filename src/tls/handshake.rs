@@ -20,10 +20,13 @@ pub enum HandshakeFailure {
     RevocationUnknown,
     ProtocolError,
     Timeout,
+    /// More intermediates than `max_chain_depth`, or more certificate bytes than
+    /// `max_chain_bytes`: refused before any path building.
+    ChainTooLong,
 }
 
 impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 8] = [
+    pub const ALL: [HandshakeFailure; 9] = [
         Self::NoClientCert,
         Self::UnknownCa,
         Self::Expired,
@@ -32,6 +35,7 @@ impl HandshakeFailure {
         Self::RevocationUnknown,
         Self::ProtocolError,
         Self::Timeout,
+        Self::ChainTooLong,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +48,7 @@ impl HandshakeFailure {
             Self::RevocationUnknown => "revocation_unknown",
             Self::ProtocolError => "protocol_error",
             Self::Timeout => "timeout",
+            Self::ChainTooLong => "chain_too_long",
         }
     }
 
@@ -60,6 +65,8 @@ impl HandshakeFailure {
                 CertificateError::InvalidPurpose
                 | CertificateError::InvalidPurposeContext { .. } => Self::BadEku,
                 CertificateError::Revoked => Self::Revoked,
+                // Raised by certgate's verifier for its chain bounds only.
+                CertificateError::ApplicationVerificationFailure => Self::ChainTooLong,
                 CertificateError::UnknownRevocationStatus
                 | CertificateError::ExpiredRevocationList
                 | CertificateError::ExpiredRevocationListContext { .. } => Self::RevocationUnknown,

@@ -154,6 +154,8 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, Error> {
         let bytes = end_entity.len() + intermediates.iter().map(|c| c.len()).sum::<usize>();
         if intermediates.len() > self.limits.max_intermediates || bytes > self.limits.max_bytes {
+            // The one use of this error in certgate: `HandshakeFailure` reads it as
+            // `chain_too_long`. rustls answers it with the access_denied alert.
             return Err(CertificateError::ApplicationVerificationFailure.into());
         }
         let ee = EndEntityCert::try_from(end_entity).map_err(pki_error)?;

@@ -16,7 +16,8 @@ pub mod pki;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -43,6 +44,9 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// How each body sent to a `…/count-body…` path ended: its size when it arrived whole, the
+    /// error when it broke off.
+    pub bodies: Arc<Mutex<Vec<Result<u64, String>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -62,7 +66,11 @@ impl Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let record = seen.clone();
+        let bodies: Arc<Mutex<Vec<Result<u64, String>>>> = Arc::default();
+        let record = Record {
+            seen: seen.clone(),
+            bodies: bodies.clone(),
+        };
         let task = tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
@@ -76,7 +84,24 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, task }
+        Upstream {
+            addr,
+            seen,
+            bodies,
+            task,
+        }
+    }
+
+    /// How the bodies sent to `…/count-body…` paths ended, waiting up to 5 s for `n` of them.
+    pub async fn bodies(&self, n: usize) -> Vec<Result<u64, String>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let bodies = self.bodies.lock().unwrap().clone();
+            if bodies.len() >= n || Instant::now() > deadline {
+                return bodies;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn last(&self) -> Seen {
@@ -102,11 +127,17 @@ fn full(text: impl Into<Bytes>) -> UpBody {
         .boxed()
 }
 
+#[derive(Clone)]
+struct Record {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    bodies: Arc<Mutex<Vec<Result<u64, String>>>>,
+}
+
 async fn upstream_handle(
-    record: Arc<Mutex<Vec<Seen>>>,
+    record: Record,
     mut req: Request<Incoming>,
 ) -> Result<Response<UpBody>, Infallible> {
-    record.lock().unwrap().push(Seen {
+    record.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path_and_query: req
             .uri()
@@ -150,15 +181,28 @@ async fn upstream_handle(
             .unwrap();
         return Ok(resp);
     }
-    if path.starts_with("/v1/orders/count-body") || path.starts_with("/v1/upload") {
+    if path.contains("/count-body") || path.starts_with("/v1/upload") {
         // Count a streamed body without keeping it.
         let mut body = req.into_body();
         let mut total: u64 = 0;
         while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                total += data.len() as u64;
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len() as u64;
+                    }
+                }
+                Err(e) => {
+                    record.bodies.lock().unwrap().push(Err(e.to_string()));
+                    let broken = Response::builder()
+                        .status(StatusCode::BAD_REQUEST)
+                        .body(full("broken body"))
+                        .unwrap();
+                    return Ok(broken);
+                }
             }
         }
+        record.bodies.lock().unwrap().push(Ok(total));
         return Ok(Response::new(full(format!("{{\"bytes\":{total}}}"))));
     }
     if let Some(n) = path.strip_prefix("/v1/orders/download/") {
@@ -546,4 +590,145 @@ pub async fn eventually(deadline: std::time::Duration, mut cond: impl FnMut() ->
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     cond()
+}
+
+/// One plain-HTTP request to the admin API.
+pub async fn admin(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The admin API's `/metrics`, checked to be the Prometheus text format.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let (status, headers, body) = admin(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    body
+}
+
+/// Scrapes until every line in `expected` is present: request metrics are recorded when the
+/// response body ends, and connection metrics when the connection's task ends, which can be a
+/// moment after the client has seen the answer or the close.
+pub async fn scrape_until(addr: SocketAddr, expected: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(addr).await;
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|l| !text.lines().any(|line| line == **l))
+            .collect();
+        if missing.is_empty() {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing {missing:?} in the scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The audit lines (target `certgate::audit`, JSON) of every gateway in this test binary.
+///
+/// [`audit`] installs the capturing subscriber as the global default the first time it is
+/// called, so a test calls it before it provokes what it wants to read. Tests of one binary run
+/// side by side and share the capture: pick lines by something only your test produced (the
+/// client's address for a connection, a unique request path).
+#[derive(Clone, Default)]
+pub struct AuditLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for AuditLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AuditLog {
+    type Writer = AuditLog;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The capture every test in this binary shares (see [`AuditLog`]).
+pub fn audit() -> &'static AuditLog {
+    static LOG: OnceLock<AuditLog> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = AuditLog::default();
+        let subscriber = certgate::audit::subscriber(
+            certgate::audit::LogFormat::Json,
+            tracing_subscriber::EnvFilter::new("certgate::audit=info"),
+            log.clone(),
+            false,
+        );
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        log
+    })
+}
+
+impl AuditLog {
+    /// Every line captured so far.
+    pub fn all(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect()
+    }
+
+    /// The lines whose `field` is `value`, waiting up to 5 s for at least `n`.
+    pub async fn lines(&self, field: &str, value: &str, n: usize) -> Vec<serde_json::Value> {
+        self.wait(n, |v| v[field] == value).await
+    }
+
+    /// The `event` lines about the connection from `client` (the client's local address),
+    /// waiting up to 5 s for at least one.
+    pub async fn of(&self, event: &str, client: SocketAddr) -> Vec<serde_json::Value> {
+        let client = client.to_string();
+        self.wait(1, |v| {
+            v["event"] == event && v["client.addr"] == client.as_str()
+        })
+        .await
+    }
+
+    /// The lines matching `keep`, waiting up to 5 s for at least `n`.
+    pub async fn wait(
+        &self,
+        n: usize,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found: Vec<_> = self.all().into_iter().filter(|v| keep(v)).collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }
