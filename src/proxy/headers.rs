@@ -99,10 +99,20 @@ impl ConnectionHeaders {
     /// client sent, then adds certgate's own. `upgrade` keeps `Connection: upgrade` and `Upgrade`
     /// for a protocol switch certgate has agreed to pass (WebSocket).
     pub fn rewrite_request(&self, headers: &mut HeaderMap, forward: &Forward, upgrade: bool) {
-        strip_hop_by_hop(headers, upgrade);
-        for name in identity_names(forward) {
-            headers.remove(name);
+        // Most requests carry none of these: one pass over the names present is cheaper than
+        // hashing every name certgate might remove.
+        let present = headers
+            .keys()
+            .any(|name| is_hop_by_hop(name) || is_identity(name, forward));
+        if present {
+            strip_hop_by_hop(headers, upgrade);
+            for name in identity_names(forward) {
+                headers.remove(name);
+            }
+        } else if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
+        headers.reserve(self.add.len());
         for (name, value) in &self.add {
             headers.insert(name.clone(), value.clone());
         }
@@ -111,7 +121,18 @@ impl ConnectionHeaders {
 
 /// Drops hop-by-hop headers from a response before it goes back to the partner.
 pub fn rewrite_response(headers: &mut HeaderMap, upgrade: bool) {
-    strip_hop_by_hop(headers, upgrade);
+    if upgrade || headers.keys().any(is_hop_by_hop) {
+        strip_hop_by_hop(headers, upgrade);
+    }
+}
+
+/// A name [`strip_hop_by_hop`] may remove (`Connection` can name others, but only when present).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION || name == header::UPGRADE || hop_by_hop().contains(&name)
+}
+
+fn is_identity(name: &HeaderName, forward: &Forward) -> bool {
+    identity_names(forward).contains(&name)
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
