@@ -26,8 +26,11 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
+use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
+
+mod json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -94,9 +97,8 @@ where
     match format {
         LogFormat::Json => Box::new(
             builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
+                .fmt_fields(JsonFields::new())
+                .event_format(json::JsonLine)
                 .finish(),
         ),
         LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
