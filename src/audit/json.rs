@@ -34,10 +34,23 @@ use tracing_subscriber::registry::LookupSpan;
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct JsonLine;
 
+/// The line being written. A line is about a hundred small pieces (keys, quotes, numbers, runs of
+/// text); handing each to tracing-subscriber's `Writer` costs a dynamic call and a `String`
+/// capacity check, so they are gathered here first and passed on in a few large writes.
+struct Line<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    /// Holds only whole `&str`s, so it is always valid UTF-8.
+    buf: [u8; LINE_CHUNK],
+    len: usize,
+}
+
+/// Large enough that a typical request line (about 650 bytes) takes two writes.
+const LINE_CHUNK: usize = 512;
+
 /// Writes one field per call, each preceded by a comma: the object is already open (the timestamp
 /// comes first), so no field needs to know whether it is the first.
-struct Fields<'a, 'w> {
-    out: &'a mut Writer<'w>,
+struct Fields<'a, 'b, 'w> {
+    line: &'a mut Line<'b, 'w>,
     /// The first error; once set, later fields are skipped and the line is dropped.
     result: fmt::Result,
 }
@@ -60,9 +73,10 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        writer.write_str("{\"timestamp\":\"")?;
-        write_timestamp(&mut writer, SystemTime::now())?;
-        writer.write_str(match *meta.level() {
+        let mut line = Line::new(&mut writer);
+        line.write_str("{\"timestamp\":\"")?;
+        write_timestamp(&mut line, SystemTime::now())?;
+        line.write_str(match *meta.level() {
             Level::TRACE => "\",\"level\":\"TRACE\"",
             Level::DEBUG => "\",\"level\":\"DEBUG\"",
             Level::INFO => "\",\"level\":\"INFO\"",
@@ -70,14 +84,14 @@ where
             Level::ERROR => "\",\"level\":\"ERROR\"",
         })?;
         let mut fields = Fields {
-            out: &mut writer,
+            line: &mut line,
             result: Ok(()),
         };
         event.record(&mut fields);
         fields.result?;
-        writer.write_str(",\"target\":\"")?;
-        write_escaped(&mut writer, meta.target())?;
-        writer.write_char('"')?;
+        line.write_str(",\"target\":\"")?;
+        write_escaped(&mut line, meta.target())?;
+        line.write_char('"')?;
         // The same test tracing-subscriber makes: an explicit parent, or else the current span.
         let in_span = event
             .parent()
@@ -85,16 +99,17 @@ where
             .or_else(|| ctx.lookup_current())
             .is_some();
         if in_span {
-            write_spans(&mut writer, ctx)?;
+            write_spans(&mut line, ctx)?;
         }
-        writer.write_str("}\n")
+        line.write_str("}\n")?;
+        line.flush()
     }
 }
 
 /// `"spans":[…]`, root first: each span's recorded fields (stored as a JSON object by
 /// `JsonFields`) plus its `name`, as tracing-subscriber writes them. certgate itself opens no spans;
 /// dependencies do at `debug` and `trace`.
-fn write_spans<S, N>(out: &mut Writer<'_>, ctx: &FmtContext<'_, S, N>) -> fmt::Result
+fn write_spans<S, N>(out: &mut Line<'_, '_>, ctx: &FmtContext<'_, S, N>) -> fmt::Result
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'w> FormatFields<'w> + 'static,
@@ -125,29 +140,68 @@ where
     out.write_char(']')
 }
 
+// === impl Line ===
+
+impl<'a, 'w> Line<'a, 'w> {
+    fn new(out: &'a mut Writer<'w>) -> Self {
+        Self {
+            out,
+            buf: [0; LINE_CHUNK],
+            len: 0,
+        }
+    }
+
+    /// Passes what is gathered on to tracing-subscriber's buffer.
+    fn flush(&mut self) -> fmt::Result {
+        let pending = self.buf.get(..self.len).unwrap_or_default();
+        // Whole `&str`s only went in, so this never fails; checking costs less than a write.
+        self.out
+            .write_str(std::str::from_utf8(pending).map_err(|_| fmt::Error)?)?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+impl fmt::Write for Line<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if s.len() > LINE_CHUNK - self.len {
+            self.flush()?;
+            if s.len() > LINE_CHUNK {
+                return self.out.write_str(s);
+            }
+        }
+        let end = self.len + s.len();
+        if let Some(free) = self.buf.get_mut(self.len..end) {
+            free.copy_from_slice(s.as_bytes());
+            self.len = end;
+        }
+        Ok(())
+    }
+}
+
 // === impl Fields ===
 
-impl Fields<'_, '_> {
+impl Fields<'_, '_, '_> {
     /// `,"name":`; names that would collide with the line's own keys get a `fields.` prefix.
     fn key(&mut self, field: &Field) -> fmt::Result {
         let name = field.name();
         match name {
-            "timestamp" | "level" | "target" | "spans" => self.out.write_str(",\"fields.")?,
-            _ => self.out.write_str(",\"")?,
+            "timestamp" | "level" | "target" | "spans" => self.line.write_str(",\"fields.")?,
+            _ => self.line.write_str(",\"")?,
         }
-        write_escaped(self.out, name)?;
-        self.out.write_str("\":")
+        write_escaped(self.line, name)?;
+        self.line.write_str("\":")
     }
 
     /// Writes one field unless an earlier one failed.
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Line<'_, '_>) -> fmt::Result) {
         if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| value(self.out));
+            self.result = self.key(field).and_then(|()| value(self.line));
         }
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_, '_, '_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.field(field, |out| {
             // JSON has no NaN or infinity; serde_json writes null for them too.
@@ -223,25 +277,53 @@ const CONTROL: [&str; 32] = [
     "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
 ];
 
+/// Whether any of the eight bytes packed in `word` needs escaping: below 0x20, `"` or `\`. The
+/// classic SWAR tests (a byte less than `n` sets its high bit in `(x - n·0x01…) & !x & 0x80…`;
+/// equality is "less than 1" after an XOR), exact as a yes/no answer.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    (below(word, 0x20) | below(quote, 1) | below(backslash, 1)) != 0
+}
+
 /// Writes `s` as JSON string content (RFC 8259 §7): quote, backslash and control characters
-/// escaped, everything else — including non-ASCII UTF-8 — passed through in runs.
+/// escaped, everything else — including non-ASCII UTF-8 — passed through in runs. Clean text is
+/// skipped eight bytes at a time; audit values rarely need an escape at all.
 fn write_escaped<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
-    let mut start = 0;
-    for (i, &byte) in s.as_bytes().iter().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            0..=0x1f => CONTROL[usize::from(byte)],
-            _ => continue,
-        };
-        // `start` and `i` sit next to ASCII bytes, so both are character boundaries.
-        if let Some(run) = s.get(start..i) {
-            if !run.is_empty() {
-                out.write_str(run)?;
-            }
+    let bytes = s.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let word = bytes
+            .get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes);
+        if word.is_some_and(|w| !needs_escape(w)) {
+            i += 8;
+            continue;
         }
-        out.write_str(escape)?;
-        start = i + 1;
+        // Byte by byte through the word that holds an escape, or through the last few bytes.
+        let end = bytes.len().min(i + 8);
+        while i < end {
+            let byte = bytes[i];
+            i += 1;
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                0..=0x1f => CONTROL[usize::from(byte)],
+                _ => continue,
+            };
+            // `start` and `i - 1` sit next to ASCII bytes, so both are character boundaries.
+            if let Some(run) = s.get(start..i - 1) {
+                if !run.is_empty() {
+                    out.write_str(run)?;
+                }
+            }
+            out.write_str(escape)?;
+            start = i;
+        }
     }
     match s.get(start..) {
         Some(rest) if !rest.is_empty() => out.write_str(rest),
