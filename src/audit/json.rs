@@ -1,0 +1,459 @@
+//! The JSON line format, written straight into the line buffer tracing-subscriber lends us.
+//!
+//! tracing-subscriber's own JSON formatter drives a `serde_json` map serializer, formats the
+//! timestamp into a fresh `String` and goes through an `io::Write` adaptor for every token. At one
+//! audit line per request that was about 13 % of the gateway's CPU on the keep-alive path (issue
+//! 5). This formatter writes the same line, byte for byte apart from the timestamp's value, with no
+//! allocation: strings are escaped in runs, numbers go through `itoa`/`zmij` (the crates
+//! `serde_json` itself uses) and the timestamp's date and time of day are computed once per second
+//! per thread.
+//!
+//! Shape, in this order: `timestamp`, `level`, the event's fields in the order the macro lists
+//! them (`message` first, as tracing puts it there), `target`, then `spans` only when the event
+//! happens inside a span — exactly what `fmt().json().flatten_event(true).with_current_span(false)`
+//! wrote.
+//!
+//! Deliberate differences from tracing-subscriber's formatter:
+//! * A field named `timestamp`, `level`, `target` or `spans` is written as `fields.<name>`: the
+//!   old formatter wrote the key twice, and which of the two a reader kept depended on the reader.
+//! * Records from the `log` crate are not renamed to their original target: certgate installs no
+//!   `log` bridge, so none arrive.
+
+use std::cell::Cell;
+use std::fmt::{self, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Formats each event as one JSON object on one line. Pair it with
+/// [`tracing_subscriber::fmt::format::JsonFields`] so span fields are stored as JSON objects.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JsonLine;
+
+/// The line being written. A line is about a hundred small pieces (keys, quotes, numbers, runs of
+/// text); handing each to tracing-subscriber's `Writer` costs a dynamic call and a `String`
+/// capacity check, so they are gathered here first and passed on in a few large writes.
+struct Line<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    /// Holds only whole `&str`s, so it is always valid UTF-8.
+    buf: [u8; LINE_CHUNK],
+    len: usize,
+}
+
+/// Large enough that a typical request line (about 650 bytes) takes two writes.
+const LINE_CHUNK: usize = 512;
+
+/// Writes one field per call, each preceded by a comma: the object is already open (the timestamp
+/// comes first), so no field needs to know whether it is the first.
+struct Fields<'a, 'b, 'w> {
+    line: &'a mut Line<'b, 'w>,
+    /// The first error; once set, later fields are skipped and the line is dropped.
+    result: fmt::Result,
+}
+
+/// A `fmt::Write` that escapes what passes through it as JSON string content, so a `Display` or
+/// `Debug` value is written into the line without an intermediate `String`.
+struct Escaping<'a, W: ?Sized>(&'a mut W);
+
+// === impl JsonLine ===
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = Line::new(&mut writer);
+        line.write_str("{\"timestamp\":\"")?;
+        write_timestamp(&mut line, SystemTime::now())?;
+        line.write_str(match *meta.level() {
+            Level::TRACE => "\",\"level\":\"TRACE\"",
+            Level::DEBUG => "\",\"level\":\"DEBUG\"",
+            Level::INFO => "\",\"level\":\"INFO\"",
+            Level::WARN => "\",\"level\":\"WARN\"",
+            Level::ERROR => "\",\"level\":\"ERROR\"",
+        })?;
+        let mut fields = Fields {
+            line: &mut line,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        line.write_str(",\"target\":\"")?;
+        write_escaped(&mut line, meta.target())?;
+        line.write_char('"')?;
+        // The same test tracing-subscriber makes: an explicit parent, or else the current span.
+        let in_span = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current())
+            .is_some();
+        if in_span {
+            write_spans(&mut line, ctx)?;
+        }
+        line.write_str("}\n")?;
+        line.flush()
+    }
+}
+
+/// `"spans":[…]`, root first: each span's recorded fields (stored as a JSON object by
+/// `JsonFields`) plus its `name`, as tracing-subscriber writes them. certgate itself opens no spans;
+/// dependencies do at `debug` and `trace`.
+fn write_spans<S, N>(out: &mut Line<'_, '_>, ctx: &FmtContext<'_, S, N>) -> fmt::Result
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    out.write_str(",\"spans\":[")?;
+    if let Some(leaf) = ctx.lookup_current() {
+        for (i, span) in leaf.scope().from_root().enumerate() {
+            if i > 0 {
+                out.write_char(',')?;
+            }
+            out.write_char('{')?;
+            let extensions = span.extensions();
+            let inner = extensions
+                .get::<FormattedFields<N>>()
+                .and_then(|f| f.fields.strip_prefix('{')?.strip_suffix('}'))
+                .unwrap_or("");
+            // Only a JSON object's members are spliced in; anything else is left out rather than
+            // written unchecked into the line.
+            if !inner.trim().is_empty() {
+                out.write_str(inner)?;
+                out.write_char(',')?;
+            }
+            out.write_str("\"name\":\"")?;
+            write_escaped(out, span.name())?;
+            out.write_str("\"}")?;
+        }
+    }
+    out.write_char(']')
+}
+
+// === impl Line ===
+
+impl<'a, 'w> Line<'a, 'w> {
+    fn new(out: &'a mut Writer<'w>) -> Self {
+        Self {
+            out,
+            buf: [0; LINE_CHUNK],
+            len: 0,
+        }
+    }
+
+    /// Passes what is gathered on to tracing-subscriber's buffer.
+    fn flush(&mut self) -> fmt::Result {
+        let pending = self.buf.get(..self.len).unwrap_or_default();
+        // Whole `&str`s only went in, so this never fails; checking costs less than a write.
+        self.out
+            .write_str(std::str::from_utf8(pending).map_err(|_| fmt::Error)?)?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+impl fmt::Write for Line<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if s.len() > LINE_CHUNK - self.len {
+            self.flush()?;
+            if s.len() > LINE_CHUNK {
+                return self.out.write_str(s);
+            }
+        }
+        let end = self.len + s.len();
+        if let Some(free) = self.buf.get_mut(self.len..end) {
+            free.copy_from_slice(s.as_bytes());
+            self.len = end;
+        }
+        Ok(())
+    }
+}
+
+// === impl Fields ===
+
+impl Fields<'_, '_, '_> {
+    /// `,"name":`; names that would collide with the line's own keys get a `fields.` prefix.
+    fn key(&mut self, field: &Field) -> fmt::Result {
+        let name = field.name();
+        match name {
+            "timestamp" | "level" | "target" | "spans" => self.line.write_str(",\"fields.")?,
+            _ => self.line.write_str(",\"")?,
+        }
+        write_escaped(self.line, name)?;
+        self.line.write_str("\":")
+    }
+
+    /// Writes one field unless an earlier one failed.
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Line<'_, '_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|()| value(self.line));
+        }
+    }
+}
+
+impl Visit for Fields<'_, '_, '_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.field(field, |out| {
+            // JSON has no NaN or infinity; serde_json writes null for them too.
+            if value.is_finite() {
+                out.write_str(zmij::Buffer::new().format_finite(value))
+            } else {
+                out.write_str("null")
+            }
+        });
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, |out| {
+            out.write_str(itoa::Buffer::new().format(value))
+        });
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, |out| {
+            out.write_str(itoa::Buffer::new().format(value))
+        });
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, |out| {
+            out.write_str(if value { "true" } else { "false" })
+        });
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, |out| {
+            out.write_char('"')?;
+            write_escaped(out, value)?;
+            out.write_char('"')
+        });
+    }
+
+    /// The error's own message, without its sources: what tracing-subscriber wrote. Events that
+    /// want the chain pass `crate::error_chain` instead.
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.field(field, |out| {
+            out.write_char('"')?;
+            write!(Escaping(&mut *out), "{value}")?;
+            out.write_char('"')
+        });
+    }
+
+    /// `%` and `?` fields, and 128-bit integers and byte slices (tracing routes those here too):
+    /// a JSON string, as before.
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, |out| {
+            out.write_char('"')?;
+            write!(Escaping(&mut *out), "{value:?}")?;
+            out.write_char('"')
+        });
+    }
+}
+
+// === impl Escaping ===
+
+impl<W: fmt::Write + ?Sized> fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_escaped(self.0, s)
+    }
+}
+
+/// The escapes for bytes below 0x20, the same ones serde_json writes: the short forms where JSON
+/// has one, `\u00XX` (lowercase hex) for the rest.
+const CONTROL: [&str; 32] = [
+    "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\b",
+    "\\t", "\\n", "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f", "\\u0010", "\\u0011", "\\u0012",
+    "\\u0013", "\\u0014", "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019", "\\u001a",
+    "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
+];
+
+/// Whether any of the eight bytes packed in `word` needs escaping: below 0x20, `"` or `\`. The
+/// classic SWAR tests (a byte less than `n` sets its high bit in `(x - n·0x01…) & !x & 0x80…`;
+/// equality is "less than 1" after an XOR), exact as a yes/no answer.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    (below(word, 0x20) | below(quote, 1) | below(backslash, 1)) != 0
+}
+
+/// Writes `s` as JSON string content (RFC 8259 §7): quote, backslash and control characters
+/// escaped, everything else — including non-ASCII UTF-8 — passed through in runs. Clean text is
+/// skipped eight bytes at a time; audit values rarely need an escape at all.
+fn write_escaped<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
+    let bytes = s.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let word = bytes
+            .get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes);
+        if word.is_some_and(|w| !needs_escape(w)) {
+            i += 8;
+            continue;
+        }
+        // Byte by byte through the word that holds an escape, or through the last few bytes.
+        let end = bytes.len().min(i + 8);
+        while i < end {
+            let byte = bytes[i];
+            i += 1;
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                0..=0x1f => CONTROL[usize::from(byte)],
+                _ => continue,
+            };
+            // `start` and `i - 1` sit next to ASCII bytes, so both are character boundaries.
+            if let Some(run) = s.get(start..i - 1) {
+                if !run.is_empty() {
+                    out.write_str(run)?;
+                }
+            }
+            out.write_str(escape)?;
+            start = i;
+        }
+    }
+    match s.get(start..) {
+        Some(rest) if !rest.is_empty() => out.write_str(rest),
+        _ => Ok(()),
+    }
+}
+
+// === timestamp ===
+
+/// Seconds since the epoch and microseconds within the second, rounded towards the past for
+/// instants before 1970 as tracing-subscriber does.
+fn split(now: SystemTime) -> (i64, u32) {
+    match now.duration_since(UNIX_EPOCH) {
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_micros(),
+        ),
+        Err(e) => {
+            let d = e.duration();
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            // Sub-microsecond remainders truncate towards the past, like the old formatter's
+            // nanoseconds ÷ 1000.
+            match d.subsec_nanos() {
+                0 => (-secs, 0),
+                nanos => (-secs - 1, (1_000_000_000 - nanos) / 1_000),
+            }
+        }
+    }
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`), valid far beyond any clock certgate will see.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March first
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // Both fit: day in [1, 31], month in [1, 12].
+    (year, month as u32, day as u32)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for a second since the epoch, or `None` outside years 0–9999.
+fn second_prefix(secs: i64) -> Option<[u8; 19]> {
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let sod = secs.rem_euclid(86_400);
+    let (hour, minute, second) = (sod / 3600, sod / 60 % 60, sod % 60);
+    let mut p = *b"0000-00-00T00:00:00";
+    let digits = |p: &mut [u8], mut v: i64| {
+        for b in p.iter_mut().rev() {
+            // `v % 10` is in 0..10 for the non-negative values passed here.
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    digits(&mut p[0..4], year);
+    digits(&mut p[5..7], i64::from(month));
+    digits(&mut p[8..10], i64::from(day));
+    digits(&mut p[11..13], hour);
+    digits(&mut p[14..16], minute);
+    digits(&mut p[17..19], second);
+    Some(p)
+}
+
+thread_local! {
+    /// The last second this thread formatted and its `YYYY-MM-DDTHH:MM:SS`: lines come many per
+    /// second, so the calendar arithmetic runs about once a second per thread.
+    static LAST_SECOND: Cell<(i64, [u8; 19])> =
+        const { Cell::new((0, *b"1970-01-01T00:00:00")) };
+}
+
+/// RFC 3339 UTC with microseconds, `2026-11-27T22:58:17.894741Z`, as tracing-subscriber's
+/// `SystemTime` timer writes it (years outside 0–9999 as `+10000` or `-0001`, like it too).
+fn write_timestamp<W: fmt::Write + ?Sized>(out: &mut W, now: SystemTime) -> fmt::Result {
+    let (secs, micros) = split(now);
+    let cached = LAST_SECOND
+        .try_with(|last| {
+            let (second, prefix) = last.get();
+            if second == secs {
+                return Some(prefix);
+            }
+            let prefix = second_prefix(secs)?;
+            last.set((secs, prefix));
+            Some(prefix)
+        })
+        .ok()
+        .flatten()
+        .or_else(|| second_prefix(secs));
+    let Some(prefix) = cached else {
+        return write_timestamp_slow(out, secs, micros);
+    };
+    let mut line = *b"0000-00-00T00:00:00.000000Z";
+    line[..19].copy_from_slice(&prefix);
+    let mut v = micros;
+    for b in line[20..26].iter_mut().rev() {
+        // `v % 10` is a single digit.
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)
+}
+
+/// Years before 0 or after 9999: rare enough for `write!`.
+fn write_timestamp_slow<W: fmt::Write + ?Sized>(
+    out: &mut W,
+    secs: i64,
+    micros: u32,
+) -> fmt::Result {
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    if year > 9999 {
+        write!(out, "+{year}")?;
+    } else {
+        write!(out, "{year:05}")?;
+    }
+    write!(
+        out,
+        "-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests;
