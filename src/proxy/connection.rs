@@ -37,6 +37,8 @@ pub struct ConnContext {
     pub sni: Option<Box<str>>,
     pub snapshot: Arc<Snapshot>,
     pub identity: Arc<PeerIdentity>,
+    /// `identity`'s SHA-256 fingerprint in hex, rendered once for every audit line.
+    pub fingerprint_hex: Box<str>,
     pub partner: Option<(PartnerId, PartnerMatch)>,
     /// Set when the connection may not forward anything (unknown partner, revoked): every request
     /// gets this refusal, so the client learns why instead of seeing a bare reset.
@@ -262,6 +264,7 @@ pub async fn serve(
                     peer,
                     sni,
                     snapshot: snapshot.clone(),
+                    fingerprint_hex: identity.fingerprint_hex().into(),
                     identity: Arc::new(identity),
                     partner,
                     refuse,
@@ -392,7 +395,7 @@ fn refused(
         client.addr = %ctx.peer,
         partner = ctx.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
         cert.serial = %ctx.identity.serial,
-        cert.sha256 = %ctx.identity.fingerprint_hex(),
+        cert.sha256 = &*ctx.fingerprint_hex,
         reason = reason.as_str(),
         error = error.map(tracing::field::display),
         "connection closed: the client crossed a limit or broke the protocol"

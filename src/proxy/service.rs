@@ -131,7 +131,7 @@ impl OnFinish for Exchange {
             partner = ctx.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
             cert.subject = %ctx.identity.subject,
             cert.serial = %ctx.identity.serial,
-            cert.sha256 = %ctx.identity.fingerprint_hex(),
+            cert.sha256 = &*ctx.fingerprint_hex,
             route,
             upstream,
             http.method = %self.method,
