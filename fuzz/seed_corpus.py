@@ -1,27 +1,42 @@
 #!/usr/bin/env python3
-"""Fills fuzz/corpus/<target>/ from the committed seeds and the x509-limbo vectors (PEM -> DER).
+"""Fills <corpus>/<target>/ from the committed seeds, the x509-limbo vectors (PEM -> DER) and
+real `openssl ocsp` responses (ocsp_seeds.py).
 
-Generated corpora stay out of git; only fuzz/seeds/ is committed.
+    python3 fuzz/seed_corpus.py [--out CORPUS_DIR] [LIMBO_JSON]
+
+CORPUS_DIR defaults to fuzz/corpus; LIMBO_JSON to ../shared/data/x509-limbo/limbo.json next to the
+clone, where tests/limbo.rs finds it too. Generated corpora stay out of git; only fuzz/seeds/ is
+committed.
 """
-import base64, json, os, pathlib, re, shutil, sys, hashlib
+import argparse, base64, hashlib, json, pathlib, re, sys
+
+import ocsp_seeds
 
 here = pathlib.Path(__file__).resolve().parent
-limbo = here.parent.parent / "shared/data/x509-limbo/limbo.json"
-if len(sys.argv) > 1:
-    limbo = pathlib.Path(sys.argv[1])
+ap = argparse.ArgumentParser()
+ap.add_argument("--out", type=pathlib.Path, default=here / "corpus")
+ap.add_argument("limbo", type=pathlib.Path, nargs="?",
+                default=here.parent.parent / "shared/data/x509-limbo/limbo.json")
+args = ap.parse_args()
+corpus, limbo = args.out, args.limbo
 
 def der_blocks(pem):
     for m in re.finditer(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", pem, re.S):
         yield m.group(1), base64.b64decode("".join(m.group(2).split()))
 
 def put(target, data):
-    d = here / "corpus" / target
+    d = corpus / target
     d.mkdir(parents=True, exist_ok=True)
     (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
 
 for seed_dir in (here / "seeds").iterdir():
     for f in seed_dir.iterdir():
         put(seed_dir.name, f.read_bytes())
+
+# Validly signed responses (good/revoked/unknown, issuer or delegate, ...), framed with the issuer,
+# the leaf and a time: without them the target never gets past the signature check.
+for _name, data in ocsp_seeds.generate():
+    put("ocsp_response", data)
 
 if not limbo.exists():
     sys.exit(f"limbo.json not found at {limbo}")
@@ -38,4 +53,4 @@ for case in cases:
         for kind, der in der_blocks(pem):
             put("crl", der)
 for t in ("identity", "crl", "ocsp_response"):
-    print(t, len(list((here / "corpus" / t).iterdir())))
+    print(t, len(list((corpus / t).iterdir())))
