@@ -21,10 +21,7 @@ BINS=()
 for b in "$@"; do BINS+=("$(realpath "$b")"); done
 WINDOW=${WINDOW:-8}
 OUT=$ROOT/target/bench-results/instructions-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$OUT/up/tmp"
-GW_PORT=18443 UP_PORT=18080 ADMIN_PORT=19901
-LOADGEN=${LOADGEN:-$(cargo bench --locked --no-run --bench loadgen --message-format=json 2>/dev/null \
-    | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)}
+mkdir -p "$OUT"
 PIDS=()
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done' EXIT
@@ -32,33 +29,10 @@ for tool in valgrind callgrind_control strace nginx; do
     command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install valgrind strace nginx)" >&2; exit 1; }
 done
 
-BODY=$(printf 'x%.0s' $(seq 100))
-cat > "$OUT/up/nginx.conf" <<EOF
-user root; worker_processes 1; master_process off; pid $OUT/up/nginx.pid;
-error_log $OUT/up/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $OUT/up/tmp; proxy_temp_path $OUT/up/tmp;
-  fastcgi_temp_path $OUT/up/tmp; uwsgi_temp_path $OUT/up/tmp; scgi_temp_path $OUT/up/tmp;
-  keepalive_requests 100000000;
-  server { listen 127.0.0.1:$UP_PORT; default_type text/plain; location / { return 200 "$BODY"; } } }
-EOF
-taskset -c 1 nginx -p "$OUT/up" -c "$OUT/up/nginx.conf" -g 'daemon off;' & PIDS+=($!)
-
-cat > "$OUT/certgate.yaml" <<EOF
-server:
-  listen: "127.0.0.1:$GW_PORT"
-  tls:
-    certificates: [{cert: $P/server-ecdsa-chain.pem, key: $P/server-ecdsa.key}]
-  client_auth:
-    trust_bundles: [{name: bench, ca: $P/cas.pem}]
-admin: {listen: "127.0.0.1:$ADMIN_PORT"}
-upstreams:
-  origin: {endpoints: ["http://127.0.0.1:$UP_PORT"]}
-partners:
-  - {id: bench, owner: perf@example.com, trust_bundle: bench, identities: [{subject_cn: bench-partner}], scopes: [bench]}
-routes:
-  - {name: all, path_prefix: /, scope: bench, upstream: origin}
-EOF
+# shellcheck source=benches/bench-env.sh
+. "$ROOT/benches/bench-env.sh"
+start_upstream
+write_certgate_config "$OUT/certgate.yaml"
 
 wait_port() { for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; return 1; }
 requests() {

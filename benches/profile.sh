@@ -15,44 +15,14 @@ P=$(cd "$1" && pwd)
 SECS=${2:-8}
 OUT=$ROOT/target/bench-results/profile-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
-GW_PORT=18443 UP_PORT=18080
 CERTGATE=$ROOT/target/release/certgate
-# LOADGEN=path overrides the lookup (e.g. to reuse a binary while cargo is busy elsewhere).
-LOADGEN=${LOADGEN:-$(cargo bench --locked --no-run --bench loadgen --message-format=json 2>/dev/null \
-    | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)}
 PIDS=()
 trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done' EXIT
 ulimit -n 20000
-
-BODY=$(printf 'x%.0s' $(seq 100))
-mkdir -p "$OUT/up/tmp"
-cat > "$OUT/up/nginx.conf" <<EOF
-user root; worker_processes 1; master_process off; pid $OUT/up/nginx.pid;
-error_log $OUT/up/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $OUT/up/tmp; proxy_temp_path $OUT/up/tmp;
-  fastcgi_temp_path $OUT/up/tmp; uwsgi_temp_path $OUT/up/tmp; scgi_temp_path $OUT/up/tmp;
-  keepalive_requests 100000000;
-  server { listen 127.0.0.1:$UP_PORT; default_type text/plain; location / { return 200 "$BODY"; } } }
-EOF
-taskset -c 1 nginx -p "$OUT/up" -c "$OUT/up/nginx.conf" -g 'daemon off;' & PIDS+=($!)
-
-cat > "$OUT/certgate.yaml" <<EOF
-server:
-  listen: "127.0.0.1:$GW_PORT"
-  tls:
-    certificates: [{cert: $P/server-ecdsa-chain.pem, key: $P/server-ecdsa.key}]
-  client_auth:
-    trust_bundles: [{name: bench, ca: $P/cas.pem}]
-  limits: {max_connections: 30000}
-admin: {listen: "127.0.0.1:19901"}
-upstreams:
-  origin: {endpoints: ["http://127.0.0.1:$UP_PORT"]}
-partners:
-  - {id: bench, owner: perf@example.com, trust_bundle: bench, identities: [{subject_cn: bench-partner}], scopes: [bench]}
-routes:
-  - {name: all, path_prefix: /, scope: bench, upstream: origin}
-EOF
+# shellcheck source=benches/bench-env.sh
+. "$ROOT/benches/bench-env.sh"
+start_upstream
+write_certgate_config "$OUT/certgate.yaml" "  limits: {max_connections: 30000}"
 
 start_gw() { # RUST_LOG value
     RUST_LOG=$1 taskset -c 0 "$CERTGATE" --threads 1 serve --config "$OUT/certgate.yaml" >> "$OUT/certgate.log" 2>&1 &

@@ -638,6 +638,15 @@ impl RawH2 {
     }
 }
 
+/// Complete `GET {path}` requests, one HEADERS frame each, on the client streams numbered by
+/// `streams` (stream id `1 + 2 * n`).
+fn get_requests(streams: std::ops::Range<u32>, path: &str) -> Vec<u8> {
+    let block = get_block(path);
+    streams
+        .flat_map(|n| RawH2::frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * n, &block))
+        .collect()
+}
+
 /// An HPACK block for `GET https://localhost{path}` from the static table and literals only.
 fn get_block(path: &str) -> Vec<u8> {
     let mut block = vec![0x82, 0x87]; // :method GET, :scheme https
@@ -648,6 +657,21 @@ fn get_block(path: &str) -> Vec<u8> {
         block.extend_from_slice(value.as_bytes());
     }
     block
+}
+
+/// After one HTTP/2 connection was sent away for `reason`: partners on other connections, over
+/// HTTP/1.1 and HTTP/2, are still answered, and the refusal was counted once and audited.
+async fn sent_away_while_others_are_served(
+    env: &Env,
+    gw: &certgate::runtime::Gateway,
+    peer: &Peer,
+    reason: &str,
+) {
+    env.still_serves(gw).await;
+    globex_still_served_over_h2(env, gw).await;
+    let line = format!(r#"certgate_connection_refusals_total{{reason="{reason}"}} 1"#);
+    settled(gw, &[line.as_str()]).await;
+    peer.refused_line(reason).await;
 }
 
 /// A partner on another connection, over HTTP/2, is still answered.
@@ -728,14 +752,7 @@ async fn an_http2_rapid_reset_flood_is_sent_away_with_enhance_your_calm() {
         up.count()
     );
 
-    env.still_serves(&gw).await;
-    globex_still_served_over_h2(&env, &gw).await;
-    settled(
-        &gw,
-        &[r#"certgate_connection_refusals_total{reason="http2_flood"} 1"#],
-    )
-    .await;
-    peer.refused_line("http2_flood").await;
+    sent_away_while_others_are_served(&env, &gw, &peer, "http2_flood").await;
 }
 
 #[tokio::test]
@@ -761,14 +778,7 @@ async fn an_http2_continuation_flood_is_cut_before_the_header_block_ends() {
     assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM);
     assert_eq!(up.count(), 0);
 
-    env.still_serves(&gw).await;
-    globex_still_served_over_h2(&env, &gw).await;
-    settled(
-        &gw,
-        &[r#"certgate_connection_refusals_total{reason="http2_flood"} 1"#],
-    )
-    .await;
-    h2.peer.refused_line("http2_flood").await;
+    sent_away_while_others_are_served(&env, &gw, &h2.peer, "http2_flood").await;
 }
 
 #[tokio::test]
@@ -781,15 +791,7 @@ async fn http2_streams_over_the_concurrency_limit_are_refused_and_a_client_ignor
         .await;
     let mut h2 = RawH2::open(&env, &gw).await;
     // Ten requests at once that each hold their stream for a second: four fit.
-    let mut burst = Vec::new();
-    for i in 0..10u32 {
-        burst.extend(RawH2::frame(
-            HEADERS,
-            END_STREAM | END_HEADERS,
-            1 + 2 * i,
-            &get_block("/v1/orders/delay/1000"),
-        ));
-    }
+    let burst = get_requests(0..10, "/v1/orders/delay/1000");
     h2.tls.write_all(&burst).await.unwrap();
     let (mut refused, mut answered) = (0, 0);
     while refused + answered < 10 {
@@ -810,15 +812,7 @@ async fn http2_streams_over_the_concurrency_limit_are_refused_and_a_client_ignor
 
     // A client that keeps opening streams past the limit is refused stream by stream until h2's
     // bound on refusals (64 per connection) sends it away.
-    let mut flood = Vec::new();
-    for i in 10..210u32 {
-        flood.extend(RawH2::frame(
-            HEADERS,
-            END_STREAM | END_HEADERS,
-            1 + 2 * i,
-            &get_block("/v1/orders/delay/1000"),
-        ));
-    }
+    let flood = get_requests(10..210, "/v1/orders/delay/1000");
     let _ = h2.tls.write_all(&flood).await;
     let (goaway, resets) = h2.until_closed().await;
     let goaway = goaway.expect("closed without GOAWAY");
@@ -830,14 +824,7 @@ async fn http2_streams_over_the_concurrency_limit_are_refused_and_a_client_ignor
         up.count()
     );
 
-    env.still_serves(&gw).await;
-    globex_still_served_over_h2(&env, &gw).await;
-    settled(
-        &gw,
-        &[r#"certgate_connection_refusals_total{reason="http2_flood"} 1"#],
-    )
-    .await;
-    h2.peer.refused_line("http2_flood").await;
+    sent_away_while_others_are_served(&env, &gw, &h2.peer, "http2_flood").await;
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{get, handshake_http, read, Env, Sender};
+use common::{eventually, get, handshake_http, read, Env, Sender};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -32,6 +32,7 @@ struct CountingUpstream {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     answered: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -47,20 +48,27 @@ impl CountingUpstream {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let answered = Arc::new(AtomicUsize::new(0));
-        let (acc, ans) = (accepted.clone(), answered.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let (acc, ans, opn) = (accepted.clone(), answered.clone(), open.clone());
         let task = tokio::spawn(async move {
             // Owned by the accept task, so aborting it closes every connection too.
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 acc.fetch_add(1, Ordering::SeqCst);
-                connections.spawn(serve(tcp, after, ans.clone()));
+                opn.fetch_add(1, Ordering::SeqCst);
+                let (ans, opn) = (ans.clone(), opn.clone());
+                connections.spawn(async move {
+                    serve(tcp, after, ans).await;
+                    opn.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         Self {
             addr,
             accepted,
             answered,
+            open,
             task,
         }
     }
@@ -71,6 +79,11 @@ impl CountingUpstream {
 
     fn answered(&self) -> usize {
         self.answered.load(Ordering::SeqCst)
+    }
+
+    /// Connections the gateway has not closed yet.
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 
@@ -129,18 +142,62 @@ async fn a_keep_alive_partner_connection_keeps_one_upstream_connection() {
     let up = CountingUpstream::start(After::KeepOpen).await;
     let gw = env.start(&env.config(up.addr, "")).await;
 
+    // The first request goes through the shared pool (one upstream connection), the rest over
+    // the partner connection's own (a second one), kept across all of them.
     let mut first = partner(&env, &gw).await;
     for i in 0..20 {
         assert!(ok(&mut first, "/v1/orders/x").await, "request {i}");
     }
-    assert_eq!(up.accepted(), 1, "20 requests on one partner connection");
+    assert_eq!(up.accepted(), 2, "20 requests on one partner connection");
 
-    // A second partner connection does not share the first one's upstream connection.
+    // A second partner connection: its first request reuses the pooled upstream connection; its
+    // second gets an upstream connection of its own, not the first partner's.
     let mut second = partner(&env, &gw).await;
     assert!(ok(&mut second, "/v1/orders/y").await);
+    assert_eq!(up.accepted(), 2, "the pooled connection was reused");
+    assert!(ok(&mut second, "/v1/orders/y").await);
     assert!(ok(&mut first, "/v1/orders/z").await);
+    assert_eq!(up.accepted(), 3);
+    assert_eq!(up.answered(), 23);
+}
+
+#[tokio::test]
+async fn one_request_per_partner_connection_costs_no_upstream_connection_each() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::KeepOpen).await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    for i in 0..10 {
+        let mut sender = partner(&env, &gw).await;
+        assert!(ok(&mut sender, "/v1/orders/once").await, "connection {i}");
+    }
+    assert_eq!(
+        up.accepted(),
+        1,
+        "one pooled upstream connection served them all"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_partner_connection_gives_its_upstream_connection_back() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::KeepOpen).await;
+    // Idle checks every second: the first that finds the partner idle for 1 s closes its kept
+    // upstream connection, the next one (idle 2 s) the partner connection.
+    let config = env
+        .config(up.addr, "")
+        .replace("server:\n", "server:\n  limits:\n    idle_timeout: 2s\n");
+    let gw = env.start(&config).await;
+    let mut sender = partner(&env, &gw).await;
+    assert!(ok(&mut sender, "/v1/orders/x").await);
+    assert!(ok(&mut sender, "/v1/orders/x").await);
     assert_eq!(up.accepted(), 2);
-    assert_eq!(up.answered(), 22);
+    assert_eq!(up.open(), 2);
+    assert!(
+        eventually(Duration::from_secs(3), || up.open() == 1).await,
+        "the kept upstream connection was not closed"
+    );
+    // A second later the partner connection itself would be closed; now it still works.
+    assert!(ok(&mut sender, "/v1/orders/x").await);
 }
 
 #[tokio::test]
@@ -185,9 +242,10 @@ async fn a_timed_out_exchange_does_not_poison_the_partner_connection() {
     let slow = read(sender.send(get("/v1/orders/delay/3000")).await.unwrap()).await;
     assert_eq!(slow.status, 504, "{}", slow.body);
     assert_eq!(slow.reason(), "upstream_timeout");
-    // The late answer must not be taken for the next request's: a fresh connection serves it.
+    // The late answer must not be taken for the next request's: a fresh connection serves it
+    // (the pooled one served the first request, the partner's own the slow one).
     assert!(ok(&mut sender, "/v1/orders/after").await);
-    assert_eq!(up.accepted(), 2);
+    assert_eq!(up.accepted(), 3);
 }
 
 #[tokio::test]

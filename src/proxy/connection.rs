@@ -367,6 +367,9 @@ pub async fn serve(
                 }
                 if !closing {
                     if let Some(since) = ctx.activity.idle_since() {
+                        if let Some(dedicated) = dedicated.filter(|_| since.elapsed() >= tick) {
+                            dedicated.release();
+                        }
                         if since.elapsed() >= idle {
                             tracing::debug!(conn.id = id, "closing idle connection");
                             conn.as_mut().graceful_shutdown();

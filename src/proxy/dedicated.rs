@@ -8,6 +8,11 @@
 //! [`Dedicated::poll_drive`]) removes the hop between tasks: the upstream's answer wakes the task
 //! that writes it to the partner.
 //!
+//! A partner connection's first request still goes through the pool: a partner that connects for
+//! one request and leaves should not cost an upstream connection of its own (nor the upstream a
+//! connect and close per partner connection). From the second request on it keeps its own, and
+//! gives it up again when it has been idle for half the idle timeout ([`Dedicated::release`]).
+//!
 //! The upstream connection sticks to the endpoint it was opened to while that endpoint takes
 //! traffic; passive health applies as with the pool (a failure drops the connection and counts
 //! against the endpoint; an ejected endpoint is left for the next one in the rotation). HTTP/2
@@ -20,6 +25,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -43,6 +49,8 @@ type Driver = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 #[derive(Default)]
 pub struct Dedicated {
     inner: Mutex<Inner>,
+    /// Set by the connection's first request.
+    engaged: AtomicBool,
 }
 
 #[derive(Default)]
@@ -73,6 +81,20 @@ impl std::fmt::Debug for Dedicated {
 impl Dedicated {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether this request should use the connection's own upstream connection: false for the
+    /// connection's first request, which the pool serves, true from the second on.
+    pub fn engage(&self) -> bool {
+        self.engaged.swap(true, Ordering::Relaxed)
+    }
+
+    /// Closes the kept upstream connection of an idle partner connection, so idle partners do not
+    /// hold upstream connections; the next request opens a new one.
+    pub fn release(&self) {
+        let mut inner = self.lock();
+        inner.held = None;
+        inner.driver = None;
     }
 
     /// Drives the upstream connection's I/O; never completes. A connection that ends (upstream

@@ -253,10 +253,9 @@ async fn decide_and_forward(
     let upstream = &snapshot.upstreams[route.upstream.0];
     // Only HTTP/1.x requests: they come one at a time. (ALPN does not settle it: a client may
     // speak HTTP/2 with prior knowledge on a connection that negotiated nothing.)
-    let dedicated = ctx
-        .dedicated
-        .as_ref()
-        .filter(|_| !upgrade && upstream.dedicable() && req.version() < Version::HTTP_2);
+    let dedicated = ctx.dedicated.as_ref().filter(|d| {
+        !upgrade && upstream.dedicable() && req.version() < Version::HTTP_2 && d.engage()
+    });
 
     let mut req = req.map(|body| CountIn::new(body, bytes_in.clone(), route.max_body_bytes));
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs it as `Host`.
