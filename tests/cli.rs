@@ -363,3 +363,82 @@ async fn a_100_mb_body_streams_both_ways_without_growing_gateway_memory() {
         format!("streaming 2 x 100 MB: gateway peak RSS grew {growth_mb:.1} MB\n").as_bytes(),
     );
 }
+
+/// The README's first command, as a newcomer runs it: `certgate demo` with its default (relative)
+/// state folder, then the three curl commands it prints, pasted into a shell.
+#[test]
+fn the_demo_serves_the_calls_it_prints() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let mut child = certgate()
+        .current_dir(cwd.path())
+        .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut commands = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while commands.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!(
+                "the demo printed {} curl command(s) in 30 s",
+                commands.len()
+            );
+        };
+        if line.starts_with("curl ") {
+            commands.push(line);
+        }
+    }
+    let run = |command: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{command} -w '\\n%{{http_code}}'"))
+            .current_dir(cwd.path())
+            .output()
+            .unwrap()
+    };
+    let allowed = run(&commands[0]);
+    let body = String::from_utf8_lossy(&allowed.stdout);
+    let stopped = |child: &mut Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    // The echo upstream answers with what it received, as JSON.
+    let echoed = body.contains(r#""x-partner-id": "acme""#)
+        && body.contains(r#""client_cert_header_present": true"#);
+    if !body.ends_with("\n200") || !echoed {
+        stopped(&mut child);
+        panic!(
+            "call 1: {body} {}",
+            String::from_utf8_lossy(&allowed.stderr)
+        );
+    }
+    let denied = String::from_utf8_lossy(&run(&commands[1]).stdout).into_owned();
+    let revoked = run(&commands[2]);
+    stopped(&mut child);
+    assert!(denied.ends_with("\n403"), "call 2: {denied}");
+    assert!(denied.contains("scope_denied"), "call 2: {denied}");
+    assert!(
+        !revoked.status.success(),
+        "call 3 must fail in the handshake"
+    );
+    let err = String::from_utf8_lossy(&revoked.stderr).to_ascii_lowercase();
+    assert!(err.contains("revoked"), "call 3: {err}");
+}

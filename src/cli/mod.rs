@@ -201,6 +201,9 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
 }
 
 async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<ExitCode> {
+    // The config names its files; relative names would be read against the config's own folder
+    // (inside `dir`), and the printed curl commands should work from any terminal.
+    let dir = &std::path::absolute(dir)?;
     let pki = demo::generate(dir, demo::Validity::Demo)?;
     let (upstream, _echo) = echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let config_path = dir.join("certgate.yaml");
