@@ -107,6 +107,19 @@ async fn serve(mut tcp: TcpStream, after: After, answered: Arc<AtomicUsize>) {
         if let Some(ms) = path.strip_prefix("/v1/orders/delay/") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         }
+        if let Some(ms) = path.strip_prefix("/v1/orders/pause/") {
+            // Half the body, a pause, the other half: a response still streaming.
+            let head = "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nok";
+            if tcp.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            if tcp.write_all(b"ok").await.is_err() {
+                return;
+            }
+            answered.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
         let close = matches!(after, After::AnnounceClose);
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{}\r\nok",
@@ -199,6 +212,16 @@ async fn an_idle_partner_connection_gives_its_upstream_connection_back() {
     );
     // The partner connection itself is still open and served.
     assert!(ok(&mut sender, "/v1/orders/x").await);
+
+    // A response that pauses past the idle timeout is streaming, not idle: its upstream
+    // connection is not taken away under it (the idle checks come and go during the pause; the
+    // idle close lets the response finish).
+    assert!(ok(&mut sender, "/v1/orders/x").await);
+    let paused = read(sender.send(get("/v1/orders/pause/5000")).await.unwrap()).await;
+    assert_eq!(
+        (paused.status.as_u16(), paused.body.as_str()),
+        (200, "okok")
+    );
 }
 
 #[tokio::test]

@@ -75,6 +75,8 @@ pub struct Activity {
     /// tells a half-sent request head from a keep-alive connection that sent nothing more.
     reads: AtomicU64,
     reads_when_handled: AtomicU64,
+    /// Responses whose body has not ended yet (handed to hyper, still streaming).
+    responses: AtomicUsize,
 }
 
 impl Activity {
@@ -86,6 +88,7 @@ impl Activity {
             last_io_ms: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             reads_when_handled: AtomicU64::new(0),
+            responses: AtomicUsize::new(0),
         }
     }
 
@@ -114,6 +117,16 @@ impl Activity {
             self.now_ms()
                 .saturating_sub(self.last_io_ms.load(Ordering::Relaxed)),
         )
+    }
+
+    /// A response's body starts streaming; [`Activity::response_ended`] follows when it ends or is
+    /// dropped.
+    pub fn response_started(&self) {
+        self.responses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn response_ended(&self) {
+        self.responses.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Marks a request as in flight until the guard drops.
@@ -367,7 +380,12 @@ pub async fn serve(
                 }
                 if !closing {
                     if let Some(since) = ctx.activity.idle_since() {
-                        if let Some(dedicated) = dedicated.filter(|_| since.elapsed() >= tick) {
+                        // Not while a response is still streaming from it (a body that pauses
+                        // longer than half the idle timeout).
+                        let quiet = ctx.activity.responses.load(Ordering::Relaxed) == 0;
+                        if let Some(dedicated) =
+                            dedicated.filter(|_| quiet && since.elapsed() >= tick)
+                        {
                             dedicated.release();
                         }
                         if since.elapsed() >= idle {

@@ -72,6 +72,7 @@ pub async fn handle(
             }
         };
     drop(active);
+    ctx.activity.response_started();
     let exchange = Exchange {
         status: response.status().as_u16(),
         ctx,
@@ -105,6 +106,7 @@ pub struct Exchange {
 impl OnFinish for Exchange {
     fn finish(self, bytes_out: u64, complete: bool) {
         let ctx = &self.ctx;
+        ctx.activity.response_ended();
         let took = self.started.elapsed();
         ctx.snapshot
             .metrics
