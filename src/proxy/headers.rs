@@ -104,13 +104,11 @@ impl ConnectionHeaders {
         let present = headers
             .keys()
             .any(|name| is_hop_by_hop(name) || is_identity(name, forward));
-        if present {
+        if upgrade || present {
             strip_hop_by_hop(headers, upgrade);
             for name in identity_names(forward) {
                 headers.remove(name);
             }
-        } else if upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         headers.reserve(self.add.len());
         for (name, value) in &self.add {
