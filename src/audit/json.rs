@@ -277,57 +277,66 @@ const CONTROL: [&str; 32] = [
     "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
 ];
 
-/// Whether any of the eight bytes packed in `word` needs escaping: below 0x20, `"` or `\`. The
-/// classic SWAR tests (a byte less than `n` sets its high bit in `(x - n·0x01…) & !x & 0x80…`;
-/// equality is "less than 1" after an XOR), exact as a yes/no answer.
-fn needs_escape(word: u64) -> bool {
+/// The SWAR test for the eight bytes packed little-endian in `word`: the lowest set bit of the
+/// result lies in the first byte that is below 0x20, `"` or `\\`, and the result is zero when none
+/// is. (A byte less than `n` sets its high bit in `(x - n·0x01…) & !x & 0x80…`; equality is "less
+/// than 1" after an XOR. Borrows only run towards higher bytes, so bits above the first match may be
+/// spurious but the first match itself is exact.)
+fn escape_mask(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
     let quote = word ^ (ONES * u64::from(b'"'));
     let backslash = word ^ (ONES * u64::from(b'\\'));
-    (below(word, 0x20) | below(quote, 1) | below(backslash, 1)) != 0
+    below(word, 0x20) | below(quote, 1) | below(backslash, 1)
+}
+
+/// Where the first byte that needs escaping sits: eight bytes at a time, then the last few.
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let mask = escape_mask(u64::from_le_bytes(word));
+        if mask != 0 {
+            return Some(offset + (mask.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .map(|at| offset + at)
 }
 
 /// Writes `s` as JSON string content (RFC 8259 §7): quote, backslash and control characters
-/// escaped, everything else — including non-ASCII UTF-8 — passed through in runs. Clean text is
-/// skipped eight bytes at a time; audit values rarely need an escape at all.
+/// escaped, everything else — including non-ASCII UTF-8 — passed through in runs. Audit values
+/// rarely need an escape at all, so the common case is one scan and one write.
 fn write_escaped<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
-    let bytes = s.as_bytes();
-    let (mut start, mut i) = (0, 0);
-    while i < bytes.len() {
-        let word = bytes
-            .get(i..i + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-            .map(u64::from_ne_bytes);
-        if word.is_some_and(|w| !needs_escape(w)) {
-            i += 8;
-            continue;
+    let mut rest = s;
+    while let Some(at) = first_escape(rest.as_bytes()) {
+        // The byte at `at` is ASCII, so `at` and `at + 1` are character boundaries.
+        let (Some(run), Some(after), Some(&byte)) =
+            (rest.get(..at), rest.get(at + 1..), rest.as_bytes().get(at))
+        else {
+            return Err(fmt::Error);
+        };
+        if !run.is_empty() {
+            out.write_str(run)?;
         }
-        // Byte by byte through the word that holds an escape, or through the last few bytes.
-        let end = bytes.len().min(i + 8);
-        while i < end {
-            let byte = bytes[i];
-            i += 1;
-            let escape = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                0..=0x1f => CONTROL[usize::from(byte)],
-                _ => continue,
-            };
-            // `start` and `i - 1` sit next to ASCII bytes, so both are character boundaries.
-            if let Some(run) = s.get(start..i - 1) {
-                if !run.is_empty() {
-                    out.write_str(run)?;
-                }
-            }
-            out.write_str(escape)?;
-            start = i;
-        }
+        out.write_str(match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            _ => CONTROL.get(usize::from(byte)).copied().unwrap_or_default(),
+        })?;
+        rest = after;
     }
-    match s.get(start..) {
-        Some(rest) if !rest.is_empty() => out.write_str(rest),
-        _ => Ok(()),
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        out.write_str(rest)
     }
 }
 

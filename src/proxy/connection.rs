@@ -37,7 +37,8 @@ pub struct ConnContext {
     pub sni: Option<Box<str>>,
     pub snapshot: Arc<Snapshot>,
     pub identity: Arc<PeerIdentity>,
-    /// `identity`'s SHA-256 fingerprint in hex, rendered once for every audit line.
+    /// `peer` and `identity`'s SHA-256 fingerprint in hex, rendered once for every audit line.
+    pub peer_text: Box<str>,
     pub fingerprint_hex: Box<str>,
     pub partner: Option<(PartnerId, PartnerMatch)>,
     /// Set when the connection may not forward anything (unknown partner, revoked): every request
@@ -277,6 +278,7 @@ pub async fn serve(
                     peer,
                     sni,
                     snapshot: snapshot.clone(),
+                    peer_text: peer.to_string().into(),
                     fingerprint_hex: identity.fingerprint_hex().into(),
                     identity: Arc::new(identity),
                     partner,

@@ -122,21 +122,24 @@ impl OnFinish for Exchange {
             .map_or("none", |u| u.name.as_str());
         // Upstream failures happen after policy allowed the request: they are not denials.
         let denied = self.refusal.is_some_and(|r| !r.is_upstream_failure());
+        // Every value here is a `&str` or a number: those go straight to the JSON formatter,
+        // where a `%` value would go through `fmt` piece by piece (issue 5).
         tracing::info!(
             target: "certgate::audit",
+            message = if denied { "request refused" } else { "request answered" },
             event = "request",
             decision = if denied { "deny" } else { "allow" },
             reason = self.refusal.map_or("ok", Refusal::reason),
             conn.id = ctx.id,
-            client.addr = %ctx.peer,
+            client.addr = &*ctx.peer_text,
             sni = ctx.sni.as_deref().unwrap_or(""),
             partner = ctx.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
-            cert.subject = %ctx.identity.subject,
-            cert.serial = %ctx.identity.serial,
+            cert.subject = ctx.identity.subject.as_str(),
+            cert.serial = ctx.identity.serial.as_str(),
             cert.sha256 = &*ctx.fingerprint_hex,
             route,
             upstream,
-            http.method = %self.method,
+            http.method = self.method.as_str(),
             http.path = self.uri.path(),
             http.status = self.status,
             bytes.in = self.bytes_in.load(Ordering::Relaxed),
@@ -144,8 +147,6 @@ impl OnFinish for Exchange {
             body.complete = complete,
             upstream_ms = self.upstream_ms,
             duration_ms = took.as_secs_f64() * 1e3,
-            "{}",
-            if denied { "request refused" } else { "request answered" }
         );
     }
 }

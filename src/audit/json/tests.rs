@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
-use super::{needs_escape, split, write_escaped, write_timestamp};
+use super::{first_escape, split, write_escaped, write_timestamp};
 use crate::audit::{subscriber, LogFormat};
 
 thread_local! {
@@ -424,14 +424,23 @@ fn a_live_timestamp_has_the_old_shape_and_is_now() {
 
 proptest! {
     #[test]
-    fn the_word_test_agrees_with_a_byte_by_byte_one(word in any::<[u8; 8]>(), at in 0usize..8) {
-        let naive = |w: [u8; 8]| w.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
-        prop_assert_eq!(needs_escape(u64::from_ne_bytes(word)), naive(word));
-        // Random words rarely hold an escape: plant one of each kind too.
-        for planted in [b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x5b, 0x7f, 0x80, 0xff] {
-            let mut w = word;
-            w[at] = planted;
-            prop_assert_eq!(needs_escape(u64::from_ne_bytes(w)), naive(w), "{:?}", w);
+    fn the_word_scan_finds_the_same_first_escape_as_a_byte_by_byte_one(
+        bytes in proptest::collection::vec(any::<u8>(), 0..40),
+        plants in proptest::collection::vec((any::<proptest::sample::Index>(), 0usize..10), 0..4),
+    ) {
+        let naive = |b: &[u8]| b.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        prop_assert_eq!(first_escape(&bytes), naive(&bytes));
+        // Random bytes rarely avoid an escape for long: plant escapes and their near misses in
+        // text that has none, at random places, several per input.
+        let mut clean: Vec<u8> = bytes.iter().map(|&b| b | 0x40).map(|b| if b == b'\\' { b'a' } else { b }).collect();
+        prop_assert_eq!(first_escape(&clean), None);
+        const KINDS: [u8; 10] = [b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x5b, 0x7f, 0x80, 0xff];
+        for (at, kind) in plants {
+            if !clean.is_empty() {
+                let i = at.index(clean.len());
+                clean[i] = KINDS[kind];
+            }
+            prop_assert_eq!(first_escape(&clean), naive(&clean), "{:?}", clean);
         }
     }
 
