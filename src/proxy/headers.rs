@@ -134,15 +134,21 @@ fn is_identity(name: &HeaderName, forward: &Forward) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Headers named by `Connection` are hop-by-hop too (RFC 9110 §7.6.1). Collecting them only
-    // allocates when a client actually lists some.
+    // Headers named by `Connection` are hop-by-hop too (RFC 9110 §7.6.1). What upstreams send is
+    // `Connection: keep-alive` or `close`: a token from the fixed set is removed below anyway, and
+    // any other is looked up as it stands. Only a token naming a header that is present costs a
+    // `HeaderName` of its own.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
-        if let Ok(value) = value.to_str() {
-            for token in value.split(',').map(str::trim) {
-                if upgrade && token.eq_ignore_ascii_case("upgrade") {
-                    continue;
-                }
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            let fixed = hop_by_hop()
+                .iter()
+                .any(|name| token.eq_ignore_ascii_case(name.as_str()));
+            if fixed || (upgrade && token.eq_ignore_ascii_case("upgrade")) {
+                continue;
+            }
+            if headers.contains_key(token) {
                 if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                     named.push(name);
                 }
@@ -152,7 +158,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in hop_by_hop() {
+    // One pass over the few names present instead of a hash lookup for each of the six.
+    let mut present = [false; 6];
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop().iter().position(|h| *h == name) {
+            present[i] = true;
+        }
+    }
+    for (name, _) in hop_by_hop().into_iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
     if upgrade {
@@ -200,4 +213,74 @@ fn xfcc(identity: &PeerIdentity) -> String {
 /// Values built here are ASCII by construction; anything else is dropped rather than forwarded.
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn a_response_loses_every_hop_by_hop_header_and_those_connection_names() {
+        let mut headers = map(&[
+            ("content-type", "text/plain"),
+            ("connection", "Keep-Alive, X-Trace"),
+            ("connection", "close,  x-other ,te"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+            ("transfer-encoding", "chunked"),
+            ("trailer", "x-sum"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+        ]);
+        rewrite_response(&mut headers, false);
+        assert_eq!(names(&headers), ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn a_plain_keep_alive_response_keeps_everything_else() {
+        let mut headers = map(&[
+            ("server", "nginx"),
+            ("content-length", "100"),
+            ("connection", "keep-alive"),
+        ]);
+        rewrite_response(&mut headers, false);
+        assert_eq!(names(&headers), ["content-length", "server"]);
+    }
+
+    #[test]
+    fn an_agreed_upgrade_keeps_upgrade_and_rewrites_connection() {
+        let mut headers = map(&[
+            ("connection", "Upgrade, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+            ("sec-websocket-accept", "abc"),
+        ]);
+        rewrite_response(&mut headers, true);
+        assert_eq!(
+            names(&headers),
+            ["connection", "sec-websocket-accept", "upgrade"]
+        );
+        assert_eq!(headers[header::CONNECTION], "upgrade");
+        assert_eq!(headers[header::UPGRADE], "websocket");
+    }
 }
