@@ -20,6 +20,7 @@ use super::dedicated::Dedicated;
 use super::headers::ConnectionHeaders;
 use super::refusal::Refusal;
 use super::service;
+use super::wake_gate::WakeGate;
 use crate::config::model::PartnerId;
 use crate::identity::{PartnerMatch, PeerIdentity};
 use crate::revocation::{Revocation, RevokedSignal};
@@ -334,25 +335,43 @@ pub async fn serve(
     // it would close the connection before the client reads its `certificate_revoked` answer.
     let watch_revoked = ctx.refuse.is_none();
     let dedicated = ctx.dedicated.as_ref();
+    // Shutdown, revocation and the timers are polled only when one of them woke the task, not on
+    // each of the few wakes per request the connection and its upstream make.
+    let gate = WakeGate::new();
     loop {
-        tokio::select! {
-            () = std::future::poll_fn(|cx| dedicated.map_or(Poll::Pending, |d| d.poll_drive(cx))), if dedicated.is_some() => {}
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    match ConnRefusal::classify(&*e, ctx.activity.read_since_handled()) {
-                        Some(reason) => refused(&ctx, reason, Some(&*e)),
-                        None => {
-                            tracing::debug!(conn.id = id, error = %e, "connection ended with an error");
+        let control = {
+            let rare = std::pin::pin!(async {
+                tokio::select! {
+                    biased;
+                    () = revoked.revoked(), if watch_revoked && !cut => Control::Revoked,
+                    _ = shutdown.wait_for(|stop| *stop), if !closing => Control::Shutdown,
+                    () = &mut hard_stop, if cut => Control::HardStop,
+                    () = &mut idle_check => Control::IdleCheck,
+                }
+            });
+            tokio::select! {
+                biased;
+                () = std::future::poll_fn(|cx| dedicated.map_or(Poll::Pending, |d| d.poll_drive(cx))), if dedicated.is_some() => continue,
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        match ConnRefusal::classify(&*e, ctx.activity.read_since_handled()) {
+                            Some(reason) => refused(&ctx, reason, Some(&*e)),
+                            None => {
+                                tracing::debug!(conn.id = id, error = %e, "connection ended with an error");
+                            }
                         }
                     }
+                    break;
                 }
-                break;
+                control = gate.gated(rare) => control,
             }
-            _ = shutdown.wait_for(|stop| *stop), if !closing => {
+        };
+        match control {
+            Control::Shutdown => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = revoked.revoked(), if watch_revoked && !cut => {
+            Control::Revoked => {
                 tracing::info!(
                     target: "certgate::audit",
                     event = "connection_revoked",
@@ -365,13 +384,13 @@ pub async fn serve(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
                 cut = true;
-                hard_stop.as_mut().reset((Instant::now() + REVOKED_GRACE).into());
+                hard_stop
+                    .as_mut()
+                    .reset((Instant::now() + REVOKED_GRACE).into());
             }
-            () = &mut hard_stop, if cut => {
-                // In-flight requests had their grace period; a streaming one ends here.
-                break;
-            }
-            () = &mut idle_check => {
+            // In-flight requests had their grace period; a streaming one ends here.
+            Control::HardStop => break,
+            Control::IdleCheck => {
                 idle_check.as_mut().reset((Instant::now() + tick).into());
                 let busy = closing || ctx.activity.in_flight.load(Ordering::Relaxed) > 0;
                 if busy && ctx.activity.stalled_for() >= idle {
@@ -400,6 +419,14 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// What woke the serve loop other than the connection and its upstream.
+enum Control {
+    Shutdown,
+    Revoked,
+    HardStop,
+    IdleCheck,
 }
 
 /// Counts and audits a connection ended because its client crossed a limit or broke the

@@ -12,3 +12,4 @@ pub mod listener;
 pub mod refusal;
 pub mod service;
 pub mod upstream;
+pub mod wake_gate;
