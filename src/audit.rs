@@ -44,8 +44,9 @@
 //! `copytruncate`: after the truncation the next line lands at the new end of the file.
 //! certgate does not reopen the file on SIGHUP (SIGHUP reloads the configuration).
 
-use std::io::{BufWriter, IsTerminal};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::fmt::MakeWriter;
@@ -64,6 +65,11 @@ pub enum LogFormat {
 /// The writer thread's buffer: lines larger than this are written on their own.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// A flush that carried at least this many lines means the gateway is busy, and the writer thread
+/// then waits [`PACE`] before it takes the next batch.
+const BUSY_LINES: usize = 4;
+const PACE: Duration = Duration::from_millis(10);
+
 /// Keeps the log writer thread alive; dropping it flushes every line still queued.
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
@@ -73,10 +79,10 @@ pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGu
 ///
 /// Lines are formatted on the request's task but written by a dedicated thread, so a request
 /// never waits on `write(2)`. That thread writes whatever lines are queued in as few `write`
-/// calls as a 64 KiB buffer allows and flushes as soon as the queue is empty: under load one call
-/// carries many lines, and an idle gateway's last line is on disk at once. The queue holds
-/// 128 Ki lines; when it is full, writers wait rather than drop lines: an audit trail with holes
-/// is worse than a brief stall.
+/// calls as a 64 KiB buffer allows and flushes when the queue is empty, so an idle gateway's last
+/// line is on disk at once. Under load it then rests for 10 ms (see [`Paced`]) and takes the
+/// next batch whole. The queue holds 128 Ki lines; when it is full, writers wait rather than drop
+/// lines: an audit trail with holes is worse than a brief stall.
 ///
 /// # Errors
 /// The log file cannot be opened.
@@ -94,19 +100,55 @@ pub fn init(format: LogFormat, file: Option<&Path>) -> std::io::Result<LogGuard>
                 .create(true)
                 .append(true)
                 .open(path)?;
-            let (writer, guard) = builder().finish(BufWriter::with_capacity(WRITE_BUFFER, file));
+            let (writer, guard) = builder().finish(Paced::new(file));
             (subscriber(format, filter, writer, false), guard)
         }
         None => {
             let ansi = std::io::stdout().is_terminal();
-            let stdout = BufWriter::with_capacity(WRITE_BUFFER, std::io::stdout());
-            let (writer, guard) = builder().finish(stdout);
+            let (writer, guard) = builder().finish(Paced::new(std::io::stdout()));
             (subscriber(format, filter, writer, ansi), guard)
         }
     };
     // A second init (tests, embedding) keeps the first subscriber; that is not an error.
     let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(LogGuard(guard))
+}
+
+/// The log writer thread's output. tracing-appender's thread blocks on its queue whenever the
+/// queue runs empty, and then every line queued wakes it: a futex wake on the request's thread
+/// and two context switches on the gateway's core, several times a millisecond under load
+/// (issue 5). After a flush that carried [`BUSY_LINES`] or more, this writer sleeps for [`PACE`]
+/// instead: lines queue up meanwhile without waking anyone, and the next batch is written whole.
+/// A trickle of lines (an idle gateway, a test) is never held back.
+struct Paced<W: Write> {
+    out: BufWriter<W>,
+    lines: usize,
+}
+
+impl<W: Write> Paced<W> {
+    fn new(out: W) -> Self {
+        Self {
+            out: BufWriter::with_capacity(WRITE_BUFFER, out),
+            lines: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Paced<W> {
+    /// tracing-appender hands over one line per call.
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.lines += 1;
+        self.out.write_all(line)?;
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        if std::mem::take(&mut self.lines) >= BUSY_LINES {
+            std::thread::sleep(PACE);
+        }
+        Ok(())
+    }
 }
 
 /// The subscriber `serve` installs, writing to `writer`: tests capture audit lines through it.
@@ -130,5 +172,41 @@ where
                 .finish(),
         ),
         LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Bursts large enough to make the writer rest between batches lose nothing and keep their
+    /// order, and dropping the guard mid-rest still writes every queued line.
+    #[test]
+    fn paced_batches_keep_every_line_in_order_through_the_guards_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let file = std::fs::File::create(&path).unwrap();
+        let (mut writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(Paced::new(file));
+        for burst in 0..20 {
+            for i in 0..250 {
+                // One `write` per line, as tracing-subscriber hands them over.
+                let line = format!("{{\"burst\":{burst},\"line\":{i}}}\n");
+                writer.write_all(line.as_bytes()).unwrap();
+            }
+            std::thread::yield_now();
+        }
+        drop(guard);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5_000);
+        for (n, line) in lines.iter().enumerate() {
+            assert_eq!(
+                *line,
+                format!("{{\"burst\":{},\"line\":{}}}", n / 250, n % 250)
+            );
+        }
     }
 }
