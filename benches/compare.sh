@@ -3,11 +3,14 @@
 #
 #   benches/compare.sh [--quick] [--rounds N] [--duration S] [--warmup S] [--peers "certgate nginx haproxy"]
 #                      [--idle-conns N] [--no-build] [--baseline PATH] [--variants "ecdsa-none rsa-none ..."]
+#                      [--keepalive-only]
 #
 # --baseline PATH adds a peer "baseline": another certgate binary (e.g. the previous commit's
 # release build) run with the same config, so a change is measured before/after in one run.
 # --variants limits the gateway variants (default: ecdsa-none rsa-none ecdsa-0 ecdsa-10k ecdsa-1m;
 # keep-alive and the ECDSA handshake run on ecdsa-none). --idle-conns 0 skips the idle test.
+# --keepalive-only runs just the keep-alive rows (implies --variants ecdsa-none --idle-conns 0): more
+# and longer rounds in the same time, for a change that only touches the per-request path.
 #
 # Needs: root (apt-get for nginx/haproxy/openssl/curl/python3 if missing), a Rust toolchain, 2+ cores.
 # Loopback only. Every process it starts is stopped by its PID (also on error, via a trap).
@@ -26,6 +29,7 @@ PEERS="certgate nginx haproxy"
 IDLE_CONNS=10000
 BUILD=1
 QUICK=0
+KEEPALIVE_ONLY=0
 BASELINE=""
 VARIANTS="ecdsa-none rsa-none ecdsa-0 ecdsa-10k ecdsa-1m"
 while [ $# -gt 0 ]; do
@@ -39,6 +43,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --baseline) BASELINE=$(realpath "$2"); PEERS="$PEERS baseline"; shift ;;
         --variants) VARIANTS=$2; shift ;;
+        --keepalive-only) KEEPALIVE_ONLY=1; VARIANTS=ecdsa-none; IDLE_CONNS=0 ;;
         -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -494,7 +499,9 @@ for round in $(seq "$ROUNDS"); do
                 ecdsa-none)
                     run_lg "$peer" ka-h1 "$round" keepalive --connections 64 --proto http1
                     run_lg "$peer" ka-h2 "$round" keepalive --connections 64 --proto h2
-                    run_lg "$peer" hs-ecdsa "$round" handshake --concurrency 16 ;;
+                    if [ "$KEEPALIVE_ONLY" = 0 ]; then
+                        run_lg "$peer" hs-ecdsa "$round" handshake --concurrency 16
+                    fi ;;
                 rsa-none)
                     run_lg "$peer" hs-rsa "$round" handshake --concurrency 16 ;;
                 ecdsa-0) run_lg "$peer" hs-crl0 "$round" handshake --concurrency 16 ;;
