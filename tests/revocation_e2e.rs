@@ -232,6 +232,58 @@ async fn a_crl_replaced_while_serving_refuses_new_handshakes_and_cuts_the_open_c
     gw.shutdown().await;
 }
 
+/// An open connection is drained gracefully when its certificate is revoked, but not for ever: a
+/// request still waiting on the upstream when the grace period ends is cut with the connection.
+#[tokio::test]
+async fn a_request_still_running_when_its_certificate_is_revoked_is_cut_after_the_grace_period() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let acme = env.acme();
+    let crl = env.path("partner-ca.crl");
+    std::fs::write(&crl, ca.crl(&[])).unwrap();
+    // The upstream answers the request below after 30 s, and the gateway would wait for it: only
+    // the grace period can end it sooner.
+    let yaml = env
+        .config_with_bundle(up.addr, &crl_file("partner-ca.crl"), "")
+        .replace("request_timeout: 2s", "request_timeout: 60s");
+    let gw = env.start(&yaml).await;
+    let tls = env.tls_as(&gw, &acme).await;
+    let mut sender = handshake_http(tls).await.unwrap();
+    let slow = tokio::spawn(async move {
+        match sender.send(get("/v1/orders/delay/30000")).await {
+            Ok(resp) => Ok(resp.status().as_u16()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || up.count() >= 1).await,
+        "the slow request reached the upstream"
+    );
+
+    ca.revoke(&acme);
+    replace_by_rename(&crl, &ca.crl(&[]));
+    assert!(
+        eventually(Duration::from_secs(5), || crl_verdict(&gw, &acme)
+            == Verdict::Revoked)
+        .await,
+        "the poller picks up the renamed CRL"
+    );
+    let abort = slow.abort_handle();
+    let outcome = match tokio::time::timeout(Duration::from_secs(10), slow).await {
+        Ok(outcome) => outcome.unwrap(),
+        Err(_) => {
+            abort.abort();
+            panic!("the revoked connection kept its in-flight request past the grace period");
+        }
+    };
+    assert!(
+        outcome.is_err(),
+        "the request was cut with its connection, not answered: {outcome:?}"
+    );
+    gw.shutdown().await;
+}
+
 // === CRL from a URL ===
 
 #[tokio::test]
