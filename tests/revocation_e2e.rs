@@ -41,6 +41,33 @@ fn crl_verdict(gw: &Gateway, leaf: &Leaf) -> Verdict {
         .check(BundleId(0), issuer, serial, UnixTime::now())
 }
 
+/// Revokes `leaf` in the CRL file the gateway reads, and waits until the gateway uses the new CRL.
+/// Returns when the file was replaced.
+async fn revoke_in_crl_file(gw: &Gateway, ca: &OpenSslCa, crl: &Path, leaf: &Leaf) -> Instant {
+    ca.revoke(leaf);
+    replace_by_rename(crl, &ca.crl(&[]));
+    let replaced = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || crl_verdict(gw, leaf)
+            == Verdict::Revoked)
+        .await,
+        "the poller picks up the renamed CRL"
+    );
+    replaced
+}
+
+/// `task`'s output; the test fails with `why` (and the task is stopped) if it takes longer.
+async fn finished_within<T>(deadline: Duration, task: tokio::task::JoinHandle<T>, why: &str) -> T {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(deadline, task).await {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            abort.abort();
+            panic!("{why}");
+        }
+    }
+}
+
 #[track_caller]
 fn assert_ok(result: &Result<Answer, String>) {
     match result {
@@ -166,24 +193,14 @@ async fn a_crl_replaced_while_serving_refuses_new_handshakes_and_cuts_the_open_c
         "the keep-alive client is being served"
     );
 
-    ca.revoke(&acme);
-    replace_by_rename(&crl, &ca.crl(&[]));
-    let replaced = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(5), || crl_verdict(&gw, &acme)
-            == Verdict::Revoked)
-        .await,
-        "the poller picks up the renamed CRL"
-    );
+    let replaced = revoke_in_crl_file(&gw, &ca, &crl, &acme).await;
     let picked_up = replaced.elapsed();
-    let abort = client.abort_handle();
-    let outcomes = match tokio::time::timeout(Duration::from_secs(5), client).await {
-        Ok(outcomes) => outcomes.unwrap(),
-        Err(_) => {
-            abort.abort();
-            panic!("the open keep-alive connection was not cut within 5 s of the CRL change");
-        }
-    };
+    let outcomes = finished_within(
+        Duration::from_secs(5),
+        client,
+        "the open keep-alive connection was not cut within 5 s of the CRL change",
+    )
+    .await;
     eprintln!(
         "CRL picked up {picked_up:?} after the rename; connection ended {:?} after it; {} requests",
         replaced.elapsed(),
@@ -261,22 +278,13 @@ async fn a_request_still_running_when_its_certificate_is_revoked_is_cut_after_th
         "the slow request reached the upstream"
     );
 
-    ca.revoke(&acme);
-    replace_by_rename(&crl, &ca.crl(&[]));
-    assert!(
-        eventually(Duration::from_secs(5), || crl_verdict(&gw, &acme)
-            == Verdict::Revoked)
-        .await,
-        "the poller picks up the renamed CRL"
-    );
-    let abort = slow.abort_handle();
-    let outcome = match tokio::time::timeout(Duration::from_secs(10), slow).await {
-        Ok(outcome) => outcome.unwrap(),
-        Err(_) => {
-            abort.abort();
-            panic!("the revoked connection kept its in-flight request past the grace period");
-        }
-    };
+    revoke_in_crl_file(&gw, &ca, &crl, &acme).await;
+    let outcome = finished_within(
+        Duration::from_secs(10),
+        slow,
+        "the revoked connection kept its in-flight request past the grace period",
+    )
+    .await;
     assert!(
         outcome.is_err(),
         "the request was cut with its connection, not answered: {outcome:?}"
