@@ -38,8 +38,9 @@ pub struct ConnContext {
     pub sni: Option<Box<str>>,
     pub snapshot: Arc<Snapshot>,
     pub identity: Arc<PeerIdentity>,
-    /// `peer` and `identity`'s SHA-256 fingerprint in hex, rendered once for every audit line.
+    /// `peer`, rendered once for every audit line.
     pub peer_text: Box<str>,
+    /// `identity`'s SHA-256 fingerprint in hex, rendered once for every audit line.
     pub fingerprint_hex: Box<str>,
     pub partner: Option<(PartnerId, PartnerMatch)>,
     /// Set when the connection may not forward anything (unknown partner, revoked): every request
@@ -304,7 +305,7 @@ pub async fn serve(
     }
     tracing::debug!(
         conn.id = id,
-        client.addr = %peer,
+        client.addr = &*ctx.peer_text,
         partner = ctx.partner_id(),
         subject = %ctx.identity.subject,
         refused = ctx.refuse.map(Refusal::reason),
@@ -376,7 +377,7 @@ pub async fn serve(
                     target: "certgate::audit",
                     event = "connection_revoked",
                     conn.id = id,
-                    client.addr = %peer,
+                    client.addr = &*ctx.peer_text,
                     partner = ctx.partner_id().unwrap_or("unknown"),
                     cert.serial = %ctx.identity.serial,
                     "certificate revoked: closing its live connection"
@@ -442,7 +443,7 @@ fn refused(
         event = "connection_refused",
         decision = "deny",
         conn.id = ctx.id,
-        client.addr = %ctx.peer,
+        client.addr = &*ctx.peer_text,
         partner = ctx.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
         cert.serial = %ctx.identity.serial,
         cert.sha256 = &*ctx.fingerprint_hex,
