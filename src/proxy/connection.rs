@@ -65,15 +65,19 @@ impl ConnContext {
     }
 }
 
-/// In-flight requests, the time of the last one, and the last time a byte moved either way: the
-/// idle timeout closes a connection that has nothing to do, the stall check one that makes no
-/// progress (a slow reader holding a response, a client that stopped mid-request).
-#[derive(Debug)]
+/// What the connection is doing, counted rather than timed: in-flight requests, streaming
+/// responses, and how many reads, writes and finished requests there have been. The request path
+/// only bumps counters; the idle check (a few times per idle timeout) reads them and dates each
+/// change itself ([`LastSeen`]), so no request reads the clock for it (issue 5: about 3 clock reads
+/// and their conversions per proxied request).
+#[derive(Debug, Default)]
 pub struct Activity {
-    started: Instant,
     in_flight: AtomicUsize,
-    last_ms: AtomicU64,
-    last_io_ms: AtomicU64,
+    /// Reads and writes that moved bytes. Only the connection's transport bumps it, and only the
+    /// serve task drives that transport, so a plain load and store suffice.
+    io: AtomicU64,
+    /// Requests whose handler returned.
+    handled: AtomicU64,
     /// Reads that brought bytes, and their number when the last request's handler returned:
     /// tells a half-sent request head from a keep-alive connection that sent nothing more.
     reads: AtomicU64,
@@ -83,43 +87,19 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-            last_io_ms: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
-            reads_when_handled: AtomicU64::new(0),
-            responses: AtomicUsize::new(0),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     fn io_progress(&self) {
-        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+        bump(&self.io);
     }
 
     fn read_progress(&self) {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        self.io_progress();
+        bump(&self.reads);
+        bump(&self.io);
     }
 
     /// Whether bytes arrived since the last request was handled (or since the handshake).
     /// Over-approximates when a request body kept arriving after its handler returned.
     fn read_since_handled(&self) -> bool {
         self.reads.load(Ordering::Relaxed) > self.reads_when_handled.load(Ordering::Relaxed)
-    }
-
-    /// How long no byte has moved on the connection.
-    fn stalled_for(&self) -> Duration {
-        Duration::from_millis(
-            self.now_ms()
-                .saturating_sub(self.last_io_ms.load(Ordering::Relaxed)),
-        )
     }
 
     /// A response's body starts streaming; [`Activity::response_ended`] follows when it ends or is
@@ -138,28 +118,82 @@ impl Activity {
         ActivityGuard(self)
     }
 
-    fn idle_since(&self) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        // A response still streaming after its handler returned counts as activity too.
-        let last = self
-            .last_ms
-            .load(Ordering::Relaxed)
-            .max(self.last_io_ms.load(Ordering::Relaxed));
-        Some(self.started + Duration::from_millis(last))
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
     }
+
+    /// Every event that makes the connection not idle: bytes moved, a request finished.
+    fn events(&self) -> u64 {
+        self.io
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.handled.load(Ordering::Relaxed))
+    }
+}
+
+/// A counter with a single writer: one load and one store, without a locked instruction.
+fn bump(counter: &AtomicU64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 pub struct ActivityGuard<'a>(&'a Activity);
 
 impl Drop for ActivityGuard<'_> {
     fn drop(&mut self) {
-        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0
             .reads_when_handled
             .store(self.0.reads.load(Ordering::Relaxed), Ordering::Relaxed);
+        // HTTP/2 handlers run on tasks of their own, several at once: a locked add.
+        self.0.handled.fetch_add(1, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// [`Activity`]'s counters as the idle check last saw them, each dated by the check that first
+/// saw its current value. That date is at most one check late, so "no progress for `idle`" is
+/// never judged early, and a connection is still closed within 1.5 × `idle_timeout` of its last
+/// activity with checks every `idle_timeout / 2`: one check to see the change, two more to see
+/// it last.
+struct LastSeen {
+    io: u64,
+    io_at: Instant,
+    events: u64,
+    events_at: Instant,
+}
+
+impl LastSeen {
+    fn new(activity: &Activity, now: Instant) -> Self {
+        Self {
+            io: activity.io.load(Ordering::Relaxed),
+            io_at: now,
+            events: activity.events(),
+            events_at: now,
+        }
+    }
+
+    fn observe(&mut self, activity: &Activity, now: Instant) {
+        let io = activity.io.load(Ordering::Relaxed);
+        if io != self.io {
+            self.io = io;
+            self.io_at = now;
+        }
+        let events = activity.events();
+        if events != self.events {
+            self.events = events;
+            self.events_at = now;
+        }
+    }
+
+    /// How long no byte has moved on the connection.
+    fn stalled_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.io_at)
+    }
+
+    /// How long the connection has had nothing to do; `None` while a request is in flight.
+    fn idle_for(&self, activity: &Activity, now: Instant) -> Option<Duration> {
+        (!activity.busy()).then(|| now.saturating_duration_since(self.events_at))
     }
 }
 
@@ -286,7 +320,7 @@ pub async fn serve(
                     partner,
                     refuse,
                     headers,
-                    activity: Activity::new(),
+                    activity: Activity::default(),
                     dedicated: (!h2).then(Dedicated::default),
                     revoked: revoked.clone(),
                 });
@@ -319,7 +353,6 @@ pub async fn serve(
         inner: tls,
         ctx: ctx.clone(),
     };
-    ctx.activity.io_progress();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
 
@@ -339,6 +372,7 @@ pub async fn serve(
     // Shutdown, revocation and the timers are polled only when one of them woke the task, not on
     // each of the few wakes per request the connection and its upstream make.
     let gate = WakeGate::new();
+    let mut seen = LastSeen::new(&ctx.activity, Instant::now());
     loop {
         let control = {
             let rare = std::pin::pin!(async {
@@ -392,25 +426,25 @@ pub async fn serve(
             // In-flight requests had their grace period; a streaming one ends here.
             Control::HardStop => break,
             Control::IdleCheck => {
-                idle_check.as_mut().reset((Instant::now() + tick).into());
-                let busy = closing || ctx.activity.in_flight.load(Ordering::Relaxed) > 0;
-                if busy && ctx.activity.stalled_for() >= idle {
+                let now = Instant::now();
+                idle_check.as_mut().reset((now + tick).into());
+                seen.observe(&ctx.activity, now);
+                let busy = closing || ctx.activity.busy();
+                if busy && seen.stalled_for(now) >= idle {
                     // A response nobody reads, or a request that stopped arriving: graceful
                     // shutdown would wait for it forever.
                     refused(&ctx, ConnRefusal::Stalled, None);
                     break;
                 }
                 if !closing {
-                    if let Some(since) = ctx.activity.idle_since() {
+                    if let Some(idle_for) = seen.idle_for(&ctx.activity, now) {
                         // Not while a response is still streaming from it (a body that pauses
                         // longer than half the idle timeout).
                         let quiet = ctx.activity.responses.load(Ordering::Relaxed) == 0;
-                        if let Some(dedicated) =
-                            dedicated.filter(|_| quiet && since.elapsed() >= tick)
-                        {
+                        if let Some(dedicated) = dedicated.filter(|_| quiet && idle_for >= tick) {
                             dedicated.release();
                         }
-                        if since.elapsed() >= idle {
+                        if idle_for >= idle {
                             tracing::debug!(conn.id = id, "closing idle connection");
                             conn.as_mut().graceful_shutdown();
                             closing = true;
@@ -500,4 +534,73 @@ async fn identify(
         }
     };
     Ok((identity, partner, refuse))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn activity_is_dated_by_the_check_that_saw_it_never_earlier() {
+        let activity = Activity::default();
+        let t0 = Instant::now();
+        let mut seen = LastSeen::new(&activity, t0);
+        assert_eq!(seen.idle_for(&activity, t0 + TICK), Some(TICK));
+
+        // Bytes moved at some time before the check at t0 + 2 s: they count from that check.
+        activity.read_progress();
+        seen.observe(&activity, t0 + TICK);
+        assert_eq!(seen.stalled_for(t0 + TICK), Duration::ZERO);
+        assert_eq!(seen.idle_for(&activity, t0 + TICK), Some(Duration::ZERO));
+
+        // Nothing since: both clocks run from that check.
+        seen.observe(&activity, t0 + 3 * TICK);
+        assert_eq!(seen.stalled_for(t0 + 3 * TICK), 2 * TICK);
+        assert_eq!(seen.idle_for(&activity, t0 + 3 * TICK), Some(2 * TICK));
+    }
+
+    #[test]
+    fn a_request_in_flight_is_not_idle_and_its_end_restarts_the_idle_clock_but_not_the_stall_clock()
+    {
+        let activity = Activity::default();
+        let t0 = Instant::now();
+        let mut seen = LastSeen::new(&activity, t0);
+        let guard = activity.enter();
+        seen.observe(&activity, t0 + TICK);
+        assert_eq!(seen.idle_for(&activity, t0 + TICK), None);
+        assert_eq!(seen.stalled_for(t0 + TICK), TICK);
+
+        drop(guard);
+        seen.observe(&activity, t0 + 2 * TICK);
+        assert_eq!(
+            seen.idle_for(&activity, t0 + 2 * TICK),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(seen.stalled_for(t0 + 2 * TICK), 2 * TICK);
+    }
+
+    /// The serve loop gives the upstream connection back after one quiet tick and closes the
+    /// connection after two: a check that fires late (a loaded machine) must not do both at once,
+    /// or the client's next request finds the connection closed without having been idle for the
+    /// whole timeout.
+    #[test]
+    fn a_late_check_does_not_make_one_quiet_tick_look_like_two() {
+        let activity = Activity::default();
+        let t0 = Instant::now();
+        let mut seen = LastSeen::new(&activity, t0);
+        // The last request's bytes moved just after the check at t0 (so almost a whole tick
+        // before the next one).
+        activity.io_progress();
+        seen.observe(&activity, t0 + TICK);
+        // The next check is 1.9 s late.
+        let late = t0 + 2 * TICK + Duration::from_millis(1900);
+        seen.observe(&activity, late);
+        let idle_for = seen.idle_for(&activity, late);
+        assert!(
+            idle_for.is_some_and(|d| d >= TICK && d < 2 * TICK),
+            "{idle_for:?}"
+        );
+    }
 }
