@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
-use super::{first_escape, split, write_escaped, write_timestamp};
+use super::{first_escape, is_clean, split, write_escaped, write_timestamp};
 use crate::audit::{subscriber, LogFormat};
 
 thread_local! {
@@ -424,16 +424,18 @@ fn a_live_timestamp_has_the_old_shape_and_is_now() {
 
 proptest! {
     #[test]
-    fn the_word_scan_finds_the_same_first_escape_as_a_byte_by_byte_one(
+    fn the_word_scans_agree_with_a_byte_by_byte_one(
         bytes in proptest::collection::vec(any::<u8>(), 0..40),
         plants in proptest::collection::vec((any::<proptest::sample::Index>(), 0usize..10), 0..4),
     ) {
         let naive = |b: &[u8]| b.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\');
         prop_assert_eq!(first_escape(&bytes), naive(&bytes));
+        prop_assert_eq!(is_clean(&bytes), naive(&bytes).is_none());
         // Random bytes rarely avoid an escape for long: plant escapes and their near misses in
         // text that has none, at random places, several per input.
         let mut clean: Vec<u8> = bytes.iter().map(|&b| b | 0x40).map(|b| if b == b'\\' { b'a' } else { b }).collect();
         prop_assert_eq!(first_escape(&clean), None);
+        prop_assert!(is_clean(&clean));
         const KINDS: [u8; 10] = [b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x5b, 0x7f, 0x80, 0xff];
         for (at, kind) in plants {
             if !clean.is_empty() {
@@ -441,7 +443,27 @@ proptest! {
                 clean[i] = KINDS[kind];
             }
             prop_assert_eq!(first_escape(&clean), naive(&clean), "{:?}", clean);
+            prop_assert_eq!(is_clean(&clean), naive(&clean).is_none(), "{:?}", clean);
         }
+    }
+
+    /// Keys and values of 4 to 16 bytes take a shortcut into the line buffer; wherever they
+    /// fall relative to its end, with or without something to escape, the line is the same as
+    /// tracing-subscriber's.
+    #[test]
+    fn short_pieces_anywhere_in_the_line_buffer_read_as_before(
+        pad in 0usize..600,
+        a in "[ -~]{0,18}",
+        b in "[ -~]{0,18}",
+        c in "[a-z]{4,16}",
+    ) {
+        let pad = "p".repeat(pad);
+        let emit = || tracing::info!(pad = pad.as_str(), short_a = a.as_str(), b = b.as_str(), c = c.as_str(), "{}", c);
+        let new = new_text(emit);
+        let line: Value = serde_json::from_str(&new).unwrap();
+        prop_assert_eq!(line["short_a"].as_str(), Some(a.as_str()));
+        prop_assert_eq!(line["b"].as_str(), Some(b.as_str()));
+        prop_assert_eq!(without_timestamp(&new), without_timestamp(&old_text(emit)));
     }
 
     #[test]
