@@ -3,8 +3,11 @@
 #
 #   benches/compare.sh [--quick] [--rounds N] [--duration S] [--warmup S] [--peers "certgate nginx haproxy"]
 #                      [--idle-conns N] [--no-build] [--baseline PATH] [--variants "ecdsa-none rsa-none ..."]
-#                      [--keepalive-only]
+#                      [--keepalive-only] [--certgate PATH]
 #
+# --certgate PATH measures that certgate binary instead of building one. Either way the binary is
+# copied into the results first: `cargo bench --no-run --bench loadgen` (the load generator's build)
+# rebuilds target/release/certgate under the bench profile, with dev-dependencies' features.
 # --baseline PATH adds a peer "baseline": another certgate binary (e.g. the previous commit's
 # release build) run with the same config, so a change is measured before/after in one run.
 # --variants limits the gateway variants (default: ecdsa-none rsa-none ecdsa-0 ecdsa-10k ecdsa-1m;
@@ -31,6 +34,7 @@ BUILD=1
 QUICK=0
 KEEPALIVE_ONLY=0
 BASELINE=""
+CERTGATE_BIN=""
 VARIANTS="ecdsa-none rsa-none ecdsa-0 ecdsa-10k ecdsa-1m"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,10 +45,11 @@ while [ $# -gt 0 ]; do
         --peers) PEERS=$2; shift ;;
         --idle-conns) IDLE_CONNS=$2; shift ;;
         --no-build) BUILD=0 ;;
+        --certgate) CERTGATE_BIN=$(realpath "$2"); BUILD=0; shift ;;
         --baseline) BASELINE=$(realpath "$2"); PEERS="$PEERS baseline"; shift ;;
         --variants) VARIANTS=$2; shift ;;
         --keepalive-only) KEEPALIVE_ONLY=1; VARIANTS=ecdsa-none; IDLE_CONNS=0 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -98,7 +103,8 @@ if [ "$BUILD" = 1 ]; then
     log "building certgate and loadgen (release profile)"
     cargo build --release --locked --bin certgate >&2
 fi
-CERTGATE=$ROOT/target/release/certgate
+CERTGATE=$OUT/certgate
+cp "${CERTGATE_BIN:-$ROOT/target/release/certgate}" "$CERTGATE"
 # LOADGEN=path overrides the lookup (e.g. to reuse a binary while cargo is busy elsewhere).
 LOADGEN=${LOADGEN:-$(cargo bench --locked --no-run --bench loadgen --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)}
@@ -448,6 +454,7 @@ e = r["errors"]
 print(f"    {sys.argv[1]:9} {sys.argv[2]:14} {r['rps']:9.0f}/s p50 {r['latency_ms']['p50']:6.2f} ms "
       f"p99 {r['latency_ms']['p99']:6.2f} ms  gw cpu {r['watched_cpu_util']*100:3.0f}% "
       f"{r['watched_cpu_us_per_req']:6.1f} us/req  loadgen cpu {r['loadgen_cpu_util']*100:3.0f}%  "
+      f"cores busy {'/'.join(f'{b*100:.0f}' for b in r.get('cores_busy', []))}%  "
       f"rss {r['watched_rss_kb_peak']/1024:6.1f} MiB  errors {sum(e.values())}")
 EOF
 }

@@ -609,6 +609,10 @@ async fn idle(
 struct Window {
     secs: f64,
     self_cpu_us: u64,
+    /// Each core's busy share of the window, from `/proc/stat`: with the gateway on one core and
+    /// this load generator and the upstream on the other, it tells whether the gateway or the
+    /// other core was the limit.
+    cores_busy: Vec<f64>,
     watched_cpu_us: u64,
     watched_rss_kb_peak: u64,
     watched_pss_kb_end: u64,
@@ -620,6 +624,7 @@ async fn measure_window(run: &Run) -> Window {
     tokio::time::sleep(Duration::from_secs_f64(run.common.warmup)).await;
     let pids = &run.common.watch_pid;
     let self_cpu0 = cpu_us(None);
+    let cores0 = core_ticks();
     let watched0: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
     let started = Instant::now();
     run.measuring.store(true, Ordering::Relaxed);
@@ -633,10 +638,24 @@ async fn measure_window(run: &Run) -> Window {
     let secs = started.elapsed().as_secs_f64();
     let watched1: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
     let self_cpu1 = cpu_us(None);
+    let cores_busy = core_ticks()
+        .iter()
+        .zip(&cores0)
+        .map(|(end, start)| {
+            let total = end.total.saturating_sub(start.total);
+            let busy = end.busy.saturating_sub(start.busy);
+            if total == 0 {
+                0.0
+            } else {
+                busy as f64 / total as f64
+            }
+        })
+        .collect();
     let end_sample = Watch::sample(pids);
     Window {
         secs,
         self_cpu_us: self_cpu1.saturating_sub(self_cpu0),
+        cores_busy,
         watched_cpu_us: watched1.saturating_sub(watched0),
         watched_rss_kb_peak: peak.max(end_sample.rss_kb),
         watched_pss_kb_end: end_sample.pss_kb,
@@ -688,6 +707,7 @@ fn report(run: &Run, mode: &str, w: Window, mut lat: Vec<u32>, extra: Value) -> 
         "resumed_handshakes": run.resumed_handshakes.load(Ordering::Relaxed),
         "loadgen_cpu_us": w.self_cpu_us,
         "loadgen_cpu_util": w.self_cpu_us as f64 / 1e6 / w.secs.max(1e-9),
+        "cores_busy": w.cores_busy,
         "watched_pids": run.common.watch_pid,
         "watched_cpu_us": w.watched_cpu_us,
         "watched_cpu_util": w.watched_cpu_us as f64 / 1e6 / w.secs.max(1e-9),
@@ -722,6 +742,38 @@ fn cpu_us(pid: Option<u32>) -> u64 {
     };
     // utime is field 14, stime field 15 (1-based); `rest` starts at field 3.
     (ticks(11) + ticks(12)) * 10_000
+}
+
+/// One core's line of `/proc/stat`, in clock ticks.
+struct CoreTicks {
+    busy: u64,
+    total: u64,
+}
+
+/// `cpuN user nice system idle iowait irq softirq steal …` for every core, in order. Busy is user,
+/// nice, system, irq and softirq; total adds idle, iowait and steal (time the hypervisor gave to
+/// someone else, which this core could not use).
+fn core_ticks() -> Vec<CoreTicks> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let t: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            let at = |i: usize| t.get(i).copied().unwrap_or(0);
+            let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+            CoreTicks {
+                busy,
+                total: busy + at(3) + at(4) + at(7),
+            }
+        })
+        .collect()
 }
 
 struct Watch {

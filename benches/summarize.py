@@ -54,6 +54,12 @@ def lgutil(r):
     return r["loadgen_cpu_util"] * 100
 
 
+def core1(r):
+    """The whole second core (load generator, upstream and anything else on it), from /proc/stat."""
+    busy = r.get("cores_busy", [])
+    return busy[1] * 100 if len(busy) > 1 else None
+
+
 def rss(r):
     return r["watched_rss_kb_peak"] / 1024
 
@@ -70,6 +76,7 @@ METRICS = [
     ("keep-alive h1 proxy CPU/req", "ka-h1", cpu, "µs", "lower"),
     ("keep-alive h1 proxy core busy", "ka-h1", util, "%", None),
     ("keep-alive h1 loadgen core busy", "ka-h1", lgutil, "%", None),
+    ("keep-alive h1 loadgen+upstream core busy", "ka-h1", core1, "%", None),
     ("keep-alive h1 peak RSS", "ka-h1", rss, "MiB", "lower"),
     ("keep-alive h2 64c req/s", "ka-h2", rps, "req/s", "higher"),
     ("keep-alive h2 p99", "ka-h2", p99, "ms", "lower"),
