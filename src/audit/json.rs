@@ -387,6 +387,11 @@ fn escape_mask(word: u64) -> u64 {
     below(word, 0x20) | below(quote, 1) | below(backslash, 1)
 }
 
+/// The byte-at-a-time form of [`escape_mask`], for the few bytes a word does not cover.
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
 /// Where the first byte that needs escaping sits: eight bytes at a time, then the last few.
 fn first_escape(bytes: &[u8]) -> Option<usize> {
     let mut chunks = bytes.chunks_exact(8);
@@ -403,7 +408,7 @@ fn first_escape(bytes: &[u8]) -> Option<usize> {
     chunks
         .remainder()
         .iter()
-        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .position(|&b| needs_escape(b))
         .map(|at| offset + at)
 }
 
@@ -413,7 +418,7 @@ fn first_escape(bytes: &[u8]) -> Option<usize> {
 /// spurious bit only ever sits above a real match in the same word.)
 fn is_clean(bytes: &[u8]) -> bool {
     match bytes.len() {
-        0..=3 => !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
+        0..=3 => !bytes.iter().copied().any(needs_escape),
         4..=16 => Short::clean(bytes).is_some(),
         _ => {
             let word = |w: Option<&[u8; 8]>| u64::from_le_bytes(w.copied().unwrap_or_default());
