@@ -157,43 +157,49 @@ impl Drop for ActivityGuard<'_> {
 /// activity with checks every `idle_timeout / 2`: one check to see the change, two more to see
 /// it last.
 struct LastSeen {
-    io: u64,
-    io_at: Instant,
-    events: u64,
-    events_at: Instant,
+    io: Dated,
+    events: Dated,
+}
+
+/// A counter's value and the check that first saw it.
+struct Dated {
+    count: u64,
+    at: Instant,
 }
 
 impl LastSeen {
     fn new(activity: &Activity, now: Instant) -> Self {
         Self {
-            io: activity.io.load(Ordering::Relaxed),
-            io_at: now,
-            events: activity.events(),
-            events_at: now,
+            io: Dated::new(activity.io.load(Ordering::Relaxed), now),
+            events: Dated::new(activity.events(), now),
         }
     }
 
     fn observe(&mut self, activity: &Activity, now: Instant) {
-        let io = activity.io.load(Ordering::Relaxed);
-        if io != self.io {
-            self.io = io;
-            self.io_at = now;
-        }
-        let events = activity.events();
-        if events != self.events {
-            self.events = events;
-            self.events_at = now;
-        }
+        self.io.observe(activity.io.load(Ordering::Relaxed), now);
+        self.events.observe(activity.events(), now);
     }
 
     /// How long no byte has moved on the connection.
     fn stalled_for(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.io_at)
+        now.saturating_duration_since(self.io.at)
     }
 
     /// How long the connection has had nothing to do; `None` while a request is in flight.
     fn idle_for(&self, activity: &Activity, now: Instant) -> Option<Duration> {
-        (!activity.busy()).then(|| now.saturating_duration_since(self.events_at))
+        (!activity.busy()).then(|| now.saturating_duration_since(self.events.at))
+    }
+}
+
+impl Dated {
+    fn new(count: u64, now: Instant) -> Self {
+        Self { count, at: now }
+    }
+
+    fn observe(&mut self, count: u64, now: Instant) {
+        if count != self.count {
+            *self = Self::new(count, now);
+        }
     }
 }
 
