@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,20 @@ fn crl_verdict(gw: &Gateway, leaf: &Leaf) -> Verdict {
         .revocation
         .crl()
         .check(BundleId(0), issuer, serial, UnixTime::now())
+}
+
+/// What the tests that revoke while serving start from, in this order: the environment, an
+/// upstream, an `openssl` CA for the partners, the partner `acme`, the CA's CRL file (empty so far)
+/// and a gateway config whose `partner-ca` bundle reads that file.
+async fn with_crl_file() -> (Env, Upstream, OpenSslCa, Leaf, PathBuf, String) {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let acme = env.acme();
+    let crl = env.path("partner-ca.crl");
+    std::fs::write(&crl, ca.crl(&[])).unwrap();
+    let config = env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), "");
+    (env, up, ca, acme, crl, config)
 }
 
 /// Revokes `leaf` in the CRL file the gateway reads, and waits until the gateway uses the new CRL.
@@ -139,15 +153,8 @@ struct Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crl_replaced_while_serving_refuses_new_handshakes_and_cuts_the_open_connection() {
-    let env = Env::new();
-    let up = Upstream::start().await;
-    let ca = OpenSslCa::new(&env.root);
-    let acme = env.acme();
-    let crl = env.path("partner-ca.crl");
-    std::fs::write(&crl, ca.crl(&[])).unwrap();
-    let gw = env
-        .start(&env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), ""))
-        .await;
+    let (env, up, ca, acme, crl, config) = with_crl_file().await;
+    let gw = env.start(&config).await;
 
     // A keep-alive client calling in a loop until its connection ends.
     let tls = env.tls_as(&gw, &acme).await;
@@ -253,17 +260,10 @@ async fn a_crl_replaced_while_serving_refuses_new_handshakes_and_cuts_the_open_c
 /// request still waiting on the upstream when the grace period ends is cut with the connection.
 #[tokio::test]
 async fn a_request_still_running_when_its_certificate_is_revoked_is_cut_after_the_grace_period() {
-    let env = Env::new();
-    let up = Upstream::start().await;
-    let ca = OpenSslCa::new(&env.root);
-    let acme = env.acme();
-    let crl = env.path("partner-ca.crl");
-    std::fs::write(&crl, ca.crl(&[])).unwrap();
+    let (env, up, ca, acme, crl, config) = with_crl_file().await;
     // The upstream answers the request below after 30 s, and the gateway would wait for it: only
     // the grace period can end it sooner.
-    let yaml = env
-        .config_with_bundle(up.addr, &crl_file("partner-ca.crl"), "")
-        .replace("request_timeout: 2s", "request_timeout: 60s");
+    let yaml = config.replace("request_timeout: 2s", "request_timeout: 60s");
     let gw = env.start(&yaml).await;
     let tls = env.tls_as(&gw, &acme).await;
     let mut sender = handshake_http(tls).await.unwrap();
@@ -547,15 +547,8 @@ async fn ocsp_responder_down_refuses_under_hard_fail_and_serves_under_soft_fail(
 
 #[tokio::test]
 async fn a_resumed_session_is_refused_once_its_certificate_is_revoked() {
-    let env = Env::new();
-    let up = Upstream::start().await;
-    let ca = OpenSslCa::new(&env.root);
-    let acme = env.acme();
-    let crl = env.path("partner-ca.crl");
-    std::fs::write(&crl, ca.crl(&[])).unwrap();
-    let gw = env
-        .start(&env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), ""))
-        .await;
+    let (env, up, ca, acme, crl, config) = with_crl_file().await;
+    let gw = env.start(&config).await;
     // One client configuration, so one session cache, for every connection below.
     let client = env.tls_config_for(&acme);
 
@@ -574,13 +567,7 @@ async fn a_resumed_session_is_refused_once_its_certificate_is_revoked() {
     assert_eq!(request(HandshakeKind::Resumed).await.status, 200);
     assert_eq!(up.count(), 2);
 
-    ca.revoke(&acme);
-    replace_by_rename(&crl, &ca.crl(&[]));
-    assert!(
-        eventually(Duration::from_secs(5), || crl_verdict(&gw, &acme)
-            == Verdict::Revoked)
-        .await
-    );
+    revoke_in_crl_file(&gw, &ca, &crl, &acme).await;
     // Resuming skips the certificate verifier; the connection's own re-check refuses it.
     let answer = request(HandshakeKind::Resumed).await;
     assert_eq!(answer.status, 403, "{}", answer.body);
