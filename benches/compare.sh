@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # certgate vs nginx vs HAProxy doing the same mTLS reverse-proxy job on this machine, in one run.
 #
-#   benches/compare.sh [--quick] [--rounds N] [--duration S] [--warmup S] [--peers "certgate nginx haproxy"]
+#   benches/compare.sh [--quick] [--rounds N] [--duration S] [--warmup S]
+#                      [--peers "certgate nginx haproxy nginx-minlog"]
 #                      [--idle-conns N] [--no-build] [--baseline PATH] [--variants "ecdsa-none rsa-none ..."]
 #                      [--keepalive-only] [--certgate PATH]
 #
@@ -15,6 +16,13 @@
 # --keepalive-only runs just the keep-alive rows (implies --variants ecdsa-none --idle-conns 0): more
 # and longer rounds in the same time, for a change that only touches the per-request path.
 #
+# The same job for every gateway includes the audit trail: certgate writes one JSON line per request
+# naming the partner's certificate (subject, serial, fingerprint), the route, the status, the byte
+# counts and the timings, so nginx and HAProxy are configured to log the same line, field for field
+# where they have the value (their fingerprint is SHA-1; partner comes from a map of the subject
+# CN). Peer "nginx-minlog" is nginx with a minimal access log (`reused=... status=...`, no identity):
+# not the same job, it runs the keep-alive rows only, as a reference for what the audit line costs.
+#
 # Needs: root (apt-get for nginx/haproxy/openssl/curl/python3 if missing), a Rust toolchain, 2+ cores.
 # Loopback only. Every process it starts is stopped by its PID (also on error, via a trap).
 # Pinning: every gateway runs on core 0 (one worker: certgate --threads 1, nginx worker_processes 1,
@@ -25,10 +33,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# The summary names the command as given, so a table can be reproduced from it.
+COMMAND="benches/compare.sh${*:+ $*}"
 ROUNDS=3
 DURATION=5
 WARMUP=1
-PEERS="certgate nginx haproxy"
+PEERS="certgate nginx haproxy nginx-minlog"
 IDLE_CONNS=10000
 BUILD=1
 QUICK=0
@@ -280,9 +290,21 @@ forward:
 EOF
 }
 
-write_nginx() { # variant dir
+# The audit line certgate writes for a request (src/audit.rs), in each peer's log language. The
+# `reused` field lets server_side_full_handshakes confirm full handshakes from the server's side.
+NGINX_AUDIT_FORMAT='{"timestamp":"$time_iso8601","level":"INFO","message":"request answered","event":"request","decision":"allow","reason":"ok","conn.id":$connection,"client.addr":"$remote_addr:$remote_port","sni":"$ssl_server_name","partner":"$partner","cert.subject":"$ssl_client_s_dn","cert.serial":"$ssl_client_serial","cert.sha1":"$ssl_client_fingerprint","route":"all","upstream":"$upstream_addr","http.method":"$request_method","http.path":"$uri","http.status":$status,"bytes.in":$request_length,"bytes.out":$bytes_sent,"upstream_ms":"$upstream_header_time","duration_ms":$request_time,"reused":"$ssl_session_reused","target":"audit"}'
+HAPROXY_AUDIT_FORMAT='{"timestamp":"%trg","level":"INFO","message":"request answered","event":"request","decision":"allow","reason":"ok","conn.id":%rt,"client.addr":"%ci:%cp","sni":"%[ssl_fc_sni]","partner":"%[ssl_c_s_dn(cn),map_str(PARTNERS_MAP,unknown)]","cert.subject":%{+Q}[ssl_c_s_dn],"cert.serial":"%[ssl_c_serial,hex]","cert.sha1":"%[ssl_c_sha1,hex]","route":"all","upstream":"%b","http.method":"%HM","http.path":%{+Q}HP,"http.status":%ST,"bytes.in":%U,"bytes.out":%B,"upstream_ms":%Tr,"duration_ms":%Ta,"reused":%[ssl_fc_is_resumed],"target":"audit"}'
+
+write_nginx() { # variant dir [minlog]
     local v=$1 d=$2 key=${1%%-*} crl=${1#*-}
-    local crl_line=""
+    local crl_line="" log_format
+    if [ "${3:-}" = minlog ]; then
+        log_format="log_format bench 'reused=\$ssl_session_reused status=\$status proto=\$ssl_protocol';"
+    else
+        # A partner is named by its certificate's subject, as in certgate's partners list.
+        log_format="map \$ssl_client_s_dn \$partner { \"CN=bench-partner,O=bench\" bench; default unknown; }
+    log_format bench escape=json '$NGINX_AUDIT_FORMAT';"
+    fi
     [ "$crl" != none ] && crl_line="ssl_crl $P/crl-$crl.pem;"
     mkdir -p "$d/tmp" "$d/logs"
     cat > "$d/nginx.conf" <<EOF
@@ -293,7 +315,7 @@ pid $d/nginx.pid;
 error_log $d/logs/error.log warn;
 events { worker_connections 16000; }
 http {
-    log_format bench 'reused=\$ssl_session_reused status=\$status proto=\$ssl_protocol';
+    $log_format
     access_log $d/logs/access.log bench buffer=64k flush=1s;
     client_body_temp_path $d/tmp;
     proxy_temp_path $d/tmp;
@@ -336,6 +358,9 @@ write_haproxy() { # variant dir
     local v=$1 d=$2 key=${1%%-*} crl=${1#*-}
     local crl_opt=""
     [ "$crl" != none ] && crl_opt="crl-file $P/crl-$crl.pem"
+    # A partner is named by its certificate's subject CN.
+    echo "bench-partner bench" > "$d/partners.map"
+    local log_format=${HAPROXY_AUDIT_FORMAT//PARTNERS_MAP/$d/partners.map}
     cat > "$d/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -354,7 +379,7 @@ defaults
     timeout http-request 10s
 frontend fe
     bind 127.0.0.1:$GW_PORT ssl crt $P/server-$key-combined.pem ca-file $P/cas.pem verify required $crl_opt alpn h2,http/1.1 no-tls-tickets
-    log-format "reused=%[ssl_fc_is_resumed] status=%ST"
+    log-format '$log_format'
     option forwardfor
     http-request set-header X-Forwarded-Proto https
     http-request set-header Client-Cert :%[ssl_c_der,base64]:
@@ -379,8 +404,8 @@ start_gw() { # peer variant
             taskset -c "$GW_CORE" "$bin" --threads 1 --log-format json serve --config "$d/certgate.yaml" \
                 >>"$GW_LOG" 2>&1 &
             GW_PID=$! ;;
-        nginx)
-            write_nginx "$v" "$d"
+        nginx|nginx-minlog)
+            write_nginx "$v" "$d" "${peer#nginx-}"
             taskset -c "$GW_CORE" nginx -p "$d" -c "$d/nginx.conf" -g 'daemon off;' >>"$GW_LOG" 2>&1 &
             GW_PID=$! ;;
         haproxy)
@@ -396,7 +421,7 @@ start_gw() { # peer variant
     fi
     GW_START_SECS=$(python3 -c "print(round($(date +%s.%N)-$t0,2))")
     WATCH=$GW_PID
-    if [ "$peer" = nginx ]; then
+    if [ "${peer%-minlog}" = nginx ]; then
         # The master plus its (single) worker; the worker does the work.
         for _ in $(seq 50); do
             kids=$(pgrep -P "$GW_PID" | tr '\n' ',' | sed 's/,$//')
@@ -474,11 +499,11 @@ print(json.dumps({"requests": reqs, "distinct_connections": len(conns),
 EOF
 ) ;;
         nginx)
-            j=$(printf '{"requests":%s,"reused":%s}' "$(grep -c 'status=' "$d/logs/access.log" || true)" \
-                "$(grep -c 'reused=r' "$d/logs/access.log" || true)") ;;
+            j=$(printf '{"requests":%s,"reused":%s}' "$(grep -c '"event":"request"' "$d/logs/access.log" || true)" \
+                "$(grep -c '"reused":"r"' "$d/logs/access.log" || true)") ;;
         haproxy)
-            j=$(printf '{"requests":%s,"reused":%s}' "$(grep -c 'status=' "$d/stdout.log" || true)" \
-                "$(grep -c 'reused=1' "$d/stdout.log" || true)") ;;
+            j=$(printf '{"requests":%s,"reused":%s}' "$(grep -c '"event":"request"' "$d/stdout.log" || true)" \
+                "$(grep -c '"reused":1' "$d/stdout.log" || true)") ;;
     esac
     record "$peer" "server-full-handshakes" "$2" "$j"
 }
@@ -499,6 +524,8 @@ for round in $(seq "$ROUNDS"); do
     record upstream ka-h1 "$round" "$out"
     for peer in "${order[@]}"; do
         for v in $VARIANTS; do
+            # The reference peer runs the keep-alive rows only (see the top of this file).
+            [ "$peer" = nginx-minlog ] && [ "$v" != ecdsa-none ] && continue
             start_gw "$peer" "$v"
             log "  $peer $v (up in ${GW_START_SECS}s)"
             check_peer "$peer" "$v" "$round"
@@ -506,7 +533,7 @@ for round in $(seq "$ROUNDS"); do
                 ecdsa-none)
                     run_lg "$peer" ka-h1 "$round" keepalive --connections 64 --proto http1
                     run_lg "$peer" ka-h2 "$round" keepalive --connections 64 --proto h2
-                    if [ "$KEEPALIVE_ONLY" = 0 ]; then
+                    if [ "$KEEPALIVE_ONLY" = 0 ] && [ "$peer" != nginx-minlog ]; then
                         run_lg "$peer" hs-ecdsa "$round" handshake --concurrency 16
                     fi ;;
                 rsa-none)
@@ -525,6 +552,7 @@ done
 # Memory per idle connection: a fresh gateway, IDLE_CONNS connections with one request each, held.
 for peer in "${PEER_LIST[@]}"; do
     [ "$IDLE_CONNS" -gt 0 ] || break
+    [ "$peer" = nginx-minlog ] && continue
     start_gw "$peer" ecdsa-none
     sleep 0.5
     n_idle=$IDLE_CONNS
@@ -540,6 +568,6 @@ log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- summary -------------------------------------------------------------------------------------
 python3 "$ROOT/benches/summarize.py" "$RESULTS" "$OUT" \
-    --command "benches/compare.sh$([ $QUICK = 1 ] && echo ' --quick') --rounds $ROUNDS --duration $DURATION" \
+    --command "$COMMAND (rounds $ROUNDS, ${DURATION} s windows)" \
     --peers "$PEERS"
 log "done: $OUT/summary.md"
