@@ -60,6 +60,13 @@ def core1(r):
     return busy[1] * 100 if len(busy) > 1 else None
 
 
+def ceiling(r):
+    """The rate at which the second core would be fully busy if its cost per request stayed the same:
+    an upper bound for any gateway measured with this load generator and upstream."""
+    busy = core1(r)
+    return r["rps"] * 100 / busy if busy else None
+
+
 def rss(r):
     return r["watched_rss_kb_peak"] / 1024
 
@@ -77,6 +84,7 @@ METRICS = [
     ("keep-alive h1 proxy core busy", "ka-h1", util, "%", None),
     ("keep-alive h1 loadgen core busy", "ka-h1", lgutil, "%", None),
     ("keep-alive h1 loadgen+upstream core busy", "ka-h1", core1, "%", None),
+    ("keep-alive h1 second core's ceiling (req/s ÷ its busy share)", "ka-h1", ceiling, "req/s", None),
     ("keep-alive h1 peak RSS", "ka-h1", rss, "MiB", "lower"),
     ("keep-alive h2 64c req/s", "ka-h2", rps, "req/s", "higher"),
     ("keep-alive h2 p99", "ka-h2", p99, "ms", "lower"),
@@ -228,6 +236,18 @@ md.append("|---|---|---|")
 for t, r, ok in targets:
     md.append(f"| {t} | {'–' if r is None else f'{r:.2f}×'} | {verdict(ok)} |")
 md.append("")
+# The load generator and the upstream share the second core: its ceiling in a peer's rounds bounds
+# the ratio any gateway could show against that peer on this machine.
+bounds = []
+for o in [p for p in others if p.startswith("nginx")]:
+    rate, top = med(o, "ka-h1", rps), med(o, "ka-h1", ceiling)
+    if rate and top:
+        bounds.append(f"{o}: {top:,.0f} req/s, {top / rate:.2f}× its rate")
+        summary.setdefault("second_core_ceiling_over_rate", {})[o] = top / rate
+if bounds:
+    md.append("The second core (load generator and upstream) would be fully busy at: " + "; ".join(bounds)
+              + ". Even a gateway that cost nothing would show about that keep-alive ratio against that peer here, "
+              "not more (the second core's cost per request moves a little with batching).\n")
 md.append("Correctness checks and server-side full-handshake confirmation:\n")
 for c in summary["checks"]:
     if c["round"] == 1:
