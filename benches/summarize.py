@@ -246,8 +246,9 @@ for o in [p for p in others if p.startswith("nginx")]:
         summary.setdefault("second_core_ceiling_over_rate", {})[o] = top / rate
 if bounds:
     md.append("The second core (load generator and upstream) would be fully busy at: " + "; ".join(bounds)
-              + ". Even a gateway that cost nothing would show about that keep-alive ratio against that peer here, "
-              "not more (the second core's cost per request moves a little with batching).\n")
+              + ". That is roughly the most any gateway could show against that peer on this layout. Rough, "
+              "because the second core's cost per request falls as the rate rises (more work per wake-up): "
+              "compare its busy share and the rates across peers.\n")
 md.append("Correctness checks and server-side full-handshake confirmation:\n")
 for c in summary["checks"]:
     if c["round"] == 1:
