@@ -1,5 +1,7 @@
 //! What revocation costs per connection, with CRLs of 0, 10 000 and 1 000 000 entries:
 //!
+//! * `crl_load`: `Checker::load_bytes` for the 10 000- and 1 000 000-entry CRLs: parse, signature
+//!   check and set build, what start-up and every CRL refresh pay (off the handshake path).
 //! * `crl_lookup`: [`Checker::check`] alone, for a certificate the CRL does not list (the common
 //!   case; a listed serial is the same hash lookup).
 //! * `connection_validation`: what a new connection runs on the CPU before its first request —
@@ -44,6 +46,8 @@ struct Fixture {
     intermediates: Vec<CertificateDer<'static>>,
     issuer: Vec<u8>,
     serial: Vec<u8>,
+    /// The CRL as loaded, DER.
+    crl: Vec<u8>,
     _dir: tempfile::TempDir,
 }
 
@@ -200,7 +204,6 @@ routes:
         der.len(),
         after.saturating_sub(before) as f64 / 1024.0
     );
-    drop(der);
 
     let leaf = CertificateDer::from(leaf.der().to_vec());
     let (issuer, serial) = issuer_and_serial(&leaf).unwrap();
@@ -212,6 +215,7 @@ routes:
         intermediates: vec![CertificateDer::from(int.der().to_vec())],
         issuer,
         serial,
+        crl: der,
         _dir: dir,
     };
     // Sanity: the certificate passes, a listed serial is revoked.
@@ -239,6 +243,16 @@ fn revocation(c: &mut Criterion) {
     // Built once, outside every timed loop, and shared by both groups.
     let fixtures: Vec<Fixture> = SIZES.iter().map(|&n| fixture(n)).collect();
     let now = UnixTime::now();
+
+    let mut group = c.benchmark_group("crl_load");
+    group.sample_size(10);
+    for f in fixtures.iter().filter(|f| f.entries > 0) {
+        let crl = f.snapshot.revocation.crl();
+        group.bench_with_input(BenchmarkId::from_parameter(f.entries), f, |b, f| {
+            b.iter(|| crl.load_bytes(BundleId(0), 0, black_box(&f.crl)).unwrap());
+        });
+    }
+    group.finish();
 
     let mut group = c.benchmark_group("crl_lookup");
     for f in &fixtures {
