@@ -4,7 +4,8 @@
 //! certificate, never resumes a TLS session (`Resumption::disabled()`, so every new connection is a
 //! full handshake), and prints one JSON object on stdout. Modes:
 //!
-//! * `keepalive`: N connections (HTTP/1.1 or h2), each sending requests back to back;
+//! * `keepalive`: N connections (HTTP/1.1 or h2), each sending requests back to back. HTTP/1.1
+//!   skips hyper's client (see `RawConn`): same bytes on the wire, less of the shared core;
 //! * `handshake`: C workers, each opening a new connection per request (full handshake each time);
 //! * `idle`: open N connections (one request each, so the peer really proxies on them), hold them,
 //!   and report how much the watched processes' memory grew per connection;
@@ -39,6 +40,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::HandshakeKind;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -165,6 +167,8 @@ struct Run {
     server_name: ServerName<'static>,
     uri: Uri,
     h2_uri: Uri,
+    /// The HTTP/1.1 keep-alive request, encoded once: the bytes hyper's client sends for it.
+    get: Vec<u8>,
     /// Set once the warm-up is over: only then are latencies recorded.
     measuring: AtomicBool,
     stop: AtomicBool,
@@ -180,6 +184,74 @@ struct ErrorCounts {
     tls: AtomicU64,
     http: AtomicU64,
     status: AtomicU64,
+}
+
+/// A client connection's byte stream: TLS, or plain TCP for the upstream-alone ceiling.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// HTTP/1.1 keep-alive without hyper's client: the load generator shares its core with the
+/// upstream, and with a fast gateway that core is the limit (issue 5). Writing one pre-encoded
+/// request and parsing the response head in place leaves the core to the upstream, and puts the
+/// same bytes on the wire as hyper's client did.
+struct RawConn {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    fn new(io: Box<dyn Io>) -> Self {
+        Self {
+            io,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Reads what is there into `buf`; false on EOF or error.
+    async fn fill(&mut self) -> bool {
+        self.buf.reserve(4096);
+        matches!(self.io.read_buf(&mut self.buf).await, Ok(n) if n > 0)
+    }
+}
+
+/// What a keep-alive client needs of a response head.
+struct ResponseHead {
+    len: usize,
+    status: u16,
+    body: usize,
+    close: bool,
+}
+
+impl ResponseHead {
+    /// `Ok(None)`: incomplete. `Err`: malformed, or a body not framed by `Content-Length` (every
+    /// peer answers the benchmark's 100-byte body with one).
+    fn parse(buf: &[u8]) -> Result<Option<Self>, ()> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        let mut body = None;
+        let mut close = false;
+        for h in response.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(h.value).map_err(|_| ())?.trim();
+                body = Some(n.parse().map_err(|_| ())?);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(());
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                close |= h.value.eq_ignore_ascii_case(b"close");
+            }
+        }
+        Ok(Some(Self {
+            len,
+            status: response.code.ok_or(())?,
+            body: body.ok_or(())?,
+            close,
+        }))
+    }
 }
 
 type Sender1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
@@ -256,12 +328,18 @@ impl Run {
         let server_name = ServerName::try_from(common.host.clone())?;
         let uri: Uri = common.path.parse()?;
         let h2_uri: Uri = format!("https://{}{}", common.host, common.path).parse()?;
+        let get = format!(
+            "GET {} HTTP/1.1\r\nhost: {}\r\n\r\n",
+            common.path, common.host
+        )
+        .into_bytes();
         Ok(Self {
             common,
             tls,
             server_name,
             uri,
             h2_uri,
+            get,
             measuring: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             measured: AtomicU64::new(0),
@@ -292,6 +370,12 @@ impl Run {
     /// TCP connect, TLS handshake (unless plain) and the HTTP handshake; the connection task is
     /// spawned and ends when the sender is dropped.
     async fn connect(&self, proto: Proto) -> Option<Sender> {
+        let io = self.open().await?;
+        http_handshake(TokioIo::new(io), proto, &self.errors).await
+    }
+
+    /// TCP connect and TLS handshake (unless plain), counting full and resumed handshakes.
+    async fn open(&self) -> Option<Box<dyn Io>> {
         let tcp = match TcpStream::connect(self.common.addr).await {
             Ok(t) => t,
             Err(_) => {
@@ -301,7 +385,7 @@ impl Run {
         };
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => http_handshake(TokioIo::new(tcp), proto, &self.errors).await,
+            None => Some(Box::new(tcp)),
             Some(tls) => match tls.connect(self.server_name.clone(), tcp).await {
                 Ok(stream) => {
                     match stream.get_ref().1.handshake_kind() {
@@ -309,7 +393,7 @@ impl Run {
                         _ => &self.full_handshakes,
                     }
                     .fetch_add(1, Ordering::Relaxed);
-                    http_handshake(TokioIo::new(stream), proto, &self.errors).await
+                    Some(Box::new(stream))
                 }
                 Err(_) => {
                     self.errors.tls.fetch_add(1, Ordering::Relaxed);
@@ -353,6 +437,44 @@ impl Run {
             return Err(());
         }
         if !ok {
+            self.errors.status.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// One GET on a raw HTTP/1.1 keep-alive connection: the pre-encoded request, then the response
+    /// head parsed with httparse and a `Content-Length` body read to its end. `Err` means the
+    /// connection is no longer usable (also after `Connection: close`, as hyper's client would).
+    async fn raw_request(&self, conn: &mut RawConn) -> Result<(), ()> {
+        let broken = || {
+            self.errors.http.fetch_add(1, Ordering::Relaxed);
+            Err(())
+        };
+        if conn.io.write_all(&self.get).await.is_err() || conn.io.flush().await.is_err() {
+            return broken();
+        }
+        conn.buf.clear();
+        let head = loop {
+            if !conn.fill().await {
+                return broken();
+            }
+            match ResponseHead::parse(&conn.buf) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(()) => return broken(),
+            }
+        };
+        let end = head.len + head.body;
+        while conn.buf.len() < end {
+            if !conn.fill().await {
+                return broken();
+            }
+        }
+        // One request in flight: anything past this response is a protocol error.
+        if conn.buf.len() > end || head.close {
+            return broken();
+        }
+        if head.status != 200 {
             self.errors.status.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -443,23 +565,74 @@ async fn keepalive(
     streams: usize,
 ) -> anyhow::Result<Value> {
     // Connect everything first, so the window measures requests, not handshakes.
+    let tasks = match proto {
+        Proto::Http1 => keepalive_h1(&run, connections).await,
+        Proto::H2 => keepalive_h2(&run, connections, streams).await,
+    };
+    let window = measure_window(&run).await;
+    let lat = join_latencies(tasks).await;
+    Ok(report(
+        &run,
+        "keepalive",
+        window,
+        lat,
+        json!({
+            "connections": connections, "proto": format!("{proto:?}").to_lowercase(), "streams": streams,
+        }),
+    ))
+}
+
+type Worker = tokio::task::JoinHandle<Vec<u32>>;
+
+/// One task per connection, requests back to back on a [`RawConn`]; a broken connection is
+/// replaced.
+async fn keepalive_h1(run: &Arc<Run>, connections: usize) -> Vec<Worker> {
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        if let Some(io) = run.open().await {
+            conns.push(RawConn::new(io));
+        }
+    }
+    let spawn = |mut conn: RawConn| {
+        let run = run.clone();
+        tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            while !run.stopped() {
+                let started = Instant::now();
+                match run.raw_request(&mut conn).await {
+                    Ok(()) => {
+                        if !run.record(&mut lat, started) {
+                            break;
+                        }
+                    }
+                    Err(()) => match run.open().await {
+                        Some(io) => conn = RawConn::new(io),
+                        None => tokio::time::sleep(Duration::from_millis(10)).await,
+                    },
+                }
+            }
+            // close_notify and FIN, as hyper's client sends when its connection is dropped.
+            let _ = conn.io.shutdown().await;
+            lat
+        })
+    };
+    conns.into_iter().map(spawn).collect()
+}
+
+/// `streams` tasks per connection, sharing its hyper h2 sender.
+async fn keepalive_h2(run: &Arc<Run>, connections: usize, streams: usize) -> Vec<Worker> {
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
-        if let Some(s) = run.connect(proto).await {
+        if let Some(s) = run.connect(Proto::H2).await {
             senders.push(s);
         }
     }
     let mut tasks = Vec::new();
     for sender in senders {
-        let per_conn = if proto == Proto::H2 { streams } else { 1 };
-        let mut sender = Some(sender);
-        for _ in 0..per_conn {
-            let shared = match &sender {
-                Some(Sender::H2(h)) if per_conn > 1 => Some(Sender::H2(h.clone())),
-                _ => None,
-            };
-            let Some(mut s) = shared.or_else(|| sender.take()) else {
-                break;
+        for _ in 0..streams {
+            let mut s = match &sender {
+                Sender::H2(h) => Sender::H2(h.clone()),
+                Sender::H1(_) => unreachable!("connected with h2"),
             };
             let run = run.clone();
             tasks.push(tokio::spawn(async move {
@@ -472,7 +645,7 @@ async fn keepalive(
                                 break;
                             }
                         }
-                        Err(()) => match run.connect(proto).await {
+                        Err(()) => match run.connect(Proto::H2).await {
                             Some(new) => s = new,
                             None => tokio::time::sleep(Duration::from_millis(10)).await,
                         },
@@ -482,17 +655,7 @@ async fn keepalive(
             }));
         }
     }
-    let window = measure_window(&run).await;
-    let lat = join_latencies(tasks).await;
-    Ok(report(
-        &run,
-        "keepalive",
-        window,
-        lat,
-        json!({
-            "connections": connections, "proto": format!("{proto:?}").to_lowercase(), "streams": streams,
-        }),
-    ))
+    tasks
 }
 
 async fn handshake(run: Arc<Run>, concurrency: usize) -> anyhow::Result<Value> {
@@ -662,7 +825,7 @@ async fn measure_window(run: &Run) -> Window {
     }
 }
 
-async fn join_latencies(tasks: Vec<tokio::task::JoinHandle<Vec<u32>>>) -> Vec<u32> {
+async fn join_latencies(tasks: Vec<Worker>) -> Vec<u32> {
     let mut all = Vec::new();
     for t in tasks {
         // A worker stuck on a dead peer must not hang the run.
