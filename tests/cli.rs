@@ -432,9 +432,8 @@ fn the_demo_serves_the_calls_it_prints() {
     }
     let denied = String::from_utf8_lossy(&run(&commands[1]).stdout).into_owned();
     let revoked = run(&commands[2]);
-    // curl usually says `alert certificate revoked`; when the gateway's close wins the race with
-    // the alert it reports a broken connection instead. The gateway's own audit line (stdout, as
-    // the demo runs) says why it refused.
+    // curl reads the alert (the gateway lingers after refusing, see `tls::handshake::Refused`),
+    // and the gateway's own audit line (stdout, as the demo runs) says why it refused.
     let deadline = Instant::now() + Duration::from_secs(10);
     let audit = std::iter::from_fn(|| {
         rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -448,6 +447,11 @@ fn the_demo_serves_the_calls_it_prints() {
         !revoked.status.success(),
         "call 3 must fail in the handshake: {}",
         String::from_utf8_lossy(&revoked.stdout)
+    );
+    let told = String::from_utf8_lossy(&revoked.stderr);
+    assert!(
+        told.contains("alert certificate revoked"),
+        "curl must be told why: {told}"
     );
     let audit = audit.expect("no handshake_refused audit line within 10 s");
     assert!(audit.contains(r#""reason":"revoked""#), "{audit}");

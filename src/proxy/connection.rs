@@ -275,10 +275,14 @@ pub async fn serve(
     let _active = metrics.connection();
     let started = Instant::now();
     let handshake = handshake::accept(&snapshot.acceptor, tcp, limits.handshake_timeout).await;
-    metrics.handshake(handshake.as_ref().err().map(|e| e.kind), started.elapsed());
+    metrics.handshake(
+        handshake.as_ref().err().map(|r| r.error.kind),
+        started.elapsed(),
+    );
     let tls = match handshake {
         Ok(tls) => tls,
-        Err(e) => {
+        Err(refused) => {
+            let e = &refused.error;
             tracing::info!(
                 target: "certgate::audit",
                 event = "handshake_refused",
@@ -290,6 +294,7 @@ pub async fn serve(
                 duration_ms = started.elapsed().as_secs_f64() * 1e3,
                 "tls handshake refused"
             );
+            refused.close().await;
             return;
         }
     };
