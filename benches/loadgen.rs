@@ -584,78 +584,90 @@ async fn keepalive(
 
 type Worker = tokio::task::JoinHandle<Vec<u32>>;
 
-/// One task per connection, requests back to back on a [`RawConn`]; a broken connection is
-/// replaced.
+/// A keep-alive worker's connection: its own raw HTTP/1.1 one, or a share of an h2 one.
+enum KeepAliveConn {
+    H1(RawConn),
+    H2(Sender),
+}
+
+impl Run {
+    async fn keepalive_request(&self, conn: &mut KeepAliveConn) -> Result<(), ()> {
+        match conn {
+            KeepAliveConn::H1(raw) => self.raw_request(raw).await,
+            KeepAliveConn::H2(sender) => self.request(sender).await,
+        }
+    }
+
+    /// A fresh connection of the same kind, for a worker whose connection broke.
+    async fn keepalive_reconnect(&self, proto: Proto) -> Option<KeepAliveConn> {
+        match proto {
+            Proto::Http1 => self
+                .open()
+                .await
+                .map(|io| KeepAliveConn::H1(RawConn::new(io))),
+            Proto::H2 => self.connect(Proto::H2).await.map(KeepAliveConn::H2),
+        }
+    }
+}
+
+/// Requests back to back on `conn`, replacing it when it breaks, until the run stops.
+fn keepalive_worker(run: &Arc<Run>, mut conn: KeepAliveConn, proto: Proto) -> Worker {
+    let run = run.clone();
+    tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(1 << 16);
+        while !run.stopped() {
+            let started = Instant::now();
+            match run.keepalive_request(&mut conn).await {
+                Ok(()) => {
+                    if !run.record(&mut lat, started) {
+                        break;
+                    }
+                }
+                Err(()) => match run.keepalive_reconnect(proto).await {
+                    Some(new) => conn = new,
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+            }
+        }
+        // close_notify and FIN, as hyper's client sends when its connection is dropped (an h2
+        // sender does the same once its last clone is gone).
+        if let KeepAliveConn::H1(raw) = &mut conn {
+            let _ = raw.io.shutdown().await;
+        }
+        lat
+    })
+}
+
+/// One worker per connection, on a [`RawConn`].
 async fn keepalive_h1(run: &Arc<Run>, connections: usize) -> Vec<Worker> {
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
         if let Some(io) = run.open().await {
-            conns.push(RawConn::new(io));
+            conns.push(KeepAliveConn::H1(RawConn::new(io)));
         }
     }
-    let spawn = |mut conn: RawConn| {
-        let run = run.clone();
-        tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(1 << 16);
-            while !run.stopped() {
-                let started = Instant::now();
-                match run.raw_request(&mut conn).await {
-                    Ok(()) => {
-                        if !run.record(&mut lat, started) {
-                            break;
-                        }
-                    }
-                    Err(()) => match run.open().await {
-                        Some(io) => conn = RawConn::new(io),
-                        None => tokio::time::sleep(Duration::from_millis(10)).await,
-                    },
-                }
-            }
-            // close_notify and FIN, as hyper's client sends when its connection is dropped.
-            let _ = conn.io.shutdown().await;
-            lat
-        })
-    };
-    conns.into_iter().map(spawn).collect()
+    conns
+        .into_iter()
+        .map(|conn| keepalive_worker(run, conn, Proto::Http1))
+        .collect()
 }
 
-/// `streams` tasks per connection, sharing its hyper h2 sender.
+/// `streams` workers per connection, sharing its hyper h2 sender.
 async fn keepalive_h2(run: &Arc<Run>, connections: usize, streams: usize) -> Vec<Worker> {
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
-        if let Some(s) = run.connect(Proto::H2).await {
+        if let Some(Sender::H2(s)) = run.connect(Proto::H2).await {
             senders.push(s);
         }
     }
-    let mut tasks = Vec::new();
+    let mut workers = Vec::with_capacity(senders.len() * streams);
     for sender in senders {
         for _ in 0..streams {
-            let mut s = match &sender {
-                Sender::H2(h) => Sender::H2(h.clone()),
-                Sender::H1(_) => unreachable!("connected with h2"),
-            };
-            let run = run.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(1 << 16);
-                while !run.stopped() {
-                    let started = Instant::now();
-                    match run.request(&mut s).await {
-                        Ok(()) => {
-                            if !run.record(&mut lat, started) {
-                                break;
-                            }
-                        }
-                        Err(()) => match run.connect(Proto::H2).await {
-                            Some(new) => s = new,
-                            None => tokio::time::sleep(Duration::from_millis(10)).await,
-                        },
-                    }
-                }
-                lat
-            }));
+            let conn = KeepAliveConn::H2(Sender::H2(sender.clone()));
+            workers.push(keepalive_worker(run, conn, Proto::H2));
         }
     }
-    tasks
+    workers
 }
 
 async fn handshake(run: Arc<Run>, concurrency: usize) -> anyhow::Result<Value> {
