@@ -55,6 +55,16 @@ async fn with_crl_file() -> (Env, Upstream, OpenSslCa, Leaf, PathBuf, String) {
     (env, up, ca, acme, crl, config)
 }
 
+/// A gateway started on a CRL file that already lists globex; acme is good.
+async fn with_globex_revoked_from_the_start() -> (Env, Upstream, Gateway, Leaf, Leaf) {
+    let (env, up, ca, acme, crl, config) = with_crl_file().await;
+    let globex = env.globex();
+    ca.revoke(&globex);
+    std::fs::write(&crl, ca.crl(&[])).unwrap();
+    let gw = env.start(&config).await;
+    (env, up, gw, acme, globex)
+}
+
 /// Revokes `leaf` in the CRL file the gateway reads, and waits until the gateway uses the new CRL.
 /// Returns when the file was replaced.
 async fn revoke_in_crl_file(gw: &Gateway, ca: &OpenSslCa, crl: &Path, leaf: &Leaf) -> Instant {
@@ -119,15 +129,7 @@ async fn assert_handshake_refused(gw: &Gateway, env: &Env, leaf: &Leaf, alert: &
 
 #[tokio::test]
 async fn a_certificate_revoked_by_the_crl_file_is_refused_in_the_handshake_and_a_good_one_passes() {
-    let env = Env::new();
-    let up = Upstream::start().await;
-    let ca = OpenSslCa::new(&env.root);
-    let (acme, globex) = (env.acme(), env.globex());
-    ca.revoke(&globex);
-    std::fs::write(env.path("partner-ca.crl"), ca.crl(&[])).unwrap();
-    let gw = env
-        .start(&env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), ""))
-        .await;
+    let (env, up, gw, acme, globex) = with_globex_revoked_from_the_start().await;
 
     assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
     assert_eq!(
@@ -149,15 +151,7 @@ async fn a_certificate_revoked_by_the_crl_file_is_refused_in_the_handshake_and_a
 /// Connection reset by peer") would never read the alert that says why it was refused.
 #[tokio::test]
 async fn a_client_that_keeps_sending_is_not_reset_before_it_reads_why_it_was_refused() {
-    let env = Env::new();
-    let up = Upstream::start().await;
-    let ca = OpenSslCa::new(&env.root);
-    let globex = env.globex();
-    ca.revoke(&globex);
-    std::fs::write(env.path("partner-ca.crl"), ca.crl(&[])).unwrap();
-    let gw = env
-        .start(&env.config_with_bundle(up.addr, &crl_file("partner-ca.crl"), ""))
-        .await;
+    let (env, up, gw, _acme, globex) = with_globex_revoked_from_the_start().await;
 
     let mut tls = connect(gw.local_addr(), "localhost", env.tls_config_for(&globex))
         .await
