@@ -62,7 +62,8 @@ def core1(r):
 
 def ceiling(r):
     """The rate at which the second core would be fully busy if its cost per request stayed the same:
-    an upper bound for any gateway measured with this load generator and upstream."""
+    roughly the most any gateway could reach with this load generator and upstream (that cost falls
+    somewhat as the rate rises)."""
     busy = core1(r)
     return r["rps"] * 100 / busy if busy else None
 
@@ -236,8 +237,8 @@ md.append("|---|---|---|")
 for t, r, ok in targets:
     md.append(f"| {t} | {'–' if r is None else f'{r:.2f}×'} | {verdict(ok)} |")
 md.append("")
-# The load generator and the upstream share the second core: its ceiling in a peer's rounds bounds
-# the ratio any gateway could show against that peer on this machine.
+# The load generator and the upstream share the second core: its ceiling in a peer's rounds roughly
+# bounds the ratio any gateway could show against that peer on this machine.
 bounds = []
 for o in [p for p in others if p.startswith("nginx")]:
     rate, top = med(o, "ka-h1", rps), med(o, "ka-h1", ceiling)
