@@ -36,7 +36,10 @@
 //! own formatter (`audit/json.rs`) because the audit line was about 13 % of the gateway's CPU per
 //! proxied request, mostly that formatter's serde maps and allocations, and this one allocates
 //! nothing (`benches/audit.rs` compares the two). A field named `timestamp`, `level`, `target` or
-//! `spans` appears as `fields.<name>` rather than as a second key of the same name.
+//! `spans` appears as `fields.<name>` rather than as a second key of the same name. The request
+//! line skips tracing's dispatch altogether: it is written straight to the log writer, with the
+//! connection's seven fields rendered once per connection (`audit/request.rs`), byte for byte the
+//! line the event would have been.
 //!
 //! # Log file and rotation
 //! `--log-file PATH` appends to `PATH` (created if missing) instead of writing to stdout. Lines
@@ -53,6 +56,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 mod json;
+pub mod request;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -94,23 +98,24 @@ pub fn init(format: LogFormat, file: Option<&Path>) -> std::io::Result<LogGuard>
             .buffered_lines_limit(128 * 1024)
             .thread_name("certgate-log")
     };
-    let (subscriber, guard) = match file {
+    let guard = match file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?;
             let (writer, guard) = builder().finish(Paced::new(file));
-            (subscriber(format, filter, writer, false), guard)
+            // A second init (tests, embedding) keeps the first subscriber; that is not an error.
+            let _ = install(format, filter, writer, false);
+            guard
         }
         None => {
             let ansi = std::io::stdout().is_terminal();
             let (writer, guard) = builder().finish(Paced::new(std::io::stdout()));
-            (subscriber(format, filter, writer, ansi), guard)
+            let _ = install(format, filter, writer, ansi);
+            guard
         }
     };
-    // A second init (tests, embedding) keeps the first subscriber; that is not an error.
-    let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(LogGuard(guard))
 }
 
@@ -151,7 +156,25 @@ impl<W: Write> Write for Paced<W> {
     }
 }
 
-/// The subscriber `serve` installs, writing to `writer`: tests capture audit lines through it.
+/// Makes [`subscriber`] the global default and, for JSON, has request lines written straight to
+/// the same `writer` ([`request`]). Tests capture audit lines through this.
+///
+/// Returns false, changing nothing, when a global subscriber was already set: a second call
+/// (tests, embedding) keeps the first.
+pub fn install<W>(format: LogFormat, filter: EnvFilter, writer: W, ansi: bool) -> bool
+where
+    W: for<'a> MakeWriter<'a> + Clone + Send + Sync + 'static,
+{
+    let installed =
+        tracing::subscriber::set_global_default(subscriber(format, filter, writer.clone(), ansi))
+            .is_ok();
+    if installed && format == LogFormat::Json {
+        request::direct_to(writer);
+    }
+    installed
+}
+
+/// The subscriber [`install`] sets, writing to `writer`; on its own, for a scope.
 pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,

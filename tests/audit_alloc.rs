@@ -1,71 +1,68 @@
-//! Formatting a request's audit line allocates nothing once the thread's line buffer has grown.
+//! Writing a request's audit line allocates nothing once the thread's line buffer has grown.
 //!
 //! The line is written on every request, on the request's own task; only the hand-off to the log
 //! writer thread (one `Vec` per line, in tracing-appender) is left, and that is not measured here:
-//! the subscriber writes into `io::sink`. tracing-subscriber's own JSON formatter, which certgate
-//! used before, is measured alongside for the record.
+//! the writer is `io::sink`. Both ways of writing it are measured: as a tracing event through
+//! certgate's JSON formatter (the fallback), and straight to the installed writer (what the
+//! gateway does). tracing-subscriber's own JSON formatter, which certgate used before, is
+//! measured alongside for the record.
 //!
 //! `allocation_counter` counts allocations of the calling thread only, so tests running in parallel
 //! do not disturb each other.
 
-use std::net::SocketAddr;
-
-use certgate::audit::{subscriber, LogFormat};
+use certgate::audit::request::{ConnFields, Connection, RequestLine};
+use certgate::audit::{install, subscriber, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// The `tracing::info!` call of `impl OnFinish for Exchange` in `src/proxy/service.rs`, field for
-/// field, with the values a request has by then.
-fn request_line(peer: SocketAddr, subject: &str, serial: &str, sha256: &str, path: &str) {
-    let denied = false;
-    tracing::info!(
-        target: "certgate::audit",
-        event = "request",
-        decision = if denied { "deny" } else { "allow" },
-        reason = "ok",
-        conn.id = 184_467u64,
-        client.addr = %peer,
-        sni = "api.partners.example.com",
-        partner = "acme",
-        cert.subject = %subject,
-        cert.serial = %serial,
-        cert.sha256 = %sha256,
-        route = "orders-read",
-        upstream = "orders",
-        http.method = %http::Method::GET,
-        http.path = %path,
-        http.status = 200u16,
-        bytes.in = 0u64,
-        bytes.out = 371u64,
-        body.complete = true,
-        upstream_ms = 0.92957,
-        duration_ms = 0.9786930000000001,
-        "{}",
-        if denied { "request refused" } else { "request answered" }
-    );
+/// A request line with the values a request has by then.
+fn request<'a>(subject: &'a str, path: &'a str) -> RequestLine<'a> {
+    RequestLine {
+        conn: Connection {
+            id: 184_467,
+            client_addr: "10.20.30.40:51234",
+            sni: "api.partners.example.com",
+            partner: "acme",
+            subject,
+            serial: "5D0A3C1F9E2B7744",
+            sha256: "f1f156676f3ef6a233f23411c6ac2f5a4467711254ae041a57c5827e30373cc7",
+        },
+        denied: false,
+        reason: "ok",
+        route: "orders-read",
+        upstream: "orders",
+        method: "GET",
+        path,
+        status: 200,
+        bytes_in: 0,
+        bytes_out: 371,
+        complete: true,
+        upstream_ms: 0.92957,
+        duration_ms: 0.9786930000000001,
+    }
 }
 
-/// Allocations (count, bytes) for one line through `subscriber`, after one warm-up line.
-fn per_line(subscriber: impl tracing::Subscriber + Send + Sync) -> (u64, u64) {
-    let peer = SocketAddr::from(([10, 20, 30, 40], 51_234));
-    let subject = "CN=acme-billing, O=Acme Corp, C=DE \"quoted\"\n".to_owned();
-    let sha256 = "f1f156676f3ef6a233f23411c6ac2f5a4467711254ae041a57c5827e30373cc7";
-    let line = || request_line(peer, &subject, "5D0A3C1F9E2B7744", sha256, "/v1/orders/42");
+const SUBJECT: &str = "CN=acme-billing, O=Acme Corp, C=DE \"quoted\"\n";
+
+/// Allocations (count, bytes) for one line as a tracing event through `subscriber`, after one
+/// warm-up line.
+fn per_event(subscriber: impl tracing::Subscriber + Send + Sync) -> (u64, u64) {
+    let line = request(SUBJECT, "/v1/orders/42");
     tracing::subscriber::with_default(subscriber, || {
-        line();
-        let info = allocation_counter::measure(line);
+        line.event();
+        let info = allocation_counter::measure(|| line.event());
         (info.count_total, info.bytes_total)
     })
 }
 
 #[test]
 fn a_request_audit_line_allocates_nothing_once_warm() {
-    let new = per_line(subscriber(
+    let new = per_event(subscriber(
         LogFormat::Json,
         EnvFilter::new("info"),
         std::io::sink,
         false,
     ));
-    let old = per_line(
+    let old = per_event(
         tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new("info"))
             .with_writer(std::io::sink)
@@ -78,7 +75,33 @@ fn a_request_audit_line_allocates_nothing_once_warm() {
         "allocations per request line: tracing-subscriber JSON {} ({} bytes), certgate {} ({} bytes)",
         old.0, old.1, new.0, new.1
     );
-    assert_eq!(new, (0, 0), "the audit line allocated");
+    assert_eq!(new, (0, 0), "the audit event allocated");
+
+    // The way the gateway writes it: straight to the installed writer, the connection's fields
+    // rendered on its first line. (The only global subscriber of this test binary.)
+    assert!(install(
+        LogFormat::Json,
+        EnvFilter::new("info"),
+        std::io::sink,
+        false
+    ));
+    let fields = ConnFields::default();
+    let line = request(SUBJECT, "/v1/orders/42");
+    line.emit(&fields);
+    let direct = allocation_counter::measure(|| line.emit(&fields));
+    eprintln!(
+        "allocations per direct request line: {} ({} bytes)",
+        direct.count_total, direct.bytes_total
+    );
+    assert_eq!(direct.count_total, 0, "the direct audit line allocated");
+    // Still allocation-free for a line longer than the first: the buffer only grows.
+    let long_path = format!("/v1/orders/{}", "9".repeat(900));
+    let longer = request(SUBJECT, &long_path);
+    longer.emit(&fields);
+    assert_eq!(
+        allocation_counter::measure(|| longer.emit(&fields)).count_total,
+        0
+    );
     // A zero above means something only if the counter counts in this binary.
     let control = allocation_counter::measure(|| drop(std::hint::black_box(vec![0u8; 8])));
     assert_eq!(control.count_total, 1);

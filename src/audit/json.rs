@@ -29,6 +29,8 @@ use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use super::request::{Connection, RequestLine};
+
 /// Formats each event as one JSON object on one line. Pair it with
 /// [`tracing_subscriber::fmt::format::JsonFields`] so span fields are stored as JSON objects.
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,6 +138,79 @@ where
         }
     }
     out.write_char(']')
+}
+
+// === the request line, written directly (see `super::request`) ===
+
+/// The connection's members of a request line, from `,"conn.id"` to `"cert.sha256"`, as the
+/// event's fields would be written.
+pub(super) fn connection_members(conn: &Connection<'_>) -> String {
+    let mut out = String::with_capacity(256);
+    let mut writer = Writer::new(&mut out);
+    // Writing into a `String` cannot fail.
+    let _ = write_connection(&mut Line::new(&mut writer), conn);
+    out
+}
+
+fn write_connection(line: &mut Line<'_, '_>, conn: &Connection<'_>) -> fmt::Result {
+    line.write_ascii(b",\"conn.id\":")?;
+    line.write_str(itoa::Buffer::new().format(conn.id))?;
+    line.write_quoted(b",\"client.addr\":\"", conn.client_addr, b"\"")?;
+    line.write_quoted(b",\"sni\":\"", conn.sni, b"\"")?;
+    line.write_quoted(b",\"partner\":\"", conn.partner, b"\"")?;
+    line.write_quoted(b",\"cert.subject\":\"", conn.subject, b"\"")?;
+    line.write_quoted(b",\"cert.serial\":\"", conn.serial, b"\"")?;
+    line.write_quoted(b",\"cert.sha256\":\"", conn.sha256, b"\"")?;
+    line.flush()
+}
+
+/// The whole line for `request`, `connection` being its [`connection_members`], exactly as
+/// [`JsonLine`] writes the event `RequestLine::event` sends.
+pub(super) fn request_line(
+    out: &mut String,
+    request: &RequestLine<'_>,
+    connection: &str,
+) -> fmt::Result {
+    let mut writer = Writer::new(out);
+    let mut line = Line::new(&mut writer);
+    line.write_ascii(b"{\"timestamp\":\"")?;
+    write_timestamp(&mut line, SystemTime::now())?;
+    if request.denied {
+        line.write_ascii(b"\",\"level\":\"INFO\",\"message\":\"request refused\",\"event\":\"request\",\"decision\":\"deny\"")?;
+    } else {
+        line.write_ascii(b"\",\"level\":\"INFO\",\"message\":\"request answered\",\"event\":\"request\",\"decision\":\"allow\"")?;
+    }
+    line.write_quoted(b",\"reason\":\"", request.reason, b"\"")?;
+    line.write_str(connection)?;
+    line.write_quoted(b",\"route\":\"", request.route, b"\"")?;
+    line.write_quoted(b",\"upstream\":\"", request.upstream, b"\"")?;
+    line.write_quoted(b",\"http.method\":\"", request.method, b"\"")?;
+    line.write_quoted(b",\"http.path\":\"", request.path, b"\"")?;
+    line.write_ascii(b",\"http.status\":")?;
+    line.write_str(itoa::Buffer::new().format(request.status))?;
+    line.write_ascii(b",\"bytes.in\":")?;
+    line.write_str(itoa::Buffer::new().format(request.bytes_in))?;
+    line.write_ascii(b",\"bytes.out\":")?;
+    line.write_str(itoa::Buffer::new().format(request.bytes_out))?;
+    if request.complete {
+        line.write_ascii(b",\"body.complete\":true,\"upstream_ms\":")?;
+    } else {
+        line.write_ascii(b",\"body.complete\":false,\"upstream_ms\":")?;
+    }
+    write_f64(&mut line, request.upstream_ms)?;
+    line.write_ascii(b",\"duration_ms\":")?;
+    write_f64(&mut line, request.duration_ms)?;
+    line.write_ascii(b",\"target\":\"certgate::audit\"}\n")?;
+    line.flush()
+}
+
+/// JSON has no NaN or infinity; serde_json writes null for them too.
+fn write_f64(out: &mut Line<'_, '_>, value: f64) -> fmt::Result {
+    if value.is_finite() {
+        out.write_str(zmij::Buffer::new().format_finite(value))
+    } else {
+        out.write_str("null")
+    }
 }
 
 // === impl Line ===
@@ -303,14 +378,7 @@ impl Fields<'_, '_, '_> {
 
 impl Visit for Fields<'_, '_, '_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.field(field, |out| {
-            // JSON has no NaN or infinity; serde_json writes null for them too.
-            if value.is_finite() {
-                out.write_str(zmij::Buffer::new().format_finite(value))
-            } else {
-                out.write_str("null")
-            }
-        });
+        self.field(field, |out| write_f64(out, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {

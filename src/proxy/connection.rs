@@ -21,6 +21,7 @@ use super::headers::ConnectionHeaders;
 use super::refusal::Refusal;
 use super::service;
 use super::wake_gate::WakeGate;
+use crate::audit::{self, request::ConnFields};
 use crate::config::model::PartnerId;
 use crate::identity::{PartnerMatch, PeerIdentity};
 use crate::revocation::{Revocation, RevokedSignal};
@@ -42,6 +43,8 @@ pub struct ConnContext {
     pub peer_text: Box<str>,
     /// `identity`'s SHA-256 fingerprint in hex, rendered once for every audit line.
     pub fingerprint_hex: Box<str>,
+    /// The connection's part of every request audit line, rendered on its first request.
+    pub audit: ConnFields,
     pub partner: Option<(PartnerId, PartnerMatch)>,
     /// Set when the connection may not forward anything (unknown partner, revoked): every request
     /// gets this refusal, so the client learns why instead of seeing a bare reset.
@@ -62,6 +65,19 @@ impl ConnContext {
         self.partner
             .and_then(|(p, _)| self.snapshot.config.partners.get(p.0))
             .map(|p| p.id.as_str())
+    }
+
+    /// What this connection puts on each request audit line.
+    pub fn audit_fields(&self) -> audit::request::Connection<'_> {
+        audit::request::Connection {
+            id: self.id,
+            client_addr: &self.peer_text,
+            sni: self.sni.as_deref().unwrap_or(""),
+            partner: self.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
+            subject: self.identity.subject.as_str(),
+            serial: self.identity.serial.as_str(),
+            sha256: &self.fingerprint_hex,
+        }
     }
 }
 
@@ -327,6 +343,7 @@ pub async fn serve(
                     snapshot: snapshot.clone(),
                     peer_text: peer.to_string().into(),
                     fingerprint_hex: identity.fingerprint_hex().into(),
+                    audit: ConnFields::default(),
                     identity: Arc::new(identity),
                     partner,
                     refuse,

@@ -22,6 +22,7 @@ use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
 use super::upstream::UpstreamFailure;
+use crate::audit::request::RequestLine;
 use crate::config::model::UpstreamId;
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
 
@@ -122,32 +123,22 @@ impl OnFinish for Exchange {
             .map_or("none", |u| u.name.as_str());
         // Upstream failures happen after policy allowed the request: they are not denials.
         let denied = self.refusal.is_some_and(|r| !r.is_upstream_failure());
-        // Every value here is a `&str` or a number: those go straight to the JSON formatter,
-        // where a `%` value would go through `fmt` piece by piece (issue 5).
-        tracing::info!(
-            target: "certgate::audit",
-            message = if denied { "request refused" } else { "request answered" },
-            event = "request",
-            decision = if denied { "deny" } else { "allow" },
-            reason = self.refusal.map_or("ok", Refusal::reason),
-            conn.id = ctx.id,
-            client.addr = &*ctx.peer_text,
-            sni = ctx.sni.as_deref().unwrap_or(""),
-            partner = ctx.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
-            cert.subject = ctx.identity.subject.as_str(),
-            cert.serial = ctx.identity.serial.as_str(),
-            cert.sha256 = &*ctx.fingerprint_hex,
+        RequestLine {
+            conn: ctx.audit_fields(),
+            denied,
+            reason: self.refusal.map_or("ok", Refusal::reason),
             route,
             upstream,
-            http.method = self.method.as_str(),
-            http.path = self.uri.path(),
-            http.status = self.status,
-            bytes.in = self.bytes_in.load(Ordering::Relaxed),
-            bytes.out = bytes_out,
-            body.complete = complete,
-            upstream_ms = self.upstream_ms,
-            duration_ms = took.as_secs_f64() * 1e3,
-        );
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            status: self.status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            complete,
+            upstream_ms: self.upstream_ms,
+            duration_ms: took.as_secs_f64() * 1e3,
+        }
+        .emit(&ctx.audit);
     }
 }
 

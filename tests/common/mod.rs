@@ -680,14 +680,14 @@ pub fn audit() -> &'static AuditLog {
     static LOG: OnceLock<AuditLog> = OnceLock::new();
     LOG.get_or_init(|| {
         let log = AuditLog::default();
-        let subscriber = certgate::audit::subscriber(
+        // As `serve` installs it: request lines go straight to the writer.
+        let installed = certgate::audit::install(
             certgate::audit::LogFormat::Json,
             tracing_subscriber::EnvFilter::new("certgate::audit=info"),
             log.clone(),
             false,
         );
-        tracing::subscriber::set_global_default(subscriber)
-            .expect("no other global subscriber in this test binary");
+        assert!(installed, "no other global subscriber in this test binary");
         log
     })
 }

@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
+use super::{connection_members, request_line};
 use super::{first_escape, is_clean, split, write_escaped, write_timestamp};
+use crate::audit::request::{Connection, RequestLine};
 use crate::audit::{subscriber, LogFormat};
 
 thread_local! {
@@ -265,41 +267,82 @@ fn a_field_named_like_a_line_key_does_not_shadow_it() {
     assert_eq!(text.matches("\"level\"").count(), 1, "{text}");
 }
 
+/// A refused request with values that need escaping.
+fn refused_request<'a>() -> RequestLine<'a> {
+    RequestLine {
+        conn: Connection {
+            id: 7,
+            client_addr: "10.0.0.9:51000",
+            sni: "api.example.com",
+            partner: "acme",
+            subject: "CN=acme \"billing\", O=Acme\\Inc",
+            serial: "2001",
+            sha256: "f1f156676f3ef6a233f23411c6ac2f5a4467711254ae041a57c5827e30373cc7",
+        },
+        denied: true,
+        reason: "scope_denied",
+        route: "none",
+        upstream: "none",
+        method: "POST",
+        path: "/v1/payments/\u{1}x?a=\"b\"",
+        status: 403,
+        bytes_in: 5,
+        bytes_out: 61,
+        complete: true,
+        upstream_ms: 0.0,
+        duration_ms: 0.9786930000000001,
+    }
+}
+
+/// What the direct writer produces for `request`.
+fn direct_text(request: &RequestLine<'_>) -> String {
+    let mut out = String::new();
+    request_line(&mut out, request, &connection_members(&request.conn)).unwrap();
+    out
+}
+
 #[test]
 fn a_request_line_reads_exactly_as_before() {
-    // The call in src/proxy/service.rs, with values that need escaping.
-    let line = same_as_before(|| {
-        let (denied, conn_id, status, bytes_in, bytes_out) = (true, 7u64, 403u16, 5u64, 61u64);
-        tracing::info!(
-            target: "certgate::audit",
-            event = "request",
-            decision = if denied { "deny" } else { "allow" },
-            reason = "scope_denied",
-            conn.id = conn_id,
-            client.addr = %std::net::SocketAddr::from(([10, 0, 0, 9], 51000)),
-            sni = "api.example.com",
-            partner = "acme",
-            cert.subject = %"CN=acme \"billing\", O=Acme\\Inc",
-            cert.serial = %"2001",
-            cert.sha256 = %"f1f156676f3ef6a233f23411c6ac2f5a4467711254ae041a57c5827e30373cc7",
-            route = "none",
-            upstream = "none",
-            http.method = %http::Method::POST,
-            http.path = %"/v1/payments/\u{1}x?a=\"b\"",
-            http.status = status,
-            bytes.in = bytes_in,
-            bytes.out = bytes_out,
-            body.complete = true,
-            upstream_ms = 0.0,
-            duration_ms = 0.9786930000000001,
-            "{}",
-            if denied { "request refused" } else { "request answered" }
-        );
-    });
+    let request = refused_request();
+    let line = same_as_before(|| request.event());
+    assert_eq!(line["message"], "request refused");
+    assert_eq!(line["decision"], "deny");
     assert_eq!(line["conn.id"], 7);
+    assert_eq!(line["http.status"], 403);
     assert_eq!(line["http.path"], "/v1/payments/\u{1}x?a=\"b\"");
     assert_eq!(line["cert.subject"], "CN=acme \"billing\", O=Acme\\Inc");
     assert_eq!(line["target"], "certgate::audit");
+}
+
+#[test]
+fn the_direct_request_line_is_the_events_line() {
+    let refused = refused_request();
+    let answered = RequestLine {
+        denied: false,
+        reason: "ok",
+        status: 200,
+        complete: false,
+        upstream_ms: f64::NAN,
+        duration_ms: f64::INFINITY,
+        conn: Connection {
+            sni: "",
+            ..refused.conn
+        },
+        ..refused
+    };
+    for request in [refused, answered] {
+        let direct = direct_text(&request);
+        assert_eq!(direct.matches('\n').count(), 1, "{direct}");
+        assert_eq!(
+            without_timestamp(&direct),
+            without_timestamp(&new_text(|| request.event()))
+        );
+    }
+    let line: Value = serde_json::from_str(&direct_text(&answered)).unwrap();
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["body.complete"], false);
+    assert_eq!(line["upstream_ms"], Value::Null);
+    assert_eq!(line["sni"], "");
 }
 
 #[test]
@@ -472,6 +515,51 @@ proptest! {
         micros in 0u32..1_000_000,
     ) {
         prop_assert_eq!(ours_shortened(instant(secs, micros)), rfc3339_by_time(secs, micros));
+    }
+
+    #[test]
+    fn any_request_line_is_written_directly_as_the_event_writes_it(
+        texts in proptest::collection::vec(
+            proptest::collection::vec(any::<char>(), 0..40)
+                .prop_map(|c| c.into_iter().collect::<String>()),
+            11,
+        ),
+        numbers in (any::<u64>(), any::<u16>(), any::<u64>(), any::<u64>()),
+        flags in (any::<bool>(), any::<bool>()),
+        times in (any::<f64>(), 0.0f64..1e6),
+    ) {
+        let t = |i: usize| texts[i].as_str();
+        let request = RequestLine {
+            conn: Connection {
+                id: numbers.0,
+                client_addr: t(0),
+                sni: t(1),
+                partner: t(2),
+                subject: t(3),
+                serial: t(4),
+                sha256: t(5),
+            },
+            denied: flags.0,
+            reason: t(6),
+            route: t(7),
+            upstream: t(8),
+            method: t(9),
+            path: t(10),
+            status: numbers.1,
+            bytes_in: numbers.2,
+            bytes_out: numbers.3,
+            complete: flags.1,
+            upstream_ms: times.0,
+            duration_ms: times.1,
+        };
+        let direct = direct_text(&request);
+        prop_assert_eq!(
+            without_timestamp(&direct),
+            without_timestamp(&new_text(|| request.event()))
+        );
+        let line: Value = serde_json::from_str(&direct).unwrap();
+        prop_assert_eq!(line["cert.subject"].as_str(), Some(t(3)));
+        prop_assert_eq!(line["http.path"].as_str(), Some(t(10)));
     }
 
     #[test]
