@@ -119,8 +119,29 @@ impl ConnectionHeaders {
 
 /// Drops hop-by-hop headers from a response before it goes back to the partner.
 pub fn rewrite_response(headers: &mut HeaderMap, upgrade: bool) {
-    if upgrade || headers.keys().any(is_hop_by_hop) {
-        strip_hop_by_hop(headers, upgrade);
+    if upgrade {
+        return strip_hop_by_hop(headers, true);
+    }
+    let mut connection = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if is_hop_by_hop(name) {
+            return strip_hop_by_hop(headers, false);
+        }
+    }
+    // Nearly every upstream response carries `Connection: keep-alive` and nothing else
+    // hop-by-hop; such a `Connection` names no other header, so it alone goes.
+    if connection {
+        let names_nothing = headers.get_all(header::CONNECTION).iter().all(|v| {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        });
+        if names_nothing {
+            headers.remove(header::CONNECTION);
+        } else {
+            strip_hop_by_hop(headers, false);
+        }
     }
 }
 
@@ -265,6 +286,23 @@ mod tests {
         ]);
         rewrite_response(&mut headers, false);
         assert_eq!(names(&headers), ["content-length", "server"]);
+    }
+
+    #[test]
+    fn a_connection_header_naming_another_still_removes_it() {
+        for connection in ["close, x-trace", "X-Trace", "keep-alive,x-trace"] {
+            let mut headers = map(&[
+                ("connection", "close"),
+                ("connection", connection),
+                ("x-trace", "1"),
+                ("content-length", "2"),
+            ]);
+            rewrite_response(&mut headers, false);
+            assert_eq!(names(&headers), ["content-length"], "{connection}");
+        }
+        let mut headers = map(&[("connection", "Close"), ("content-length", "2")]);
+        rewrite_response(&mut headers, false);
+        assert_eq!(names(&headers), ["content-length"]);
     }
 
     #[test]
