@@ -250,6 +250,30 @@ if bounds:
               + ". That is roughly the most any gateway could show against that peer on this layout. Rough, "
               "because the second core's cost per request falls as the rate rises (more work per wake-up): "
               "compare its busy share and the rates across peers.\n")
+# Ratios of medians compare each peer's typical round; the machine's speed also drifts from minute to
+# minute, so pair each certgate round with the same round's peer (they run seconds apart) and take the
+# median of those ratios: a drift that lasts a round then moves both sides of its ratio.
+def paired(test, f, o):
+    mine = {r["round"]: f(r["result"]) for r in by.get(("certgate", test), [])}
+    theirs = {r["round"]: f(r["result"]) for r in by.get((o, test), [])}
+    return [mine[k] / theirs[k] for k in sorted(mine) if mine[k] and theirs.get(k)]
+
+
+pairs = []
+for o in others:
+    speed, cost = paired("ka-h1", rps, o), paired("ka-h1", cpu, o)
+    if speed and cost:
+        pairs.append((o, speed, cost))
+        summary.setdefault("paired_rounds_ka_h1", {})[o] = {"rps": speed, "cpu_us_per_req": cost}
+if pairs:
+    md.append("Keep-alive HTTP/1.1, certgate ÷ peer within each round, then the median (and range) of those "
+              "round-by-round ratios:\n")
+    md.append("| peer | rounds | req/s | CPU per request |")
+    md.append("|---|---|---|---|")
+    for o, speed, cost in pairs:
+        md.append(f"| {o} | {len(speed)} | {statistics.median(speed):.2f}× ({min(speed):.2f}–{max(speed):.2f}) "
+                  f"| {statistics.median(cost):.2f}× ({min(cost):.2f}–{max(cost):.2f}) |")
+    md.append("")
 md.append("Correctness checks and server-side full-handshake confirmation:\n")
 for c in summary["checks"]:
     if c["round"] == 1:
