@@ -37,9 +37,8 @@
 //! proxied request, mostly that formatter's serde maps and allocations, and this one allocates
 //! nothing (`benches/audit.rs` compares the two). A field named `timestamp`, `level`, `target` or
 //! `spans` appears as `fields.<name>` rather than as a second key of the same name. The request
-//! line skips tracing's dispatch altogether: it is written straight to the log writer, with the
-//! connection's seven fields rendered once per connection (`audit/request.rs`), byte for byte the
-//! line the event would have been.
+//! line skips tracing's dispatch altogether: it is written straight to the log writer
+//! (`audit/request.rs`), byte for byte the line the event would have been.
 //!
 //! # Log file and rotation
 //! `--log-file PATH` appends to `PATH` (created if missing) instead of writing to stdout. Lines

@@ -10,7 +10,7 @@
 //! `allocation_counter` counts allocations of the calling thread only, so tests running in parallel
 //! do not disturb each other.
 
-use certgate::audit::request::{ConnFields, Connection, RequestLine};
+use certgate::audit::request::{Connection, RequestLine};
 use certgate::audit::{install, subscriber, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -77,18 +77,17 @@ fn a_request_audit_line_allocates_nothing_once_warm() {
     );
     assert_eq!(new, (0, 0), "the audit event allocated");
 
-    // The way the gateway writes it: straight to the installed writer, the connection's fields
-    // rendered on its first line. (The only global subscriber of this test binary.)
+    // The way the gateway writes it: straight to the installed writer. (The only global
+    // subscriber of this test binary.)
     assert!(install(
         LogFormat::Json,
         EnvFilter::new("info"),
         std::io::sink,
         false
     ));
-    let fields = ConnFields::default();
     let line = request(SUBJECT, "/v1/orders/42");
-    line.emit(&fields);
-    let direct = allocation_counter::measure(|| line.emit(&fields));
+    line.emit();
+    let direct = allocation_counter::measure(|| line.emit());
     eprintln!(
         "allocations per direct request line: {} ({} bytes)",
         direct.count_total, direct.bytes_total
@@ -97,11 +96,8 @@ fn a_request_audit_line_allocates_nothing_once_warm() {
     // Still allocation-free for a line longer than the first: the buffer only grows.
     let long_path = format!("/v1/orders/{}", "9".repeat(900));
     let longer = request(SUBJECT, &long_path);
-    longer.emit(&fields);
-    assert_eq!(
-        allocation_counter::measure(|| longer.emit(&fields)).count_total,
-        0
-    );
+    longer.emit();
+    assert_eq!(allocation_counter::measure(|| longer.emit()).count_total, 0);
     // A zero above means something only if the counter counts in this binary.
     let control = allocation_counter::measure(|| drop(std::hint::black_box(vec![0u8; 8])));
     assert_eq!(control.count_total, 1);

@@ -142,16 +142,6 @@ where
 
 // === the request line, written directly (see `super::request`) ===
 
-/// The connection's members of a request line, from `,"conn.id"` to `"cert.sha256"`, as the
-/// event's fields would be written.
-pub(super) fn connection_members(conn: &Connection<'_>) -> String {
-    let mut out = String::with_capacity(256);
-    let mut writer = Writer::new(&mut out);
-    // Writing into a `String` cannot fail.
-    let _ = write_connection(&mut Line::new(&mut writer), conn);
-    out
-}
-
 fn write_connection(line: &mut Line<'_, '_>, conn: &Connection<'_>) -> fmt::Result {
     line.write_ascii(b",\"conn.id\":")?;
     line.write_str(itoa::Buffer::new().format(conn.id))?;
@@ -160,17 +150,12 @@ fn write_connection(line: &mut Line<'_, '_>, conn: &Connection<'_>) -> fmt::Resu
     line.write_quoted(b",\"partner\":\"", conn.partner, b"\"")?;
     line.write_quoted(b",\"cert.subject\":\"", conn.subject, b"\"")?;
     line.write_quoted(b",\"cert.serial\":\"", conn.serial, b"\"")?;
-    line.write_quoted(b",\"cert.sha256\":\"", conn.sha256, b"\"")?;
-    line.flush()
+    line.write_quoted(b",\"cert.sha256\":\"", conn.sha256, b"\"")
 }
 
-/// The whole line for `request`, `connection` being its [`connection_members`], exactly as
-/// [`JsonLine`] writes the event `RequestLine::event` sends.
-pub(super) fn request_line(
-    out: &mut String,
-    request: &RequestLine<'_>,
-    connection: &str,
-) -> fmt::Result {
+/// The whole line for `request`, exactly as [`JsonLine`] writes the event `RequestLine::event`
+/// sends.
+pub(super) fn request_line(out: &mut String, request: &RequestLine<'_>) -> fmt::Result {
     let mut writer = Writer::new(out);
     let mut line = Line::new(&mut writer);
     line.write_ascii(b"{\"timestamp\":\"")?;
@@ -181,7 +166,7 @@ pub(super) fn request_line(
         line.write_ascii(b"\",\"level\":\"INFO\",\"message\":\"request answered\",\"event\":\"request\",\"decision\":\"allow\"")?;
     }
     line.write_quoted(b",\"reason\":\"", request.reason, b"\"")?;
-    line.write_str(connection)?;
+    write_connection(&mut line, &request.conn)?;
     line.write_quoted(b",\"route\":\"", request.route, b"\"")?;
     line.write_quoted(b",\"upstream\":\"", request.upstream, b"\"")?;
     line.write_quoted(b",\"http.method\":\"", request.method, b"\"")?;

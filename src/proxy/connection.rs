@@ -21,7 +21,7 @@ use super::headers::ConnectionHeaders;
 use super::refusal::Refusal;
 use super::service;
 use super::wake_gate::WakeGate;
-use crate::audit::{self, request::ConnFields};
+use crate::audit;
 use crate::config::model::PartnerId;
 use crate::identity::{PartnerMatch, PeerIdentity};
 use crate::revocation::{Revocation, RevokedSignal};
@@ -43,8 +43,6 @@ pub struct ConnContext {
     pub peer_text: Box<str>,
     /// `identity`'s SHA-256 fingerprint in hex, rendered once for every audit line.
     pub fingerprint_hex: Box<str>,
-    /// The connection's part of every request audit line, rendered on its first request.
-    pub audit: ConnFields,
     pub partner: Option<(PartnerId, PartnerMatch)>,
     /// Set when the connection may not forward anything (unknown partner, revoked): every request
     /// gets this refusal, so the client learns why instead of seeing a bare reset.
@@ -343,7 +341,6 @@ pub async fn serve(
                     snapshot: snapshot.clone(),
                     peer_text: peer.to_string().into(),
                     fingerprint_hex: identity.fingerprint_hex().into(),
-                    audit: ConnFields::default(),
                     identity: Arc::new(identity),
                     partner,
                     refuse,

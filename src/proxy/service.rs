@@ -138,7 +138,7 @@ impl OnFinish for Exchange {
             upstream_ms: self.upstream_ms,
             duration_ms: took.as_secs_f64() * 1e3,
         }
-        .emit(&ctx.audit);
+        .emit();
     }
 }
 

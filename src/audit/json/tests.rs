@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
-use super::{connection_members, request_line};
+use super::request_line;
 use super::{first_escape, is_clean, split, write_escaped, write_timestamp};
 use crate::audit::request::{Connection, RequestLine};
 use crate::audit::{subscriber, LogFormat};
@@ -297,7 +297,7 @@ fn refused_request<'a>() -> RequestLine<'a> {
 /// What the direct writer produces for `request`.
 fn direct_text(request: &RequestLine<'_>) -> String {
     let mut out = String::new();
-    request_line(&mut out, request, &connection_members(&request.conn)).unwrap();
+    request_line(&mut out, request).unwrap();
     out
 }
 
