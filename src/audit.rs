@@ -97,24 +97,21 @@ pub fn init(format: LogFormat, file: Option<&Path>) -> std::io::Result<LogGuard>
             .buffered_lines_limit(128 * 1024)
             .thread_name("certgate-log")
     };
-    let guard = match file {
+    let ((writer, guard), ansi) = match file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?;
-            let (writer, guard) = builder().finish(Paced::new(file));
-            // A second init (tests, embedding) keeps the first subscriber; that is not an error.
-            let _ = install(format, filter, writer, false);
-            guard
+            (builder().finish(Paced::new(file)), false)
         }
-        None => {
-            let ansi = std::io::stdout().is_terminal();
-            let (writer, guard) = builder().finish(Paced::new(std::io::stdout()));
-            let _ = install(format, filter, writer, ansi);
-            guard
-        }
+        None => (
+            builder().finish(Paced::new(std::io::stdout())),
+            std::io::stdout().is_terminal(),
+        ),
     };
+    // A second init (tests, embedding) keeps the first subscriber; that is not an error.
+    let _ = install(format, filter, writer, ansi);
     Ok(LogGuard(guard))
 }
 
