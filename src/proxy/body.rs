@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::dedicated::DedicatedBody;
 
 /// Why a request body ended before its end.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,43 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A response body streamed from the upstream: through hyper's pooled client, or read from the
+/// partner connection's own upstream connection.
+#[derive(Debug)]
+pub enum FromUpstream {
+    Pooled(Incoming),
+    Dedicated(DedicatedBody),
+}
+
+impl Body for FromUpstream {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Dedicated(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Pooled(b) => b.is_end_stream(),
+            Self::Dedicated(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Pooled(b) => b.size_hint(),
+            Self::Dedicated(b) => b.size_hint(),
+        }
     }
 }
 

@@ -4,9 +4,8 @@
 //! than one upstream connection at once. Keeping that one in the partner connection's own state,
 //! instead of checking it out of the shared pool per request, removes from every request the pool
 //! lock, the checkout and return bookkeeping, and the task the pooled client spawns to hand the
-//! connection back. Polling it from the partner connection's task (the serve loop calls
-//! [`Dedicated::poll_drive`]) removes the hop between tasks: the upstream's answer wakes the task
-//! that writes it to the partner.
+//! connection back. The exchange itself runs on the partner connection's task
+//! ([`super::upstream_h1`]): the upstream's answer wakes the task that writes it to the partner.
 //!
 //! A partner connection's first request still goes through the pool: a partner that connects for
 //! one request and leaves should not cost an upstream connection of its own (nor the upstream a
@@ -23,66 +22,66 @@
 // state, which this is not.
 #![allow(clippy::disallowed_types)]
 
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::request::Parts;
+use http::{Method, Request, Response};
+use http_body::Body as _;
 use tokio::net::TcpStream;
 
 use super::upstream::{EndpointId, Upstream, UpstreamBody, UpstreamFailure};
+use super::upstream_h1::{Conn, ExchangeError, Home, ResponseBody};
 use crate::config::model::UpstreamId;
 
-type Driver = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
+/// A response body read from the partner connection's own upstream connection.
+pub type DedicatedBody = ResponseBody<Return>;
 
-/// The partner connection's own upstream connection, if it has opened one.
+/// The partner connection's own upstream connection, while no exchange is using it.
 ///
 /// The mutex is never contended: only the partner connection's task touches it (its request
-/// handler and its serve loop run on that one task); it is there because the handler's future
-/// must be `Send`.
-#[derive(Default)]
+/// handler, the response body hyper's server polls, and its serve loop all run on that one task);
+/// it is there because the handler's future and the body must be `Send`.
+#[derive(Debug, Default)]
 pub struct Dedicated {
-    inner: Mutex<Inner>,
+    idle: Arc<Mutex<Option<Kept>>>,
     /// Set by the connection's first request.
     engaged: AtomicBool,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// Taken while a request is in flight, put back once its response head has arrived.
-    held: Option<Held>,
-    /// The connection's I/O, polled by the serve loop.
-    driver: Option<Pin<Box<Driver>>>,
-    /// The serve loop's waker, to have a newly opened connection polled.
-    waker: Option<Waker>,
-}
-
-struct Held {
+#[derive(Debug)]
+struct Kept {
     upstream: UpstreamId,
     endpoint: EndpointId,
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: Conn,
 }
 
-impl std::fmt::Debug for Dedicated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let inner = self.lock();
-        f.debug_struct("Dedicated")
-            .field("open", &inner.driver.is_some())
-            .finish_non_exhaustive()
+/// Where a response body hands its connection back to once read to the end.
+#[derive(Debug)]
+pub struct Return {
+    idle: Arc<Mutex<Option<Kept>>>,
+    upstream: UpstreamId,
+    endpoint: EndpointId,
+}
+
+impl Home for Return {
+    fn put_back(self, conn: Conn) {
+        *lock(&self.idle) = Some(Kept {
+            upstream: self.upstream,
+            endpoint: self.endpoint,
+            conn,
+        });
     }
+}
+
+fn lock(idle: &Mutex<Option<Kept>>) -> MutexGuard<'_, Option<Kept>> {
+    idle.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Dedicated {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Whether this request should use the connection's own upstream connection: false for the
     /// connection's first request, which the pool serves, true from the second on.
     pub fn engage(&self) -> bool {
@@ -92,27 +91,16 @@ impl Dedicated {
     /// Closes the kept upstream connection of an idle partner connection, so idle partners do not
     /// hold upstream connections; the next request opens a new one.
     pub fn release(&self) {
-        let mut inner = self.lock();
-        inner.held = None;
-        inner.driver = None;
+        *lock(&self.idle) = None;
     }
 
-    /// Drives the upstream connection's I/O; never completes. A connection that ends (upstream
-    /// closed it, or it failed) is dropped, and the next request opens a new one.
+    /// Watches the idle upstream connection; never completes. A connection the upstream closed
+    /// (or sent something unasked on) is dropped, and the next request opens a new one.
     pub fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut inner = self.lock();
-        match &inner.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => inner.waker = Some(cx.waker().clone()),
-        }
-        if let Some(driver) = inner.driver.as_mut() {
-            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "dedicated upstream connection ended");
-                }
-                inner.driver = None;
-                inner.held = None;
-            }
+        let mut idle = lock(&self.idle);
+        if idle.as_mut().is_some_and(|kept| kept.conn.poll_closed(cx)) {
+            tracing::debug!("dedicated upstream connection closed while idle");
+            *idle = None;
         }
         Poll::Pending
     }
@@ -127,27 +115,26 @@ impl Dedicated {
         &self,
         upstream: &Upstream,
         id: UpstreamId,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamFailure> {
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<DedicatedBody>, UpstreamFailure> {
         let kept = self.take_for(id, upstream);
         let endpoint = kept
             .as_ref()
-            .map_or_else(|| upstream.pick(), |h| h.endpoint);
-        *req.version_mut() = Version::HTTP_11;
-        if !req.headers().contains_key(header::HOST) {
+            .map_or_else(|| upstream.pick(), |k| k.endpoint);
+        let (mut parts, body) = req.into_parts();
+        if !parts.headers.contains_key(header::HOST) {
             if let Some(host) = upstream
                 .authority(endpoint)
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
-                req.headers_mut().insert(header::HOST, host);
+                parts.headers.insert(header::HOST, host);
             }
         }
         let timeout = upstream.request_timeout();
-        let exchange = self.exchange(upstream, id, endpoint, kept.map(|h| h.sender), req);
+        let exchange = self.exchange(upstream, id, endpoint, kept.map(|k| k.conn), &parts, body);
         let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            // Dropping the exchange closes its connection (hyper cannot abort one HTTP/1.1
-            // request and keep the connection); the next request opens a new one.
+            // Dropping the exchange closes its connection; the next request opens a new one.
             Err(_) => Err(UpstreamFailure::Timeout(timeout)),
         };
         upstream.record(endpoint, result.as_ref().map(|_| ()));
@@ -155,16 +142,11 @@ impl Dedicated {
     }
 
     /// The kept connection, if it goes to `id` at an endpoint that still takes traffic.
-    fn take_for(&self, id: UpstreamId, upstream: &Upstream) -> Option<Held> {
-        let mut inner = self.lock();
-        let held = inner.held.take()?;
-        if held.upstream == id && upstream.available(held.endpoint) {
-            Some(held)
-        } else {
-            // Another upstream, or an ejected endpoint: this connection will not be used again.
-            inner.driver = None;
-            None
-        }
+    fn take_for(&self, id: UpstreamId, upstream: &Upstream) -> Option<Kept> {
+        // Another upstream, or an ejected endpoint: this connection will not be used again.
+        lock(&self.idle)
+            .take()
+            .filter(|k| k.upstream == id && upstream.available(k.endpoint))
     }
 
     async fn exchange(
@@ -172,42 +154,46 @@ impl Dedicated {
         upstream: &Upstream,
         id: UpstreamId,
         endpoint: EndpointId,
-        kept: Option<http1::SendRequest<UpstreamBody>>,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamFailure> {
-        if let Some(mut sender) = kept {
-            // Ready once the previous response body has been read to its end; an error means the
-            // upstream closed the connection meanwhile.
-            if poll_fn(|cx| sender.poll_ready(cx)).await.is_ok() {
-                match sender.try_send_request(req).await {
-                    Ok(response) => {
-                        self.keep(id, endpoint, sender);
-                        return Ok(response);
+        kept: Option<Conn>,
+        parts: &Parts,
+        body: UpstreamBody,
+    ) -> Result<Response<DedicatedBody>, UpstreamFailure> {
+        let home = || Return {
+            idle: self.idle.clone(),
+            upstream: id,
+            endpoint,
+        };
+        let body = (!body.is_end_stream()).then_some(body);
+        if let Some(mut conn) = kept {
+            // The upstream may have closed it since the serve loop last looked.
+            if !poll_fn(|cx| Poll::Ready(conn.poll_closed(cx))).await {
+                if body.is_some() {
+                    return conn.exchange(parts, body, home()).await.map_err(classify);
+                }
+                match conn.exchange(parts, None, home()).await {
+                    Ok(response) => return Ok(response),
+                    // Closed under the request before any answer (an upstream's idle timeout
+                    // racing it): an idempotent request is safe to send again (RFC 9110 §9.2.2).
+                    Err(ExchangeError::Upstream {
+                        error,
+                        answered: false,
+                    }) if idempotent(&parts.method) => {
+                        tracing::debug!(%error, "kept upstream connection failed; sending again");
                     }
-                    Err(mut e) => match e.take_message() {
-                        // Never written: the connection closed under it. Safe to send again.
-                        Some(unsent) => req = unsent,
-                        None => return Err(classify(e.into_error())),
-                    },
+                    Err(e) => return Err(classify(e)),
                 }
             }
         }
-        let mut sender = self.open(upstream, endpoint).await?;
-        match sender.send_request(req).await {
-            Ok(response) => {
-                self.keep(id, endpoint, sender);
-                Ok(response)
-            }
-            Err(e) => Err(classify(e)),
-        }
+        let conn = self.open(upstream, endpoint).await?;
+        conn.exchange(parts, body, home()).await.map_err(classify)
     }
 
-    /// Opens a connection to `endpoint` and hands its I/O to the serve loop.
+    /// Opens a connection to `endpoint`.
     async fn open(
         &self,
         upstream: &Upstream,
         endpoint: EndpointId,
-    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamFailure> {
+    ) -> Result<Conn, UpstreamFailure> {
         let authority = upstream
             .authority(endpoint)
             .ok_or_else(|| UpstreamFailure::Connect("the upstream has no endpoint".into()))?;
@@ -231,36 +217,20 @@ impl Dedicated {
             };
         tcp.set_nodelay(true)
             .map_err(|e| UpstreamFailure::Connect(e.into()))?;
-        let (sender, driver) = http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| UpstreamFailure::Connect(e.into()))?;
-        let mut inner = self.lock();
-        inner.driver = Some(Box::pin(driver));
-        if let Some(waker) = &inner.waker {
-            waker.wake_by_ref();
-        }
-        Ok(sender)
-    }
-
-    fn keep(
-        &self,
-        upstream: UpstreamId,
-        endpoint: EndpointId,
-        sender: http1::SendRequest<UpstreamBody>,
-    ) {
-        self.lock().held = Some(Held {
-            upstream,
-            endpoint,
-            sender,
-        });
+        Ok(Conn::new(tcp))
     }
 }
 
-fn classify(error: hyper::Error) -> UpstreamFailure {
-    // hyper reports a failure of the body it was sending (the partner's) as a user error.
-    if error.is_user() {
-        UpstreamFailure::ClientBody(error.into())
-    } else {
-        UpstreamFailure::Exchange(error.into())
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn classify(error: ExchangeError) -> UpstreamFailure {
+    match error {
+        ExchangeError::Upstream { error, .. } => UpstreamFailure::Exchange(error.into()),
+        ExchangeError::ClientBody(e) => UpstreamFailure::ClientBody(e.into()),
     }
 }

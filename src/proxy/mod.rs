@@ -12,4 +12,5 @@ pub mod listener;
 pub mod refusal;
 pub mod service;
 pub mod upstream;
+pub mod upstream_h1;
 pub mod wake_gate;

@@ -17,7 +17,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{BodyError, CountIn, CountOut, OnFinish};
+use super::body::{BodyError, CountIn, CountOut, FromUpstream, OnFinish};
 use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
@@ -28,7 +28,7 @@ use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
 
 /// Responses are either streamed from the upstream or a small JSON refusal, counted on the way
 /// out.
-pub type ProxyBody = CountOut<Either<Incoming, Full<Bytes>>, Exchange>;
+pub type ProxyBody = CountOut<Either<FromUpstream, Full<Bytes>>, Exchange>;
 
 /// Handles one request; never fails at the hyper level, so every outcome is an HTTP answer.
 pub async fn handle(
@@ -143,7 +143,7 @@ impl OnFinish for Exchange {
 }
 
 struct Forwarded {
-    response: Response<Incoming>,
+    response: Response<FromUpstream>,
     route: RouteId,
     upstream: UpstreamId,
     upstream_ms: f64,
@@ -267,7 +267,7 @@ async fn decide_and_forward(
         dedicated
             .send(upstream, route.upstream, req)
             .await
-            .map(|response| (response, None))
+            .map(|response| (response.map(FromUpstream::Dedicated), None))
     } else {
         let (uri, endpoint) = upstream
             .uri(path_and_query)
@@ -277,7 +277,7 @@ async fn decide_and_forward(
         upstream
             .send(req, endpoint)
             .await
-            .map(|response| (response, client_upgrade))
+            .map(|response| (response.map(FromUpstream::Pooled), client_upgrade))
     };
     let (mut response, client_upgrade) = match result {
         Ok(r) => r,
@@ -300,6 +300,11 @@ async fn decide_and_forward(
             });
         }
     };
+    // The HTTP version is hop-by-hop (RFC 9110 §6.2): an HTTP/1.0 upstream's answer goes to the
+    // partner as certgate's own HTTP/1.1, so the partner's connection stays usable.
+    if response.version() == Version::HTTP_10 {
+        *response.version_mut() = Version::HTTP_11;
+    }
     let upstream_took = sent.elapsed();
     snapshot.metrics.upstream(route.upstream, upstream_took);
     let upstream_ms = upstream_took.as_secs_f64() * 1e3;
