@@ -243,6 +243,48 @@ mod tests {
         assert_eq!(decoder, Decoder::Data(u64::MAX - 1));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_chunking_decodes_to_its_body_whatever_the_read_boundaries(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 1..64), 0..8),
+            ext in proptest::bool::ANY,
+            upper in proptest::bool::ANY,
+            trailer in proptest::bool::ANY,
+            step in 1usize..40,
+        ) {
+            let mut wire = Vec::new();
+            for chunk in &chunks {
+                let size = if upper { format!("{:X}", chunk.len()) } else { format!("{:x}", chunk.len()) };
+                wire.extend_from_slice(size.as_bytes());
+                if ext {
+                    wire.extend_from_slice(b" ;name=\"v\"");
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if trailer {
+                wire.extend_from_slice(b"X-T: 1\r\n");
+            }
+            wire.extend_from_slice(b"\r\nNEXT");
+            let (body, trailers, rest) = decode(&wire, step).unwrap();
+            proptest::prop_assert_eq!(body, chunks.concat());
+            proptest::prop_assert_eq!(trailers.contains_key("x-t"), trailer);
+            proptest::prop_assert_eq!(rest, b"NEXT".to_vec());
+        }
+
+        #[test]
+        fn arbitrary_bytes_end_in_a_body_or_an_error_never_a_panic(
+            wire in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            step in 1usize..64,
+        ) {
+            if let Ok((body, _, rest)) = decode(&wire, step) {
+                proptest::prop_assert!(body.len() + rest.len() < wire.len());
+            }
+        }
+    }
+
     #[test]
     fn a_truncated_body_never_ends() {
         assert!(matches!(decode(b"5\r\nhel", 2), Err(Error::Incomplete)));

@@ -482,6 +482,43 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_parse_to_a_head_or_an_error_never_a_panic(
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        ) {
+            let mut buf = BytesMut::from(&raw[..]);
+            match parse_response(&mut buf, &Method::GET) {
+                Ok(Parsed::Final(_) | Parsed::Interim) => proptest::prop_assert!(buf.len() < raw.len()),
+                Ok(Parsed::Partial) => proptest::prop_assert_eq!(&buf[..], &raw[..]),
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn every_field_of_a_valid_head_is_kept_in_order(
+            fields in proptest::collection::vec(("x-[a-z0-9-]{0,15}", "[!-~]([ -~]{0,30}[!-~])?"), 0..20),
+        ) {
+            let mut raw = String::from("HTTP/1.1 200 OK\r\n");
+            for (name, value) in &fields {
+                raw.push_str(&format!("{name}: {value}\r\n"));
+            }
+            raw.push_str("content-length: 0\r\n\r\n");
+            let head = head(&raw);
+            let got: Vec<(String, String)> = head
+                .headers
+                .iter()
+                .filter(|(n, _)| n.as_str() != "content-length")
+                .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+                .collect();
+            // A header map groups the values of one name (in the order they came), names in the
+            // order of their first field.
+            let mut want = fields.clone();
+            want.sort_by_key(|(n, _)| fields.iter().position(|(m, _)| m == n));
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn header_values_share_the_head_bytes() {
         let head = head(
