@@ -86,6 +86,8 @@ enum Step {
     /// Shuts the sending side, drains what the gateway still sends (a lingering close, so
     /// unread request bytes do not turn the close into a reset), then drops the connection.
     Close,
+    /// Drops the connection with a reset (`SO_LINGER` 0), as a crashing upstream's kernel would.
+    Reset,
 }
 
 /// How the upstream answers one path.
@@ -241,6 +243,10 @@ async fn serve(
                         while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
                     })
                     .await;
+                    return;
+                }
+                Step::Reset => {
+                    let _ = tcp.set_zero_linger();
                     return;
                 }
             }
@@ -877,25 +883,25 @@ async fn a_kept_connection_that_fails_before_answering_is_retried_for_idempotent
     let vanish = || Reply::steps(vec![Step::Close]);
     let (env, up, gw) = setup(vec![
         ("/v1/orders/vanish-get", vanish()),
+        // The same race seen as a reset instead of a close.
+        ("/v1/orders/reset-get", Reply::steps(vec![Step::Reset])),
         ("/v1/orders/vanish-post", vanish()),
     ])
     .await;
-    let mut p = dedicated(&env, &gw).await;
-    // Opens the partner connection's own upstream connection, which the next request reuses.
-    p.expect_own("/v1/orders/first").await;
-    assert_eq!(p.get("/v1/orders/vanish-get").await.status, 502);
-    let gets: Vec<usize> = up
-        .to("/v1/orders/vanish-get")
-        .iter()
-        .map(|s| s.conn)
-        .collect();
-    assert_eq!(
-        gets,
-        [1, 2],
-        "sent on the kept connection, then once on a new one"
-    );
+    for path in ["/v1/orders/vanish-get", "/v1/orders/reset-get"] {
+        let mut p = dedicated(&env, &gw).await;
+        // Opens the partner connection's own upstream connection, which the next request reuses.
+        p.expect_own("/v1/orders/first").await;
+        let kept = up.to("/v1/orders/first").last().unwrap().conn;
+        assert_eq!(p.get(path).await.status, 502);
+        let conns: Vec<usize> = up.to(path).iter().map(|s| s.conn).collect();
+        assert_eq!(conns.len(), 2, "{path}: sent {conns:?}");
+        assert_eq!(conns[0], kept, "{path}: first on the kept connection");
+        assert_ne!(conns[1], kept, "{path}: then once on a new one");
+    }
 
     let mut p = dedicated(&env, &gw).await;
+    p.expect_own("/v1/orders/first").await;
     let post = p
         .send(request("POST", "/v1/orders/vanish-post", empty()))
         .await;

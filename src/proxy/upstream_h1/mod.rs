@@ -220,14 +220,14 @@ async fn read_head<R: AsyncReadExt + Unpin>(
             }
         }
         buf.reserve(READ_CHUNK);
-        if io.read_buf(buf).await? == 0 {
-            return Err(if received {
-                Error::Incomplete
-            } else {
-                Error::Closed
-            });
+        match io.read_buf(buf).await {
+            Ok(0) if received => return Err(Error::Incomplete),
+            Ok(0) => return Err(Error::Closed),
+            Ok(_) => received = true,
+            Err(e) if received => return Err(e.into()),
+            // A reset before any answer: the upstream dropped the connection under the request.
+            Err(e) => return Err(Error::Reset(e)),
         }
-        received = true;
     }
 }
 
