@@ -174,10 +174,9 @@ impl Dedicated {
                     Ok(response) => return Ok(response),
                     // Closed under the request before any answer (an upstream's idle timeout
                     // racing it): an idempotent request is safe to send again (RFC 9110 §9.2.2).
-                    Err(ExchangeError::Upstream {
-                        error,
-                        answered: false,
-                    }) if idempotent(&parts.method) => {
+                    Err(ExchangeError::Upstream(error))
+                        if !error.answered() && idempotent(&parts.method) =>
+                    {
                         tracing::debug!(%error, "kept upstream connection failed; sending again");
                     }
                     Err(e) => return Err(classify(e)),
@@ -230,7 +229,7 @@ fn idempotent(method: &Method) -> bool {
 
 fn classify(error: ExchangeError) -> UpstreamFailure {
     match error {
-        ExchangeError::Upstream { error, .. } => UpstreamFailure::Exchange(error.into()),
+        ExchangeError::Upstream(error) => UpstreamFailure::Exchange(error.into()),
         ExchangeError::ClientBody(e) => UpstreamFailure::ClientBody(e.into()),
     }
 }

@@ -38,6 +38,8 @@ const READ_CHUNK: usize = 8 * 1024;
 pub enum Error {
     #[error("upstream connection: {0}")]
     Io(#[from] io::Error),
+    #[error("writing the request to the upstream failed")]
+    Write(#[source] io::Error),
     #[error("the upstream closed the connection before it answered")]
     Closed,
     #[error("the upstream connection failed before any answer")]
@@ -60,11 +62,19 @@ pub enum Error {
     Incomplete,
 }
 
+impl Error {
+    /// Whether any byte of a response had arrived: if not, the upstream may never have seen the
+    /// request (what a retry decision needs).
+    pub fn answered(&self) -> bool {
+        !matches!(self, Self::Closed | Self::Reset(_) | Self::Write(_))
+    }
+}
+
 /// Why an exchange failed, with what the caller needs to decide on a retry and on blame.
 #[derive(Debug)]
 pub enum ExchangeError {
-    /// The upstream side failed. `answered` says whether any byte of a response had arrived.
-    Upstream { error: Error, answered: bool },
+    /// The upstream side failed.
+    Upstream(Error),
     /// The partner's request body failed while it was being sent (its error, e.g. over the
     /// route's size limit); the connection is given up.
     ClientBody(super::body::BodyError),
@@ -132,14 +142,10 @@ impl Conn {
             framing,
             &mut self.write,
         );
-        let unanswered = |error: Error| ExchangeError::Upstream {
-            error,
-            answered: false,
-        };
         self.io
             .write_all(&self.write)
             .await
-            .map_err(|e| unanswered(e.into()))?;
+            .map_err(|e| ExchangeError::Upstream(Error::Write(e)))?;
 
         let mut reusable = true;
         let head = match body.filter(|_| framing != RequestFraming::Empty) {
@@ -161,7 +167,7 @@ impl Conn {
                                 // The upstream stopped reading and closed without an answer:
                                 // the failed write says more than the close.
                                 (Err(Error::Closed | Error::Reset(_) | Error::Io(_)), Some(error)) => {
-                                    return Err(ExchangeError::Upstream { error, answered: false });
+                                    return Err(ExchangeError::Upstream(error));
                                 }
                                 (head, _) => break head,
                             }
@@ -172,7 +178,7 @@ impl Conn {
                                 Ok(()) => {}
                                 // The upstream may have answered before it stopped reading
                                 // (an early 413): wait for that answer.
-                                Err(ExchangeError::Upstream { error, .. }) => write_failed = Some(error),
+                                Err(ExchangeError::Upstream(error)) => write_failed = Some(error),
                                 Err(client) => return Err(client),
                             }
                         }
@@ -180,10 +186,7 @@ impl Conn {
                 }
             }
         }
-        .map_err(|error| {
-            let answered = !matches!(error, Error::Closed | Error::Reset(_));
-            ExchangeError::Upstream { error, answered }
-        })?;
+        .map_err(ExchangeError::Upstream)?;
 
         let mut response = Response::new(ResponseBody {
             state: match head.framing {
@@ -196,8 +199,6 @@ impl Conn {
             home: Some(home),
         });
         *response.status_mut() = head.status;
-        // The HTTP version is hop-by-hop (RFC 9110 §6.2): the partner gets certgate's own.
-        *response.version_mut() = http::Version::HTTP_11;
         *response.headers_mut() = head.headers;
         response.body_mut().end_if_empty();
         Ok(response)
@@ -239,10 +240,7 @@ async fn send_body<W: AsyncWriteExt + Unpin>(
     body: UpstreamBody,
     framing: RequestFraming,
 ) -> Result<(), ExchangeError> {
-    let upstream = |e: io::Error| ExchangeError::Upstream {
-        error: e.into(),
-        answered: false,
-    };
+    let upstream = |e: io::Error| ExchangeError::Upstream(Error::Write(e));
     let mut body = pin!(body);
     let mut sent = 0u64;
     while let Some(frame) = body.frame().await {
