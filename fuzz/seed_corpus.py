@@ -4,8 +4,8 @@ real `openssl ocsp` responses (ocsp_seeds.py).
 
     python3 fuzz/seed_corpus.py [--out CORPUS_DIR] [LIMBO_JSON]
 
-CORPUS_DIR defaults to fuzz/corpus; LIMBO_JSON to ../shared/data/x509-limbo/limbo.json next to the
-clone, where tests/limbo.rs finds it too. Generated corpora stay out of git; only fuzz/seeds/ is
+CORPUS_DIR defaults to fuzz/corpus; LIMBO_JSON to tests/data/x509-limbo/limbo.json, the copy
+tests/limbo.rs reads too. Generated corpora stay out of git; only fuzz/seeds/ is
 committed.
 """
 import argparse, base64, hashlib, json, pathlib, re, sys
@@ -16,7 +16,7 @@ here = pathlib.Path(__file__).resolve().parent
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", type=pathlib.Path, default=here / "corpus")
 ap.add_argument("limbo", type=pathlib.Path, nargs="?",
-                default=here.parent.parent / "shared/data/x509-limbo/limbo.json")
+                default=here.parent / "tests/data/x509-limbo/limbo.json")
 args = ap.parse_args()
 corpus, limbo = args.out, args.limbo
 

@@ -1,4 +1,4 @@
-//! x509-limbo conformance: every testcase of `shared/data/x509-limbo/limbo.json` through the code
+//! x509-limbo conformance: every testcase of `tests/data/x509-limbo/limbo.json` through the code
 //! certgate runs on a handshake.
 //!
 //! Per case: the trusted certificates become a trust bundle loaded by [`TrustStore::load_at`] (so
@@ -80,7 +80,7 @@ struct Totals {
 }
 
 fn limbo_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/x509-limbo/limbo.json")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/x509-limbo/limbo.json")
 }
 
 #[test]
@@ -88,8 +88,8 @@ fn x509_limbo() {
     let path = limbo_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "x509-limbo vectors are required at {} ($CARGO_MANIFEST_DIR/../shared/data/x509-limbo/\
-             limbo.json): {e}. This test fails rather than skips so conformance is never silently \
+            "x509-limbo vectors are required at {} (committed with the tests; see \
+             tests/data/x509-limbo/PROVENANCE.md): {e}. This test fails rather than skips so conformance is never silently \
              unchecked.",
             path.display()
         )
