@@ -33,8 +33,8 @@ use prometheus::{
 };
 
 use crate::config::model::{Config, PartnerId, UpstreamId};
+use crate::conn_refusal::ConnRefusal;
 use crate::policy::RouteId;
-use crate::proxy::conn_refusal::ConnRefusal;
 use crate::tls::handshake::HandshakeFailure;
 
 /// Label value for a request that matched no route.

@@ -17,14 +17,14 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{BodyError, CountIn, CountOut, FromUpstream, OnFinish};
 use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
-use super::upstream::UpstreamFailure;
 use crate::audit::request::RequestLine;
 use crate::config::model::UpstreamId;
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
+use crate::upstream::body::{BodyError, CountIn, CountOut, FromUpstream, OnFinish};
+use crate::upstream::UpstreamFailure;
 
 /// Responses are either streamed from the upstream or a small JSON refusal, counted on the way
 /// out.

@@ -8,7 +8,7 @@
 //! The connection goes back to its owner ([`Home`]) once a body has been read cleanly to its end.
 //! Measured with `benches/instructions.sh`: about a fifth fewer instructions per proxied request.
 //!
-//! Pooled, HTTP/2, TLS and upgraded exchanges stay on hyper's client ([`super::upstream`]).
+//! Pooled, HTTP/2, TLS and upgraded exchanges stay on hyper's client ([`super`]).
 
 mod chunked;
 mod head;
@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 
 use self::chunked::{Decoded, Decoder};
 use self::head::{BodyFraming, Parsed, RequestFraming};
-use super::upstream::UpstreamBody;
+use super::UpstreamBody;
 
 /// How much the read buffer grows by when it needs room.
 const READ_CHUNK: usize = 8 * 1024;

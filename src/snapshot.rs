@@ -11,11 +11,11 @@ use crate::config::model::Config;
 use crate::identity::PartnerIndex;
 use crate::metrics::{Handles, Metrics};
 use crate::policy::RouteTable;
-use crate::proxy::upstream::{Upstream, UpstreamBuildError};
 use crate::revocation::{self, Registry, Revocation};
 use crate::tls::server::ServerTlsError;
 use crate::tls::trust::{TrustError, TrustStore};
 use crate::tls::verifier::{ChainLimits, ClientVerifier};
+use crate::upstream::{Upstream, UpstreamBuildError};
 
 /// Something that stops a configuration from becoming a snapshot, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
