@@ -94,6 +94,7 @@ impl Gateway {
         let metrics = Metrics::new();
         let snapshot = prepare_with(config, registry.clone(), &metrics).await?;
         metrics.loaded_now();
+        metrics.set_server_certificates(&snapshot.server_certificates);
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await

@@ -133,6 +133,8 @@ impl ReloadTask {
         };
         let version = snapshot.config.version.clone();
         let generation = Generation::start(&snapshot);
+        self.metrics
+            .set_server_certificates(&snapshot.server_certificates);
         self.current.store(Arc::new(snapshot));
         let old = std::mem::replace(&mut self.generation, generation);
         old.stop().await;

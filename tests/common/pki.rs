@@ -159,6 +159,11 @@ impl LeafBuilder<'_> {
         self.not_after = now - Duration::days(1);
         self
     }
+    /// Valid until `not_after` (rcgen encodes whole seconds).
+    pub fn valid_until(mut self, not_after: OffsetDateTime) -> Self {
+        self.not_after = not_after;
+        self
+    }
     pub fn serial(mut self, serial: u64) -> Self {
         self.serial = serial;
         self
