@@ -308,3 +308,37 @@ async fn connection_cannot_make_host_or_content_length_hop_by_hop() {
         ["localhost"]
     );
 }
+
+#[tokio::test]
+async fn an_http2_host_that_disagrees_with_the_authority_is_400_bad_host() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let acme = env.acme();
+    let tls = connect(
+        gw.local_addr(),
+        "localhost",
+        env.client(Some(&acme), &[b"h2"]),
+    )
+    .await
+    .unwrap();
+    let mut sender = handshake_http(tls).await.unwrap();
+    let req = Request::get("https://localhost/v1/orders/h2")
+        .header("host", "api.example.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = read(sender.send(req).await.unwrap()).await;
+    assert_eq!((a.status.as_u16(), a.reason().as_str()), (400, "bad_host"));
+    assert_eq!(up.count(), 0);
+
+    let req = Request::get("https://localhost/v1/orders/h2")
+        .header("host", "LocalHost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = read(sender.send(req).await.unwrap()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        up.last().headers.get_all("host").iter().collect::<Vec<_>>(),
+        ["localhost"]
+    );
+}
