@@ -267,6 +267,7 @@ pub const STRIP_BY_DEFAULT: &[&str] = &[
     "x-client-issuer*",
     "x-client-serial*",
     "x-client-fingerprint*",
+    "x-tls-client-*",
     "x-arr-*",
     "x-amzn-mtls-*",
     // Authenticated users asserted by an authenticating front end.
@@ -281,6 +282,8 @@ pub const STRIP_BY_DEFAULT: &[&str] = &[
     "x-forwarded-*",
     "x-real-ip",
     "x-client-ip",
+    "client-ip",
+    "x-proxyuser-ip",
     "x-cluster-client-ip",
     "x-originating-ip",
     "x-remote-ip",
