@@ -60,7 +60,7 @@ const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// `reason` label values of `certgate_policy_denials_total`: every refusal reason code except
 /// the upstream failures, which `certgate_upstream_errors_total` counts.
-pub const DENIAL_REASONS: [&str; 11] = [
+pub const DENIAL_REASONS: [&str; 12] = [
     "no_route",
     "scope_denied",
     "method_not_allowed",
@@ -70,6 +70,7 @@ pub const DENIAL_REASONS: [&str; 11] = [
     "certificate_revoked",
     "revocation_unknown",
     "bad_request",
+    "bad_host",
     "upgrade_not_allowed",
     "body_too_large",
 ];
