@@ -3,6 +3,7 @@
 //! Parses no configuration or certificate files and builds no TLS configuration: it runs on what
 //! a [`crate::runtime::Snapshot`] holds.
 
+pub mod activity;
 pub mod body;
 pub mod conn_refusal;
 pub mod connection;
@@ -11,6 +12,7 @@ pub mod headers;
 pub mod listener;
 pub mod refusal;
 pub mod service;
+pub mod tunnel;
 pub mod upstream;
 pub mod upstream_h1;
 pub mod wake_gate;
