@@ -30,13 +30,13 @@ pub enum StartError {
     Build(Vec<BuildError>),
     #[error("{} CRL source(s) cannot be loaded", .0.len())]
     Revocation(Vec<CrlLoadError>),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("admin API: cannot listen on {addr}: {source}")]
+    #[error("admin API: cannot listen on {addr}")]
     AdminBind {
         addr: SocketAddr,
         #[source]
