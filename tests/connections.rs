@@ -298,14 +298,19 @@ async fn a_drain_that_times_out_cuts_the_request_audits_it_and_exits_3() {
     );
 
     // The upstream answers after 1.8 s: under the 2 s request timeout, past the drain timeout.
-    let in_flight = tokio::spawn(call(
-        addr,
-        env.tls_config_for(&env.acme()),
-        get("/v1/orders/delay/1800"),
-    ));
+    // One request over HTTP/1.1, one over HTTP/2 (whose handlers run on tasks of their own).
+    let acme = env.acme();
+    let in_flight = [
+        (
+            env.client(Some(&acme), &[b"http/1.1"]),
+            "/v1/orders/delay/1800",
+        ),
+        (env.client(Some(&acme), &[b"h2"]), "/v1/orders/delay/1801"),
+    ]
+    .map(|(client, path)| tokio::spawn(call(addr, client, get(path))));
     assert!(
-        eventually(Duration::from_secs(10), || up.count() == 1).await,
-        "the request reached the upstream"
+        eventually(Duration::from_secs(10), || up.count() == 2).await,
+        "both requests reached the upstream"
     );
     let pid = child.id().to_string();
     let signalled = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -325,26 +330,28 @@ async fn a_drain_that_times_out_cuts_the_request_audits_it_and_exits_3() {
         Some(i32::from(certgate::cli::EXIT_DRAIN_CUT)),
         "{status}"
     );
-    assert!(
-        in_flight.await.unwrap().is_err(),
-        "the cut request got no answer"
-    );
+    for request in in_flight {
+        let answer = request.await.unwrap();
+        assert!(answer.is_err(), "a cut request got no answer: {answer:?}");
+    }
 
     let lines = read_log(&log);
     let cut = lines
         .iter()
         .find(|l| l["event"] == "drain_timeout")
         .unwrap_or_else(|| panic!("no drain_timeout line in {lines:?}"));
-    assert_eq!(cut["connections"], 1, "{cut}");
-    let request = lines
-        .iter()
-        .find(|l| l["event"] == "request" && l["http.path"] == "/v1/orders/delay/1800")
-        .unwrap_or_else(|| panic!("no audit line for the cut request in {lines:?}"));
-    assert_eq!(request["reason"], "drain_timeout", "{request}");
-    assert_eq!(request["http.status"], 0, "{request}");
-    assert_eq!(request["body.complete"], false, "{request}");
-    assert_eq!(request["route"], "orders-read", "{request}");
-    assert_eq!(request["partner"], "acme", "{request}");
+    assert_eq!(cut["connections"], 2, "{cut}");
+    for path in ["/v1/orders/delay/1800", "/v1/orders/delay/1801"] {
+        let request = lines
+            .iter()
+            .find(|l| l["event"] == "request" && l["http.path"] == path)
+            .unwrap_or_else(|| panic!("no audit line for the cut request {path} in {lines:?}"));
+        assert_eq!(request["reason"], "drain_timeout", "{request}");
+        assert_eq!(request["http.status"], 0, "{request}");
+        assert_eq!(request["body.complete"], false, "{request}");
+        assert_eq!(request["route"], "orders-read", "{request}");
+        assert_eq!(request["partner"], "acme", "{request}");
+    }
 }
 
 fn free_port() -> u16 {
