@@ -25,8 +25,18 @@
 //! * `event="connection_limit_reached"`, each time the accept loop finds every `max_connections`
 //!   permit taken: `limit`, `decision="wait"`. The clients that then wait in the backlog were
 //!   never accepted, so no line names them.
-//! * `event="connection_revoked"`, when a live connection is cut because its certificate was
-//!   revoked.
+//! * `event="connection_revoked"`, when a live connection (or its tunnel) is cut because its
+//!   certificate was revoked.
+//! * `event="tunnel_closed"`, one per upgraded connection (WebSocket) when it ends: the
+//!   connection's fields as on `connection_refused`, `route`, `upstream`, `reason`
+//!   (`proxy::tunnel::TunnelEnd`: `client_closed`, `upstream_closed`, `error`, `idle_timeout`,
+//!   `certificate_revoked`, `drain`, `upgrade_failed`), `bytes.in` (partner to upstream),
+//!   `bytes.out` (upstream to partner), `duration_ms` and `error`.
+//! * `event="drain_timeout"`, when `drain_timeout` passes during shutdown: `timeout_ms` and
+//!   `connections` (how many are cut). A request cut then, or dropped with its connection for any
+//!   other reason before it was answered, still gets its `event="request"` line, with
+//!   `http.status` 0 and the reason its connection ended (`drain_timeout`, `certificate_revoked`,
+//!   `stalled`, `connection_closed`).
 //!
 //! # Line format
 //! `--log-format json` writes one object per line: `timestamp` (RFC 3339 UTC, microseconds),

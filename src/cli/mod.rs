@@ -16,7 +16,11 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::audit::{self, LogFormat};
 use crate::config::{self, model::Config};
 use crate::revocation::Registry;
-use crate::runtime::{self, Gateway, StartError};
+use crate::runtime::{self, Drained, Gateway, StartError};
+
+/// `serve`'s exit status when `drain_timeout` passed with connections still open, which were then
+/// cut (0 is a clean drain, 1 a configuration that cannot start).
+pub const EXIT_DRAIN_CUT: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -229,8 +233,10 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         () = reload_on_sighup(reloader) => {}
     }
     tracing::info!("shutting down: draining connections");
-    gateway.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(match gateway.drain().await {
+        Drained::Clean => ExitCode::SUCCESS,
+        Drained::Cut { .. } => ExitCode::from(EXIT_DRAIN_CUT),
+    })
 }
 
 async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<ExitCode> {

@@ -1,29 +1,39 @@
-//! One partner connection: handshake, identity, partner, then HTTP until idle, drained or revoked.
+//! One partner connection, from handshake to close, under one supervisor that owns everything the
+//! connection starts: the hyper connection and its dedicated upstream connection, an upgraded
+//! tunnel, the revocation watch, the idle and stall clocks, and drain.
+//!
+//! The supervisor waits for one [`Event`] at a time and hands it to one handler; each handler says
+//! what happens next ([`Step`]). A connection that upgrades (WebSocket) stays under the same
+//! supervisor while its tunnel runs, so it keeps its connection permit and its revocation watch.
 
+use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::CertificateError;
 use rustls_pki_types::UnixTime;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 
+use super::activity::{Activity, LastSeen, Tracked};
 use super::headers::ConnectionHeaders;
+use super::listener::Phase;
 use super::refusal::Refusal;
 use super::service;
+use super::tunnel::{self, Counted, PendingTunnel, Side, Traffic, TunnelEnd};
 use super::wake_gate::WakeGate;
 use crate::audit;
 use crate::config::model::PartnerId;
 use crate::conn_refusal::ConnRefusal;
 use crate::identity::{PartnerMatch, PeerIdentity};
-use crate::revocation::{Revocation, RevokedSignal};
+use crate::revocation::{self, Revocation, RevokedSignal};
 use crate::snapshot::Snapshot;
 use crate::tls::handshake;
 use crate::upstream::dedicated::Dedicated;
@@ -56,6 +66,25 @@ pub struct ConnContext {
     /// nothing more is forwarded, even before the serve loop below has woken up to close it
     /// (HTTP/1.1 keep-alive requests and HTTP/2 streams already queued are refused instead).
     pub revoked: RevokedSignal,
+    /// Why the supervisor cut the connection ([`Cut`]), for the audit line of a request whose
+    /// handler is dropped before it answered.
+    cut: AtomicU8,
+    /// An upgrade the upstream accepted, handed from the request to the supervisor, which runs
+    /// the tunnel once hyper lets go of the transport. Locked once per upgrade and once at the
+    /// connection's end, never per request.
+    tunnel: tokio::sync::Mutex<Option<PendingTunnel>>,
+}
+
+/// Why a connection was closed under requests that may still be in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cut {
+    /// The gateway's `drain_timeout` passed.
+    DrainTimeout = 1,
+    /// The certificate was revoked and the grace period for in-flight requests passed.
+    CertificateRevoked = 2,
+    /// Nothing moved on a busy connection for the idle timeout.
+    Stalled = 3,
 }
 
 impl ConnContext {
@@ -63,6 +92,39 @@ impl ConnContext {
         self.partner
             .and_then(|(p, _)| self.snapshot.config.partners.get(p.0))
             .map(|p| p.id.as_str())
+    }
+
+    /// Records why the supervisor is about to drop the connection with requests in flight.
+    fn cut(&self, why: Cut) {
+        self.cut.store(why as u8, Ordering::Relaxed);
+    }
+
+    /// The reason code for a request that got no answer: why the connection was cut, or
+    /// `connection_closed` when the client went away first.
+    pub fn unanswered_reason(&self) -> &'static str {
+        match self.cut.load(Ordering::Relaxed) {
+            x if x == Cut::DrainTimeout as u8 => "drain_timeout",
+            x if x == Cut::CertificateRevoked as u8 => "certificate_revoked",
+            x if x == Cut::Stalled as u8 => "stalled",
+            _ => "connection_closed",
+        }
+    }
+
+    /// Hands an accepted upgrade to the supervisor. One per connection: HTTP/1.1 ends with its
+    /// first upgrade, so a second one cannot happen there and is dropped (its client sees the
+    /// connection close).
+    pub fn hand_over(&self, tunnel: PendingTunnel) {
+        match self.tunnel.try_lock() {
+            Ok(mut slot) if slot.is_none() => *slot = Some(tunnel),
+            _ => tracing::debug!(
+                conn.id = self.id,
+                "a second upgrade on one connection is dropped"
+            ),
+        }
+    }
+
+    fn take_tunnel(&self) -> Option<PendingTunnel> {
+        self.tunnel.try_lock().ok()?.take()
     }
 
     /// What this connection puts on each request audit line.
@@ -79,222 +141,45 @@ impl ConnContext {
     }
 }
 
-/// What the connection is doing, counted rather than timed: in-flight requests, streaming
-/// responses, and how many reads, writes and finished requests there have been. The request path
-/// only bumps counters; the idle check (a few times per idle timeout) reads them and dates each
-/// change itself ([`LastSeen`]), so no request reads the clock for it (issue 5: about 3 clock reads
-/// and their conversions per proxied request).
-#[derive(Debug, Default)]
-pub struct Activity {
-    in_flight: AtomicUsize,
-    /// Reads and writes that moved bytes. Only the connection's transport bumps it, and only the
-    /// serve task drives that transport, so a plain load and store suffice.
-    io: AtomicU64,
-    /// Requests whose handler returned.
-    handled: AtomicU64,
-    /// Reads that brought bytes, and their number when the last request's handler returned:
-    /// tells a half-sent request head from a keep-alive connection that sent nothing more.
-    reads: AtomicU64,
-    reads_when_handled: AtomicU64,
-    /// Responses whose body has not ended yet (handed to hyper, still streaming).
-    responses: AtomicUsize,
-}
-
-impl Activity {
-    fn io_progress(&self) {
-        bump(&self.io);
-    }
-
-    fn read_progress(&self) {
-        bump(&self.reads);
-        bump(&self.io);
-    }
-
-    /// Whether bytes arrived since the last request was handled (or since the handshake).
-    /// Over-approximates when a request body kept arriving after its handler returned.
-    fn read_since_handled(&self) -> bool {
-        self.reads.load(Ordering::Relaxed) > self.reads_when_handled.load(Ordering::Relaxed)
-    }
-
-    /// A response's body starts streaming; [`Activity::response_ended`] follows when it ends or is
-    /// dropped.
-    pub fn response_started(&self) {
-        self.responses.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn response_ended(&self) {
-        self.responses.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Marks a request as in flight until the guard drops.
-    pub fn enter(&self) -> ActivityGuard<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        ActivityGuard(self)
-    }
-
-    fn busy(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed) > 0
-    }
-
-    /// Every event that makes the connection not idle: bytes moved, a request finished.
-    fn events(&self) -> u64 {
-        self.io
-            .load(Ordering::Relaxed)
-            .wrapping_add(self.handled.load(Ordering::Relaxed))
-    }
-}
-
-/// A counter with a single writer: one load and one store, without a locked instruction.
-fn bump(counter: &AtomicU64) {
-    counter.store(
-        counter.load(Ordering::Relaxed).wrapping_add(1),
-        Ordering::Relaxed,
-    );
-}
-
-pub struct ActivityGuard<'a>(&'a Activity);
-
-impl Drop for ActivityGuard<'_> {
-    fn drop(&mut self) {
-        self.0
-            .reads_when_handled
-            .store(self.0.reads.load(Ordering::Relaxed), Ordering::Relaxed);
-        // HTTP/2 handlers run on tasks of their own, several at once: a locked add.
-        self.0.handled.fetch_add(1, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// [`Activity`]'s counters as the idle check last saw them, each dated by the check that first
-/// saw its current value. That date is at most one check late, so "no progress for `idle`" is
-/// never judged early, and a connection is still closed within 1.5 × `idle_timeout` of its last
-/// activity with checks every `idle_timeout / 2`: one check to see the change, two more to see
-/// it last.
-struct LastSeen {
-    io: Dated,
-    events: Dated,
-}
-
-/// A counter's value and the check that first saw it.
-struct Dated {
-    count: u64,
-    at: Instant,
-}
-
-impl LastSeen {
-    fn new(activity: &Activity, now: Instant) -> Self {
-        Self {
-            io: Dated::new(activity.io.load(Ordering::Relaxed), now),
-            events: Dated::new(activity.events(), now),
-        }
-    }
-
-    fn observe(&mut self, activity: &Activity, now: Instant) {
-        self.io.observe(activity.io.load(Ordering::Relaxed), now);
-        self.events.observe(activity.events(), now);
-    }
-
-    /// How long no byte has moved on the connection.
-    fn stalled_for(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.io.at)
-    }
-
-    /// How long the connection has had nothing to do; `None` while a request is in flight.
-    fn idle_for(&self, activity: &Activity, now: Instant) -> Option<Duration> {
-        (!activity.busy()).then(|| now.saturating_duration_since(self.events.at))
-    }
-}
-
-impl Dated {
-    fn new(count: u64, now: Instant) -> Self {
-        Self { count, at: now }
-    }
-
-    fn observe(&mut self, count: u64, now: Instant) {
-        if count != self.count {
-            *self = Self::new(count, now);
-        }
-    }
-}
-
-/// The connection's transport, noting every read or write that moved bytes.
-struct Tracked<T> {
-    inner: T,
-    ctx: Arc<ConnContext>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.ctx.activity.read_progress();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.ctx.activity.io_progress();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.ctx.activity.io_progress();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
     snapshot: Arc<Snapshot>,
-    mut shutdown: watch::Receiver<bool>,
+    phase: watch::Receiver<Phase>,
 ) {
-    let limits = snapshot.config.server.limits.clone();
-    let metrics = snapshot.metrics.metrics().clone();
-    let _active = metrics.connection();
+    let _active = snapshot.metrics.metrics().connection();
+    let Some(tls) = tls_handshake(tcp, peer, id, &snapshot).await else {
+        return;
+    };
+    let Some((mut supervisor, tls)) = Supervisor::establish(tls, peer, id, snapshot, phase).await
+    else {
+        return;
+    };
+    if supervisor.serve_http(tls).await {
+        if let Some(tunnel) = supervisor.ctx.take_tunnel() {
+            supervisor.run_tunnel(tunnel).await;
+        }
+    }
+}
+
+/// The TLS handshake under its timeout. A refused one is counted, audited and closed here.
+async fn tls_handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    snapshot: &Snapshot,
+) -> Option<TlsStream<TcpStream>> {
     let started = Instant::now();
-    let handshake = handshake::accept(&snapshot.acceptor, tcp, limits.handshake_timeout).await;
-    metrics.handshake(
+    let timeout = snapshot.config.server.limits.handshake_timeout;
+    let handshake = handshake::accept(&snapshot.acceptor, tcp, timeout).await;
+    snapshot.metrics.metrics().handshake(
         handshake.as_ref().err().map(|r| r.error.kind),
         started.elapsed(),
     );
-    let tls = match handshake {
-        Ok(tls) => tls,
+    match handshake {
+        Ok(tls) => Some(tls),
         Err(refused) => {
             let e = &refused.error;
             tracing::info!(
@@ -309,184 +194,442 @@ pub async fn serve(
                 "tls handshake refused"
             );
             refused.close().await;
-            return;
-        }
-    };
-
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let registry = snapshot.revocation.registry().clone();
-    let (ctx, _live, mut revoked) = {
-        let (_, session) = tls.get_ref();
-        let chain = session.peer_certificates().unwrap_or(&[]);
-        let sni = session.server_name().map(Box::from);
-        // Register before re-checking: a CRL swapped in between then still finds this connection.
-        let (live, revoked) = registry.register_chain(Revocation::chain_keys(chain), id);
-        match identify(&snapshot, chain).await {
-            Ok((identity, partner, refuse)) => {
-                let partner_id = partner
-                    .and_then(|(p, _)| snapshot.config.partners.get(p.0))
-                    .map(|p| p.id.as_str())
-                    .filter(|_| refuse.is_none());
-                let headers = ConnectionHeaders::build(
-                    &snapshot.config.forward,
-                    partner_id,
-                    &identity,
-                    chain,
-                    peer,
-                );
-                let ctx = Arc::new(ConnContext {
-                    id,
-                    peer,
-                    sni,
-                    snapshot: snapshot.clone(),
-                    peer_text: peer.to_string().into(),
-                    fingerprint_hex: identity.fingerprint_hex().into(),
-                    identity: Arc::new(identity),
-                    partner,
-                    refuse,
-                    headers,
-                    activity: Activity::default(),
-                    dedicated: (!h2).then(Dedicated::default),
-                    revoked: revoked.clone(),
-                });
-                (ctx, live, revoked)
-            }
-            Err(reason) => {
-                tracing::warn!(conn.id = id, client.addr = %peer, %reason, "cannot read the verified peer certificate");
-                return;
-            }
-        }
-    };
-    if ctx.refuse.is_none() {
-        if let Some(partner) = ctx.partner_id() {
-            metrics.saw_certificate(partner, &ctx.identity.serial, ctx.identity.not_after);
+            None
         }
     }
-    tracing::debug!(
-        conn.id = id,
-        client.addr = &*ctx.peer_text,
-        partner = ctx.partner_id(),
-        subject = %ctx.identity.subject,
-        refused = ctx.refuse.map(Refusal::reason),
-        "connection established"
-    );
+}
 
-    let builder = if h2 { &snapshot.http2 } else { &snapshot.http1 };
-    let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| service::handle(svc_ctx.clone(), req));
-    let io = Tracked {
-        inner: tls,
-        ctx: ctx.clone(),
-    };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+/// Owns one established partner connection and everything it starts, until it closes.
+struct Supervisor {
+    ctx: Arc<ConnContext>,
+    /// The connection's entry in the live registry: a revocation finds it while the supervisor
+    /// runs, the HTTP phase and a tunnel alike.
+    _live: revocation::Guard,
+    revoked: RevokedSignal,
+    phase: watch::Receiver<Phase>,
+    /// The gateway phase this connection has acted on.
+    seen_phase: Phase,
+    /// A connection that already refuses every request has nothing to cut, and its signal may
+    /// have fired before serving started: an OCSP query made by `identify` that finds the
+    /// certificate revoked also signals the live connections registered under it, this one
+    /// included. Racing it would close the connection before the client reads its
+    /// `certificate_revoked` answer.
+    watch_revoked: bool,
+    idle: Duration,
+    /// The idle check's period: half the idle timeout, so a connection is closed within
+    /// 1.5 × `idle_timeout` at worst.
+    tick: Duration,
+}
 
-    let idle = limits.idle_timeout;
-    // Checked twice per idle period: closes within 1.5 × idle_timeout at worst.
-    let tick = (idle / 2).max(Duration::from_millis(50));
-    let mut idle_check = Box::pin(tokio::time::sleep(tick));
-    let mut closing = false;
-    let mut cut = false;
-    let mut hard_stop = Box::pin(tokio::time::sleep(Duration::ZERO));
-    // A connection that already refuses every request has nothing to cut, and its signal may have
-    // fired before serving started: an OCSP query made by `identify` that finds the certificate
-    // revoked also signals the live connections registered under it, this one included. Racing
-    // it would close the connection before the client reads its `certificate_revoked` answer.
-    let watch_revoked = ctx.refuse.is_none();
-    let dedicated = ctx.dedicated.as_ref();
-    // Shutdown, revocation and the timers are polled only when one of them woke the task, not on
-    // each of the few wakes per request the connection and its upstream make.
-    let gate = WakeGate::new();
-    let mut seen = LastSeen::new(&ctx.activity, Instant::now());
-    loop {
-        let control = {
+/// Everything that can happen to a connection while it serves HTTP.
+enum Event {
+    /// The HTTP connection ended by itself: closed, failed, or handed its transport to an upgrade.
+    Ended(Result<(), Box<dyn StdError + Send + Sync>>),
+    Revoked,
+    /// The gateway moved on to draining or to cutting what is left.
+    Phase(Phase),
+    /// The grace period after a revocation is over.
+    HardStop,
+    IdleCheck,
+}
+
+/// Everything that can happen to a tunnel.
+enum TunnelEvent {
+    /// Both directions are done, or one failed.
+    Copied(std::io::Result<(u64, u64)>),
+    Revoked,
+    Phase(Phase),
+    IdleCheck,
+}
+
+/// What the HTTP phase does after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Wait,
+    /// Stop taking requests and close once those in flight are answered.
+    Close,
+    /// Drop the connection now, with whatever is still in flight.
+    Stop,
+    /// The connection is over by itself (possibly upgraded).
+    Ended,
+}
+
+/// The HTTP phase's own state.
+struct HttpState {
+    /// A graceful shutdown has begun (drain, revocation or idle): no new requests are read.
+    closing: bool,
+    /// The certificate was revoked: in-flight requests have until `hard_stop`.
+    revoked: bool,
+    hard_stop: Pin<Box<tokio::time::Sleep>>,
+    idle_check: Pin<Box<tokio::time::Sleep>>,
+    seen: LastSeen,
+}
+
+impl Supervisor {
+    /// Reads the verified peer, registers the connection for revocation and settles what every
+    /// request on it shares.
+    async fn establish(
+        tls: TlsStream<TcpStream>,
+        peer: SocketAddr,
+        id: u64,
+        snapshot: Arc<Snapshot>,
+        phase: watch::Receiver<Phase>,
+    ) -> Option<(Self, TlsStream<TcpStream>)> {
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let (_, session) = tls.get_ref();
+        let chain = session.peer_certificates().unwrap_or(&[]);
+        // Register before re-checking: a CRL swapped in between then still finds this connection.
+        let registry = snapshot.revocation.registry().clone();
+        let (live, revoked) = registry.register_chain(Revocation::chain_keys(chain), id);
+        let (identity, partner, refuse) = match identify(&snapshot, chain).await {
+            Ok(identified) => identified,
+            Err(reason) => {
+                tracing::warn!(conn.id = id, client.addr = %peer, %reason, "cannot read the verified peer certificate");
+                return None;
+            }
+        };
+        let partner_id = partner
+            .and_then(|(p, _)| snapshot.config.partners.get(p.0))
+            .map(|p| p.id.as_str())
+            .filter(|_| refuse.is_none());
+        let headers =
+            ConnectionHeaders::build(&snapshot.config.forward, partner_id, &identity, chain, peer);
+        let limits = &snapshot.config.server.limits;
+        let idle = limits.idle_timeout;
+        let ctx = Arc::new(ConnContext {
+            id,
+            peer,
+            sni: session.server_name().map(Box::from),
+            snapshot: snapshot.clone(),
+            peer_text: peer.to_string().into(),
+            fingerprint_hex: identity.fingerprint_hex().into(),
+            identity: Arc::new(identity),
+            partner,
+            refuse,
+            headers,
+            activity: Activity::default(),
+            dedicated: (!h2).then(Dedicated::default),
+            revoked: revoked.clone(),
+            cut: AtomicU8::new(0),
+            tunnel: tokio::sync::Mutex::new(None),
+        });
+        if ctx.refuse.is_none() {
+            if let Some(partner) = ctx.partner_id() {
+                let metrics = snapshot.metrics.metrics();
+                metrics.saw_certificate(partner, &ctx.identity.serial, ctx.identity.not_after);
+            }
+        }
+        tracing::debug!(
+            conn.id = id,
+            client.addr = &*ctx.peer_text,
+            partner = ctx.partner_id(),
+            subject = %ctx.identity.subject,
+            refused = ctx.refuse.map(Refusal::reason),
+            "connection established"
+        );
+        let supervisor = Self {
+            watch_revoked: ctx.refuse.is_none(),
+            ctx,
+            _live: live,
+            revoked,
+            phase,
+            seen_phase: Phase::Serving,
+            idle,
+            tick: (idle / 2).max(Duration::from_millis(50)),
+        };
+        Some((supervisor, tls))
+    }
+
+    /// Serves HTTP (h1 or h2 by ALPN) until the connection ends. True when it ended by itself,
+    /// which is also how an upgrade hands its transport over; false when the supervisor cut it.
+    async fn serve_http(&mut self, tls: TlsStream<TcpStream>) -> bool {
+        let ctx = self.ctx.clone();
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let builder = if h2 {
+            &ctx.snapshot.http2
+        } else {
+            &ctx.snapshot.http1
+        };
+        let svc_ctx = ctx.clone();
+        let svc = service_fn(move |req| service::handle(svc_ctx.clone(), req));
+        let io = Tracked {
+            inner: tls,
+            ctx: ctx.clone(),
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let mut http = HttpState {
+            closing: false,
+            revoked: false,
+            hard_stop: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            idle_check: Box::pin(tokio::time::sleep(self.tick)),
+            seen: LastSeen::new(&ctx.activity, Instant::now()),
+        };
+        // Shutdown, revocation and the timers are polled only when one of them woke the task, not
+        // on each of the few wakes per request the connection and its upstream make.
+        let gate = WakeGate::new();
+        loop {
+            let event = self.next_http_event(conn.as_mut(), &gate, &mut http).await;
+            match self.on_http_event(event, &mut http) {
+                Step::Wait => {}
+                Step::Close => conn.as_mut().graceful_shutdown(),
+                Step::Stop => return false,
+                Step::Ended => return true,
+            }
+        }
+    }
+
+    /// Waits for the next event, driving the connection's dedicated upstream connection meanwhile.
+    async fn next_http_event<C>(
+        &mut self,
+        mut conn: Pin<&mut C>,
+        gate: &WakeGate,
+        http: &mut HttpState,
+    ) -> Event
+    where
+        C: std::future::Future<Output = Result<(), Box<dyn StdError + Send + Sync>>>,
+    {
+        let Self {
+            ctx,
+            revoked,
+            phase,
+            seen_phase,
+            watch_revoked,
+            ..
+        } = self;
+        let dedicated = ctx.dedicated.as_ref();
+        loop {
             let rare = std::pin::pin!(async {
                 tokio::select! {
                     biased;
-                    () = revoked.revoked(), if watch_revoked && !cut => Control::Revoked,
-                    _ = shutdown.wait_for(|stop| *stop), if !closing => Control::Shutdown,
-                    () = &mut hard_stop, if cut => Control::HardStop,
-                    () = &mut idle_check => Control::IdleCheck,
+                    () = revoked.revoked(), if *watch_revoked && !http.revoked => Event::Revoked,
+                    p = next_phase(phase, *seen_phase), if *seen_phase < Phase::Cut => Event::Phase(p),
+                    () = &mut http.hard_stop, if http.revoked => Event::HardStop,
+                    () = &mut http.idle_check => Event::IdleCheck,
                 }
             });
             tokio::select! {
                 biased;
                 () = std::future::poll_fn(|cx| dedicated.map_or(Poll::Pending, |d| d.poll_drive(cx))), if dedicated.is_some() => continue,
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        match ConnRefusal::classify(&*e, ctx.activity.read_since_handled()) {
-                            Some(reason) => refused(&ctx, reason, Some(&*e)),
-                            None => {
-                                tracing::debug!(conn.id = id, error = %e, "connection ended with an error");
-                            }
-                        }
-                    }
-                    break;
-                }
-                control = gate.gated(rare) => control,
+                result = conn.as_mut() => return Event::Ended(result),
+                event = gate.gated(rare) => return event,
+            }
+        }
+    }
+
+    fn on_http_event(&mut self, event: Event, http: &mut HttpState) -> Step {
+        match event {
+            Event::Ended(result) => self.on_ended(result),
+            Event::Revoked => self.on_revoked(http),
+            Event::Phase(phase) => self.on_phase(phase, http),
+            Event::HardStop => self.on_hard_stop(),
+            Event::IdleCheck => self.on_idle_check(http),
+        }
+    }
+
+    fn on_ended(&self, result: Result<(), Box<dyn StdError + Send + Sync>>) -> Step {
+        let Err(e) = result else {
+            return Step::Ended;
+        };
+        let ctx = &self.ctx;
+        match ConnRefusal::classify(&*e, ctx.activity.read_since_handled()) {
+            Some(reason) => refused(ctx, reason, Some(&*e)),
+            None => tracing::debug!(conn.id = ctx.id, error = %e, "connection ended with an error"),
+        }
+        Step::Stop
+    }
+
+    fn on_revoked(&self, http: &mut HttpState) -> Step {
+        audit_revoked(&self.ctx);
+        http.closing = true;
+        http.revoked = true;
+        let grace_over = Instant::now() + REVOKED_GRACE;
+        http.hard_stop.as_mut().reset(grace_over.into());
+        Step::Close
+    }
+
+    fn on_phase(&mut self, phase: Phase, http: &mut HttpState) -> Step {
+        self.seen_phase = phase;
+        match phase {
+            Phase::Serving => Step::Wait,
+            Phase::Draining if http.closing => Step::Wait,
+            Phase::Draining => {
+                http.closing = true;
+                Step::Close
+            }
+            Phase::Cut => {
+                self.ctx.cut(Cut::DrainTimeout);
+                Step::Stop
+            }
+        }
+    }
+
+    /// In-flight requests had their grace period; a streaming one ends here.
+    fn on_hard_stop(&self) -> Step {
+        self.ctx.cut(Cut::CertificateRevoked);
+        Step::Stop
+    }
+
+    fn on_idle_check(&self, http: &mut HttpState) -> Step {
+        let ctx = &self.ctx;
+        let now = Instant::now();
+        http.idle_check.as_mut().reset((now + self.tick).into());
+        http.seen.observe(&ctx.activity, now);
+        let busy = http.closing || ctx.activity.busy();
+        if busy && http.seen.stalled_for(now) >= self.idle {
+            // A response nobody reads, or a request that stopped arriving: graceful shutdown
+            // would wait for it forever.
+            ctx.cut(Cut::Stalled);
+            refused(ctx, ConnRefusal::Stalled, None);
+            return Step::Stop;
+        }
+        if http.closing {
+            return Step::Wait;
+        }
+        let Some(idle_for) = http.seen.idle_for(&ctx.activity, now) else {
+            return Step::Wait;
+        };
+        // Not while a response is still streaming from it (a body that pauses longer than half
+        // the idle timeout).
+        let quiet = !ctx.activity.streaming();
+        if let Some(dedicated) = ctx
+            .dedicated
+            .as_ref()
+            .filter(|_| quiet && idle_for >= self.tick)
+        {
+            dedicated.release();
+        }
+        if idle_for < self.idle {
+            return Step::Wait;
+        }
+        tracing::debug!(conn.id = ctx.id, "closing idle connection");
+        http.closing = true;
+        Step::Close
+    }
+
+    /// Splices the upgraded partner connection to the upgraded upstream connection until either
+    /// side closes, the tunnel idles out, the certificate is revoked or the gateway drains; then
+    /// closes both sides and writes the `tunnel_closed` audit line.
+    async fn run_tunnel(&mut self, tunnel: PendingTunnel) {
+        let PendingTunnel {
+            client,
+            upstream,
+            meta,
+        } = tunnel;
+        let traffic = Traffic::default();
+        let handed = tokio::time::timeout(self.idle, async { tokio::try_join!(client, upstream) });
+        let (client, upstream) = match handed.await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                let end = TunnelEnd::UpgradeFailed;
+                return tunnel::audit_end(&self.ctx, &meta, &traffic, end, Some(&e));
+            }
+            Err(_) => {
+                let end = TunnelEnd::UpgradeFailed;
+                return tunnel::audit_end(&self.ctx, &meta, &traffic, end, None);
             }
         };
-        match control {
-            Control::Shutdown => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            Control::Revoked => {
-                tracing::info!(
-                    target: "certgate::audit",
-                    event = "connection_revoked",
-                    conn.id = id,
-                    client.addr = &*ctx.peer_text,
-                    partner = ctx.partner_id().unwrap_or("unknown"),
-                    cert.serial = %ctx.identity.serial,
-                    "certificate revoked: closing its live connection"
-                );
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-                cut = true;
-                hard_stop
-                    .as_mut()
-                    .reset((Instant::now() + REVOKED_GRACE).into());
-            }
-            // In-flight requests had their grace period; a streaming one ends here.
-            Control::HardStop => break,
-            Control::IdleCheck => {
-                let now = Instant::now();
-                idle_check.as_mut().reset((now + tick).into());
-                seen.observe(&ctx.activity, now);
-                let busy = closing || ctx.activity.busy();
-                if busy && seen.stalled_for(now) >= idle {
-                    // A response nobody reads, or a request that stopped arriving: graceful
-                    // shutdown would wait for it forever.
-                    refused(&ctx, ConnRefusal::Stalled, None);
-                    break;
+        let mut client = Counted::new(client, Side::Client, &traffic);
+        let mut upstream = Counted::new(upstream, Side::Upstream, &traffic);
+        let (end, error) = self.splice(&mut client, &mut upstream, &traffic).await;
+        if !matches!(end, TunnelEnd::ClientClosed | TunnelEnd::UpstreamClosed) {
+            client.close().await;
+            upstream.close().await;
+        }
+        let error = error.as_ref().map(|e| e as &(dyn StdError + 'static));
+        tunnel::audit_end(&self.ctx, &meta, &traffic, end, error);
+    }
+
+    /// Copies both ways until something ends the tunnel, and says what.
+    async fn splice(
+        &mut self,
+        client: &mut Counted<'_>,
+        upstream: &mut Counted<'_>,
+        traffic: &Traffic,
+    ) -> (TunnelEnd, Option<std::io::Error>) {
+        if self.seen_phase > Phase::Serving {
+            return (TunnelEnd::Drain, None);
+        }
+        let copy = tokio::io::copy_bidirectional(client, upstream);
+        tokio::pin!(copy);
+        let mut idle_check = Box::pin(tokio::time::sleep(self.tick));
+        let mut last_moved = (traffic.total(), Instant::now());
+        loop {
+            let event = {
+                let Self {
+                    revoked,
+                    phase,
+                    seen_phase,
+                    watch_revoked,
+                    ..
+                } = self;
+                tokio::select! {
+                    biased;
+                    copied = &mut copy => TunnelEvent::Copied(copied),
+                    () = revoked.revoked(), if *watch_revoked => TunnelEvent::Revoked,
+                    p = next_phase(phase, *seen_phase), if *seen_phase < Phase::Cut => TunnelEvent::Phase(p),
+                    () = &mut idle_check => TunnelEvent::IdleCheck,
                 }
-                if !closing {
-                    if let Some(idle_for) = seen.idle_for(&ctx.activity, now) {
-                        // Not while a response is still streaming from it (a body that pauses
-                        // longer than half the idle timeout).
-                        let quiet = ctx.activity.responses.load(Ordering::Relaxed) == 0;
-                        if let Some(dedicated) = dedicated.filter(|_| quiet && idle_for >= tick) {
-                            dedicated.release();
-                        }
-                        if idle_for >= idle {
-                            tracing::debug!(conn.id = id, "closing idle connection");
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                        }
-                    }
+            };
+            let ended = match event {
+                TunnelEvent::Copied(Ok(copied)) => Some((traffic.end(&Ok(copied)), None)),
+                TunnelEvent::Copied(Err(e)) => Some((TunnelEnd::Error, Some(e))),
+                TunnelEvent::Revoked => {
+                    audit_revoked(&self.ctx);
+                    Some((TunnelEnd::CertificateRevoked, None))
                 }
+                TunnelEvent::Phase(phase) => {
+                    // A tunnel has no request to finish: draining closes it at once.
+                    self.seen_phase = phase;
+                    Some((TunnelEnd::Drain, None))
+                }
+                TunnelEvent::IdleCheck => {
+                    let now = Instant::now();
+                    idle_check.as_mut().reset((now + self.tick).into());
+                    tunnel_idle(traffic, &mut last_moved, now, self.idle)
+                        .then_some((TunnelEnd::IdleTimeout, None))
+                }
+            };
+            if let Some(ended) = ended {
+                return ended;
             }
         }
     }
 }
 
-/// What woke the serve loop other than the connection and its upstream.
-enum Control {
-    Shutdown,
-    Revoked,
-    HardStop,
-    IdleCheck,
+/// Whether no byte has moved through the tunnel for `idle`, dating a change by the check that
+/// saw it (so never early).
+fn tunnel_idle(traffic: &Traffic, last: &mut (u64, Instant), now: Instant, idle: Duration) -> bool {
+    let total = traffic.total();
+    if total != last.0 {
+        *last = (total, now);
+        return false;
+    }
+    now.saturating_duration_since(last.1) >= idle
+}
+
+/// The gateway's next phase after `seen`. A gateway dropped without shutting down counts as
+/// draining.
+async fn next_phase(rx: &mut watch::Receiver<Phase>, seen: Phase) -> Phase {
+    // Copied out at once: the watch's read lock is not held across an await.
+    let next = rx.wait_for(|p| *p > seen).await.map(|p| *p);
+    match next {
+        Ok(p) => p,
+        Err(_) if seen == Phase::Serving => Phase::Draining,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+fn audit_revoked(ctx: &ConnContext) {
+    tracing::info!(
+        target: "certgate::audit",
+        event = "connection_revoked",
+        conn.id = ctx.id,
+        client.addr = &*ctx.peer_text,
+        partner = ctx.partner_id().unwrap_or("unknown"),
+        cert.serial = %ctx.identity.serial,
+        "certificate revoked: closing its live connection"
+    );
 }
 
 /// Counts and audits a connection ended because its client crossed a limit or broke the
@@ -559,73 +702,4 @@ async fn identify(
         }
     };
     Ok((identity, partner, refuse))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TICK: Duration = Duration::from_secs(2);
-
-    #[test]
-    fn activity_is_dated_by_the_check_that_saw_it_never_earlier() {
-        let activity = Activity::default();
-        let t0 = Instant::now();
-        let mut seen = LastSeen::new(&activity, t0);
-        assert_eq!(seen.idle_for(&activity, t0 + TICK), Some(TICK));
-
-        // Bytes moved at some time before the check at t0 + 2 s: they count from that check.
-        activity.read_progress();
-        seen.observe(&activity, t0 + TICK);
-        assert_eq!(seen.stalled_for(t0 + TICK), Duration::ZERO);
-        assert_eq!(seen.idle_for(&activity, t0 + TICK), Some(Duration::ZERO));
-
-        // Nothing since: both clocks run from that check.
-        seen.observe(&activity, t0 + 3 * TICK);
-        assert_eq!(seen.stalled_for(t0 + 3 * TICK), 2 * TICK);
-        assert_eq!(seen.idle_for(&activity, t0 + 3 * TICK), Some(2 * TICK));
-    }
-
-    #[test]
-    fn a_request_in_flight_is_not_idle_and_its_end_restarts_the_idle_clock_but_not_the_stall_clock()
-    {
-        let activity = Activity::default();
-        let t0 = Instant::now();
-        let mut seen = LastSeen::new(&activity, t0);
-        let guard = activity.enter();
-        seen.observe(&activity, t0 + TICK);
-        assert_eq!(seen.idle_for(&activity, t0 + TICK), None);
-        assert_eq!(seen.stalled_for(t0 + TICK), TICK);
-
-        drop(guard);
-        seen.observe(&activity, t0 + 2 * TICK);
-        assert_eq!(
-            seen.idle_for(&activity, t0 + 2 * TICK),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(seen.stalled_for(t0 + 2 * TICK), 2 * TICK);
-    }
-
-    /// The serve loop gives the upstream connection back after one quiet tick and closes the
-    /// connection after two: a check that fires late (a loaded machine) must not do both at once,
-    /// or the client's next request finds the connection closed without having been idle for the
-    /// whole timeout.
-    #[test]
-    fn a_late_check_does_not_make_one_quiet_tick_look_like_two() {
-        let activity = Activity::default();
-        let t0 = Instant::now();
-        let mut seen = LastSeen::new(&activity, t0);
-        // The last request's bytes moved just after the check at t0 (so almost a whole tick
-        // before the next one).
-        activity.io_progress();
-        seen.observe(&activity, t0 + TICK);
-        // The next check is 1.9 s late.
-        let late = t0 + 2 * TICK + Duration::from_millis(1900);
-        seen.observe(&activity, late);
-        let idle_for = seen.idle_for(&activity, late);
-        assert!(
-            idle_for.is_some_and(|d| d >= TICK && d < 2 * TICK),
-            "{idle_for:?}"
-        );
-    }
 }

@@ -11,14 +11,32 @@ use tokio::sync::{watch, Semaphore, TryAcquireError};
 use super::connection;
 use crate::snapshot::Snapshot;
 
-/// Accepts partner connections until `shutdown` turns true. Each connection holds one permit of
+/// Where the gateway is in its life; every connection watches it. Ordered: a gateway only moves
+/// forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serving,
+    /// Shutting down: no new connections; open ones finish their in-flight requests and close,
+    /// and tunnels close at once.
+    Draining,
+    /// `drain_timeout` passed: whatever is still open is closed now.
+    Cut,
+}
+
+impl Phase {
+    pub fn stopping(self) -> bool {
+        self != Self::Serving
+    }
+}
+
+/// Accepts partner connections until `shutdown` leaves [`Phase::Serving`]. Each connection holds one permit of
 /// `permits` (`limit` of them) for its whole life, so the caller drains by acquiring them all back.
 pub async fn accept_loop(
     listener: TcpListener,
     current: Arc<ArcSwap<Snapshot>>,
     permits: Arc<Semaphore>,
     limit: usize,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Phase>,
 ) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let mut backoff = Duration::from_millis(5);
@@ -30,7 +48,7 @@ pub async fn accept_loop(
             Err(TryAcquireError::Closed) => return,
             Err(TryAcquireError::NoPermits) => {
                 // Draining takes every permit too; that is not the limit being reached.
-                if !*shutdown.borrow() {
+                if !shutdown.borrow().stopping() {
                     limit_reached(&current.load(), limit);
                 }
                 tokio::select! {
@@ -38,13 +56,13 @@ pub async fn accept_loop(
                         Ok(p) => p,
                         Err(_) => return,
                     },
-                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = shutdown.wait_for(|p| p.stopping()) => return,
                 }
             }
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|p| p.stopping()) => return,
         };
         let (tcp, peer) = match accepted {
             Ok(a) => {

@@ -3,9 +3,11 @@
 //! Parses no configuration or certificate files and builds no TLS configuration: it runs on what
 //! a [`crate::snapshot::Snapshot`] holds.
 
+pub mod activity;
 pub mod connection;
 pub mod headers;
 pub mod listener;
 pub mod refusal;
 pub mod service;
+pub mod tunnel;
 pub mod wake_gate;

@@ -15,11 +15,11 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
+use super::tunnel::{PendingTunnel, TunnelMeta};
 use crate::audit::request::RequestLine;
 use crate::config::model::UpstreamId;
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
@@ -41,8 +41,17 @@ pub async fn handle(
     // Shares the request head's buffer: no copy of the path for the audit line.
     let uri = req.uri().clone();
     let bytes_in = Arc::new(AtomicU64::new(0));
+    let mut unanswered = Unanswered {
+        ctx: &ctx,
+        started,
+        method: &method,
+        uri: &uri,
+        bytes_in: &bytes_in,
+        chosen: None,
+        armed: true,
+    };
     let (response, route, upstream, upstream_ms, refusal) =
-        match decide_and_forward(&ctx, req, &bytes_in).await {
+        match decide_and_forward(&ctx, req, &bytes_in, &mut unanswered.chosen).await {
             Ok(Forwarded {
                 response,
                 route,
@@ -72,6 +81,7 @@ pub async fn handle(
                 )
             }
         };
+    unanswered.disarm();
     drop(active);
     ctx.activity.response_started();
     let exchange = Exchange {
@@ -112,15 +122,7 @@ impl OnFinish for Exchange {
         ctx.snapshot
             .metrics
             .request(self.route, ctx.partner.map(|(p, _)| p), self.status, took);
-        let config = &ctx.snapshot.config;
-        let route = self
-            .route
-            .and_then(|r| config.routes.get(r.0))
-            .map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str());
-        let upstream = self
-            .upstream
-            .and_then(|u| config.upstreams.get(u.0))
-            .map_or("none", |u| u.name.as_str());
+        let (route, upstream) = names(ctx, self.route, self.upstream);
         // Upstream failures happen after policy allowed the request: they are not denials.
         let denied = self.refusal.is_some_and(|r| !r.is_upstream_failure());
         RequestLine {
@@ -137,6 +139,65 @@ impl OnFinish for Exchange {
             complete,
             upstream_ms: self.upstream_ms,
             duration_ms: took.as_secs_f64() * 1e3,
+        }
+        .emit();
+    }
+}
+
+/// The route and upstream names an audit line shows (`none` for either when there is none).
+fn names(ctx: &ConnContext, route: Option<RouteId>, upstream: Option<UpstreamId>) -> (&str, &str) {
+    let config = &ctx.snapshot.config;
+    let route = route
+        .and_then(|r| config.routes.get(r.0))
+        .map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str());
+    let upstream = upstream
+        .and_then(|u| config.upstreams.get(u.0))
+        .map_or("none", |u| u.name.as_str());
+    (route, upstream)
+}
+
+/// A request whose handler has not answered yet. Dropped still armed, it means the handler was
+/// dropped with its connection (cut at `drain_timeout`, after a revocation's grace period, or
+/// the client gone): that request gets its audit line here, with status 0 (no response was sent)
+/// and the reason the connection ended. Lives on the handler's stack; it allocates nothing.
+struct Unanswered<'a> {
+    ctx: &'a ConnContext,
+    started: Instant,
+    method: &'a Method,
+    uri: &'a Uri,
+    bytes_in: &'a AtomicU64,
+    /// The route policy chose and its upstream, once it has.
+    chosen: Option<(RouteId, UpstreamId)>,
+    armed: bool,
+}
+
+impl Unanswered<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let ctx = self.ctx;
+        let (route, upstream) = names(ctx, self.chosen.map(|c| c.0), self.chosen.map(|c| c.1));
+        RequestLine {
+            conn: ctx.audit_fields(),
+            denied: false,
+            reason: ctx.unanswered_reason(),
+            route,
+            upstream,
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            status: 0,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: 0,
+            complete: false,
+            upstream_ms: 0.0,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
         }
         .emit();
     }
@@ -172,6 +233,7 @@ async fn decide_and_forward(
     ctx: &ConnContext,
     req: Request<Incoming>,
     bytes_in: &Arc<AtomicU64>,
+    chosen: &mut Option<(RouteId, UpstreamId)>,
 ) -> Result<Forwarded, Refused> {
     if let Some(refusal) = ctx.refuse {
         return Err(refusal.into());
@@ -226,6 +288,7 @@ async fn decide_and_forward(
         }
     };
     let route = &config.routes[route_id.0];
+    *chosen = Some((route_id, route.upstream));
     if let Some(limit) = route.max_body_bytes {
         // A declared Content-Length over the limit is refused before the upstream is contacted.
         if http_body::Body::size_hint(req.body()).lower() > limit {
@@ -316,8 +379,16 @@ async fn decide_and_forward(
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::rewrite_response(response.headers_mut(), switching && upgrade);
     if switching {
-        if let Some(client_upgrade) = client_upgrade {
-            tunnel(client_upgrade, hyper::upgrade::on(&mut response), ctx.id);
+        if let Some(client) = client_upgrade {
+            ctx.hand_over(PendingTunnel {
+                client,
+                upstream: hyper::upgrade::on(&mut response),
+                meta: TunnelMeta {
+                    route: route_id,
+                    upstream_id: route.upstream,
+                    started: sent,
+                },
+            });
         }
     }
     Ok(Forwarded {
@@ -399,20 +470,4 @@ fn check_transfer_encoding<B>(req: &Request<B>) -> Result<(), Refused> {
         return Err(Refusal::BadTransferEncoding.into());
     }
     Ok(())
-}
-
-/// Splices an upgraded client connection to the upgraded upstream connection.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, conn_id: u64) {
-    tokio::spawn(async move {
-        match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(conn.id = conn_id, error = %e, "upgraded tunnel ended");
-                }
-            }
-            Err(e) => tracing::debug!(conn.id = conn_id, error = %e, "upgrade failed"),
-        }
-    });
 }

@@ -6,6 +6,7 @@ mod reload;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -18,7 +19,7 @@ pub use crate::snapshot::{BuildError, Snapshot};
 use crate::admin;
 use crate::config::model::Config;
 use crate::metrics::Metrics;
-use crate::proxy::listener;
+use crate::proxy::listener::{self, Phase};
 use crate::revocation::{CrlLoadError, LoadFailure, Registry};
 use reload::{Generation, ReloadTask};
 
@@ -28,13 +29,13 @@ pub enum StartError {
     Build(Vec<BuildError>),
     #[error("{} CRL source(s) cannot be loaded", .0.len())]
     Revocation(Vec<CrlLoadError>),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("admin API: cannot listen on {addr}: {source}")]
+    #[error("admin API: cannot listen on {addr}")]
     AdminBind {
         addr: SocketAddr,
         #[source]
@@ -50,7 +51,7 @@ pub struct Gateway {
     admin: admin::Server,
     metrics: Arc<Metrics>,
     current: Arc<ArcSwap<Snapshot>>,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<Phase>,
     permits: Arc<Semaphore>,
     max_connections: usize,
     accept: JoinHandle<()>,
@@ -115,7 +116,7 @@ impl Gateway {
         let (admin_listener, admin_addr) = admin_listener?;
         let max_connections = snapshot.config.server.limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
-        let (shutdown, rx) = watch::channel(false);
+        let (shutdown, rx) = watch::channel(Phase::Serving);
         let generation = Generation::start(&snapshot);
         let current = Arc::new(ArcSwap::from_pointee(snapshot));
         let (reloader, reload_task) = ReloadTask {
@@ -188,23 +189,58 @@ impl Gateway {
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
     /// the configured drain timeout for them. Returns whether every connection finished in time.
     pub async fn shutdown(self) -> bool {
+        self.drain().await == Drained::Clean
+    }
+
+    /// [`Gateway::shutdown`], saying how many connections had to be cut. Connections still open
+    /// at `drain_timeout` are closed then, and their unanswered requests audited, before this
+    /// returns: once the process exits nothing more would be written.
+    pub async fn drain(self) -> Drained {
         let drain = self.current.load().config.server.drain_timeout;
         // The admin API stays up while draining, answering /readyz with 503.
         self.admin.draining();
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(Phase::Draining);
         let _ = self.accept.await;
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(drain, self.permits.acquire_many(all))
-            .await
-            .is_ok();
-        if !drained {
-            tracing::warn!(timeout = ?drain, "drain timeout reached; closing remaining connections");
-        }
+        let outcome = match tokio::time::timeout(drain, self.permits.acquire_many(all)).await {
+            Ok(_) => Drained::Clean,
+            Err(_) => {
+                let open = self.max_connections - self.permits.available_permits();
+                tracing::warn!(
+                    target: "certgate::audit",
+                    event = "drain_timeout",
+                    timeout_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+                    connections = open,
+                    "drain timeout reached: cutting {open} connection(s) still open"
+                );
+                let _ = self.shutdown.send(Phase::Cut);
+                if tokio::time::timeout(CUT_GRACE, self.permits.acquire_many(all))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("connections still open after being cut");
+                }
+                Drained::Cut { connections: open }
+            }
+        };
         let _ = self.reload_task.await;
         self.admin.stop().await;
-        drained
+        outcome
     }
 }
+
+/// How a gateway's shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection closed within `drain_timeout`.
+    Clean,
+    /// `drain_timeout` passed with `connections` still open; they were cut.
+    Cut { connections: usize },
+}
+
+/// How long connections cut at `drain_timeout` get to drop what they hold and write their audit
+/// lines.
+const CUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Builds a snapshot and loads its revocation sources once: everything `serve` needs before it
 /// may accept a connection, and everything `check` validates.

@@ -5,6 +5,7 @@
 //! One task owns reloading, so requests from SIGHUP, `POST /reload` and the file watcher are
 //! serialised; requests that queue up while a reload runs share its outcome.
 
+use crate::proxy::listener::Phase;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,7 @@ pub(super) struct ReloadTask {
     pub(super) current: Arc<ArcSwap<Snapshot>>,
     pub(super) registry: Arc<Registry>,
     pub(super) generation: Generation,
-    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) shutdown: watch::Receiver<Phase>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -173,6 +174,6 @@ fn problems_of(error: &StartError) -> Vec<String> {
 
 /// Resolves once shutdown is signalled (or its sender is gone), without holding the watch's read
 /// guard across the select's other branches.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
+async fn stopped(shutdown: &mut watch::Receiver<Phase>) {
+    let _ = shutdown.wait_for(|p| p.stopping()).await;
 }

@@ -18,9 +18,11 @@ use crate::config::model::{self, TlsVersion};
 pub enum ServerTlsError {
     #[error(transparent)]
     Pem(#[from] PemError),
-    #[error("{}: the private key does not match the certificate {}: {source}", key.display(), cert.display())]
-    KeyMismatch {
-        cert: PathBuf,
+    #[error("{}: the private key does not match the certificate {}", key.display(), cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    /// The key parsed as PEM but rustls cannot sign with it (an unsupported algorithm or curve).
+    #[error("{}: the private key cannot be used for TLS", key.display())]
+    UnusableKey {
         key: PathBuf,
         #[source]
         source: rustls::Error,
@@ -29,7 +31,7 @@ pub enum ServerTlsError {
     BadCertificate { path: PathBuf, reason: String },
     #[error("no server certificate configured")]
     NoCertificate,
-    #[error("cannot build the TLS configuration: {0}")]
+    #[error("cannot build the TLS configuration")]
     Rustls(#[from] rustls::Error),
 }
 
@@ -37,7 +39,7 @@ impl ServerTlsError {
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             Self::Pem(e) => Some(e.path()),
-            Self::KeyMismatch { key, .. } => Some(key),
+            Self::KeyMismatch { key, .. } | Self::UnusableKey { key, .. } => Some(key),
             Self::BadCertificate { path, .. } => Some(path),
             Self::NoCertificate | Self::Rustls(_) => None,
         }
@@ -190,13 +192,19 @@ fn load_pair(
             path: pair.cert.clone(),
             reason,
         })?;
-    let certified = CertifiedKey::from_der(certs, key, provider).map_err(|source| {
-        ServerTlsError::KeyMismatch {
-            cert: pair.cert.clone(),
-            key: pair.key.clone(),
-            source,
-        }
-    })?;
+    let certified =
+        CertifiedKey::from_der(certs, key, provider).map_err(|source| match source {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                ServerTlsError::KeyMismatch {
+                    cert: pair.cert.clone(),
+                    key: pair.key.clone(),
+                }
+            }
+            source => ServerTlsError::UnusableKey {
+                key: pair.key.clone(),
+                source,
+            },
+        })?;
     Ok((names, not_after, certified))
 }
 

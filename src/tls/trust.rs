@@ -21,7 +21,7 @@ use crate::config::model;
 pub enum TrustError {
     #[error(transparent)]
     Pem(#[from] PemError),
-    #[error("{}: certificate #{index} is not a usable trust anchor: {source}", path.display())]
+    #[error("{}: certificate #{index} is not a usable trust anchor", path.display())]
     Anchor {
         path: PathBuf,
         index: usize,
@@ -44,10 +44,10 @@ pub enum AnchorProblem {
     #[error("the certificate cannot be parsed: {0}")]
     Unparseable(String),
     /// `not_after` in Unix seconds.
-    #[error("it expired at {not_after} (unix seconds)")]
+    #[error("it expired at {}", rfc3339(*not_after))]
     Expired { not_after: i64 },
     /// `not_before` in Unix seconds.
-    #[error("it is not valid before {not_before} (unix seconds)")]
+    #[error("it is not valid before {}", rfc3339(*not_before))]
     NotYetValid { not_before: i64 },
     #[error("it has no basicConstraints extension with CA=true")]
     NotCa,
@@ -157,7 +157,7 @@ impl Bundle {
                             trust.file = %config.ca.display(),
                             trust.index = index,
                             trust.subject = %facts.subject,
-                            trust.not_after = facts.not_after,
+                            trust.not_after = %rfc3339(facts.not_after),
                             "trust anchor expires in {} days",
                             left / 86_400
                         );
@@ -233,6 +233,18 @@ pub fn check_anchor(
         Err(_) => return fail(AnchorProblem::BadExtension("keyUsage")),
     }
     Ok(AnchorFacts { subject, not_after })
+}
+
+/// Unix seconds as an RFC 3339 UTC time (`2026-01-31T23:59:59Z`), as certificates' dates are
+/// shown to operators.
+pub fn rfc3339(unix_secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix_secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{unix_secs} (unix seconds)"))
 }
 
 fn unix_secs(t: UnixTime) -> i64 {

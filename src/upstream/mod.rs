@@ -28,7 +28,7 @@ use crate::tls::pem::{self, PemError};
 pub enum UpstreamBuildError {
     #[error("upstream {upstream}: endpoint {endpoint:?} is not a valid authority")]
     Endpoint { upstream: String, endpoint: String },
-    #[error("upstream {upstream}: {source}")]
+    #[error("upstream {upstream}: its CA file")]
     Ca {
         upstream: String,
         #[source]
@@ -36,7 +36,7 @@ pub enum UpstreamBuildError {
     },
     #[error("upstream {upstream}: {} holds no usable CA certificate", path.display())]
     NoRoots { upstream: String, path: PathBuf },
-    #[error("upstream {upstream}: cannot load the system's CA certificates: {source}")]
+    #[error("upstream {upstream}: cannot load the system's CA certificates")]
     NativeRoots {
         upstream: String,
         #[source]
