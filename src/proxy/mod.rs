@@ -10,6 +10,7 @@ pub mod dedicated;
 pub mod headers;
 pub mod listener;
 pub mod refusal;
+mod refused_handshake;
 pub mod service;
 pub mod upstream;
 pub mod upstream_h1;
