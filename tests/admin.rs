@@ -63,7 +63,7 @@ async fn metrics_count_an_allowed_call_a_scope_denial_and_refused_handshakes() {
         gw.admin_addr(),
         &[
             r#"certgate_requests_total{partner="acme",route="orders-read",status_class="2xx"} 1"#,
-            r#"certgate_requests_total{partner="acme",route="none",status_class="4xx"} 1"#,
+            r#"certgate_requests_total{partner="acme",route="payments-write",status_class="4xx"} 1"#,
             r#"certgate_policy_denials_total{partner="acme",reason="scope_denied"} 1"#,
             r#"certgate_tls_handshakes_total{result="ok"} 2"#,
             r#"certgate_tls_handshakes_total{result="no_client_cert"} 1"#,
@@ -72,7 +72,7 @@ async fn metrics_count_an_allowed_call_a_scope_denial_and_refused_handshakes() {
             r#"certgate_tls_handshakes_total{result="timeout"} 0"#,
             "certgate_tls_handshake_duration_seconds_count 4",
             r#"certgate_request_duration_seconds_count{route="orders-read"} 1"#,
-            r#"certgate_request_duration_seconds_count{route="none"} 1"#,
+            r#"certgate_request_duration_seconds_count{route="payments-write"} 1"#,
             r#"certgate_upstream_duration_seconds_count{upstream="orders"} 1"#,
             r#"certgate_upstream_errors_total{kind="connect",upstream="orders"} 0"#,
             "certgate_connections_active 0",
@@ -521,7 +521,8 @@ async fn audit_lines_carry_every_field_for_allowed_denied_and_refused() {
     assert_eq!(deny["decision"], "deny");
     assert_eq!(deny["reason"], "scope_denied");
     assert_eq!(deny["http.status"], 403);
-    assert_eq!(deny["route"], "none");
+    // A route matched; the partner lacks its scope.
+    assert_eq!(deny["route"], "payments-write");
     assert_eq!(deny["upstream"], "none");
     assert_eq!(deny["bytes.out"], denied.body.len());
 

@@ -152,7 +152,7 @@ struct Forwarded {
 struct Refused {
     refusal: Refusal,
     allow: Option<HeaderValue>,
-    /// Set once policy chose a route (upstream failures).
+    /// The route policy chose or, for a scope or method refusal, the one the request matched.
     route: Option<RouteId>,
     upstream: Option<UpstreamId>,
 }
@@ -212,6 +212,13 @@ async fn decide_and_forward(
                 .join(", ");
             return Err(Refused {
                 allow: HeaderValue::from_str(&allow).ok(),
+                route: snapshot.routes.refused_route(facts),
+                ..Refusal::Policy(denial).into()
+            });
+        }
+        Err(denial @ Denial::ScopeDenied) => {
+            return Err(Refused {
+                route: snapshot.routes.refused_route(facts),
                 ..Refusal::Policy(denial).into()
             });
         }
