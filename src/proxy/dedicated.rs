@@ -207,15 +207,16 @@ impl Dedicated {
                 .await
             {
                 Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => return Err(UpstreamFailure::Connect(e.into())),
+                Ok(Err(e)) => return Err(UpstreamFailure::connect(authority, e)),
                 Err(_) => {
-                    return Err(UpstreamFailure::Connect(
-                        format!("no connection within {:?}", upstream.connect_timeout()).into(),
+                    return Err(UpstreamFailure::connect(
+                        authority,
+                        format!("no connection within {:?}", upstream.connect_timeout()),
                     ))
                 }
             };
         tcp.set_nodelay(true)
-            .map_err(|e| UpstreamFailure::Connect(e.into()))?;
+            .map_err(|e| UpstreamFailure::connect(authority, e))?;
         Ok(Conn::new(tcp))
     }
 }

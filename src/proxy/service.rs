@@ -289,7 +289,7 @@ async fn decide_and_forward(
     let (mut response, client_upgrade) = match result {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(upstream = %upstream.name, kind = e.kind(), error = %e, "upstream request failed");
+            tracing::warn!(upstream = %upstream.name, kind = e.kind(), error = %crate::error_chain(&e), "upstream request failed");
             snapshot.metrics.upstream_error(route.upstream, e.kind());
             let refusal = match e {
                 UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
