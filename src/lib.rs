@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod revocation;
+pub mod rfc3339;
 pub mod runtime;
 pub mod tls;
 

@@ -281,7 +281,8 @@ async fn status_reports_the_generation_its_bundles_and_counts() {
         body["source"],
         env.path("certgate.yaml").display().to_string().as_str()
     );
-    let loaded_at = body["loaded_at"].as_u64().unwrap() as f64;
+    // Instants a person reads are RFC 3339, not epoch integers.
+    let loaded_at = rfc3339_unix(body["loaded_at"].as_str().unwrap());
     assert!((now_unix() - loaded_at).abs() < 60.0, "{body}");
     assert_eq!(body["partners"], 2);
     assert_eq!(body["routes"], 4);
@@ -297,8 +298,16 @@ async fn status_reports_the_generation_its_bundles_and_counts() {
     assert!(crl["last_error"].is_null());
     assert_eq!(crl["crls"][0]["entries"], 2);
     assert_eq!(crl["crls"][0]["crl_number"], "03");
-    assert!(crl["crls"][0]["this_update"].as_u64().unwrap() > 0);
-    assert!(crl["crls"][0]["next_update"].as_u64().unwrap() > 0);
+    let this_update = rfc3339_unix(crl["crls"][0]["this_update"].as_str().unwrap());
+    let next_update = rfc3339_unix(crl["crls"][0]["next_update"].as_str().unwrap());
+    // The test CA's CRL: issued a minute ago, next update in a day.
+    assert!((now_unix() - this_update - 60.0).abs() < 60.0, "{body}");
+    assert!(
+        (next_update - now_unix() - 86_400.0).abs() < 120.0,
+        "{body}"
+    );
+    let last_success = rfc3339_unix(crl["last_success"].as_str().unwrap());
+    assert!((now_unix() - last_success).abs() < 60.0, "{body}");
     for counter in [
         "cache_entries",
         "queries_sent",
@@ -637,6 +646,34 @@ fn metric_names(expr: &str) -> Vec<String> {
         rest = &tail[end..];
     }
     names
+}
+
+/// Unix seconds of an RFC 3339 UTC instant as `/status` writes it (`2026-12-03T03:23:15Z`).
+fn rfc3339_unix(text: &str) -> f64 {
+    let field = |range: std::ops::Range<usize>| -> u32 {
+        text.get(range)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not RFC 3339 UTC: {text}"))
+    };
+    assert!(
+        text.len() == 20 && text.ends_with('Z') && &text[10..11] == "T",
+        "{text}"
+    );
+    let date = time::Date::from_calendar_date(
+        field(0..4) as i32,
+        time::Month::try_from(field(5..7) as u8).unwrap(),
+        field(8..10) as u8,
+    )
+    .unwrap();
+    let at = time::Time::from_hms(
+        field(11..13) as u8,
+        field(14..16) as u8,
+        field(17..19) as u8,
+    )
+    .unwrap();
+    time::PrimitiveDateTime::new(date, at)
+        .assume_utc()
+        .unix_timestamp() as f64
 }
 
 fn now_unix() -> f64 {
