@@ -321,6 +321,57 @@ async fn status_reports_the_generation_its_bundles_and_counts() {
 }
 
 #[tokio::test]
+async fn a_reload_reports_which_partners_routes_and_bundles_it_changed() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let yaml = env.config(up.addr, "");
+    let gw = env.start(&yaml).await;
+    let addr = gw.admin_addr();
+
+    let changed = yaml
+        // acme gains a scope.
+        .replace(
+            "scopes: [orders:read]\n",
+            "scopes: [orders:read, payments:write]\n",
+        )
+        // initech is new, with a scope no one had: interned scope indices shift, and globex,
+        // whose scopes are the same names, must not read as changed.
+        .replace(
+            "routes:\n",
+            "  - id: initech\n    owner: ops@initech.example\n    trust_bundle: partner-ca\n    \
+             identities:\n      - subject_cn: initech\n    scopes: [a:first]\nroutes:\n",
+        )
+        .replace(
+            "  - name: hosted\n    host: api.example.com\n    path: /v1/hosted\n    \
+             scope: orders:read\n    upstream: orders\n",
+            "",
+        )
+        .replace(
+            "        ca: ca.pem\n",
+            "        ca: ca.pem\n        crl_expired: allow_with_warning\n",
+        );
+    assert!(!changed.contains("name: hosted"));
+    std::fs::write(env.path("certgate.yaml"), &changed).unwrap();
+    let (status, body) = json(addr, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let expected = serde_json::json!({
+        "partners": {"added": ["initech"], "removed": [], "changed": ["acme"]},
+        "routes": {"added": [], "removed": ["hosted"], "changed": []},
+        "bundles": {"added": [], "removed": [], "changed": ["partner-ca"]},
+    });
+    assert_eq!(body["changes"], expected, "{body}");
+
+    // The same file again: nothing changed.
+    let (status, body) = json(addr, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let none = serde_json::json!({"added": [], "removed": [], "changed": []});
+    for list in ["partners", "routes", "bundles"] {
+        assert_eq!(body["changes"][list], none, "{body}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn reload_applies_or_rejects_with_the_located_problem_and_counts_both() {
     let env = Env::new();
     let up = Upstream::start().await;

@@ -1,6 +1,7 @@
 //! Runs the gateway: builds the first snapshot, binds the partner listener, publishes new
 //! generations, and drains on shutdown.
 
+mod diff;
 mod reload;
 mod snapshot;
 
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+pub use diff::{Changes, ConfigChanges};
 pub use reload::{ReloadOutcome, Reloader};
 pub use snapshot::{BuildError, Snapshot};
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{prepare_with, Snapshot, StartError};
+use super::{prepare_with, ConfigChanges, Snapshot, StartError};
 use crate::config::{self, watch::Watcher};
 use crate::metrics::Metrics;
 use crate::revocation::{BackgroundTasks, Registry};
@@ -20,8 +20,11 @@ use crate::revocation::{BackgroundTasks, Registry};
 /// The result of one reload attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
-    /// The new generation is serving new connections.
-    Applied { version: String },
+    /// The new generation is serving new connections; `changes` says what differs from the last.
+    Applied {
+        version: String,
+        changes: Box<ConfigChanges>,
+    },
     /// Nothing changed; each line is one problem with its place.
     Rejected { problems: Vec<String> },
 }
@@ -121,9 +124,15 @@ impl ReloadTask {
     async fn reload_once(&mut self, watcher: &mut Watcher) -> ReloadOutcome {
         let outcome = self.try_reload().await;
         match &outcome {
-            ReloadOutcome::Applied { version } => {
+            ReloadOutcome::Applied { version, changes } => {
                 self.metrics.reload_applied();
-                tracing::info!(config.version = %version, "configuration reloaded");
+                tracing::info!(
+                    config.version = %version,
+                    partners = %changes.partners.summary(),
+                    routes = %changes.routes.summary(),
+                    bundles = %changes.bundles.summary(),
+                    "configuration reloaded"
+                );
             }
             ReloadOutcome::Rejected { problems } => {
                 self.metrics.reload_rejected();
@@ -162,11 +171,12 @@ impl ReloadTask {
             }
         };
         let version = snapshot.config.version.clone();
+        let changes = Box::new(ConfigChanges::between(&running.config, &snapshot.config));
         let generation = Generation::start(&snapshot);
         self.current.store(Arc::new(snapshot));
         let old = std::mem::replace(&mut self.generation, generation);
         old.stop().await;
-        ReloadOutcome::Applied { version }
+        ReloadOutcome::Applied { version, changes }
     }
 }
 
