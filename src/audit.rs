@@ -13,8 +13,9 @@
 //!   the response body ended), `upstream_ms` (to the upstream's response head; 0 when not
 //!   forwarded) and `duration_ms` (request head to the end of the response body).
 //! * `event="handshake_refused"`, one per refused TLS handshake: `conn.id`, `client.addr`,
-//!   `decision="deny"`, `reason` (the handshake failure category, `chain_too_long` for the chain
-//!   bounds), `error`, `duration_ms`.
+//!   `decision="deny"`, `reason` (`tls::handshake::HandshakeFailure`), `error` (the reason's
+//!   sentence), `duration_ms`, and when a certificate was presented and judged `cert.subject`,
+//!   `cert.issuer`, `cert.serial`, `cert.sha256` and the `partner` it would have mapped to.
 //! * `event="connection_refused"`, one per connection closed after the handshake because its
 //!   client crossed a limit or broke the protocol, mostly inside hyper or h2 before any request
 //!   reached certgate (a 431, a slowloris head, an HTTP/2 flood's GOAWAY): `conn.id`,
@@ -26,7 +27,9 @@
 //!   permit taken: `limit`, `decision="wait"`. The clients that then wait in the backlog were
 //!   never accepted, so no line names them.
 //! * `event="connection_revoked"`, when a live connection is cut because its certificate was
-//!   revoked.
+//!   revoked: `conn.id`, `client.addr`, `partner`, `cert.serial`.
+//!
+//! `docs/audit.md` is the operator's version of this list, with every reason code.
 //!
 //! # Line format
 //! `--log-format json` writes one object per line: `timestamp` (RFC 3339 UTC, microseconds),

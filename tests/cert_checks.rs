@@ -451,3 +451,27 @@ async fn scope_and_method_refusals_log_the_route_that_matched_and_durations_in_m
     }
     gw.shutdown().await;
 }
+
+/// docs/audit.md is where operators look reasons up: every code the gateway can log is there.
+#[test]
+fn the_user_docs_list_every_handshake_and_connection_reason() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/audit.md"))
+        .expect("docs/audit.md");
+    let handshake = certgate::tls::handshake::HandshakeFailure::ALL.map(|f| f.as_str());
+    let connection = certgate::proxy::conn_refusal::ConnRefusal::ALL.map(|r| r.as_str());
+    for code in handshake.iter().chain(&connection) {
+        assert!(
+            docs.contains(&format!("| `{code}` |")),
+            "docs/audit.md has no row for `{code}`"
+        );
+    }
+    for event in [
+        "request",
+        "handshake_refused",
+        "connection_refused",
+        "connection_revoked",
+        "connection_limit_reached",
+    ] {
+        assert!(docs.contains(&format!("| `{event}` |")), "{event}");
+    }
+}
