@@ -13,20 +13,21 @@
 //!   the response body ended), `upstream_ms` (to the upstream's response head; 0 when not
 //!   forwarded) and `duration_ms` (request head to the end of the response body).
 //! * `event="handshake_refused"`, one per refused TLS handshake: `conn.id`, `client.addr`,
-//!   `decision="deny"`, `reason` (the handshake failure category, `chain_too_long` for the chain
-//!   bounds), `error`, `duration_ms`.
+//!   `decision="deny"`, `reason` (`tls::handshake::HandshakeFailure`), `error` (the reason's
+//!   sentence), `duration_ms`, and when a certificate was presented and judged `cert.subject`,
+//!   `cert.issuer`, `cert.serial`, `cert.sha256` and the `partner` it would have mapped to.
 //! * `event="connection_refused"`, one per connection closed after the handshake because its
 //!   client crossed a limit or broke the protocol, mostly inside hyper or h2 before any request
 //!   reached certgate (a 431, a slowloris head, an HTTP/2 flood's GOAWAY): `conn.id`,
 //!   `client.addr`, `partner` (`unknown` when none), `cert.serial`, `cert.sha256`,
-//!   `decision="deny"`, `reason` (`proxy::conn_refusal::ConnRefusal`: `header_too_large`,
+//!   `decision="deny"`, `reason` (`conn_refusal::ConnRefusal`: `header_too_large`,
 //!   `header_timeout`, `bad_request`, `http2_protocol_error`, `http2_flood`, `stalled`) and
 //!   `error`. A client that merely leaves, and an idle connection closed, get none.
 //! * `event="connection_limit_reached"`, each time the accept loop finds every `max_connections`
 //!   permit taken: `limit`, `decision="wait"`. The clients that then wait in the backlog were
 //!   never accepted, so no line names them.
 //! * `event="connection_revoked"`, when a live connection (or its tunnel) is cut because its
-//!   certificate was revoked.
+//!   certificate was revoked: `conn.id`, `client.addr`, `partner`, `cert.serial`.
 //! * `event="tunnel_closed"`, one per upgraded connection (WebSocket) when it ends: the
 //!   connection's fields as on `connection_refused`, `route`, `upstream`, `reason`
 //!   (`proxy::tunnel::TunnelEnd`: `client_closed`, `upstream_closed`, `error`, `idle_timeout`,
@@ -37,6 +38,8 @@
 //!   other reason before it was answered, still gets its `event="request"` line, with
 //!   `http.status` 0 and the reason its connection ended (`drain_timeout`, `certificate_revoked`,
 //!   `stalled`, `connection_closed`).
+//!
+//! `docs/audit.md` is the operator's version of this list, with every reason code.
 //!
 //! # Line format
 //! `--log-format json` writes one object per line: `timestamp` (RFC 3339 UTC, microseconds),

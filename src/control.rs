@@ -4,11 +4,16 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::diff::ConfigChanges;
+
 /// The result of one reload attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
-    /// The new generation is serving new connections.
-    Applied { version: String },
+    /// The new generation is serving new connections; `changes` says what differs from the last.
+    Applied {
+        version: String,
+        changes: Box<ConfigChanges>,
+    },
     /// Nothing changed; each line is one problem with its place.
     Rejected { problems: Vec<String> },
 }

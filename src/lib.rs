@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod revocation;
+pub mod rfc3339;
 pub mod runtime;
 pub mod snapshot;
 pub mod tls;

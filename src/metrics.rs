@@ -396,17 +396,7 @@ impl Metrics {
     pub fn handshake(&self, failure: Option<HandshakeFailure>, took: Duration) {
         let i = match failure {
             None => 0,
-            Some(f) => match f {
-                HandshakeFailure::NoClientCert => 1,
-                HandshakeFailure::UnknownCa => 2,
-                HandshakeFailure::Expired => 3,
-                HandshakeFailure::BadEku => 4,
-                HandshakeFailure::Revoked => 5,
-                HandshakeFailure::RevocationUnknown => 6,
-                HandshakeFailure::ProtocolError => 7,
-                HandshakeFailure::Timeout => 8,
-                HandshakeFailure::ChainTooLong => 9,
-            },
+            Some(f) => 1 + f.index(),
         };
         self.handshakes[i].inc();
         self.handshake_duration.observe(took.as_secs_f64());
@@ -782,6 +772,27 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `index` is each failure's place in `ALL`, which is what the handshake counters are laid
+    /// out by: a variant missing from `ALL` (or out of place) has no label to be counted under.
+    #[test]
+    fn every_handshake_failure_has_its_own_label_and_is_counted_under_it() {
+        let m = Metrics::new();
+        let mut labels = std::collections::HashSet::new();
+        for (i, f) in HandshakeFailure::ALL.iter().enumerate() {
+            assert_eq!(f.index(), i, "{f:?} is out of place in ALL");
+            assert!(labels.insert(f.as_str()), "{} used twice", f.as_str());
+            m.handshake(Some(*f), Duration::ZERO);
+            let text = m.encode(&ScrapeState::default());
+            assert!(
+                text.contains(&format!(
+                    "certgate_tls_handshakes_total{{result=\"{}\"}} 1",
+                    f.as_str()
+                )),
+                "{f:?} not counted under its label:\n{text}"
+            );
+        }
+    }
 
     #[test]
     fn every_handshake_result_is_exported_at_zero() {

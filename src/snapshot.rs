@@ -123,11 +123,10 @@ impl Snapshot {
             max_intermediates: config.server.limits.max_chain_depth,
             max_bytes: config.server.limits.max_chain_bytes,
         };
-        let verifier = Arc::new(ClientVerifier::new(
-            store.clone(),
-            revocation.clone(),
-            limits,
-        ));
+        let verifier = Arc::new(
+            ClientVerifier::new(store.clone(), revocation.clone(), limits)
+                .allow_missing_eku(config.server.allow_missing_eku),
+        );
         let tls = crate::tls::server::build(&config.server, verifier.clone())
             .map_err(|es| errors.extend(es.into_iter().map(BuildError::from)))
             .ok();

@@ -63,7 +63,7 @@ async fn metrics_count_an_allowed_call_a_scope_denial_and_refused_handshakes() {
         gw.admin_addr(),
         &[
             r#"certgate_requests_total{partner="acme",route="orders-read",status_class="2xx"} 1"#,
-            r#"certgate_requests_total{partner="acme",route="none",status_class="4xx"} 1"#,
+            r#"certgate_requests_total{partner="acme",route="payments-write",status_class="4xx"} 1"#,
             r#"certgate_policy_denials_total{partner="acme",reason="scope_denied"} 1"#,
             r#"certgate_tls_handshakes_total{result="ok"} 2"#,
             r#"certgate_tls_handshakes_total{result="no_client_cert"} 1"#,
@@ -72,7 +72,7 @@ async fn metrics_count_an_allowed_call_a_scope_denial_and_refused_handshakes() {
             r#"certgate_tls_handshakes_total{result="timeout"} 0"#,
             "certgate_tls_handshake_duration_seconds_count 4",
             r#"certgate_request_duration_seconds_count{route="orders-read"} 1"#,
-            r#"certgate_request_duration_seconds_count{route="none"} 1"#,
+            r#"certgate_request_duration_seconds_count{route="payments-write"} 1"#,
             r#"certgate_upstream_duration_seconds_count{upstream="orders"} 1"#,
             r#"certgate_upstream_errors_total{kind="connect",upstream="orders"} 0"#,
             "certgate_connections_active 0",
@@ -281,7 +281,8 @@ async fn status_reports_the_generation_its_bundles_and_counts() {
         body["source"],
         env.path("certgate.yaml").display().to_string().as_str()
     );
-    let loaded_at = body["loaded_at"].as_u64().unwrap() as f64;
+    // Instants a person reads are RFC 3339, not epoch integers.
+    let loaded_at = rfc3339_unix(body["loaded_at"].as_str().unwrap());
     assert!((now_unix() - loaded_at).abs() < 60.0, "{body}");
     assert_eq!(body["partners"], 2);
     assert_eq!(body["routes"], 4);
@@ -297,8 +298,16 @@ async fn status_reports_the_generation_its_bundles_and_counts() {
     assert!(crl["last_error"].is_null());
     assert_eq!(crl["crls"][0]["entries"], 2);
     assert_eq!(crl["crls"][0]["crl_number"], "03");
-    assert!(crl["crls"][0]["this_update"].as_u64().unwrap() > 0);
-    assert!(crl["crls"][0]["next_update"].as_u64().unwrap() > 0);
+    let this_update = rfc3339_unix(crl["crls"][0]["this_update"].as_str().unwrap());
+    let next_update = rfc3339_unix(crl["crls"][0]["next_update"].as_str().unwrap());
+    // The test CA's CRL: issued a minute ago, next update in a day.
+    assert!((now_unix() - this_update - 60.0).abs() < 60.0, "{body}");
+    assert!(
+        (next_update - now_unix() - 86_400.0).abs() < 120.0,
+        "{body}"
+    );
+    let last_success = rfc3339_unix(crl["last_success"].as_str().unwrap());
+    assert!((now_unix() - last_success).abs() < 60.0, "{body}");
     for counter in [
         "cache_entries",
         "queries_sent",
@@ -307,6 +316,57 @@ async fn status_reports_the_generation_its_bundles_and_counts() {
         "soft_fail_allowed",
     ] {
         assert_eq!(body["ocsp"][counter], 0, "{counter}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_reports_which_partners_routes_and_bundles_it_changed() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let yaml = env.config(up.addr, "");
+    let gw = env.start(&yaml).await;
+    let addr = gw.admin_addr();
+
+    let changed = yaml
+        // acme gains a scope.
+        .replace(
+            "scopes: [orders:read]\n",
+            "scopes: [orders:read, payments:write]\n",
+        )
+        // initech is new, with a scope no one had: interned scope indices shift, and globex,
+        // whose scopes are the same names, must not read as changed.
+        .replace(
+            "routes:\n",
+            "  - id: initech\n    owner: ops@initech.example\n    trust_bundle: partner-ca\n    \
+             identities:\n      - subject_cn: initech\n    scopes: [a:first]\nroutes:\n",
+        )
+        .replace(
+            "  - name: hosted\n    host: api.example.com\n    path: /v1/hosted\n    \
+             scope: orders:read\n    upstream: orders\n",
+            "",
+        )
+        .replace(
+            "        ca: ca.pem\n",
+            "        ca: ca.pem\n        crl_expired: allow_with_warning\n",
+        );
+    assert!(!changed.contains("name: hosted"));
+    std::fs::write(env.path("certgate.yaml"), &changed).unwrap();
+    let (status, body) = json(addr, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let expected = serde_json::json!({
+        "partners": {"added": ["initech"], "removed": [], "changed": ["acme"]},
+        "routes": {"added": [], "removed": ["hosted"], "changed": []},
+        "bundles": {"added": [], "removed": [], "changed": ["partner-ca"]},
+    });
+    assert_eq!(body["changes"], expected, "{body}");
+
+    // The same file again: nothing changed.
+    let (status, body) = json(addr, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let none = serde_json::json!({"added": [], "removed": [], "changed": []});
+    for list in ["partners", "routes", "bundles"] {
+        assert_eq!(body["changes"][list], none, "{body}");
     }
     gw.shutdown().await;
 }
@@ -521,7 +581,8 @@ async fn audit_lines_carry_every_field_for_allowed_denied_and_refused() {
     assert_eq!(deny["decision"], "deny");
     assert_eq!(deny["reason"], "scope_denied");
     assert_eq!(deny["http.status"], 403);
-    assert_eq!(deny["route"], "none");
+    // A route matched; the partner lacks its scope.
+    assert_eq!(deny["route"], "payments-write");
     assert_eq!(deny["upstream"], "none");
     assert_eq!(deny["bytes.out"], denied.body.len());
 
@@ -659,6 +720,34 @@ fn metric_names(expr: &str) -> Vec<String> {
         rest = &tail[end..];
     }
     names
+}
+
+/// Unix seconds of an RFC 3339 UTC instant as `/status` writes it (`2026-12-03T03:23:15Z`).
+fn rfc3339_unix(text: &str) -> f64 {
+    let field = |range: std::ops::Range<usize>| -> u32 {
+        text.get(range)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not RFC 3339 UTC: {text}"))
+    };
+    assert!(
+        text.len() == 20 && text.ends_with('Z') && &text[10..11] == "T",
+        "{text}"
+    );
+    let date = time::Date::from_calendar_date(
+        field(0..4) as i32,
+        time::Month::try_from(field(5..7) as u8).unwrap(),
+        field(8..10) as u8,
+    )
+    .unwrap();
+    let at = time::Time::from_hms(
+        field(11..13) as u8,
+        field(14..16) as u8,
+        field(17..19) as u8,
+    )
+    .unwrap();
+    time::PrimitiveDateTime::new(date, at)
+        .assume_utc()
+        .unix_timestamp() as f64
 }
 
 fn now_unix() -> f64 {

@@ -237,6 +237,61 @@ fn serve_refuses_to_start_on_the_same_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
 }
 
+/// `serve` validated the configuration by building a whole gateway and then started another: every
+/// CRL was read, verified and logged twice.
+#[test]
+fn serve_loads_and_logs_each_crl_once_at_start() {
+    let env = Env::new();
+    std::fs::write(env.path("ca.crl"), env.root.crl(&[7], 1)).unwrap();
+    let yaml = env
+        .config_with_bundle(
+            "127.0.0.1:9".parse().unwrap(),
+            "        crl:\n          - path: ca.crl\n",
+            "",
+        )
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"127.0.0.1:{}\"", free_port()),
+            1,
+        )
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"127.0.0.1:{}\"", free_port()),
+            1,
+        );
+    let config = write_file(env.dir.path(), "certgate.yaml", &yaml);
+    let log = env.path("certgate.log");
+    let child = certgate()
+        .arg("--log-file")
+        .arg(&log)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let served = Served {
+        child,
+        addr: "127.0.0.1:9".parse().unwrap(),
+    };
+    // The start line comes after the CRLs are in force.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("certgate is accepting partner connections") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "certgate did not start:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(served);
+    let loaded = text
+        .lines()
+        .filter(|l| l.contains("loaded CRL from"))
+        .count();
+    assert_eq!(loaded, 1, "{text}");
+}
+
 #[test]
 fn inspect_prints_the_identity_and_the_partner_it_maps_to() {
     let env = Env::new();

@@ -226,9 +226,9 @@ fn ready(state: &State) -> Response<Full<Bytes>> {
 
 async fn reload(state: &State) -> Response<Full<Bytes>> {
     match state.reloader.reload().await {
-        ReloadOutcome::Applied { version } => json(
+        ReloadOutcome::Applied { version, changes } => json(
             StatusCode::OK,
-            &serde_json::json!({"result": "applied", "version": version}),
+            &serde_json::json!({"result": "applied", "version": version, "changes": changes}),
         ),
         ReloadOutcome::Rejected { problems } => json(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -13,7 +13,8 @@ pub(super) struct Status {
     version: String,
     /// The YAML file it was loaded from.
     source: String,
-    /// Unix seconds when the generation in service was built.
+    /// When the generation in service was built (RFC 3339).
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     loaded_at: u64,
     partners: usize,
     routes: usize,

@@ -14,6 +14,8 @@
 //! wrote.
 //!
 //! Deliberate differences from tracing-subscriber's formatter:
+//! * A field whose name ends in `_ms` (`duration_ms`, `upstream_ms`) is written with exactly three
+//!   decimals: a reader wants microseconds, not `0.044663999999999995`.
 //! * A field named `timestamp`, `level`, `target` or `spans` is written as `fields.<name>`: the
 //!   old formatter wrote the key twice, and which of the two a reader kept depended on the reader.
 //! * Records from the `log` crate are not renamed to their original target: certgate installs no
@@ -182,11 +184,42 @@ pub(super) fn request_line(out: &mut String, request: &RequestLine<'_>) -> fmt::
     } else {
         line.write_ascii(b",\"body.complete\":false,\"upstream_ms\":")?;
     }
-    write_f64(&mut line, request.upstream_ms)?;
+    write_ms(&mut line, request.upstream_ms)?;
     line.write_ascii(b",\"duration_ms\":")?;
-    write_f64(&mut line, request.duration_ms)?;
+    write_ms(&mut line, request.duration_ms)?;
     line.write_ascii(b",\"target\":\"certgate::audit\"}\n")?;
     line.flush()
+}
+
+/// A duration in milliseconds with exactly three decimals (microsecond resolution): `0.045`, not
+/// `0.044663999999999995`. Values too large for that (beyond about 10^15 ms) fall back to
+/// [`write_f64`].
+fn write_ms(out: &mut Line<'_, '_>, value: f64) -> fmt::Result {
+    let micros = (value * 1e3).round();
+    // Exactly representable bounds of i64, so the cast below cannot saturate.
+    if !(-9.0e18..=9.0e18).contains(&micros) {
+        return write_f64(out, value);
+    }
+    let micros = micros as i64;
+    if micros < 0 {
+        out.write_char('-')?;
+    }
+    let micros = micros.unsigned_abs();
+    out.write_str(itoa::Buffer::new().format(micros / 1000))?;
+    let frac = micros % 1000;
+    // `frac` < 1000: three digits, each below ten.
+    let digits = [
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    out.write_ascii(&digits)
+}
+
+/// Whether a field holds milliseconds: written by [`write_ms`].
+fn is_ms(name: &str) -> bool {
+    name.ends_with("_ms")
 }
 
 /// JSON has no NaN or infinity; serde_json writes null for them too.
@@ -363,7 +396,11 @@ impl Fields<'_, '_, '_> {
 
 impl Visit for Fields<'_, '_, '_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.field(field, |out| write_f64(out, value));
+        if is_ms(field.name()) {
+            self.field(field, |out| write_ms(out, value));
+        } else {
+            self.field(field, |out| write_f64(out, value));
+        }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {

@@ -119,7 +119,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref()).await),
         Command::Serve { config } => {
             let _log = audit::init(cli.log_format, cli.log_file.as_deref())?;
-            let Some(config) = load_everything(&config).await else {
+            // The gateway's start builds and reports everything; building it here first too
+            // would load (and log) every CRL twice.
+            let Some(config) = load_config(&config) else {
                 return Ok(ExitCode::FAILURE);
             };
             serve(&config.source.clone(), config).await
@@ -144,9 +146,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Loads the YAML, builds a snapshot and loads its CRLs exactly as `serve` does, printing every
 /// problem with its place.
-async fn load_everything(path: &Path) -> Option<Config> {
-    let config = match config::load(path) {
-        Ok(c) => c,
+/// Loads and validates the configuration, printing every problem. Builds nothing: `serve` and
+/// `demo` hand it to [`Gateway::start`], which builds (and reports) the rest once.
+fn load_config(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(c) => Some(c),
         Err(problems) => {
             for p in problems.iter() {
                 eprintln!("error: {p}");
@@ -156,9 +160,15 @@ async fn load_everything(path: &Path) -> Option<Config> {
                 path.display(),
                 problems.len()
             );
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// [`load_config`], then builds everything a gateway would (TLS, trust, CRLs) without starting
+/// it: what `check` reports on.
+async fn load_everything(path: &Path) -> Option<Config> {
+    let config = load_config(path)?;
     match runtime::prepare(config.clone(), Registry::new()).await {
         Ok(_) => Some(config),
         Err(e) => {
@@ -250,7 +260,7 @@ async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
         &config_path,
         demo::config_yaml(&pki, listen, admin, upstream),
     )?;
-    let Some(config) = load_everything(&config_path).await else {
+    let Some(config) = load_config(&config_path) else {
         return Ok(ExitCode::FAILURE);
     };
     let gateway = match Gateway::start(config).await {

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod diff;
 mod locate;
 pub mod model;
 pub mod schema;

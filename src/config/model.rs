@@ -48,6 +48,10 @@ pub struct Server {
     /// TLS session resumption (tickets and stateful). Revocation and partner mapping are re-checked
     /// on every connection, resumed or not, so resumption cannot bypass a revocation.
     pub session_resumption: bool,
+    /// Accept client certificates that carry no extended key usage extension at all (default
+    /// false: `id-kp-clientAuth` must be present). For legacy PKIs; a certificate with the
+    /// extension must list clientAuth either way.
+    pub allow_missing_eku: bool,
     pub limits: Limits,
     /// How long in-flight requests may take to finish after a shutdown signal (default 30s).
     pub drain_timeout: Duration,

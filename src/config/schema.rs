@@ -57,6 +57,8 @@ pub struct CertKey {
 #[serde(deny_unknown_fields)]
 pub struct ClientAuth {
     pub trust_bundles: Vec<TrustBundle>,
+    #[serde(default)]
+    pub allow_missing_eku: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

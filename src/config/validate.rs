@@ -216,12 +216,14 @@ impl<'a> Validator<'a> {
             });
         }
 
+        let allow_missing_eku = file.server.client_auth.allow_missing_eku.unwrap_or(false);
         let (trust_bundles, bundle_ids) = self.trust_bundles(file.server.client_auth);
         let server = self.server(
             file.server.listen,
             file.server.tls,
             file.server.limits,
             file.server.drain_timeout,
+            allow_missing_eku,
         );
         let admin = self.admin(file.admin);
         let (upstreams, upstream_ids) = self.upstreams(file.upstreams);
@@ -251,6 +253,7 @@ impl<'a> Validator<'a> {
         tls: schema::ServerTls,
         limits: Option<schema::Limits>,
         drain_timeout: Option<String>,
+        allow_missing_eku: bool,
     ) -> model::Server {
         let listen = self.socket_addr("server.listen", &listen);
         if tls.certificates.is_empty() {
@@ -287,6 +290,7 @@ impl<'a> Validator<'a> {
             certificates,
             min_version,
             session_resumption: tls.session_resumption.unwrap_or(true),
+            allow_missing_eku,
             limits: self.limits(limits.unwrap_or_default()),
             drain_timeout: self.duration(
                 "server.drain_timeout",

@@ -18,9 +18,10 @@ pub enum IdentityError {
 /// shared by every request on that connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
-    /// RFC 4514 form, e.g. `CN=acme-billing,O=Acme`.
+    /// RFC 4514 form, escaped, e.g. `CN=acme-billing,O=Acme` ([`super::rfc4514`]).
     pub subject: String,
     pub subject_cn: Option<String>,
+    /// RFC 4514 form, like `subject`.
     pub issuer: String,
     /// Upper-case hex, colon-free, as printed by `openssl x509 -serial`.
     pub serial: String,
@@ -80,9 +81,9 @@ impl PeerIdentity {
             None => Vec::new(),
         };
         Ok(Self {
-            subject: cert.subject().to_string(),
+            subject: super::rfc4514(cert.subject()),
             subject_cn,
-            issuer: cert.issuer().to_string(),
+            issuer: super::rfc4514(cert.issuer()),
             serial: hex::encode_upper(cert.raw_serial()),
             fingerprint_sha256: Sha256::digest(der.as_ref()).into(),
             san_dns,

@@ -205,6 +205,26 @@ impl RouteTable {
         methods
     }
 
+    /// The route a refused request matched, for its audit line and metrics: the route that allowed
+    /// its method (refused with [`Denial::ScopeDenied`]), else the most specific route whose host
+    /// and path matched ([`Denial::MethodNotAllowed`]). `None` when no route matched.
+    ///
+    /// Meant for the error path after [`RouteTable::decide`]: it repeats the host and path work.
+    pub fn refused_route(&self, req: RequestFacts<'_>) -> Option<RouteId> {
+        let host = host::effective_host(req.host, req.sni).ok()?;
+        let path = path::normalize(req.path).ok()?;
+        let mut first = None;
+        let allowing = self.walk(host, &path, |entry| {
+            first.get_or_insert(entry.id);
+            if entry.allows(req.method) {
+                ControlFlow::Break(entry.id)
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        allowing.or(first)
+    }
+
     /// Calls `visit` on each route whose host and path match, most specific first, until it breaks.
     fn walk<'t, B>(
         &'t self,

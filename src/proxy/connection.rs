@@ -181,18 +181,7 @@ async fn tls_handshake(
     match handshake {
         Ok(tls) => Some(tls),
         Err(refused) => {
-            let e = &refused.error;
-            tracing::info!(
-                target: "certgate::audit",
-                event = "handshake_refused",
-                decision = "deny",
-                conn.id = id,
-                client.addr = %peer,
-                reason = e.kind.as_str(),
-                error = e.source.as_ref().map(tracing::field::display),
-                duration_ms = started.elapsed().as_secs_f64() * 1e3,
-                "tls handshake refused"
-            );
+            super::refused_handshake::audit(snapshot, id, peer, &refused.error, started.elapsed());
             refused.close().await;
             None
         }

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod headers;
 pub mod listener;
 pub mod refusal;
+mod refused_handshake;
 pub mod service;
 pub mod tunnel;
 pub mod wake_gate;

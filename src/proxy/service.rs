@@ -213,7 +213,7 @@ struct Forwarded {
 struct Refused {
     refusal: Refusal,
     allow: Option<HeaderValue>,
-    /// Set once policy chose a route (upstream failures).
+    /// The route policy chose or, for a scope or method refusal, the one the request matched.
     route: Option<RouteId>,
     upstream: Option<UpstreamId>,
 }
@@ -280,6 +280,13 @@ async fn decide_and_forward(
             return Err(Refused {
                 // Routes without a method list contribute nothing: they allow all but `CONNECT`.
                 allow: HeaderValue::from_str(&allow).ok().filter(|a| !a.is_empty()),
+                route: snapshot.routes.refused_route(facts),
+                ..Refusal::Policy(denial).into()
+            });
+        }
+        Err(denial @ Denial::ScopeDenied) => {
+            return Err(Refused {
+                route: snapshot.routes.refused_route(facts),
                 ..Refusal::Policy(denial).into()
             });
         }
@@ -350,7 +357,7 @@ async fn decide_and_forward(
     let (mut response, client_upgrade) = match result {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(upstream = %upstream.name, kind = e.kind(), error = %e, "upstream request failed");
+            tracing::warn!(upstream = %upstream.name, kind = e.kind(), error = %crate::error_chain(&e), "upstream request failed");
             snapshot.metrics.upstream_error(route.upstream, e.kind());
             let refusal = match e {
                 UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,

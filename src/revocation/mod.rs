@@ -133,9 +133,11 @@ pub struct CrlStatus {
     pub source: String,
     /// Whether a good CRL from this source is in force.
     pub loaded: bool,
-    /// Unix seconds of the last load attempt, successful or not.
+    /// Unix seconds of the last load attempt, successful or not; RFC 3339 in `/status`.
+    #[serde(serialize_with = "crate::rfc3339::serialize_option")]
     pub last_attempt: Option<u64>,
-    /// Unix seconds of the last successful load.
+    /// Unix seconds of the last successful load; RFC 3339 in `/status`.
+    #[serde(serialize_with = "crate::rfc3339::serialize_option")]
     pub last_success: Option<u64>,
     /// The last attempt's error chain, if it failed.
     pub last_error: Option<String>,
@@ -150,9 +152,11 @@ pub struct CrlStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct CrlInfo {
     pub issuer: String,
-    /// Unix seconds.
+    /// Unix seconds; RFC 3339 in `/status`.
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub this_update: u64,
-    /// Unix seconds.
+    /// Unix seconds; RFC 3339 in `/status`.
+    #[serde(serialize_with = "crate::rfc3339::serialize_option")]
     pub next_update: Option<u64>,
     /// Hex.
     pub crl_number: Option<String>,
@@ -621,7 +625,7 @@ impl BundleState {
             tracing::warn!(
                 crl.bundle = %self.name,
                 crl.issuer = %set.issuer_text(),
-                crl.next_update = set.next_update().map(|t| t.as_secs()),
+                crl.next_update = set.next_update().map(|t| crate::rfc3339::from_unix(t.as_secs())),
                 crl.expired_uses = uses,
                 "using an expired CRL (crl_expired: allow_with_warning)"
             );

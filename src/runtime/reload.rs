@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
 use super::{prepare_with, Snapshot, StartError};
+use crate::config::diff::ConfigChanges;
 use crate::config::{self, watch::Watcher};
 use crate::control::{ReloadOutcome, ReloadRequest, Reloader};
 use crate::metrics::Metrics;
@@ -92,9 +93,15 @@ impl ReloadTask {
     async fn reload_once(&mut self, watcher: &mut Watcher) -> ReloadOutcome {
         let outcome = self.try_reload().await;
         match &outcome {
-            ReloadOutcome::Applied { version } => {
+            ReloadOutcome::Applied { version, changes } => {
                 self.metrics.reload_applied();
-                tracing::info!(config.version = %version, "configuration reloaded");
+                tracing::info!(
+                    config.version = %version,
+                    partners = %changes.partners.summary(),
+                    routes = %changes.routes.summary(),
+                    bundles = %changes.bundles.summary(),
+                    "configuration reloaded"
+                );
             }
             ReloadOutcome::Rejected { problems } => {
                 self.metrics.reload_rejected();
@@ -133,13 +140,14 @@ impl ReloadTask {
             }
         };
         let version = snapshot.config.version.clone();
+        let changes = Box::new(ConfigChanges::between(&running.config, &snapshot.config));
         let generation = Generation::start(&snapshot);
         self.metrics
             .set_server_certificates(&snapshot.server_certificates);
         self.current.store(Arc::new(snapshot));
         let old = std::mem::replace(&mut self.generation, generation);
         old.stop().await;
-        ReloadOutcome::Applied { version }
+        ReloadOutcome::Applied { version, changes }
     }
 }
 

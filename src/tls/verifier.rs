@@ -4,6 +4,7 @@
 //! lookup and scans its serials, which does not scale to large CRLs. Revocation here is one O(1)
 //! lookup per chain certificate in sets whose signatures were verified once, at load.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -11,7 +12,7 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
-use webpki::{EndEntityCert, KeyUsage};
+use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeIdIter, KeyUsage};
 
 use super::trust::TrustStore;
 use crate::config::model::BundleId;
@@ -24,6 +25,40 @@ pub struct ClientVerifier {
     revocation: Arc<Revocation>,
     algs: WebPkiSupportedAlgorithms,
     limits: ChainLimits,
+    allow_missing_eku: bool,
+}
+
+/// The gateway's EKU rule: the client's own certificate must list clientAuth, and must carry the
+/// extension at all unless missing ones are allowed; an intermediate that has the extension must
+/// list clientAuth too (RFC 5280's reading, which webpki applies to every certificate in a path).
+///
+/// webpki hands one validator every certificate of a candidate path, the end entity first (its
+/// own checks open path building, before any issuer is looked at), and does not say which is
+/// which; this validator holds the leaf's rule for that first call. Built afresh per verification.
+struct ClientAuthUsage {
+    leaf: KeyUsage,
+    seen_leaf: Cell<bool>,
+}
+
+/// `id-kp-clientAuth` (1.3.6.1.5.5.7.3.2), DER content octets.
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+thread_local! {
+    /// The leaf of the last chain [`ClientVerifier::verify_client_cert`] refused on this thread.
+    /// rustls keeps no peer certificates on a refused connection, so the handshake
+    /// ([`super::handshake::accept`]) takes this right after the poll in which the verifier ran
+    /// (a poll runs on one thread, start to end) to say whose certificate was refused. Written only
+    /// on refusal: an accepted handshake stores and copies nothing.
+    static REFUSED_LEAF: Cell<Option<CertificateDer<'static>>> = const { Cell::new(None) };
+}
+
+/// Takes the leaf the verifier last refused on this thread, if any.
+pub(crate) fn take_refused_leaf() -> Option<CertificateDer<'static>> {
+    REFUSED_LEAF.try_with(Cell::take).ok().flatten()
+}
+
+fn record_refused_leaf(leaf: &CertificateDer<'_>) {
+    let _ = REFUSED_LEAF.try_with(|slot| slot.set(Some(leaf.clone().into_owned())));
 }
 
 /// Bounds on what a client may present, checked before any parsing or path building.
@@ -40,10 +75,36 @@ impl ClientVerifier {
             revocation,
             limits,
             algs: rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+            allow_missing_eku: false,
         }
     }
 
-    /// Verifies the chain against one bundle only.
+    /// Whether a certificate without an extended key usage extension is accepted (default: no).
+    ///
+    /// RFC 5280 lets a certificate without the extension serve any purpose, and webpki's
+    /// `client_auth()` follows it; certgate requires `id-kp-clientAuth` to be present, so a
+    /// certificate issued for something else entirely cannot pass as a partner's. Legacy PKIs
+    /// that issue client certificates without EKU opt in through
+    /// `server.client_auth.allow_missing_eku`. A certificate that has the extension must list
+    /// clientAuth either way.
+    #[must_use]
+    pub fn allow_missing_eku(mut self, allow: bool) -> Self {
+        self.allow_missing_eku = allow;
+        self
+    }
+
+    fn client_auth_usage(&self) -> ClientAuthUsage {
+        ClientAuthUsage {
+            leaf: if self.allow_missing_eku {
+                KeyUsage::client_auth()
+            } else {
+                KeyUsage::required(EKU_CLIENT_AUTH)
+            },
+            seen_leaf: Cell::new(false),
+        }
+    }
+
+    /// Verifies the chain against one bundle only, with the gateway's own EKU rule.
     ///
     /// The handshake accepts a chain that any bundle anchors; when several bundles are configured,
     /// the connection calls this afterwards so a partner is only served through its own bundle.
@@ -57,18 +118,15 @@ impl ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), Error> {
-        self.verify_for_bundle_with_usage(
-            bundle,
-            end_entity,
-            intermediates,
-            now,
-            KeyUsage::client_auth(),
-        )
+        let ee = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        let usage = self.client_auth_usage();
+        self.verify_with(&ee, bundle, end_entity, intermediates, now, usage)
     }
 
     /// [`Self::verify_for_bundle`] with another extended key usage than clientAuth.
     ///
-    /// The gateway itself always requires clientAuth; this exists so conformance suites
+    /// The gateway itself always requires clientAuth (present, unless
+    /// [`Self::allow_missing_eku`]); this exists so conformance suites
     /// (`tests/limbo.rs`) can run vectors written for other usages through the same chain and
     /// revocation code.
     ///
@@ -114,7 +172,7 @@ impl ClientVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-        usage: KeyUsage,
+        usage: impl ExtendedKeyUsageValidator,
     ) -> Result<(), Error> {
         let anchors = match self.store.get(bundle) {
             Some(b) => &b.anchors[..],
@@ -139,14 +197,9 @@ impl ClientVerifier {
         }
         Ok(())
     }
-}
 
-impl ClientCertVerifier for ClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.store.hints
-    }
-
-    fn verify_client_cert(
+    /// The handshake's verdict: the chain bounds, then every bundle in turn.
+    fn verify_client_chain(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -167,7 +220,7 @@ impl ClientCertVerifier for ClientVerifier {
                 end_entity,
                 intermediates,
                 now,
-                KeyUsage::client_auth(),
+                self.client_auth_usage(),
             ) {
                 Ok(()) => return Ok(ClientCertVerified::assertion()),
                 // An unknown issuer under one bundle says nothing; any other failure (expired,
@@ -179,6 +232,35 @@ impl ClientCertVerifier for ClientVerifier {
             }
         }
         Err(best.unwrap_or(CertificateError::UnknownIssuer.into()))
+    }
+}
+
+impl ExtendedKeyUsageValidator for ClientAuthUsage {
+    fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        if self.seen_leaf.replace(true) {
+            KeyUsage::client_auth().validate(iter)
+        } else {
+            self.leaf.validate(iter)
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.store.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let verified = self.verify_client_chain(end_entity, intermediates, now);
+        if verified.is_err() {
+            record_refused_leaf(end_entity);
+        }
+        verified
     }
 
     fn verify_tls12_signature(

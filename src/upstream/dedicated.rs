@@ -207,15 +207,16 @@ impl Dedicated {
                 .await
             {
                 Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => return Err(UpstreamFailure::Connect(e.into())),
+                Ok(Err(e)) => return Err(UpstreamFailure::connect(authority, e)),
                 Err(_) => {
-                    return Err(UpstreamFailure::Connect(
-                        format!("no connection within {:?}", upstream.connect_timeout()).into(),
+                    return Err(UpstreamFailure::connect(
+                        authority,
+                        format!("no connection within {:?}", upstream.connect_timeout()),
                     ))
                 }
             };
         tcp.set_nodelay(true)
-            .map_err(|e| UpstreamFailure::Connect(e.into()))?;
+            .map_err(|e| UpstreamFailure::connect(authority, e))?;
         Ok(Conn::new(tcp))
     }
 }
@@ -231,5 +232,52 @@ fn classify(error: ExchangeError) -> UpstreamFailure {
     match error {
         ExchangeError::Upstream(error) => UpstreamFailure::Exchange(error.into()),
         ExchangeError::ClientBody(e) => UpstreamFailure::ClientBody(e.into()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::model;
+
+    /// The log line for a failed connect says where and why; the partner's answer says neither.
+    #[tokio::test]
+    async fn a_refused_connect_names_the_endpoint_and_the_os_error() {
+        // A port nothing listens on any more.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let upstream = Upstream::build(&model::Upstream {
+            name: "gone".into(),
+            endpoints: vec![model::Endpoint {
+                tls: false,
+                authority: format!("127.0.0.1:{port}"),
+            }],
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            protocol: model::UpstreamProtocol::Http1,
+            ca: None,
+            eject_after_failures: 0,
+            eject_for: Duration::from_secs(1),
+        })
+        .unwrap();
+        let endpoint = upstream.pick();
+        let Err(failure) = Dedicated::default().open(&upstream, endpoint).await else {
+            panic!("connected to a closed port");
+        };
+        assert_eq!(failure.kind(), "connect");
+        let logged = crate::error_chain(&failure);
+        assert!(
+            logged.contains(&format!("endpoint 127.0.0.1:{port}")),
+            "{logged}"
+        );
+        assert!(
+            logged.contains("os error") && logged.to_lowercase().contains("connection refused"),
+            "{logged}"
+        );
     }
 }

@@ -71,7 +71,25 @@ pub enum UpstreamFailure {
     ClientBody(#[source] BoxError),
 }
 
+/// The endpoint a failed connect was to, above the OS's reason: what the log needs and the client's
+/// answer never shows.
+#[derive(Debug, thiserror::Error)]
+#[error("endpoint {endpoint}")]
+pub struct ConnectFailed {
+    endpoint: String,
+    #[source]
+    source: BoxError,
+}
+
 impl UpstreamFailure {
+    /// A connect to `endpoint` that failed with `source`.
+    pub fn connect(endpoint: &dyn std::fmt::Display, source: impl Into<BoxError>) -> Self {
+        Self::Connect(Box::new(ConnectFailed {
+            endpoint: endpoint.to_string(),
+            source: source.into(),
+        }))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect",
@@ -242,7 +260,13 @@ impl Upstream {
             .await
         {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamFailure::Connect(e.into())),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamFailure::connect(
+                &self
+                    .targets
+                    .get(endpoint.0)
+                    .map_or("none", |t| t.authority.as_str()),
+                e,
+            )),
             Ok(Err(e)) if is_request_body_error(&e) => Err(UpstreamFailure::ClientBody(e.into())),
             Ok(Err(e)) => Err(UpstreamFailure::Exchange(e.into())),
             Err(_) => Err(UpstreamFailure::Timeout(self.request_timeout)),

@@ -301,10 +301,27 @@ fn direct_text(request: &RequestLine<'_>) -> String {
     out
 }
 
+/// `text` (a line from tracing-subscriber's formatter) with its millisecond fields rounded to
+/// three decimals, as certgate writes them.
+fn ms_fixed(text: &str) -> String {
+    let mut text = text.to_owned();
+    for key in ["\"upstream_ms\":", "\"duration_ms\":"] {
+        let Some(at) = text.find(key) else { continue };
+        let start = at + key.len();
+        let end = start + text[start..].find([',', '}']).unwrap();
+        let value: f64 = text[start..end].parse().unwrap();
+        text.replace_range(start..end, &format!("{value:.3}"));
+    }
+    text
+}
+
 #[test]
-fn a_request_line_reads_exactly_as_before() {
+fn a_request_line_reads_exactly_as_before_but_for_millisecond_precision() {
     let request = refused_request();
-    let line = same_as_before(|| request.event());
+    let new = new_text(|| request.event());
+    let old = old_text(|| request.event());
+    assert_eq!(without_timestamp(&new), ms_fixed(&without_timestamp(&old)));
+    let line: Value = serde_json::from_str(&new).unwrap();
     assert_eq!(line["message"], "request refused");
     assert_eq!(line["decision"], "deny");
     assert_eq!(line["conn.id"], 7);
@@ -312,6 +329,34 @@ fn a_request_line_reads_exactly_as_before() {
     assert_eq!(line["http.path"], "/v1/payments/\u{1}x?a=\"b\"");
     assert_eq!(line["cert.subject"], "CN=acme \"billing\", O=Acme\\Inc");
     assert_eq!(line["target"], "certgate::audit");
+}
+
+#[test]
+fn millisecond_fields_have_exactly_three_decimals_and_other_floats_are_untouched() {
+    let text = new_text(|| {
+        tracing::info!(
+            duration_ms = 0.044663999999999995,
+            upstream_ms = 0.0,
+            took_ms = 1234.56789,
+            ratio = 0.044663999999999995,
+            "timed"
+        )
+    });
+    assert!(text.contains("\"duration_ms\":0.045,"), "{text}");
+    assert!(text.contains("\"upstream_ms\":0.000,"), "{text}");
+    assert!(text.contains("\"took_ms\":1234.568,"), "{text}");
+    assert!(text.contains("\"ratio\":0.044663999999999995,"), "{text}");
+
+    let request = RequestLine {
+        upstream_ms: 12.0,
+        duration_ms: 0.044663999999999995,
+        ..refused_request()
+    };
+    let direct = direct_text(&request);
+    assert!(
+        direct.contains("\"upstream_ms\":12.000,\"duration_ms\":0.045,"),
+        "{direct}"
+    );
 }
 
 #[test]
