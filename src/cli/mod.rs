@@ -50,12 +50,19 @@ pub enum Command {
         #[arg(long, default_value = "config/certgate.yaml")]
         config: PathBuf,
     },
-    /// Print the identity certgate reads from a certificate and, with a config, whom it maps to.
+    /// With a config: whether `serve` would accept a certificate, as whom and to which routes
+    /// (exit 1 when refused, 2 when it cannot be judged). Without: the identity certgate reads.
     Inspect {
-        /// PEM file; the first certificate is inspected.
+        /// PEM file: the partner's certificate, optionally followed by the intermediates it sends.
         cert: PathBuf,
+        /// PEM file with intermediates the partner sends after its certificate.
+        #[arg(long)]
+        chain: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Generate a demo PKI, start an echo upstream and the gateway on loopback, print curl calls.
     Demo {
@@ -79,7 +86,18 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config).await),
-        Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref()).await),
+        Command::Inspect {
+            cert,
+            chain,
+            config,
+            json,
+        } => Ok(inspect::run(inspect::Request {
+            cert: &cert,
+            chain: chain.as_deref(),
+            config: config.as_deref(),
+            json,
+        })
+        .await),
         Command::Serve { config } => {
             let _log = audit::init(cli.log_format, cli.log_file.as_deref())?;
             let Some(config) = load_everything(&config).await else {

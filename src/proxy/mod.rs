@@ -3,6 +3,7 @@
 //! Parses no configuration or certificate files and builds no TLS configuration: it runs on what
 //! a [`crate::runtime::Snapshot`] holds.
 
+pub mod admission;
 pub mod body;
 pub mod conn_refusal;
 pub mod connection;
