@@ -45,10 +45,14 @@ pub enum Command {
         #[arg(long, default_value = "config/certgate.yaml")]
         config: PathBuf,
     },
-    /// Load and validate everything `serve` would, print a summary; exit 1 on any problem.
+    /// Load and validate everything `serve` would, print a summary and warnings about what will
+    /// bite later; exit 1 on any problem (and with `--strict`, on any warning).
     Check {
         #[arg(long, default_value = "config/certgate.yaml")]
         config: PathBuf,
+        /// Treat warnings as problems: exit 1 when there is any.
+        #[arg(long)]
+        strict: bool,
     },
     /// With a config: whether `serve` would accept a certificate, as whom and to which routes
     /// (exit 1 when refused, 2 when it cannot be judged). Without: the identity certgate reads.
@@ -85,7 +89,7 @@ pub enum Command {
 /// Only failures that are not already reported as diagnostics (runtime start-up, I/O).
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Check { config } => Ok(check(&config).await),
+        Command::Check { config, strict } => Ok(check(&config, strict).await),
         Command::Inspect {
             cert,
             chain,
@@ -126,7 +130,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Loads the YAML, builds a snapshot and loads its CRLs exactly as `serve` does, printing every
 /// problem with its place.
 async fn load_everything(path: &Path) -> Option<Config> {
-    let config = match config::load(path) {
+    load_everything_checked(path).await.map(|c| c.config)
+}
+
+/// [`load_everything`], keeping the configuration's warnings.
+async fn load_everything_checked(path: &Path) -> Option<config::Checked> {
+    let checked = match config::load_checked(path) {
         Ok(c) => c,
         Err(problems) => {
             for p in problems.iter() {
@@ -140,8 +149,8 @@ async fn load_everything(path: &Path) -> Option<Config> {
             return None;
         }
     };
-    match runtime::prepare(config.clone(), Registry::new()).await {
-        Ok(_) => Some(config),
+    match runtime::prepare(checked.config.clone(), Registry::new()).await {
+        Ok(_) => Some(checked),
         Err(e) => {
             print_start_error(path, &e);
             None
@@ -179,20 +188,39 @@ fn print_start_error(path: &Path, error: &StartError) {
     );
 }
 
-async fn check(path: &Path) -> ExitCode {
-    let Some(config) = load_everything(path).await else {
+async fn check(path: &Path, strict: bool) -> ExitCode {
+    let Some(checked) = load_everything_checked(path).await else {
         return ExitCode::FAILURE;
     };
+    let config = checked.config;
+    let mut warnings = checked.warnings;
+    warnings.extend(crate::tls::server::expiry_warnings(
+        &config.server.certificates,
+        rustls_pki_types::UnixTime::now(),
+        crate::tls::server::EXPIRY_WARNING,
+    ));
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     println!(
-        "{}: ok — {} trust bundle(s), {} partner(s), {} route(s), {} upstream(s), {} server certificate(s); config version {}",
+        "{}: ok — {} trust bundle(s), {} partner(s), {} route(s), {} upstream(s), {} server certificate(s), {} warning(s); config version {}",
         path.display(),
         config.trust_bundles.len(),
         config.partners.len(),
         config.routes.len(),
         config.upstreams.len(),
         config.server.certificates.len(),
+        warnings.len(),
         &config.version[..config.version.len().min(12)],
     );
+    if strict && !warnings.is_empty() {
+        eprintln!(
+            "{}: {} warning(s), and --strict counts them as problems",
+            path.display(),
+            warnings.len()
+        );
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

@@ -159,6 +159,11 @@ impl LeafBuilder<'_> {
         self.not_after = now - Duration::days(1);
         self
     }
+    /// Valid from an hour ago for `days` days (the default is 30).
+    pub fn valid_for_days(mut self, days: i64) -> Self {
+        self.not_after = OffsetDateTime::now_utc() + Duration::days(days);
+        self
+    }
     pub fn serial(mut self, serial: u64) -> Self {
         self.serial = serial;
         self
