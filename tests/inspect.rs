@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use common::openssl::OpenSslCa;
+use common::openssl::{OcspResponder, OpenSslCa};
 use common::*;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
@@ -115,9 +115,14 @@ impl Case {
             ca.revoke(*leaf);
         }
         std::fs::write(env.path("partner-ca.crl"), ca.crl(&[])).unwrap();
-        let up = Upstream::start().await;
         let bundle = format!("        crl:\n          - path: partner-ca.crl\n{bundles}");
-        let yaml = env.config_with_bundle(up.addr, &bundle, "");
+        Self::start(env, &bundle).await
+    }
+
+    /// The test config with `bundle` added to the `partner-ca` trust bundle.
+    async fn start(env: Env, bundle: &str) -> Self {
+        let up = Upstream::start().await;
+        let yaml = env.config_with_bundle(up.addr, bundle, "");
         let gw = env.start(&yaml).await;
         let config = env.path("certgate.yaml");
         Case {
@@ -285,6 +290,43 @@ async fn intermediates_given_with_chain_complete_the_path() {
     );
     // The gateway agrees when the client sends the same chain.
     assert_eq!(serve_verdict(&case.env, &case.gw, &leaf).await, "accepted");
+}
+
+fn ocsp(mode: &str, responder: &str) -> String {
+    format!("        ocsp:\n          mode: {mode}\n          responder: {responder}\n          timeout: 1s\n")
+}
+
+/// The bundle has OCSP: inspect asks the real responder (`openssl ocsp` over the CA's database),
+/// as a connection does before its first request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_answers_are_asked_live_and_judged_by_the_bundles_mode() {
+    let env = Env::new();
+    let ca = OpenSslCa::new(&env.root);
+    let (good, revoked, unknown) = (env.acme(), env.acme(), env.acme());
+    ca.valid(&good);
+    ca.revoke(&revoked);
+    let responder = OcspResponder::start(&ca).await;
+    let case = Case::start(env, &ocsp("hard_fail", &responder.url)).await;
+
+    let i = case.judge(&good, "ocsp-good").await;
+    assert_eq!(i.code, 0, "{}", i.text);
+    assert_eq!(i.json["revocation"][0]["status"], "good");
+    assert!(
+        i.text
+            .contains(&format!("revocation:   good (OCSP {})", responder.url)),
+        "{}",
+        i.text
+    );
+
+    let before = responder.requests();
+    let i = case.judge(&revoked, "ocsp-revoked").await;
+    assert_refused(&i, "certificate_revoked", "request");
+    assert!(responder.requests() > before, "inspect asked the responder");
+    assert!(i.first_line.contains(&responder.url), "{}", i.first_line);
+
+    // Not in the CA's database: the responder says unknown, which hard_fail refuses.
+    let i = case.judge(&unknown, "ocsp-unknown").await;
+    assert_refused(&i, "revocation_unknown", "request");
 }
 
 #[test]
