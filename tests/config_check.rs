@@ -915,6 +915,29 @@ fn a_dns_san_and_another_partners_cn_with_the_same_name_are_a_warning_naming_the
     // Identities of different kinds with different values do not overlap.
     let apart = text.replace("san_dns: ACME", "san_dns: initech.example");
     assert_eq!(warnings(&apart), []);
+
+    // A subject CN holding another partner's SPIFFE ID overlaps too (exactly, SPIFFE IDs are
+    // compared as written).
+    let spiffe = apart
+        .replace("subject_cn: acme", "subject_cn: spiffe://example.org/acme")
+        .replace(
+            "san_dns: initech.example",
+            "spiffe: spiffe://example.org/acme",
+        );
+    let all = warnings(&spiffe);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0]
+            .message
+            .contains("partner `acme`'s subject_cn and partner `initech`'s spiffe"),
+        "{}",
+        all[0].message
+    );
+    let other_case = spiffe.replace(
+        "spiffe: spiffe://example.org/acme",
+        "spiffe: spiffe://example.org/ACME",
+    );
+    assert_eq!(warnings(&other_case), []);
 }
 
 #[test]

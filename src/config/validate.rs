@@ -89,11 +89,18 @@ struct Declared {
 
 /// See [`super::parse`].
 pub(super) fn parse(text: &str, source: &Path) -> Result<model::Config, Problems> {
-    parse_checked(text, source).map(|checked| checked.config)
+    validated(text, source).map(|(config, _)| config)
 }
 
 /// See [`super::parse_checked`].
 pub(super) fn parse_checked(text: &str, source: &Path) -> Result<Checked, Problems> {
+    let (config, v) = validated(text, source)?;
+    let warnings = v.warnings(&config);
+    Ok(Checked { config, warnings })
+}
+
+/// The model and the validator that built it (which knows where everything was written).
+fn validated<'a>(text: &str, source: &'a Path) -> Result<(model::Config, Validator<'a>), Problems> {
     let file: schema::File = match serde_yaml::from_str(text) {
         Ok(file) => file,
         Err(err) => return Err(Problems::from(shape_problem(&err, text, source))),
@@ -101,8 +108,7 @@ pub(super) fn parse_checked(text: &str, source: &Path) -> Result<Checked, Proble
     let mut v = Validator::new(text, source);
     let config = v.config(file, text);
     if v.problems.is_empty() {
-        let warnings = v.warnings(&config);
-        Ok(Checked { config, warnings })
+        Ok((config, v))
     } else {
         // File order: an operator reads and fixes top to bottom. The sort is stable, so problems
         // at one place keep the order they were found in.
@@ -284,13 +290,21 @@ impl<'a> Validator<'a> {
                 },
             });
         };
-        let held = |id: ScopeId| config.partners.iter().any(|p| p.scopes.contains(&id));
-        let required = |id: ScopeId| config.routes.iter().any(|r| r.scope == id);
-        let mut granted_warned: Vec<ScopeId> = Vec::new();
+        let mut held = vec![false; config.scopes.len()];
+        let mut required = vec![false; config.scopes.len()];
+        for p in &config.partners {
+            for s in &p.scopes {
+                held[s.0] = true;
+            }
+        }
+        for r in &config.routes {
+            required[r.scope.0] = true;
+        }
+        let mut granted_warned = vec![false; config.scopes.len()];
         for (at, id) in &self.scope_refs {
             let name = &config.scopes[id.0];
-            if at.starts_with("partners[") && !required(*id) && !granted_warned.contains(id) {
-                granted_warned.push(*id);
+            if at.starts_with("partners[") && !required[id.0] && !granted_warned[id.0] {
+                granted_warned[id.0] = true;
                 let holders: Vec<&str> = config
                     .partners
                     .iter()
@@ -304,7 +318,7 @@ impl<'a> Validator<'a> {
                         holders.join(", ")
                     ),
                 );
-            } else if at.starts_with("routes[") && !held(*id) {
+            } else if at.starts_with("routes[") && !held[id.0] {
                 let route = at
                     .strip_suffix(".scope")
                     .and_then(|r| r.strip_prefix("routes["))
@@ -333,16 +347,33 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        for (a, a_id, a_at, a_claim) in &self.identity_refs {
-            for (b, b_id, b_at, b_claim) in &self.identity_refs {
-                if a == b {
-                    continue;
-                }
-                if let Some((strong, weak)) = overlap(a_claim, b_claim) {
+        // A subject CN commonly repeats a DNS SAN of the same certificate (compared without
+        // case, as DNS names are), and may hold a SPIFFE ID; both are stronger kinds, so they win.
+        let mut stronger: HashMap<(&str, String), Vec<usize>> = HashMap::new();
+        for (k, (_, _, _, claim)) in self.identity_refs.iter().enumerate() {
+            let key = match claim {
+                model::IdentityMatch::SanDns(dns) => ("san_dns", dns.to_ascii_lowercase()),
+                model::IdentityMatch::Spiffe(id) => ("spiffe", id.clone()),
+                _ => continue,
+            };
+            stronger.entry(key).or_default().push(k);
+        }
+        for (b, b_id, b_at, claim) in &self.identity_refs {
+            let model::IdentityMatch::SubjectCn(cn) = claim else {
+                continue;
+            };
+            let keys = [("spiffe", cn.clone()), ("san_dns", cn.to_ascii_lowercase())];
+            for key in keys {
+                for &k in stronger.get(&key).into_iter().flatten() {
+                    let (a, a_id, a_at, _) = &self.identity_refs[k];
+                    if a == b {
+                        continue;
+                    }
                     warn(
                         b_at,
                         format!(
-                            "partner `{b_id}`'s {weak} and partner `{a_id}`'s {strong} at {} can both match one certificate; the binding order (fingerprint_sha256 > spiffe > san_dns > subject_cn) gives it to `{a_id}`",
+                            "partner `{b_id}`'s subject_cn and partner `{a_id}`'s {} at {} can both match one certificate; the binding order (fingerprint_sha256 > spiffe > san_dns > subject_cn) gives it to `{a_id}`",
+                            key.0,
                             self.where_is(a_at)
                         ),
                     );
@@ -1277,23 +1308,6 @@ fn is_dns_name(name: &str, wildcard: bool) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
-}
-
-/// The kinds of two claims of different kinds when one certificate commonly carries both values,
-/// stronger kind first; `None` otherwise. A subject CN usually repeats a DNS SAN, and a CN may
-/// hold a SPIFFE ID. Only stronger-first pairs are returned, so each overlap is reported once.
-fn overlap(
-    a: &model::IdentityMatch,
-    b: &model::IdentityMatch,
-) -> Option<(&'static str, &'static str)> {
-    use model::IdentityMatch as M;
-    match (a, b) {
-        (M::SanDns(dns), M::SubjectCn(cn)) if cn.eq_ignore_ascii_case(dns) => {
-            Some(("san_dns", "subject_cn"))
-        }
-        (M::Spiffe(id), M::SubjectCn(cn)) if cn == id => Some(("spiffe", "subject_cn")),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
