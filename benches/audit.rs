@@ -1,7 +1,7 @@
 //! What one request audit line costs: the line `src/proxy/service.rs` writes, with realistic
 //! values, through
 //!
-//! * `old`: tracing-subscriber's JSON formatter as certgate configured it before issue 5
+//! * `old`: tracing-subscriber's JSON formatter as a plain tracing setup configures it
 //!   (`.json().flatten_event(true).with_current_span(false)`), as a tracing event;
 //! * `new`: [`certgate::audit::subscriber`] with `LogFormat::Json`, as a tracing event (what the
 //!   gateway falls back to when the JSON log is not installed);

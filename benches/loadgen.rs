@@ -191,7 +191,7 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// HTTP/1.1 keep-alive without hyper's client: the load generator shares its core with the
-/// upstream, and with a fast gateway that core is the limit (issue 5). Writing one pre-encoded
+/// upstream, and with a fast gateway that core is the limit. Writing one pre-encoded
 /// request and parsing the response head in place leaves the core to the upstream, and puts the
 /// same bytes on the wire as hyper's client did.
 struct RawConn {

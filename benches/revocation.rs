@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use certgate::config::model::BundleId;
 use certgate::identity::PeerIdentity;
 use certgate::revocation::{issuer_and_serial, Registry, Verdict};
-use certgate::runtime::Snapshot;
+use certgate::snapshot::Snapshot;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,

@@ -117,8 +117,8 @@ pub fn init(format: LogFormat, file: Option<&Path>) -> std::io::Result<LogGuard>
 
 /// The log writer thread's output. tracing-appender's thread blocks on its queue whenever the
 /// queue runs empty, and then every line queued wakes it: a futex wake on the request's thread
-/// and two context switches on the gateway's core, several times a millisecond under load
-/// (issue 5). After a flush that carried [`BUSY_LINES`] or more, this writer sleeps for [`PACE`]
+/// and two context switches on the gateway's core, several times a millisecond under load.
+/// After a flush that carried [`BUSY_LINES`] or more, this writer sleeps for [`PACE`]
 /// instead: lines queue up meanwhile without waking anyone, and the next batch is written whole.
 /// A trickle of lines (an idle gateway, a test) is never held back.
 struct Paced<W: Write> {

@@ -5,6 +5,8 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod conn_refusal;
+pub mod control;
 pub mod fswatch;
 pub mod identity;
 pub mod metrics;
@@ -12,7 +14,9 @@ pub mod policy;
 pub mod proxy;
 pub mod revocation;
 pub mod runtime;
+pub mod snapshot;
 pub mod tls;
+pub mod upstream;
 
 /// An error and its sources as one line (`outer: cause: root cause`), for logs and diagnostics
 /// where the chain would otherwise be lost.

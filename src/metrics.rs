@@ -11,6 +11,11 @@
 //! * `revocation`: CRL and OCSP checks where the verdict is made, through [`RevocationCounters`].
 //! * `runtime::reload`: reload outcomes.
 //! * `admin`: the gauges read from revocation state at scrape time ([`Metrics::encode`]).
+//! * `runtime`: the server certificates' expiry, set when a generation is published
+//!   ([`Metrics::set_server_certificates`]); the lifecycle registry's partner certificates, set
+//!   when it publishes ([`Metrics::set_registered_certificates`]).
+//! * Linux only: the standard `process_*` metrics (memory, CPU, file descriptors), read from
+//!   `/proc` at scrape time.
 //!
 //! # Label values
 //! Only from configuration (route, partner, upstream, bundle names and CRL sources) or fixed enums.
@@ -18,13 +23,16 @@
 //! partner under `partner="unknown"`. The one exception is `serial` on
 //! `certgate_partner_cert_expiry_timestamp_seconds`: it comes from a certificate that verified and
 //! bound to a configured partner, and is bounded to [`SERIALS_PER_PARTNER`] per partner, each
-//! dropped a day after it was last seen.
+//! dropped a day after it was last seen; or from the lifecycle registry, whose certificates are
+//! configuration too. `sni` on `certgate_server_certificate_expiry_timestamp_seconds` is a DNS
+//! name of a configured server certificate, or [`DEFAULT_SNI`].
 //!
 //! Registration happens here only; nothing on the data path registers a metric.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use prometheus::core::Collector;
 use prometheus::{
@@ -33,9 +41,10 @@ use prometheus::{
 };
 
 use crate::config::model::{Config, PartnerId, UpstreamId};
+use crate::conn_refusal::ConnRefusal;
 use crate::policy::RouteId;
-use crate::proxy::conn_refusal::ConnRefusal;
 use crate::tls::handshake::HandshakeFailure;
+use crate::tls::server::{ServedCertificate, DEFAULT_SNI};
 
 /// Label value for a request that matched no route.
 pub const NO_ROUTE: &str = "none";
@@ -51,7 +60,7 @@ const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// `reason` label values of `certgate_policy_denials_total`: every refusal reason code except
 /// the upstream failures, which `certgate_upstream_errors_total` counts.
-pub const DENIAL_REASONS: [&str; 11] = [
+pub const DENIAL_REASONS: [&str; 12] = [
     "no_route",
     "scope_denied",
     "method_not_allowed",
@@ -61,6 +70,7 @@ pub const DENIAL_REASONS: [&str; 11] = [
     "certificate_revoked",
     "revocation_unknown",
     "bad_request",
+    "bad_host",
     "upgrade_not_allowed",
     "body_too_large",
 ];
@@ -103,6 +113,25 @@ pub struct Metrics {
     reloads_applied: IntCounter,
     reloads_rejected: IntCounter,
     last_reload_success: Gauge,
+    ops: OpsMetrics,
+}
+
+/// Expiry gauges for what certgate knows from configuration rather than from traffic.
+struct OpsMetrics {
+    server_cert_expiry: GaugeVec,
+    /// The `sni` label values set by the last [`Metrics::set_server_certificates`], so the next
+    /// call removes names a reload dropped.
+    server_cert_names: ArcSwap<Vec<Box<str>>>,
+    /// The lifecycle registry's certificates, merged into
+    /// `certgate_partner_cert_expiry_timestamp_seconds` at scrape time.
+    registered_certs: ArcSwap<Vec<RegisteredCert>>,
+}
+
+#[derive(Debug, Clone)]
+struct RegisteredCert {
+    partner: Box<str>,
+    serial: Box<str>,
+    not_after: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -269,7 +298,7 @@ impl Metrics {
         let cert_expiry = GaugeVec::new(
             Opts::new(
                 "certgate_partner_cert_expiry_timestamp_seconds",
-                "notAfter (Unix seconds) of partner certificates seen in the last day.",
+                "notAfter (Unix seconds) of partner certificates seen in the last day or in force in the lifecycle registry.",
             ),
             &["partner", "serial"],
         )?;
@@ -332,6 +361,7 @@ impl Metrics {
         for c in collectors {
             registry.register(c)?;
         }
+        let ops = OpsMetrics::register(&registry)?;
         Ok(Arc::new(Self {
             registry,
             requests,
@@ -353,6 +383,7 @@ impl Metrics {
             reloads_applied: reloads.with_label_values(&["applied"]),
             reloads_rejected: reloads.with_label_values(&["rejected"]),
             last_reload_success,
+            ops,
         }))
     }
 
@@ -482,6 +513,11 @@ impl Metrics {
             !certs.is_empty()
         });
         self.cert_expiry.reset();
+        for c in self.ops.registered_certs.load().iter() {
+            self.cert_expiry
+                .with_label_values(&[c.partner.as_ref(), c.serial.as_ref()])
+                .set(c.not_after as f64);
+        }
         for entry in self.seen_certs.iter() {
             for c in entry.value() {
                 self.cert_expiry
@@ -495,6 +531,84 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+// === impl Metrics: expiry known from configuration ===
+
+impl Metrics {
+    /// Publishes the expiry of the server certificates a generation serves, one series per SNI
+    /// name, and removes the names the previous generation served and this one does not. Called
+    /// when a generation is published (start-up and applied reloads), never per connection.
+    pub fn set_server_certificates(&self, served: &[ServedCertificate]) {
+        let names: Vec<Box<str>> = served.iter().map(|c| Box::from(c.sni.as_str())).collect();
+        for old in self.ops.server_cert_names.load().iter() {
+            if !names.contains(old) {
+                let _ = self
+                    .ops
+                    .server_cert_expiry
+                    .remove_label_values(&[old.as_ref()]);
+            }
+        }
+        for c in served {
+            self.ops
+                .server_cert_expiry
+                .with_label_values(&[c.sni.as_str()])
+                .set(c.not_after as f64);
+        }
+        self.ops.server_cert_names.store(Arc::new(names));
+    }
+
+    /// Replaces the partner certificates the lifecycle registry holds in force, as
+    /// `(partner id, serial, notAfter in Unix seconds)`, the serial in upper-case hex without
+    /// colons as `openssl x509 -serial` prints it (the form traffic reports, so a certificate
+    /// both registered and seen is one series). They are exported in
+    /// `certgate_partner_cert_expiry_timestamp_seconds` beside the certificates seen in traffic,
+    /// so a certificate that expires unused still raises the expiry alert. The registry calls
+    /// this whenever it publishes a new partner table; revoked and superseded certificates
+    /// should be left out, or their expiry alerts for nothing.
+    pub fn set_registered_certificates<'a>(
+        &self,
+        certs: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
+    ) {
+        let certs = certs
+            .into_iter()
+            .map(|(partner, serial, not_after)| RegisteredCert {
+                partner: partner.into(),
+                serial: serial.into(),
+                not_after,
+            })
+            .collect();
+        self.ops.registered_certs.store(Arc::new(certs));
+    }
+}
+
+// === impl OpsMetrics ===
+
+impl OpsMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let server_cert_expiry = GaugeVec::new(
+            Opts::new(
+                "certgate_server_certificate_expiry_timestamp_seconds",
+                format!(
+                    "notAfter (Unix seconds) of the server certificate served for each SNI name; \
+                     sni=\"{DEFAULT_SNI}\" is the one served without or for an unknown SNI."
+                ),
+            ),
+            &["sni"],
+        )?;
+        registry.register(Box::new(server_cert_expiry.clone()))?;
+        // The standard process_* metrics (resident memory, CPU seconds, open and max file
+        // descriptors, start time) in this gateway's own registry.
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Self {
+            server_cert_expiry,
+            server_cert_names: ArcSwap::from_pointee(Vec::new()),
+            registered_certs: ArcSwap::from_pointee(Vec::new()),
+        })
     }
 }
 

@@ -597,8 +597,26 @@ async fn dashboard_and_alerts_name_only_metrics_certgate_exports() {
             ));
         }
     }
+    // The operator's minimum: the target itself, the server certificate, revocation sources.
+    for wanted in [
+        "CertgateTargetDown",
+        "CertgateServerCertificateExpiring",
+        "CertgateCrlSourceNotLoaded",
+        "CertgateCrlStale",
+        "CertgateOcspErrors",
+    ] {
+        assert!(
+            expressions.iter().any(|(name, _)| name == wanted),
+            "alerts.yaml lacks {wanted}"
+        );
+    }
     for (name, expr) in &expressions {
         let used = metric_names(expr);
+        if name == "CertgateTargetDown" {
+            // Prometheus' own series for the scrape target: certgate cannot export it.
+            assert!(expr.starts_with("up{"), "{name}: {expr}");
+            continue;
+        }
         assert!(!used.is_empty(), "{name}: {expr} names no certgate metric");
         for metric in used {
             assert!(
@@ -624,10 +642,15 @@ async fn dashboard_and_alerts_name_only_metrics_certgate_exports() {
     gw.shutdown().await;
 }
 
+/// The certgate and standard process metrics an expression names.
 fn metric_names(expr: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut rest = expr;
-    while let Some(i) = rest.find("certgate_") {
+    while let Some(i) = ["certgate_", "process_"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
         let tail = &rest[i..];
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -755,4 +778,155 @@ async fn readyz_turns_503_while_the_gateway_drains() {
         TcpStream::connect(admin_addr).await.is_err(),
         "admin API still up"
     );
+}
+
+/// The value of the series written exactly as `series` (name and labels), if the scrape has it.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+fn whole_seconds_from_now(days: i64) -> (time::OffsetDateTime, f64) {
+    let secs = now_unix() as i64 + days * 86_400;
+    (
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap(),
+        secs as f64,
+    )
+}
+
+#[tokio::test]
+async fn server_certificate_expiry_is_exported_per_sni_name_and_follows_reloads() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let (until_a, a) = whole_seconds_from_now(40);
+    let (until_b, b) = whole_seconds_from_now(90);
+    env.root
+        .leaf("a")
+        .dns("localhost")
+        .dns("api.example.com")
+        .server_auth_only()
+        .valid_until(until_a)
+        .issue()
+        .write(env.dir.path(), "a");
+    // `localhost` is named by both; the first configured certificate serves it.
+    env.root
+        .leaf("b")
+        .dns("other.example.com")
+        .dns("*.wild.example.com")
+        .dns("localhost")
+        .server_auth_only()
+        .valid_until(until_b)
+        .issue()
+        .write(env.dir.path(), "b");
+    let certificates = |files: &[&str]| {
+        let base = env.config(up.addr, "");
+        let listed: String = files
+            .iter()
+            .map(|f| format!("      - cert: {f}.pem\n        key: {f}-key.pem\n"))
+            .collect();
+        base.replacen(
+            "      - cert: server.pem\n        key: server-key.pem\n",
+            &listed,
+            1,
+        )
+    };
+    let gw = env.start(&certificates(&["a", "b"])).await;
+    let metric = |sni: &str| {
+        format!("certgate_server_certificate_expiry_timestamp_seconds{{sni=\"{sni}\"}}")
+    };
+
+    let text = scrape(gw.admin_addr()).await;
+    for (sni, expiry) in [
+        ("_default", a),
+        ("localhost", a),
+        ("api.example.com", a),
+        ("other.example.com", b),
+        ("*.wild.example.com", b),
+    ] {
+        assert_eq!(sample(&text, &metric(sni)), Some(expiry), "{sni}:\n{text}");
+    }
+
+    // A reload that drops certificate `a` moves `localhost` and the default to `b` and removes
+    // the names only `a` served.
+    std::fs::write(env.path("certgate.yaml"), certificates(&["b"])).unwrap();
+    let (status, _, body) = admin(gw.admin_addr(), "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let text = scrape(gw.admin_addr()).await;
+    assert_eq!(sample(&text, &metric("_default")), Some(b), "{text}");
+    assert_eq!(sample(&text, &metric("localhost")), Some(b), "{text}");
+    assert_eq!(sample(&text, &metric("api.example.com")), None, "{text}");
+
+    // A rejected reload keeps the gauges of the configuration still in service.
+    std::fs::write(env.path("certgate.yaml"), certificates(&["missing"])).unwrap();
+    let (status, _, body) = admin(gw.admin_addr(), "POST", "/reload").await;
+    assert_eq!(status, 422, "{body}");
+    let text = scrape(gw.admin_addr()).await;
+    assert_eq!(sample(&text, &metric("localhost")), Some(b), "{text}");
+    assert_eq!(
+        sample(&text, &metric("other.example.com")),
+        Some(b),
+        "{text}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn partner_certificate_expiry_covers_registered_certificates_beside_those_seen() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let (until, seen_expiry) = whole_seconds_from_now(20);
+    let acme = acme_identity(&env.root).valid_until(until).issue();
+    let answer = env.call_as(&gw, &acme, get("/v1/orders/1")).await.unwrap();
+    assert_eq!(answer.status, 200);
+    // globex never connects: its certificate is known only to the lifecycle registry.
+    let (_, registered_expiry) = whole_seconds_from_now(5);
+    gw.metrics()
+        .set_registered_certificates([("globex", "0A1B2C", registered_expiry as i64)]);
+
+    let seen = format!(
+        "certgate_partner_cert_expiry_timestamp_seconds{{partner=\"acme\",serial=\"{:X}\"}}",
+        acme.serial
+    );
+    let registered =
+        r#"certgate_partner_cert_expiry_timestamp_seconds{partner="globex",serial="0A1B2C"}"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = scrape(gw.admin_addr()).await;
+        if sample(&text, &seen).is_some() || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(sample(&text, &seen), Some(seen_expiry), "{text}");
+    assert_eq!(sample(&text, registered), Some(registered_expiry), "{text}");
+
+    // The registry's next publication replaces its set; traffic-seen certificates stay.
+    gw.metrics().set_registered_certificates([]);
+    let text = scrape(gw.admin_addr()).await;
+    assert_eq!(sample(&text, registered), None, "{text}");
+    assert_eq!(sample(&text, &seen), Some(seen_expiry), "{text}");
+    gw.shutdown().await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_standard_process_metrics_are_exported() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let text = scrape(gw.admin_addr()).await;
+    let rss = sample(&text, "process_resident_memory_bytes").unwrap();
+    assert!(rss > 1_000_000.0, "resident memory {rss}:\n{text}");
+    // The listeners alone hold descriptors open.
+    let fds = sample(&text, "process_open_fds").unwrap();
+    assert!(fds >= 2.0, "open fds {fds}");
+    assert!(sample(&text, "process_max_fds").unwrap() >= fds);
+    assert!(
+        sample(&text, "process_cpu_seconds_total").is_some(),
+        "{text}"
+    );
+    assert!(sample(&text, "process_start_time_seconds").unwrap() > 1.6e9);
+    gw.shutdown().await;
 }

@@ -420,9 +420,24 @@ fn the_demo_serves_the_calls_it_prints() {
         let _ = child.kill();
         let _ = child.wait();
     };
-    // The echo upstream answers with what it received, as JSON.
-    let echoed = body.contains(r#""x-partner-id": "acme""#)
-        && body.contains(r#""client_cert_header_present": true"#);
+    // The echo upstream answers with what it received, as JSON: the partner id and, as the
+    // README promises, the Client-Cert header carrying acme's own certificate (RFC 9440).
+    let acme_der = {
+        use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+        let pem = std::fs::read(cwd.path().join(".certgate-demo/demo-acme.pem")).unwrap();
+        CertificateDer::from_pem_slice(&pem).unwrap()
+    };
+    let expected_client_cert = format!(
+        ":{}:",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &acme_der)
+    );
+    let echoed = body
+        .strip_suffix("\n200")
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        .is_some_and(|json| {
+            json["headers"]["x-partner-id"] == "acme"
+                && json["headers"]["client-cert"] == expected_client_cert.as_str()
+        });
     if !body.ends_with("\n200") || !echoed {
         stopped(&mut child);
         panic!(
@@ -500,7 +515,9 @@ fn server_cert(env: &Env, days: Option<i64>) -> Leaf {
         .dns("localhost")
         .server_auth_only();
     match days {
-        Some(days) => leaf.valid_for_days(days),
+        Some(days) => {
+            leaf.valid_until(time::OffsetDateTime::now_utc() + time::Duration::days(days))
+        }
         None => leaf.expired(),
     }
     .issue()

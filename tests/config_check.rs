@@ -781,6 +781,50 @@ fn an_empty_file_is_a_problem() {
     );
 }
 
+#[test]
+fn strip_headers_add_to_the_defaults_and_bad_names_are_located() {
+    let text = FULL.replace(
+        "  partner_header: X-Partner\n",
+        "  partner_header: X-Partner\n  strip_headers: [X-Acme-*, X_Internal_User]\n",
+    );
+    let c = check(&text).unwrap();
+    let strip = &c.forward.strip_headers;
+    for name in [
+        "x-acme-role",
+        "x-internal-user",
+        "x_internal_user",
+        "x-ssl-client-verify",
+        "ssl_client_s_dn",
+        "x-real-ip",
+    ] {
+        assert!(strip.matches(name.as_bytes()), "{name}");
+    }
+    for name in ["x-acme", "x-internal-user-id", "x-request-id", "x-sslx"] {
+        assert!(!strip.matches(name.as_bytes()), "{name}");
+    }
+
+    for (bad, why) in [
+        ("\"*\"", "a lone `*`"),
+        ("\"X-*-Role\"", "`*` may only end a name"),
+        ("\"X Role\"", "not a header name"),
+        ("\"\"", "an empty name"),
+    ] {
+        let text = FULL.replace(
+            "  partner_header: X-Partner\n",
+            &format!("  partner_header: X-Partner\n  strip_headers: [X-Ok, {bad}]\n"),
+        );
+        let problem = only_problem(&text);
+        let (line, _, field) = yaml_place(&problem);
+        assert_eq!(field, "forward.strip_headers[1]", "{bad}");
+        assert_eq!(
+            text.lines().nth(line - 1).unwrap(),
+            format!("  strip_headers: [X-Ok, {bad}]"),
+            "{bad}"
+        );
+        assert!(problem.message.contains(why), "{bad}: {}", problem.message);
+    }
+}
+
 // --- warnings: a valid file that will bite later ---
 
 /// The warnings of a config that must load, as the operator sees them.

@@ -205,3 +205,140 @@ async fn keep_alive_connections_carry_many_requests() {
     );
     assert_eq!(up.count(), 20);
 }
+
+/// Identity and origin headers in the conventions of other front ends, as a client might send
+/// them (any case, `_` for `-`), and headers that must pass.
+const FOREIGN_IDENTITY: &[(&str, &str)] = &[
+    ("X-SSL-Client-Verify", "SUCCESS"),
+    ("X-SSL-Client-S-DN", "CN=admin"),
+    ("x_ssl_client_cert", "-----BEGIN"),
+    ("SSL_CLIENT_S_DN", "CN=admin"),
+    ("SSL-Client-Verify", "SUCCESS"),
+    ("X-Client-Cert", "abc"),
+    ("X-Client-Verify", "SUCCESS"),
+    ("X-ARR-ClientCert", "abc"),
+    ("X-Amzn-Mtls-Clientcert", "abc"),
+    ("X-Amzn-Oidc-Identity", "admin"),
+    ("X-MS-Client-Principal-Name", "admin"),
+    ("X-Forwarded-Tls-Client-Cert", "abc"),
+    ("X-Real-IP", "10.0.0.1"),
+    ("X_REAL_IP", "10.0.0.1"),
+    ("X-Forwarded-Host", "admin.internal"),
+    ("X-Forwarded-Port", "443"),
+    ("X-Forwarded-Prefix", "/admin"),
+    ("X-Forwarded-Server", "admin.internal"),
+    ("X-Forwarded-User", "admin"),
+    ("True-Client-IP", "10.0.0.1"),
+    ("CF-Connecting-IP", "10.0.0.1"),
+    ("X-Original-URL", "/admin"),
+    ("X-HTTP-Method-Override", "DELETE"),
+    ("X-Envoy-External-Address", "10.0.0.1"),
+    ("X-Acme-Internal-Role", "admin"),
+    ("X-Debug-User", "admin"),
+];
+const PASSING: &[(&str, &str)] = &[
+    ("X-Request-Id", "r-1"),
+    ("X-Client-Version", "2.1"),
+    ("X-Acme-Trace", "t-1"),
+];
+
+#[tokio::test]
+async fn identity_headers_of_other_front_ends_never_reach_the_upstream() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let extra = "forward:\n  strip_headers: [\"X-Acme-Internal-*\", X_Debug_User]\n";
+    let gw = env.start(&env.config(up.addr, extra)).await;
+    let headers: String = FOREIGN_IDENTITY
+        .iter()
+        .chain(PASSING)
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
+    // First request (pooled client) and second and third (the connection's own upstream
+    // connection).
+    for before in [0, 1, 2] {
+        let path = format!("/v1/orders/foreign-{before}");
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n");
+        let answer = send_raw_after(&env, &gw, before, &format!("{before}"), &raw).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let seen = up.last();
+        assert_eq!(seen.path_and_query, path);
+        for (name, _) in FOREIGN_IDENTITY {
+            let lower = name.to_ascii_lowercase();
+            assert!(
+                seen.headers.get(&lower).is_none(),
+                "{name} reached the upstream: {:?}",
+                seen.headers
+            );
+        }
+        for (name, value) in PASSING {
+            assert_eq!(seen.headers[*name], *value, "{name}");
+        }
+        // certgate's own forwarding headers are set from the connection, not the client.
+        assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(seen.headers["x-forwarded-proto"], "https");
+        assert_eq!(seen.headers["x-partner-id"], "acme");
+    }
+}
+
+#[tokio::test]
+async fn connection_cannot_make_host_or_content_length_hop_by_hop() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    for before in [0, 1] {
+        let raw = "POST /v1/orders/count-body HTTP/1.1\r\nHost: localhost\r\n\
+                   Connection: keep-alive, host, content-length, x-hop\r\nX-Hop: 1\r\n\
+                   Content-Length: 5\r\n\r\nhello";
+        let answer = send_raw_after(&env, &gw, before, &format!("{before}"), raw).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(r#"{"bytes":5}"#), "{answer}");
+        let seen = up.last();
+        assert_eq!(
+            seen.headers.get_all("host").iter().collect::<Vec<_>>(),
+            ["localhost"]
+        );
+        assert_eq!(seen.headers["content-length"], "5");
+        assert!(seen.headers.get("x-hop").is_none());
+    }
+    let raw = "GET /v1/orders/close HTTP/1.1\r\nHost: localhost\r\nConnection: close, host\r\n\r\n";
+    let answer = send_raw_after(&env, &gw, 0, "close", raw).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        up.last().headers.get_all("host").iter().collect::<Vec<_>>(),
+        ["localhost"]
+    );
+}
+
+#[tokio::test]
+async fn an_http2_host_that_disagrees_with_the_authority_is_400_bad_host() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+    let acme = env.acme();
+    let tls = connect(
+        gw.local_addr(),
+        "localhost",
+        env.client(Some(&acme), &[b"h2"]),
+    )
+    .await
+    .unwrap();
+    let mut sender = handshake_http(tls).await.unwrap();
+    let req = Request::get("https://localhost/v1/orders/h2")
+        .header("host", "api.example.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = read(sender.send(req).await.unwrap()).await;
+    assert_eq!((a.status.as_u16(), a.reason().as_str()), (400, "bad_host"));
+    assert_eq!(up.count(), 0);
+
+    let req = Request::get("https://localhost/v1/orders/h2")
+        .header("host", "LocalHost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = read(sender.send(req).await.unwrap()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        up.last().headers.get_all("host").iter().collect::<Vec<_>>(),
+        ["localhost"]
+    );
+}

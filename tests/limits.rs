@@ -227,6 +227,33 @@ async fn http1_spoken_on_an_h2_connection_meets_the_same_header_read_timeout() {
     env.still_serves(&gw).await;
 }
 
+/// The request head limit covers the request line: a URI alone over `max_header_bytes` is the
+/// same 431 as any oversized head. (hyper decides this before certgate sees the request: the head
+/// never completes inside its buffer, so it cannot tell a long URI from long header fields. Its own
+/// 414 applies only to a URI over 65534 bytes inside a head that fits a larger limit.)
+#[tokio::test]
+async fn a_uri_alone_over_the_head_limit_is_refused_with_431() {
+    audit();
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env
+        .start(&limits(&env, &up, "    max_header_bytes: 16384\n"))
+        .await;
+    let (mut tls, peer) = acme_conn(&env, &gw, b"http/1.1").await;
+    let req = format!(
+        "GET /v1/orders/{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let _ = tls.write_all(req.as_bytes()).await;
+    let answer = closed_within(&mut tls, Duration::from_secs(5))
+        .await
+        .expect("still open after 5s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    peer.refused_line("header_too_large").await;
+    assert_eq!(up.count(), 0);
+}
+
 #[tokio::test]
 async fn oversized_or_too_many_headers_are_refused_with_431() {
     audit();

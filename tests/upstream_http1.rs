@@ -4,7 +4,7 @@
 //!
 //! An HTTP/1.1 partner connection's first request goes through the pooled client; from its second
 //! on it uses the partner connection's own ("dedicated") upstream connection
-//! (`src/proxy/dedicated.rs`). That second path is what these tests pin: every partner connection
+//! (`src/upstream/dedicated.rs`). That second path is what these tests pin: every partner connection
 //! first sends a plain warm-up GET (served by the pool), so the requests under test take the
 //! dedicated path. Where the partner connection survives the case, the case request is sent twice
 //! and an ordinary request follows on the same partner connection, checked to get its own answer,

@@ -1,6 +1,7 @@
 //! Header rewriting on arbitrary request/response headers: hop-by-hop and client-supplied identity
-//! headers never reach the upstream, and certgate's own identity headers are exactly what it
-//! renders for a clean request.
+//! headers (certgate's own and other front ends', checked against a reference matcher) never reach
+//! the upstream, `Host` and `Content-Length` survive a `Connection` that names them, and
+//! certgate's own identity headers are exactly what it renders for a clean request.
 //!
 //! Input: byte 0 = flags (upgrade, header style); then `name:value\n` lines.
 #![no_main]
@@ -8,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use certgate::config::model::{ClientCertHeader, Forward};
+use certgate::config::model::{ClientCertHeader, Forward, StripHeaders, STRIP_BY_DEFAULT};
 use certgate::identity::PeerIdentity;
 use certgate::proxy::headers::{rewrite_response, ConnectionHeaders};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -24,6 +25,26 @@ const HOP: &[&str] = &[
     "transfer-encoding",
     "proxy-authorization",
 ];
+
+/// Configured on top of the defaults, as `forward.strip_headers`.
+const EXTRA_STRIP: &[&str] = &["X_Fuzz-*", "x-exact"];
+
+/// Whether a name is to be stripped, worked out independently of `StripHeaders`: every spelling
+/// folded to lower case with `-` for `_`, then compared as a string.
+fn reference_strip(name: &str) -> bool {
+    let fold = |s: &str| s.to_ascii_lowercase().replace('_', "-");
+    let name = fold(name);
+    STRIP_BY_DEFAULT.iter().chain(EXTRA_STRIP).any(|p| {
+        let p = fold(p);
+        match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == p,
+        }
+    })
+}
+
+/// Names `Connection` cannot make hop-by-hop.
+const NEVER_HOP: &[&str] = &["host", "content-length"];
 
 struct Fixture {
     forward: [Forward; 3],
@@ -45,6 +66,7 @@ fn fixture() -> &'static Fixture {
         .map(|client_cert_header| Forward {
             client_cert_header,
             partner_header: HeaderName::from_static("x-partner"),
+            strip_headers: StripHeaders::with_defaults(EXTRA_STRIP.iter().copied()),
         });
         let conn = [0, 1, 2].map(|i| {
             ConnectionHeaders::build(&forward[i], Some("acme"), &id, &[leaf.clone()], addr)
@@ -113,8 +135,16 @@ fuzz_target!(|data: &[u8]| {
             assert!(!req.contains_key(name), "client-supplied {name} forwarded");
         }
     }
+    for (name, _) in &input {
+        if reference_strip(name.as_str()) && !clean.contains_key(name) {
+            assert!(!req.contains_key(name), "{name} (another front end's) forwarded");
+        }
+    }
     for token in &connection_named {
-        if clean.contains_key(token.as_str()) || (upgrade && token == "upgrade") {
+        if clean.contains_key(token.as_str())
+            || (upgrade && token == "upgrade")
+            || NEVER_HOP.contains(&token.as_str())
+        {
             continue;
         }
         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
@@ -145,7 +175,8 @@ fuzz_target!(|data: &[u8]| {
                 "upgrade",
             ]
             .contains(&n)
-            || connection_named.iter().any(|t| t == n)
+            || (connection_named.iter().any(|t| t == n) && !NEVER_HOP.contains(&n))
+            || reference_strip(n)
         {
             continue;
         }

@@ -25,7 +25,7 @@ const ROUTES: &[(bool, &str, Option<&[&str]>)] = &[
 ];
 
 const METHODS: &[&str] = &[
-    "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "TRACE",
+    "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "TRACE", "CONNECT",
 ];
 
 fn table() -> &'static RouteTable {
@@ -153,7 +153,11 @@ fn ref_decide(method: &str, p: &str) -> Result<usize, Denial> {
     }
     candidates
         .into_iter()
-        .find(|&i| ROUTES[i].2.is_none_or(|ms| ms.contains(&method)))
+        // A route without a method list allows every method but CONNECT.
+        .find(|&i| match ROUTES[i].2 {
+            None => method != "CONNECT",
+            Some(ms) => ms.contains(&method),
+        })
         .ok_or(Denial::MethodNotAllowed)
 }
 

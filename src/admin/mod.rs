@@ -12,7 +12,7 @@
 //! A known path with another method gets 405 with `Allow`; anything else 404. The API reads the
 //! published snapshot and asks the reload task for reloads; it never mutates a snapshot itself.
 //!
-//! Started by [`crate::runtime::Gateway::start_with`], bound before the gateway reports itself
+//! Started by `runtime::Gateway::start_with`, bound before the gateway reports itself
 //! started, and kept up while the gateway drains so `/readyz` can say so.
 
 mod status;
@@ -32,8 +32,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::control::{ReloadOutcome, Reloader};
 use crate::metrics::{Metrics, ScrapeState};
-use crate::runtime::{ReloadOutcome, Reloader, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// Admin connections served at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 32;

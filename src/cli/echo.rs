@@ -37,10 +37,11 @@ pub(super) async fn spawn(
 }
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Every header as received, `Client-Cert` (the partner's certificate, RFC 9440) included:
+    // that is what the upstream behind certgate gets to work with.
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .filter(|(name, _)| name.as_str() != "client-cert" && name.as_str() != "client-cert-chain")
         .map(|(name, value)| {
             (
                 name.as_str().to_owned(),
@@ -52,7 +53,6 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         "upstream": "certgate demo echo",
         "method": req.method().as_str(),
         "path": req.uri().path(),
-        "client_cert_header_present": req.headers().contains_key("client-cert"),
         "headers": headers,
     });
     let mut text = serde_json::to_string_pretty(&body).unwrap_or_default();

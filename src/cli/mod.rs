@@ -1,15 +1,17 @@
-//! The command line: `serve`, `check`, `inspect`, `demo`. Parses, prints and picks exit codes;
-//! the work itself lives in the library modules.
+//! The command line: `serve`, `check`, `inspect`, `demo`, and for packaging `health`,
+//! `completions` and `man`. Parses, prints and picks exit codes; the work itself lives in the
+//! library modules.
 
 mod demo;
 mod echo;
+mod health;
 mod inspect;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::audit::{self, LogFormat};
 use crate::config::{self, model::Config};
@@ -81,6 +83,23 @@ pub enum Command {
         #[arg(long)]
         pki_only: bool,
     },
+    /// Ask a running gateway's admin API whether it is healthy; exit 0 on 200, 1 otherwise.
+    /// For container health checks (the image has no curl).
+    Health {
+        /// The admin listener (`admin.listen`).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// `/healthz` (the process serves) or `/readyz` (ready for partner traffic).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
+    /// Print a shell completion script to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    Man,
 }
 
 /// Runs a parsed command line to completion.
@@ -89,6 +108,20 @@ pub enum Command {
 /// Only failures that are not already reported as diagnostics (runtime start-up, I/O).
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Health { admin, path } => Ok(health::run(admin, &path).await),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "certgate",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config, strict } => Ok(check(&config, strict).await),
         Command::Inspect {
             cert,

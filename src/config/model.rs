@@ -240,4 +240,177 @@ pub enum ClientCertHeader {
 pub struct Forward {
     pub client_cert_header: ClientCertHeader,
     pub partner_header: http::HeaderName,
+    /// Client-sent headers removed before a request goes upstream: [`STRIP_BY_DEFAULT`] plus
+    /// `forward.strip_headers`.
+    pub strip_headers: StripHeaders,
+}
+
+/// Header names that assert who the client is or where the request came from in the conventions
+/// of other front ends (nginx, HAProxy, Envoy, Traefik, Apache `mod_ssl`, AWS ALB and API Gateway,
+/// Azure Front Door, App Gateway and App Service, Cloudflare, Akamai, Fastly, oauth2-proxy), or
+/// that name a second method or path for the request. Upstreams moved behind certgate from such a
+/// front end may still trust them, and certgate never sets any of them from a client's word, so a
+/// client's copy is removed. Lower case, `-` for `_`; a trailing `*` matches any rest.
+///
+/// certgate's own headers (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`, the certificate
+/// and partner headers) are removed as well and then set from the verified connection.
+pub const STRIP_BY_DEFAULT: &[&str] = &[
+    // TLS client certificate and verification results.
+    "x-ssl-*",
+    "ssl-*",
+    "x-client-cert*",
+    "x-client-verif*",
+    "x-client-dn",
+    "x-client-s-dn",
+    "x-client-i-dn",
+    "x-client-subject*",
+    "x-client-issuer*",
+    "x-client-serial*",
+    "x-client-fingerprint*",
+    "x-tls-client-*",
+    "x-arr-*",
+    "x-amzn-mtls-*",
+    // Authenticated users asserted by an authenticating front end.
+    "x-amzn-oidc-*",
+    "x-ms-client-principal*",
+    "x-ms-token-*",
+    "x-auth-request-*",
+    "x-remote-user",
+    "remote-user",
+    "cf-access-*",
+    // Client address, scheme, host, port and path as a front end saw them.
+    "x-forwarded-*",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-proxyuser-ip",
+    "x-cluster-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "true-client-ip",
+    "fastly-client-ip",
+    "cf-connecting-ip*",
+    "x-azure-*",
+    "x-envoy-*",
+    "x-original-*",
+    "x-rewrite-url",
+    // A second method for the request than the one policy checked.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// A set of header name patterns, compiled at load so that matching a request's header names
+/// compares bytes only: no allocation, no hashing.
+#[derive(Debug, Clone, Default)]
+pub struct StripHeaders {
+    /// Sorted, lower case, `-` for `_`.
+    patterns: Vec<NamePattern>,
+    /// For each possible first byte of a name, the range of `patterns` starting with it.
+    by_first: Vec<(u16, u16)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct NamePattern {
+    name: Box<[u8]>,
+    prefix: bool,
+}
+
+impl StripHeaders {
+    /// Compiles patterns already checked by config validation ([`StripHeaders::check`]); an
+    /// invalid one is skipped.
+    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut patterns: Vec<NamePattern> = patterns
+            .into_iter()
+            .filter(|p| Self::check(p).is_ok())
+            .map(|p| {
+                let (name, prefix) = match p.strip_suffix('*') {
+                    Some(name) => (name, true),
+                    None => (p, false),
+                };
+                NamePattern {
+                    name: name.bytes().map(fold).collect(),
+                    prefix,
+                }
+            })
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        let mut by_first = vec![(0u16, 0u16); 256];
+        for (i, p) in patterns.iter().enumerate() {
+            let i = u16::try_from(i).unwrap_or(u16::MAX);
+            let slot = &mut by_first[usize::from(p.name[0])];
+            if slot.0 == slot.1 {
+                *slot = (i, i);
+            }
+            slot.1 = i.saturating_add(1);
+        }
+        Self { patterns, by_first }
+    }
+
+    /// The defaults plus `extra`.
+    pub fn with_defaults<'a>(extra: impl IntoIterator<Item = &'a str>) -> Self {
+        Self::new(STRIP_BY_DEFAULT.iter().copied().chain(extra))
+    }
+
+    /// Why `pattern` cannot be used, if it cannot: a header name (RFC 9110 token characters),
+    /// optionally ending in `*`, with at least one character before the `*`.
+    ///
+    /// # Errors
+    /// A short message for the config problem list.
+    pub fn check(pattern: &str) -> Result<(), &'static str> {
+        let name = pattern.strip_suffix('*').unwrap_or(pattern);
+        if name.is_empty() {
+            return Err("an empty name (or a lone `*`, which would strip every header)");
+        }
+        if pattern.len() > u16::MAX.into() {
+            return Err("a name this long cannot be a header name");
+        }
+        if name.contains('*') {
+            return Err("`*` may only end a name, as in `X-Acme-*`");
+        }
+        if !name.bytes().all(is_tchar) {
+            return Err("not a header name: only letters, digits and !#$%&'*+-.^_`|~ are allowed");
+        }
+        Ok(())
+    }
+
+    /// Whether a header name (lower case, as `http::HeaderName` keeps it) matches, with `_` read
+    /// as `-`.
+    pub fn matches(&self, name: &[u8]) -> bool {
+        let Some(&first) = name.first() else {
+            return false;
+        };
+        let Some(&(from, to)) = self.by_first.get(usize::from(fold(first))) else {
+            return false;
+        };
+        self.patterns[usize::from(from)..usize::from(to)]
+            .iter()
+            .any(|p| p.matches(name))
+    }
+}
+
+impl NamePattern {
+    fn matches(&self, name: &[u8]) -> bool {
+        let fits = if self.prefix {
+            name.len() >= self.name.len()
+        } else {
+            name.len() == self.name.len()
+        };
+        fits && self.name.iter().zip(name).all(|(&p, &n)| p == fold(n))
+    }
+}
+
+/// Lower case, and `_` as `-`: the spellings under which one header reaches different upstreams
+/// (CGI-style servers and some frameworks read `X_SSL_CLIENT` as `X-SSL-Client`).
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

@@ -191,4 +191,8 @@ pub struct Forward {
     pub client_cert_header: Option<String>,
     #[serde(default)]
     pub partner_header: Option<String>,
+    /// Header names (a trailing `*` matches any rest) removed from requests in addition to the
+    /// built-in list of other front ends' identity headers.
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
 }

@@ -1022,9 +1022,20 @@ impl<'a> Validator<'a> {
                 }
             },
         };
+        for (i, pattern) in forward.strip_headers.iter().enumerate() {
+            if let Err(why) = model::StripHeaders::check(pattern) {
+                self.problem(
+                    &format!("forward.strip_headers[{i}]"),
+                    format!("`{pattern}`: {why}"),
+                );
+            }
+        }
+        let strip_headers =
+            model::StripHeaders::with_defaults(forward.strip_headers.iter().map(String::as_str));
         model::Forward {
             client_cert_header,
             partner_header,
+            strip_headers,
         }
     }
 

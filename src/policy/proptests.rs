@@ -194,9 +194,10 @@ fn ref_decide(
     if matching.is_empty() {
         return (Err(Denial::NoRoute), Vec::new());
     }
-    let chosen = matching
-        .iter()
-        .find(|(_, r)| r.methods.as_ref().is_none_or(|ms| ms.contains(method)));
+    let chosen = matching.iter().find(|(_, r)| match &r.methods {
+        None => *method != Method::CONNECT,
+        Some(ms) => ms.contains(method),
+    });
     match chosen {
         Some((i, r)) if scopes.contains(&r.scope) => (Ok((*i, path)), Vec::new()),
         Some(_) => (Err(Denial::ScopeDenied), Vec::new()),
@@ -214,7 +215,13 @@ fn ref_decide(
 
 // === strategies ===
 
-const METHODS: &[Method] = &[Method::GET, Method::POST, Method::HEAD, Method::DELETE];
+const METHODS: &[Method] = &[
+    Method::GET,
+    Method::POST,
+    Method::HEAD,
+    Method::DELETE,
+    Method::CONNECT,
+];
 
 const ROUTE_PATHS: &[&str] = &[
     "/",

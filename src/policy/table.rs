@@ -49,7 +49,7 @@ struct Prefix {
 #[derive(Debug, Clone)]
 struct Entry {
     id: RouteId,
-    /// `None` allows every method.
+    /// `None` allows every method but `CONNECT`.
     methods: Option<Box<[Method]>>,
     scope: ScopeId,
 }
@@ -137,6 +137,7 @@ impl RouteTable {
     /// `config::model::Partner::scopes` is).
     ///
     /// `HEAD` is matched exactly as written: a route that lists `GET` but not `HEAD` refuses `HEAD`.
+    /// `CONNECT` needs a route that lists it; a route without a method list refuses it.
     /// Deriving `HEAD` from `GET` would let a partner probe a route with a method the operator did
     /// not list, and the config can always list both.
     ///
@@ -250,8 +251,14 @@ impl Bucket {
 // === impl Entry ===
 
 impl Entry {
+    /// A route without a method list allows every method that asks for the resource at its path.
+    /// `CONNECT` asks for a tunnel to an authority instead, which is never what a route's path
+    /// describes: only a route that lists it allows it.
     fn allows(&self, method: &Method) -> bool {
-        self.methods.as_ref().is_none_or(|ms| ms.contains(method))
+        match &self.methods {
+            None => method != Method::CONNECT,
+            Some(ms) => ms.contains(method),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use super::connection::identify;
 use super::refusal::Refusal;
 use crate::config::model::PartnerId;
 use crate::identity::{PartnerMatch, PeerIdentity};
-use crate::runtime::Snapshot;
+use crate::snapshot::Snapshot;
 use crate::tls::handshake::HandshakeFailure;
 
 /// The gateway's verdict on one chain.

@@ -15,18 +15,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::conn_refusal::ConnRefusal;
-use super::dedicated::Dedicated;
 use super::headers::ConnectionHeaders;
 use super::refusal::Refusal;
 use super::service;
 use super::wake_gate::WakeGate;
 use crate::audit;
 use crate::config::model::PartnerId;
+use crate::conn_refusal::ConnRefusal;
 use crate::identity::{PartnerMatch, PeerIdentity};
 use crate::revocation::{Revocation, RevokedSignal};
-use crate::runtime::Snapshot;
+use crate::snapshot::Snapshot;
 use crate::tls::handshake;
+use crate::upstream::dedicated::Dedicated;
 
 /// How long in-flight requests may run on a connection whose certificate was just revoked.
 const REVOKED_GRACE: Duration = Duration::from_millis(750);

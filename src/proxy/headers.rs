@@ -96,17 +96,25 @@ impl ConnectionHeaders {
     }
 
     /// Prepares a partner's request for the upstream: drops hop-by-hop and identity headers the
-    /// client sent, then adds certgate's own. `upgrade` keeps `Connection: upgrade` and `Upgrade`
+    /// client sent (certgate's own and `forward.strip_headers`, which holds other front ends'),
+    /// then adds certgate's own. `upgrade` keeps `Connection: upgrade` and `Upgrade`
     /// for a protocol switch certgate has agreed to pass (WebSocket).
     pub fn rewrite_request(&self, headers: &mut HeaderMap, forward: &Forward, upgrade: bool) {
         // Most requests carry none of these: one pass over the names present is cheaper than
         // hashing every name certgate might remove.
+        let stripped = |name: &HeaderName| forward.strip_headers.matches(name.as_str().as_bytes());
         let present = headers
             .keys()
-            .any(|name| is_hop_by_hop(name) || is_identity(name, forward));
+            .any(|name| is_hop_by_hop(name) || is_identity(name, forward) || stripped(name));
         if upgrade || present {
             strip_hop_by_hop(headers, upgrade);
             for name in identity_names(forward) {
+                headers.remove(name);
+            }
+            // Collecting nothing allocates nothing: only a request that carries such a header
+            // pays for the list.
+            let names: Vec<HeaderName> = headers.keys().filter(|n| stripped(n)).cloned().collect();
+            for name in names {
                 headers.remove(name);
             }
         }
@@ -150,6 +158,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION || name == header::UPGRADE || hop_by_hop().contains(&name)
 }
 
+/// Headers that `Connection` cannot make hop-by-hop: the host policy checked and routed on (an
+/// upstream that got none would fall back to its own address), and the length that frames the
+/// body.
+fn never_hop_by_hop(token: &str) -> bool {
+    token.eq_ignore_ascii_case(header::HOST.as_str())
+        || token.eq_ignore_ascii_case(header::CONTENT_LENGTH.as_str())
+}
+
 fn is_identity(name: &HeaderName, forward: &Forward) -> bool {
     identity_names(forward).contains(&name)
 }
@@ -166,7 +182,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             let fixed = hop_by_hop()
                 .iter()
                 .any(|name| token.eq_ignore_ascii_case(name.as_str()));
-            if fixed || (upgrade && token.eq_ignore_ascii_case("upgrade")) {
+            if fixed
+                || (upgrade && token.eq_ignore_ascii_case("upgrade"))
+                || never_hop_by_hop(token)
+            {
                 continue;
             }
             if headers.contains_key(token) {
@@ -256,6 +275,30 @@ mod tests {
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         names
+    }
+
+    #[test]
+    fn a_request_loses_foreign_identity_headers_but_connection_cannot_take_host() {
+        use crate::config::model::StripHeaders;
+        let forward = Forward {
+            client_cert_header: ClientCertHeader::None,
+            partner_header: HeaderName::from_static("x-partner-id"),
+            strip_headers: StripHeaders::with_defaults(["X-Acme-*"]),
+        };
+        let mut headers = map(&[
+            ("host", "localhost"),
+            ("connection", "close, Host, content-length, x-hop"),
+            ("content-length", "3"),
+            ("x-hop", "1"),
+            ("x-ssl-client-verify", "SUCCESS"),
+            ("ssl_client_s_dn", "CN=admin"),
+            ("x_real_ip", "10.0.0.1"),
+            ("x-forwarded-host", "admin"),
+            ("x-acme-role", "admin"),
+            ("x-request-id", "1"),
+        ]);
+        ConnectionHeaders::default().rewrite_request(&mut headers, &forward, false);
+        assert_eq!(names(&headers), ["content-length", "host", "x-request-id"]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore, TryAcquireError};
 
 use super::connection;
-use crate::runtime::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// Accepts partner connections until `shutdown` turns true. Each connection holds one permit of
 /// `permits` (`limit` of them) for its whole life, so the caller drains by acquiring them all back.

@@ -21,6 +21,13 @@ pub enum Refusal {
     RevocationUnknown,
     /// The request is malformed in a way hyper let through (e.g. no usable path).
     BadRequest,
+    /// An HTTP/1.1 request without `Host`, a request with more than one `Host` or one that is not
+    /// visible ASCII, an HTTP/2 `Host` that disagrees with `:authority`, or a target authority with
+    /// user information (RFC 9112 §3.2, RFC 9110 §4.2.4): the request names no host, or two.
+    BadHost,
+    /// A `Transfer-Encoding` other than a single `chunked` (hyper accepts any list that ends in
+    /// `chunked`, such as `identity, chunked`, which other parsers read differently).
+    BadTransferEncoding,
     /// `Upgrade: h2c` and similar protocol switches certgate never forwards.
     UpgradeNotAllowed,
     /// The request body is over the route's `max_body_bytes`: declared so in `Content-Length`
@@ -43,6 +50,12 @@ impl Refusal {
             self,
             Self::UpstreamUnavailable | Self::UpstreamTimeout | Self::UpstreamError
         )
+    }
+
+    /// Whether the connection closes after this answer: the request was read in a way another
+    /// parser might not share, so what follows it on the connection is not trusted either.
+    pub fn closes(self) -> bool {
+        matches!(self, Self::BadHost | Self::BadTransferEncoding)
     }
 
     /// The stable reason code: logged, counted and returned to the client.
@@ -102,6 +115,16 @@ impl Refusal {
                 "bad_request",
                 "the request is malformed",
             ),
+            Self::BadHost => (
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "the request must name exactly one host",
+            ),
+            Self::BadTransferEncoding => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request is malformed",
+            ),
             Self::UpgradeNotAllowed => (
                 StatusCode::BAD_REQUEST,
                 "upgrade_not_allowed",
@@ -150,6 +173,9 @@ impl Refusal {
         if let Some(allow) = allow {
             headers.insert(header::ALLOW, allow);
         }
+        if self.closes() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -170,6 +196,8 @@ mod tests {
             Refusal::CertificateRevoked,
             Refusal::RevocationUnknown,
             Refusal::BadRequest,
+            Refusal::BadHost,
+            Refusal::BadTransferEncoding,
             Refusal::UpgradeNotAllowed,
             Refusal::BodyTooLarge,
             Refusal::UpstreamUnavailable,

@@ -17,14 +17,14 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{BodyError, CountIn, CountOut, FromUpstream, OnFinish};
 use super::connection::ConnContext;
 use super::headers;
 use super::refusal::Refusal;
-use super::upstream::UpstreamFailure;
 use crate::audit::request::RequestLine;
 use crate::config::model::UpstreamId;
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
+use crate::upstream::body::{BodyError, CountIn, CountOut, FromUpstream, OnFinish};
+use crate::upstream::UpstreamFailure;
 
 /// Responses are either streamed from the upstream or a small JSON refusal, counted on the way
 /// out.
@@ -187,7 +187,12 @@ async fn decide_and_forward(
     let partner = &config.partners[partner_id.0];
 
     let upgrade = upgrade_requested(&req)?;
-    let host = request_host(&req);
+    check_transfer_encoding(&req)?;
+    // A tunnel to an authority (`CONNECT host:port`) has no path a route could match.
+    if req.method() == Method::CONNECT && req.uri().path_and_query().is_none() {
+        return Err(Refusal::Policy(Denial::MethodNotAllowed).into());
+    }
+    let (host, replace_host) = request_host(&req)?;
     let facts = RequestFacts {
         method: req.method(),
         host: host.as_ref().and_then(|h| h.to_str().ok()),
@@ -211,7 +216,8 @@ async fn decide_and_forward(
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(Refused {
-                allow: HeaderValue::from_str(&allow).ok(),
+                // Routes without a method list contribute nothing: they allow all but `CONNECT`.
+                allow: HeaderValue::from_str(&allow).ok().filter(|a| !a.is_empty()),
                 ..Refusal::Policy(denial).into()
             });
         }
@@ -252,11 +258,10 @@ async fn decide_and_forward(
     });
 
     let mut req = req.map(|body| CountIn::new(body, bytes_in.clone(), route.max_body_bytes));
-    // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs it as `Host`.
-    if let Some(host) = host {
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, host);
-        }
+    // The upstream gets the host policy checked, as its only `Host`: from :authority for an
+    // HTTP/2 request, from the target of an absolute-form HTTP/1.1 one.
+    if let Some(host) = host.filter(|_| replace_host) {
+        req.headers_mut().insert(header::HOST, host);
     }
     ctx.headers
         .rewrite_request(req.headers_mut(), &config.forward, upgrade);
@@ -344,18 +349,56 @@ fn upgrade_requested<B>(req: &Request<B>) -> Result<bool, Refused> {
     Ok(connection_upgrade)
 }
 
-/// The host the client addressed: `Host` (a shared view of the request head, no copy), else the
-/// URI authority (HTTP/2 `:authority`).
-fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .filter(|h| h.to_str().is_ok());
-    host.cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
+/// The one host the client addressed, and whether the request's `Host` must be set to it.
+///
+/// The target's authority (HTTP/2 `:authority`, an absolute-form HTTP/1.1 target) is the host when
+/// present: an absolute-form target overrides `Host` (RFC 9112 §3.2.2), and an HTTP/2 `Host` must
+/// agree with `:authority`. Otherwise `Host` is (a shared view of the request head, no copy). A
+/// request that names no host where HTTP/1.1 requires one, or names two, is refused: an upstream
+/// could read the one policy did not check.
+///
+/// # Errors
+/// [`Refusal::BadHost`].
+fn request_host<B>(req: &Request<B>) -> Result<(Option<HeaderValue>, bool), Refused> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    let missing = host.is_none() && req.version() == Version::HTTP_11;
+    if missing || hosts.next().is_some() || host.is_some_and(|h| h.to_str().is_err()) {
+        return Err(Refusal::BadHost.into());
+    }
+    if let Some(authority) = req.uri().authority() {
+        // User information is no part of a host, and a parser that skips it differently from
+        // `http`'s would see another host.
+        if authority.as_str().contains('@') {
+            return Err(Refusal::BadHost.into());
+        }
+        let target = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| Refused::from(Refusal::BadHost))?;
+        let disagrees = host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(target.as_bytes()));
+        if disagrees && req.version() == Version::HTTP_2 {
+            return Err(Refusal::BadHost.into());
+        }
+        return Ok((Some(target), true));
+    }
+    Ok((host.cloned(), false))
+}
+
+/// Refuses a `Transfer-Encoding` other than one `chunked`. hyper accepts any coding list that ends
+/// in `chunked` (`identity, chunked`, `gzip, chunked`, or `chunked` on two lines) and decodes only
+/// the chunked framing; a parser in front of or behind certgate may read such a list otherwise,
+/// and no client certgate serves needs one.
+///
+/// # Errors
+/// [`Refusal::BadTransferEncoding`].
+fn check_transfer_encoding<B>(req: &Request<B>) -> Result<(), Refused> {
+    let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = codings.next() else {
+        return Ok(());
+    };
+    if codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+        return Err(Refusal::BadTransferEncoding.into());
+    }
+    Ok(())
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection.

@@ -3,7 +3,7 @@
 //! A partner connection's task waits on its HTTP connection and upstream I/O, which wake it a few
 //! times per request, and on shutdown, revocation and its idle timer, which almost never do. One
 //! task has one waker, so without help every wake polls all of them; the rare ones (two `watch`
-//! receivers and a timer) cost about 1 500 instructions per keep-alive request that way (issue 5).
+//! receivers and a timer) cost about 1 500 instructions per keep-alive request that way.
 //! [`WakeGate`] gives the rare group a waker of its own that records that it fired before waking
 //! the task, the way `FuturesUnordered` tells its futures apart, so the group is polled only then.
 

@@ -2,7 +2,6 @@
 //! generations, and drains on shutdown.
 
 mod reload;
-mod snapshot;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-pub use reload::{ReloadOutcome, Reloader};
-pub use snapshot::{BuildError, Snapshot};
+pub use crate::control::{ReloadOutcome, Reloader};
+pub use crate::snapshot::{BuildError, Snapshot};
 
 use crate::admin;
 use crate::config::model::Config;
@@ -95,6 +94,7 @@ impl Gateway {
         let metrics = Metrics::new();
         let snapshot = prepare_with(config, registry.clone(), &metrics).await?;
         metrics.loaded_now();
+        metrics.set_server_certificates(&snapshot.server_certificates);
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await

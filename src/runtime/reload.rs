@@ -10,39 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::{prepare_with, Snapshot, StartError};
 use crate::config::{self, watch::Watcher};
+use crate::control::{ReloadOutcome, ReloadRequest, Reloader};
 use crate::metrics::Metrics;
 use crate::revocation::{BackgroundTasks, Registry};
-
-/// The result of one reload attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    /// The new generation is serving new connections.
-    Applied { version: String },
-    /// Nothing changed; each line is one problem with its place.
-    Rejected { problems: Vec<String> },
-}
-
-/// Asks the reload task for a reload. Cheap to clone; handed to the admin API and signal handlers.
-#[derive(Debug, Clone)]
-pub struct Reloader {
-    tx: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
-}
-
-impl Reloader {
-    /// Requests a reload and waits for its outcome.
-    pub async fn reload(&self) -> ReloadOutcome {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(tx).await.is_err() {
-            return rejected("the gateway is shutting down");
-        }
-        rx.await
-            .unwrap_or_else(|_| rejected("the gateway is shutting down"))
-    }
-}
 
 /// The revocation refresh tasks of the generation in service, stopped when it is replaced.
 #[derive(Debug)]
@@ -83,17 +57,13 @@ impl ReloadTask {
     /// Takes the watcher's baseline before returning, so a change made right after start-up is
     /// seen as a change.
     pub(super) async fn spawn(self) -> (Reloader, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(16);
+        let (reloader, rx) = Reloader::channel();
         let files = config::watch::watched_files(&self.current.load().config);
         let watcher = Watcher::new(files, POLL, SETTLE).await;
-        (Reloader { tx }, tokio::spawn(self.run(rx, watcher)))
+        (reloader, tokio::spawn(self.run(rx, watcher)))
     }
 
-    async fn run(
-        mut self,
-        mut requests: mpsc::Receiver<oneshot::Sender<ReloadOutcome>>,
-        mut watcher: Watcher,
-    ) {
+    async fn run(mut self, mut requests: mpsc::Receiver<ReloadRequest>, mut watcher: Watcher) {
         let watching = self.watch_files && self.source.is_some();
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -139,7 +109,7 @@ impl ReloadTask {
 
     async fn try_reload(&mut self) -> ReloadOutcome {
         let Some(path) = &self.source else {
-            return rejected("the gateway was started without a configuration file");
+            return ReloadOutcome::rejected("the gateway was started without a configuration file");
         };
         let config = match config::load(path) {
             Ok(c) => c,
@@ -163,6 +133,8 @@ impl ReloadTask {
         };
         let version = snapshot.config.version.clone();
         let generation = Generation::start(&snapshot);
+        self.metrics
+            .set_server_certificates(&snapshot.server_certificates);
         self.current.store(Arc::new(snapshot));
         let old = std::mem::replace(&mut self.generation, generation);
         old.stop().await;
@@ -196,12 +168,6 @@ fn problems_of(error: &StartError) -> Vec<String> {
         StartError::Bind { .. } | StartError::AdminBind { .. } => {
             vec![crate::error_chain(error)]
         }
-    }
-}
-
-fn rejected(reason: &str) -> ReloadOutcome {
-    ReloadOutcome::Rejected {
-        problems: vec![reason.to_owned()],
     }
 }
 

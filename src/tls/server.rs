@@ -47,6 +47,27 @@ impl ServerTlsError {
 /// ALPN protocols offered to partners, in preference order.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
+/// The name under which [`ServedCertificate`] reports the certificate served to a client that
+/// sends no SNI or one no certificate names. Not a DNS name, so it never collides with one.
+pub const DEFAULT_SNI: &str = "_default";
+
+/// The partner listener's TLS configuration and what it serves, for the expiry metric.
+#[derive(Debug)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    /// One entry per SNI name the resolver answers for (exact and `*.` wildcard names) plus
+    /// [`DEFAULT_SNI`], each with the certificate that actually wins for that name.
+    pub served: Vec<ServedCertificate>,
+}
+
+/// The certificate served under one SNI name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedCertificate {
+    pub sni: String,
+    /// The leaf's notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
 /// Builds the partner listener's TLS configuration.
 ///
 /// # Errors
@@ -54,9 +75,9 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 pub fn build(
     server: &model::Server,
     verifier: Arc<ClientVerifier>,
-) -> Result<Arc<ServerConfig>, Vec<ServerTlsError>> {
+) -> Result<ServerTls, Vec<ServerTlsError>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let resolver = SniResolver::load(&server.certificates, &provider)?;
+    let (resolver, served) = SniResolver::load(&server.certificates, &provider)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match server.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -71,7 +92,10 @@ pub fn build(
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     }
-    Ok(Arc::new(config))
+    Ok(ServerTls {
+        config: Arc::new(config),
+        served,
+    })
 }
 
 /// Picks the server certificate by SNI: exact name, then a `*.` wildcard one label up, then the
@@ -84,10 +108,11 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
+    /// The resolver, and which certificate it serves under each name (first configured wins).
     fn load(
         pairs: &[model::CertKey],
         provider: &CryptoProvider,
-    ) -> Result<Self, Vec<ServerTlsError>> {
+    ) -> Result<(Self, Vec<ServedCertificate>), Vec<ServerTlsError>> {
         let mut errors = Vec::new();
         let mut keys = Vec::new();
         for pair in pairs {
@@ -102,23 +127,37 @@ impl SniResolver {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
-        for (names, key) in keys {
+        let mut served = Vec::new();
+        for (names, not_after, key) in keys {
             let key = Arc::new(key);
-            default.get_or_insert_with(|| key.clone());
+            if default.is_none() {
+                default = Some(key.clone());
+                served.push(ServedCertificate {
+                    sni: DEFAULT_SNI.to_owned(),
+                    not_after,
+                });
+            }
             for name in names {
-                match name.strip_prefix("*.") {
+                let slot = match name.strip_prefix("*.") {
                     Some(parent) => wildcard.entry(parent.to_owned()),
-                    None => exact.entry(name),
+                    None => exact.entry(name.clone()),
+                };
+                if let std::collections::hash_map::Entry::Vacant(slot) = slot {
+                    slot.insert(key.clone());
+                    served.push(ServedCertificate {
+                        sni: name,
+                        not_after,
+                    });
                 }
-                .or_insert_with(|| key.clone());
             }
         }
         let default = default.ok_or_else(|| vec![ServerTlsError::NoCertificate])?;
-        Ok(Self {
+        let resolver = Self {
             exact,
             wildcard,
             default,
-        })
+        };
+        Ok((resolver, served))
     }
 }
 
@@ -143,13 +182,14 @@ impl ResolvesServerCert for SniResolver {
 fn load_pair(
     pair: &model::CertKey,
     provider: &CryptoProvider,
-) -> Result<(Vec<String>, CertifiedKey), ServerTlsError> {
+) -> Result<(Vec<String>, i64, CertifiedKey), ServerTlsError> {
     let certs = pem::load_certs(&pair.cert)?;
     let key = pem::load_key(&pair.key)?;
-    let names = dns_names(&certs[0]).map_err(|reason| ServerTlsError::BadCertificate {
-        path: pair.cert.clone(),
-        reason,
-    })?;
+    let (names, not_after) =
+        names_and_expiry(&certs[0]).map_err(|reason| ServerTlsError::BadCertificate {
+            path: pair.cert.clone(),
+            reason,
+        })?;
     let certified = CertifiedKey::from_der(certs, key, provider).map_err(|source| {
         ServerTlsError::KeyMismatch {
             cert: pair.cert.clone(),
@@ -157,17 +197,21 @@ fn load_pair(
             source,
         }
     })?;
-    Ok((names, certified))
+    Ok((names, not_after, certified))
 }
 
-/// The DNS names a server certificate answers for, lower-cased: its DNS SANs.
-fn dns_names(cert: &rustls_pki_types::CertificateDer<'_>) -> Result<Vec<String>, String> {
+/// The DNS names a server certificate answers for, lower-cased (its DNS SANs), and its notAfter
+/// in Unix seconds.
+fn names_and_expiry(
+    cert: &rustls_pki_types::CertificateDer<'_>,
+) -> Result<(Vec<String>, i64), String> {
     use x509_parser::extensions::GeneralName;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| e.to_string())?;
+    let not_after = parsed.validity().not_after.timestamp();
     let san = parsed
         .subject_alternative_name()
         .map_err(|e| e.to_string())?;
-    Ok(san
+    let names = san
         .map(|san| {
             san.value
                 .general_names
@@ -178,7 +222,8 @@ fn dns_names(cert: &rustls_pki_types::CertificateDer<'_>) -> Result<Vec<String>,
                 })
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default();
+    Ok((names, not_after))
 }
 
 /// How long before its end `certgate check` reports a server certificate as expiring: about the

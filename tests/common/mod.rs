@@ -732,3 +732,68 @@ impl AuditLog {
         }
     }
 }
+
+// === Raw HTTP/1.1 over mTLS ===
+
+/// Reads one complete response with a `content-length` body (what the test upstream sends).
+pub async fn read_response(tls: &mut TlsStream<TcpStream>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if out.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("no response within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Sends `raw` on a fresh mTLS connection after `before` plain requests (each answered 200 before
+/// the next is written) and returns whatever the gateway answers to `raw` before it closes the
+/// connection or goes quiet.
+pub async fn send_raw_after(
+    env: &Env,
+    gw: &certgate::runtime::Gateway,
+    before: usize,
+    tag: &str,
+    raw: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = env.acme_tls(gw).await;
+    for i in 0..before {
+        let plain = format!("GET /v1/orders/plain-{tag}-{i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        tls.write_all(plain.as_bytes()).await.unwrap();
+        let answer = read_response(&mut tls).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200")
+                && answer.ends_with(&format!("/v1/orders/plain-{tag}-{i}")),
+            "{tag}: plain request {i} got {answer}"
+        );
+    }
+    tls.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -159,9 +159,9 @@ impl LeafBuilder<'_> {
         self.not_after = now - Duration::days(1);
         self
     }
-    /// Valid from an hour ago for `days` days (the default is 30).
-    pub fn valid_for_days(mut self, days: i64) -> Self {
-        self.not_after = OffsetDateTime::now_utc() + Duration::days(days);
+    /// Valid until `not_after` (rcgen encodes whole seconds).
+    pub fn valid_until(mut self, not_after: OffsetDateTime) -> Self {
+        self.not_after = not_after;
         self
     }
     pub fn serial(mut self, serial: u64) -> Self {

@@ -11,11 +11,11 @@ use crate::config::model::Config;
 use crate::identity::PartnerIndex;
 use crate::metrics::{Handles, Metrics};
 use crate::policy::RouteTable;
-use crate::proxy::upstream::{Upstream, UpstreamBuildError};
 use crate::revocation::{self, Registry, Revocation};
-use crate::tls::server::ServerTlsError;
+use crate::tls::server::{ServedCertificate, ServerTlsError};
 use crate::tls::trust::{TrustError, TrustStore};
 use crate::tls::verifier::{ChainLimits, ClientVerifier};
+use crate::upstream::{Upstream, UpstreamBuildError};
 
 /// Something that stops a configuration from becoming a snapshot, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,9 @@ pub struct Snapshot {
     pub http2: auto::Builder<TokioExecutor>,
     /// This generation's metric handles, indexed by the route, partner and upstream ids above.
     pub metrics: Arc<Handles>,
+    /// The server certificate served under each SNI name, for the expiry gauge set when this
+    /// generation is published.
+    pub server_certificates: Vec<ServedCertificate>,
     /// When this generation was built.
     pub loaded_at: std::time::SystemTime,
 }
@@ -136,7 +139,8 @@ impl Snapshot {
         Ok(Self {
             partners: PartnerIndex::build(&config.partners),
             routes: RouteTable::build(&config.routes),
-            acceptor: TlsAcceptor::from(tls),
+            acceptor: TlsAcceptor::from(tls.config),
+            server_certificates: tls.served,
             trust: store,
             revocation,
             verifier,

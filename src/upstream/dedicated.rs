@@ -5,7 +5,7 @@
 //! instead of checking it out of the shared pool per request, removes from every request the pool
 //! lock, the checkout and return bookkeeping, and the task the pooled client spawns to hand the
 //! connection back. The exchange itself runs on the partner connection's task
-//! ([`super::upstream_h1`]): the upstream's answer wakes the task that writes it to the partner.
+//! ([`super::h1`]): the upstream's answer wakes the task that writes it to the partner.
 //!
 //! A partner connection's first request still goes through the pool: a partner that connects for
 //! one request and leaves should not cost an upstream connection of its own (nor the upstream a
@@ -33,8 +33,8 @@ use http::{Method, Request, Response};
 use http_body::Body as _;
 use tokio::net::TcpStream;
 
-use super::upstream::{EndpointId, Upstream, UpstreamBody, UpstreamFailure};
-use super::upstream_h1::{Conn, ExchangeError, Home, ResponseBody};
+use super::h1::{Conn, ExchangeError, Home, ResponseBody};
+use super::{EndpointId, Upstream, UpstreamBody, UpstreamFailure};
 use crate::config::model::UpstreamId;
 
 /// A response body read from the partner connection's own upstream connection.

@@ -14,8 +14,8 @@ use std::error::Error as StdError;
 /// [`ConnRefusal::as_str`] only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnRefusal {
-    /// An HTTP/1.1 request head over `max_header_bytes` or `max_headers` (hyper answered 431, or
-    /// 414 for an overlong URI).
+    /// An HTTP/1.1 request head over `max_header_bytes` or `max_headers`, a long URI included
+    /// (hyper answered 431; 414 only for a URI over its fixed 65534 bytes in a head that fits).
     HeaderTooLarge,
     /// Part of an HTTP/1.1 request head arrived, the rest not within `header_read_timeout`.
     HeaderTimeout,

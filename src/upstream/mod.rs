@@ -1,5 +1,11 @@
-//! Upstream services: endpoints with passive health, round robin over them, and the pooled client
-//! for the exchanges a partner connection cannot drive itself (see [`super::dedicated`]).
+//! Forwarding to upstream services: endpoints with passive health, round robin over them, and the
+//! two ways a request travels: the pooled client (this file) for the exchanges a partner
+//! connection cannot drive itself, and the partner connection's own upstream connection
+//! ([`dedicated`], speaking HTTP/1.1 through [`h1`]).
+
+pub mod body;
+pub mod dedicated;
+pub mod h1;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -14,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::CountIn;
+use self::body::CountIn;
 use crate::config::model::{self, UpstreamProtocol};
 use crate::tls::pem::{self, PemError};
 
