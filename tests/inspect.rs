@@ -240,6 +240,16 @@ async fn a_certificate_from_another_ca_is_refused_as_unknown_ca() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_certificate_no_partner_claims_is_refused_as_unknown_partner() {
+    let case = Case::new(&[]).await;
+    let nobody = case.env.root.leaf("nobody").issue();
+    let i = case.judge(&nobody, "nobody").await;
+    assert_refused(&i, "unknown_partner", "request");
+    assert_eq!(i.json["partner"], Value::Null);
+    assert!(i.first_line.contains("cn nobody"), "{}", i.first_line);
+}
+
 /// Two trust bundles: a certificate from the second bundle's CA that carries the first bundle's
 /// partner's SPIFFE ID passes the handshake but is not that partner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
