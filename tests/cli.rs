@@ -526,3 +526,119 @@ fn the_demo_serves_the_calls_it_prints() {
     let audit = audit.expect("no handshake_refused audit line within 10 s");
     assert!(audit.contains(r#""reason":"revoked""#), "{audit}");
 }
+
+/// `certgate check` on the test config with a server certificate from `server` and, with
+/// `crl`, a CRL for the partner bundle; returns exit code, stdout and stderr.
+fn check_with(env: &Env, server: &Leaf, crl: bool, strict: bool) -> (i32, String, String) {
+    check_with_extra(env, server, crl, strict, "")
+}
+
+/// [`check_with`], with `extra` appended to the config (after its routes).
+fn check_with_extra(
+    env: &Env,
+    server: &Leaf,
+    crl: bool,
+    strict: bool,
+    extra: &str,
+) -> (i32, String, String) {
+    server.write(env.dir.path(), "server");
+    let bundle = if crl {
+        std::fs::write(env.path("partner-ca.crl"), env.root.crl(&[], 1)).unwrap();
+        "        crl:\n          - path: partner-ca.crl\n"
+    } else {
+        ""
+    };
+    let yaml = env.config_with_bundle("127.0.0.1:9".parse().unwrap(), bundle, extra);
+    let config = write_file(env.dir.path(), "c.yaml", &yaml);
+    let mut cmd = certgate();
+    cmd.arg("check").arg("--config").arg(&config);
+    if strict {
+        cmd.arg("--strict");
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn server_cert(env: &Env, days: Option<i64>) -> Leaf {
+    let leaf = env
+        .root
+        .leaf("localhost")
+        .dns("localhost")
+        .server_auth_only();
+    match days {
+        Some(days) => {
+            leaf.valid_until(time::OffsetDateTime::now_utc() + time::Duration::days(days))
+        }
+        None => leaf.expired(),
+    }
+    .issue()
+}
+
+#[test]
+fn check_warns_about_a_server_certificate_that_expires_within_30_days_or_has_expired() {
+    let env = Env::new();
+    let server = env.path("server.pem").display().to_string();
+
+    let (code, stdout, stderr) = check_with(&env, &server_cert(&env, Some(10)), true, false);
+    assert_eq!(code, 0, "a warning is no problem: {stderr}");
+    assert!(
+        stdout.contains("ok — ") && stdout.contains("1 warning(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("warning: {server}: the server certificate expires at"))
+            // Ten days from issue, seen a moment later (and truncated to whole seconds).
+            && (stderr.contains("in 9 day(s)") || stderr.contains("in 10 day(s)")),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = check_with(&env, &server_cert(&env, None), true, false);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {server}: the server certificate expired at"
+        )),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = check_with(&env, &server_cert(&env, Some(90)), true, false);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("0 warning(s)"), "{stdout}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn check_warns_about_a_trust_bundle_without_revocation_and_strict_makes_warnings_fail() {
+    let env = Env::new();
+    let good = server_cert(&env, Some(90));
+    let (code, _, stderr) = check_with(&env, &good, false, false);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("server.client_auth.trust_bundles[0].name: trust bundle `partner-ca` has no revocation source"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = check_with(&env, &good, false, true);
+    assert_eq!(code, 1, "--strict fails on a warning: {stderr}");
+    assert!(stderr.contains("--strict"), "{stderr}");
+
+    // Each of the other warnings fails --strict too.
+    let soon = server_cert(&env, Some(10));
+    assert_eq!(check_with(&env, &soon, true, true).0, 1);
+    let typo =
+        "  - name: typo\n    path_prefix: /v1/typo\n    scope: ordrs:read\n    upstream: orders\n";
+    let (code, _, stderr) = check_with_extra(&env, &good, true, true, typo);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("no partner holds scope `ordrs:read`"),
+        "{stderr}"
+    );
+
+    // Nothing to warn about: --strict passes.
+    let (code, _, stderr) = check_with(&env, &good, true, true);
+    assert_eq!(code, 0, "{stderr}");
+}

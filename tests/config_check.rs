@@ -824,3 +824,199 @@ fn strip_headers_add_to_the_defaults_and_bad_names_are_located() {
         assert!(problem.message.contains(why), "{bad}: {}", problem.message);
     }
 }
+
+// --- warnings: a valid file that will bite later ---
+
+/// The warnings of a config that must load, as the operator sees them.
+fn warnings(text: &str) -> Vec<Problem> {
+    match config::parse_checked(text, Path::new(SOURCE)) {
+        Ok(checked) => checked.warnings,
+        Err(problems) => panic!("expected a valid config: {problems}"),
+    }
+}
+
+/// [`MINIMAL`] with its one scope held by its one partner: nothing to warn about.
+fn clean() -> String {
+    MINIMAL.replace(
+        "      - subject_cn: acme\n",
+        "      - subject_cn: acme\n    scopes: [any]\n",
+    )
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn a_config_where_every_scope_is_used_and_revocation_is_set_has_no_warnings() {
+    assert_eq!(warnings(&clean()), []);
+    // MINIMAL's route requires a scope its partner lacks.
+    assert_eq!(warnings(MINIMAL).len(), 1);
+}
+
+#[test]
+fn a_scope_granted_to_partners_that_no_route_requires_is_a_warning_at_the_grant() {
+    let text = clean().replace("    scopes: [any]\n", "    scopes: [any, reports:read]\n");
+    let all = warnings(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let (line, _, field) = yaml_place(&all[0]);
+    assert_eq!(
+        (line, field),
+        (line_of(&text, "reports:read"), "partners[0].scopes[1]")
+    );
+    assert_eq!(
+        all[0].message,
+        "scope `reports:read` is granted to acme but no route requires it"
+    );
+}
+
+#[test]
+fn a_route_scope_no_partner_holds_is_a_warning_at_the_route() {
+    let text = format!(
+        "{}  - name: reports\n    path_prefix: /reports\n    scope: reprts:read\n    upstream: app\n",
+        clean()
+    );
+    let all = warnings(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let (line, _, field) = yaml_place(&all[0]);
+    assert_eq!(
+        (line, field),
+        (line_of(&text, "reprts:read"), "routes[1].scope")
+    );
+    assert!(
+        all[0]
+            .message
+            .contains("no partner holds scope `reprts:read`")
+            && all[0].message.contains("route `reports`"),
+        "{}",
+        all[0].message
+    );
+}
+
+#[test]
+fn a_trust_bundle_without_crl_or_ocsp_is_a_warning_at_its_name() {
+    let text = clean()
+        .replace(
+            "        crl:\n          - url: https://crl.example.com/ca.crl\n",
+            "",
+        )
+        .replace(
+            "        ocsp: { mode: soft_fail }\n",
+            "        ocsp: { mode: off }\n",
+        );
+    let all = warnings(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let (line, _, field) = yaml_place(&all[0]);
+    assert_eq!(
+        (line, field),
+        (
+            line_of(&text, "- name: ca"),
+            "server.client_auth.trust_bundles[0].name"
+        )
+    );
+    assert!(
+        all[0].message.contains("no revocation source"),
+        "{}",
+        all[0].message
+    );
+
+    // Either source alone is enough.
+    let crl_only = clean().replace("        ocsp: { mode: soft_fail }\n", "");
+    assert_eq!(warnings(&crl_only), []);
+    let ocsp_only = clean().replace(
+        "        crl:\n          - url: https://crl.example.com/ca.crl\n",
+        "",
+    );
+    assert_eq!(warnings(&ocsp_only), []);
+}
+
+#[test]
+fn a_dns_san_and_another_partners_cn_with_the_same_name_are_a_warning_naming_the_winner() {
+    let text = clean().replace(
+        "routes:\n",
+        "  - id: initech\n    owner: team\n    trust_bundle: ca\n    identities:\n      - san_dns: ACME\n    scopes: [any]\nroutes:\n",
+    );
+    let all = warnings(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let (line, _, field) = yaml_place(&all[0]);
+    // At the claim that loses: a certificate with CN acme and DNS SAN acme goes to initech.
+    assert_eq!(
+        (line, field),
+        (
+            line_of(&text, "subject_cn: acme"),
+            "partners[0].identities[0].subject_cn"
+        )
+    );
+    let message = &all[0].message;
+    assert!(
+        message.contains("partner `acme`'s subject_cn and partner `initech`'s san_dns")
+            && message.contains(&format!("line {}", line_of(&text, "san_dns: ACME")))
+            && message.contains("fingerprint_sha256 > spiffe > san_dns > subject_cn")
+            && message.contains("gives it to `initech`"),
+        "{message}"
+    );
+
+    // Identities of different kinds with different values do not overlap.
+    let apart = text.replace("san_dns: ACME", "san_dns: initech.example");
+    assert_eq!(warnings(&apart), []);
+
+    // A subject CN holding another partner's SPIFFE ID overlaps too (exactly, SPIFFE IDs are
+    // compared as written).
+    let spiffe = apart
+        .replace("subject_cn: acme", "subject_cn: spiffe://example.org/acme")
+        .replace(
+            "san_dns: initech.example",
+            "spiffe: spiffe://example.org/acme",
+        );
+    let all = warnings(&spiffe);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0]
+            .message
+            .contains("partner `acme`'s subject_cn and partner `initech`'s spiffe"),
+        "{}",
+        all[0].message
+    );
+    let other_case = spiffe.replace(
+        "spiffe: spiffe://example.org/acme",
+        "spiffe: spiffe://example.org/ACME",
+    );
+    assert_eq!(warnings(&other_case), []);
+}
+
+#[test]
+fn a_key_dedented_out_of_its_partner_says_so_beside_the_parser() {
+    let text = MINIMAL.replace(
+        "      - subject_cn: acme\n",
+        "      - subject_cn: acme\n  scopes: [any]\n",
+    );
+    let problem = only_problem(&text);
+    let line = line_of(&text, "  scopes: [any]");
+    assert_eq!(yaml_place(&problem).0, line);
+    assert!(
+        problem.message.starts_with(
+            "indentation: `scopes` is not inside `partners[0]`: it is indented 2 spaces, the keys of `partners[0]` 4 (parser: "
+        ),
+        "{}",
+        problem.message
+    );
+
+    // Dedented to the top level it parses, as an unknown top-level key.
+    let text = MINIMAL.replace(
+        "      - subject_cn: acme\n",
+        "      - subject_cn: acme\nscopes: [any]\n",
+    );
+    let problem = only_problem(&text);
+    assert!(
+        problem
+            .message
+            .starts_with("indentation: `scopes` is not inside `partners[0]`; if it belongs there, indent it 4 spaces"),
+        "{}",
+        problem.message
+    );
+    assert!(
+        problem.message.contains("unknown field `scopes`"),
+        "{}",
+        problem.message
+    );
+}

@@ -625,9 +625,16 @@ fn inspect(cert: &Path, config: &Path) -> String {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // 0 accepted, 1 refused; 2 would mean nothing could be judged.
+    let judged = match out.status.code() {
+        Some(0) => stdout.starts_with("ACCEPTED"),
+        Some(1) => stdout.starts_with("REFUSED"),
+        _ => false,
+    };
     assert!(
-        out.status.success(),
-        "{stdout}{}",
+        judged,
+        "{:?}\n{stdout}{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
@@ -663,6 +670,7 @@ async fn inspect_shows_the_revocation_status_from_the_configured_sources() {
         revocation_line(&out),
         format!("revocation:   revoked (CRL {})", crl.display())
     );
+    assert!(out.starts_with("REFUSED: revoked — "), "{out}");
     let out = inspect(&acme_pem, &with_crl);
     assert_eq!(
         revocation_line(&out),
@@ -698,6 +706,14 @@ async fn inspect_shows_the_revocation_status_from_the_configured_sources() {
     assert_eq!(
         revocation_line(&globex_out),
         format!("revocation:   revoked (OCSP {})", responder.url)
+    );
+    assert!(
+        globex_out.starts_with("REFUSED: certificate_revoked — "),
+        "{globex_out}"
+    );
+    assert!(
+        acme_out.starts_with("ACCEPTED as partner acme"),
+        "{acme_out}"
     );
     assert_eq!(responder.requests(), 2, "OCSP is queried once per inspect");
 }

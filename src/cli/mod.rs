@@ -51,17 +51,28 @@ pub enum Command {
         #[arg(long, default_value = "config/certgate.yaml")]
         config: PathBuf,
     },
-    /// Load and validate everything `serve` would, print a summary; exit 1 on any problem.
+    /// Load and validate everything `serve` would, print a summary and warnings about what will
+    /// bite later; exit 1 on any problem (and with `--strict`, on any warning).
     Check {
         #[arg(long, default_value = "config/certgate.yaml")]
         config: PathBuf,
+        /// Treat warnings as problems: exit 1 when there is any.
+        #[arg(long)]
+        strict: bool,
     },
-    /// Print the identity certgate reads from a certificate and, with a config, whom it maps to.
+    /// With a config: whether `serve` would accept a certificate, as whom and to which routes
+    /// (exit 1 when refused, 2 when it cannot be judged). Without: the identity certgate reads.
     Inspect {
-        /// PEM file; the first certificate is inspected.
+        /// PEM file: the partner's certificate, optionally followed by the intermediates it sends.
         cert: PathBuf,
+        /// PEM file with intermediates the partner sends after its certificate.
+        #[arg(long)]
+        chain: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Generate a demo PKI, start an echo upstream and the gateway on loopback, print curl calls.
     Demo {
@@ -115,8 +126,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => Ok(check(&config).await),
-        Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref()).await),
+        Command::Check { config, strict } => Ok(check(&config, strict).await),
+        Command::Inspect {
+            cert,
+            chain,
+            config,
+            json,
+        } => Ok(inspect::run(inspect::Request {
+            cert: &cert,
+            chain: chain.as_deref(),
+            config: config.as_deref(),
+            json,
+        })
+        .await),
         Command::Serve { config } => {
             let _log = audit::init(cli.log_format, cli.log_file.as_deref())?;
             // The gateway's start builds and reports everything; building it here first too
@@ -144,38 +166,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Loads the YAML, builds a snapshot and loads its CRLs exactly as `serve` does, printing every
-/// problem with its place.
 /// Loads and validates the configuration, printing every problem. Builds nothing: `serve` and
 /// `demo` hand it to [`Gateway::start`], which builds (and reports) the rest once.
 fn load_config(path: &Path) -> Option<Config> {
-    match config::load(path) {
-        Ok(c) => Some(c),
-        Err(problems) => {
-            for p in problems.iter() {
-                eprintln!("error: {p}");
-            }
-            eprintln!(
-                "{}: {} problem(s); nothing was started",
-                path.display(),
-                problems.len()
-            );
-            None
-        }
-    }
+    config::load(path)
+        .map_err(|problems| print_problems(path, &problems))
+        .ok()
 }
 
-/// [`load_config`], then builds everything a gateway would (TLS, trust, CRLs) without starting
-/// it: what `check` reports on.
-async fn load_everything(path: &Path) -> Option<Config> {
-    let config = load_config(path)?;
-    match runtime::prepare(config.clone(), Registry::new()).await {
-        Ok(_) => Some(config),
+/// Loads the YAML with its warnings, then builds everything a gateway would (TLS, trust, CRLs)
+/// without starting it: what `check` reports on. Prints every problem with its place.
+async fn load_everything_checked(path: &Path) -> Option<config::Checked> {
+    let checked = config::load_checked(path)
+        .map_err(|problems| print_problems(path, &problems))
+        .ok()?;
+    match runtime::prepare(checked.config.clone(), Registry::new()).await {
+        Ok(_) => Some(checked),
         Err(e) => {
             print_start_error(path, &e);
             None
         }
     }
+}
+
+fn print_problems(path: &Path, problems: &config::Problems) {
+    for p in problems.iter() {
+        eprintln!("error: {p}");
+    }
+    eprintln!(
+        "{}: {} problem(s); nothing was started",
+        path.display(),
+        problems.len()
+    );
 }
 
 fn print_start_error(path: &Path, error: &StartError) {
@@ -208,20 +230,39 @@ fn print_start_error(path: &Path, error: &StartError) {
     );
 }
 
-async fn check(path: &Path) -> ExitCode {
-    let Some(config) = load_everything(path).await else {
+async fn check(path: &Path, strict: bool) -> ExitCode {
+    let Some(checked) = load_everything_checked(path).await else {
         return ExitCode::FAILURE;
     };
+    let config = checked.config;
+    let mut warnings = checked.warnings;
+    warnings.extend(crate::tls::server::expiry_warnings(
+        &config.server.certificates,
+        rustls_pki_types::UnixTime::now(),
+        crate::tls::server::EXPIRY_WARNING,
+    ));
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     println!(
-        "{}: ok — {} trust bundle(s), {} partner(s), {} route(s), {} upstream(s), {} server certificate(s); config version {}",
+        "{}: ok — {} trust bundle(s), {} partner(s), {} route(s), {} upstream(s), {} server certificate(s), {} warning(s); config version {}",
         path.display(),
         config.trust_bundles.len(),
         config.partners.len(),
         config.routes.len(),
         config.upstreams.len(),
         config.server.certificates.len(),
+        warnings.len(),
         &config.version[..config.version.len().min(12)],
     );
+    if strict && !warnings.is_empty() {
+        eprintln!(
+            "{}: {} warning(s), and --strict counts them as problems",
+            path.display(),
+            warnings.len()
+        );
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub mod diff;
+mod indent;
 mod locate;
 pub mod model;
 pub mod schema;
@@ -77,6 +78,38 @@ pub fn load(path: &Path) -> Result<model::Config, Problems> {
 /// semantic problem in the file is reported together.
 pub fn parse(text: &str, source: &Path) -> Result<model::Config, Problems> {
     validate::parse(text, source)
+}
+
+/// A valid configuration and the warnings about it: what will likely bite later (see
+/// [`parse_checked`]). Warnings never stop a configuration from loading.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub config: model::Config,
+    pub warnings: Vec<Problem>,
+}
+
+/// [`load`], with warnings.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_checked(path: &Path) -> Result<Checked, Problems> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_checked(&text, path),
+        Err(err) => Err(Problems::from(Problem {
+            place: Place::File(path.to_owned()),
+            message: format!("cannot read the configuration file: {err}"),
+        })),
+    }
+}
+
+/// [`parse`], with warnings about a valid configuration: a scope granted to partners that no
+/// route requires, a route scope no partner holds, a trust bundle without a CRL or OCSP, and
+/// identity claims of two partners that one certificate commonly carries together.
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_checked(text: &str, source: &Path) -> Result<Checked, Problems> {
+    validate::parse_checked(text, source)
 }
 
 // === impl Place ===

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::locate::{Index, Pos};
 use super::model::{self, BundleId, ScopeId, UpstreamId};
 use super::schema;
-use super::{Place, Problem, Problems};
+use super::{Checked, Place, Problem, Problems};
 
 /// Whether a zero duration means something for a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,10 @@ struct Validator<'a> {
     problems: Vec<Problem>,
     scopes: Vec<String>,
     scope_ids: HashMap<String, ScopeId>,
+    /// Every place a scope is named (`partners[0].scopes[1]`, `routes[2].scope`), for warnings.
+    scope_refs: Vec<(String, ScopeId)>,
+    /// Every identity claim: partner index, partner id, the key's path, the claim.
+    identity_refs: Vec<(usize, String, String, model::IdentityMatch)>,
 }
 
 /// Everything about a name that was declared once and may be referred to later.
@@ -85,14 +89,26 @@ struct Declared {
 
 /// See [`super::parse`].
 pub(super) fn parse(text: &str, source: &Path) -> Result<model::Config, Problems> {
+    validated(text, source).map(|(config, _)| config)
+}
+
+/// See [`super::parse_checked`].
+pub(super) fn parse_checked(text: &str, source: &Path) -> Result<Checked, Problems> {
+    let (config, v) = validated(text, source)?;
+    let warnings = v.warnings(&config);
+    Ok(Checked { config, warnings })
+}
+
+/// The model and the validator that built it (which knows where everything was written).
+fn validated<'a>(text: &str, source: &'a Path) -> Result<(model::Config, Validator<'a>), Problems> {
     let file: schema::File = match serde_yaml::from_str(text) {
         Ok(file) => file,
-        Err(err) => return Err(Problems::from(shape_problem(&err, source))),
+        Err(err) => return Err(Problems::from(shape_problem(&err, text, source))),
     };
     let mut v = Validator::new(text, source);
     let config = v.config(file, text);
     if v.problems.is_empty() {
-        Ok(config)
+        Ok((config, v))
     } else {
         // File order: an operator reads and fixes top to bottom. The sort is stable, so problems
         // at one place keep the order they were found in.
@@ -106,7 +122,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<model::Config, Problems
 
 /// Turns a serde_yaml error (syntax, or a value of the wrong shape) into a problem, moving the
 /// position and the field path out of the message into the [`Place`].
-fn shape_problem(err: &serde_yaml::Error, file: &Path) -> Problem {
+fn shape_problem(err: &serde_yaml::Error, text: &str, file: &Path) -> Problem {
     let mut message = err.to_string();
     let Some(location) = err.location() else {
         return Problem {
@@ -116,6 +132,7 @@ fn shape_problem(err: &serde_yaml::Error, file: &Path) -> Problem {
     };
     let at = format!(" at line {} column {}", location.line(), location.column());
     message = message.replacen(&at, "", 1);
+
     let mut field = String::new();
     if let Some((prefix, rest)) = message.split_once(": ") {
         // serde_yaml prefixes shape errors with the path (`routes[0]: missing field ...`); syntax
@@ -135,6 +152,10 @@ fn shape_problem(err: &serde_yaml::Error, file: &Path) -> Problem {
         } else {
             format!("{field}.{name}")
         };
+    }
+    let unknown_field = message.starts_with("unknown field `");
+    if let Some(hint) = super::indent::hint(text, location.line(), unknown_field) {
+        message = format!("{hint} (parser: {message})");
     }
     Problem {
         place: Place::Yaml {
@@ -161,6 +182,8 @@ impl<'a> Validator<'a> {
             problems: Vec::new(),
             scopes: Vec::new(),
             scope_ids: HashMap::new(),
+            scope_refs: Vec::new(),
+            identity_refs: Vec::new(),
         }
     }
 
@@ -243,6 +266,123 @@ impl<'a> Validator<'a> {
             scopes: std::mem::take(&mut self.scopes),
             forward,
         }
+    }
+
+    // --- warnings ---
+
+    /// What a valid configuration holds that will likely bite later: scopes granted but never
+    /// required, routes nobody may call, bundles without revocation, identities of two partners
+    /// that one certificate can carry both of. Located like problems.
+    fn warnings(&self, config: &model::Config) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut warn = |field: &str, message: String| {
+            out.push(match self.index.locate(field) {
+                Some(Pos { line, column }) => Problem {
+                    place: Place::Yaml {
+                        file: self.file.to_owned(),
+                        line,
+                        column,
+                        field: field.to_owned(),
+                    },
+                    message,
+                },
+                None => Problem {
+                    place: Place::File(self.file.to_owned()),
+                    message: format!("{field}: {message}"),
+                },
+            });
+        };
+        let mut held = vec![false; config.scopes.len()];
+        let mut required = vec![false; config.scopes.len()];
+        for p in &config.partners {
+            for s in &p.scopes {
+                held[s.0] = true;
+            }
+        }
+        for r in &config.routes {
+            required[r.scope.0] = true;
+        }
+        let mut granted_warned = vec![false; config.scopes.len()];
+        for (at, id) in &self.scope_refs {
+            let name = &config.scopes[id.0];
+            if at.starts_with("partners[") && !required[id.0] && !granted_warned[id.0] {
+                granted_warned[id.0] = true;
+                let holders: Vec<&str> = config
+                    .partners
+                    .iter()
+                    .filter(|p| p.scopes.contains(id))
+                    .map(|p| p.id.as_str())
+                    .collect();
+                warn(
+                    at,
+                    format!(
+                        "scope `{name}` is granted to {} but no route requires it",
+                        holders.join(", ")
+                    ),
+                );
+            } else if at.starts_with("routes[") && !held[id.0] {
+                let route = at
+                    .strip_suffix(".scope")
+                    .and_then(|r| r.strip_prefix("routes["))
+                    .and_then(|r| r.strip_suffix(']'))
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .and_then(|i| config.routes.get(i))
+                    .map_or("this route", |r| r.name.as_str());
+                warn(
+                    at,
+                    format!("no partner holds scope `{name}`: nobody can call route `{route}` (a typo, or a dead route)"),
+                );
+            }
+        }
+        for (i, bundle) in config.trust_bundles.iter().enumerate() {
+            let ocsp = bundle
+                .ocsp
+                .as_ref()
+                .is_some_and(|o| o.mode != model::OcspMode::Off);
+            if bundle.crls.is_empty() && !ocsp {
+                warn(
+                    &format!("server.client_auth.trust_bundles[{i}].name"),
+                    format!(
+                        "trust bundle `{}` has no revocation source (crl or ocsp): a revoked partner certificate is accepted until it expires",
+                        bundle.name
+                    ),
+                );
+            }
+        }
+        // A subject CN commonly repeats a DNS SAN of the same certificate (compared without
+        // case, as DNS names are), and may hold a SPIFFE ID; both are stronger kinds, so they win.
+        let mut stronger: HashMap<(&str, String), Vec<usize>> = HashMap::new();
+        for (k, (_, _, _, claim)) in self.identity_refs.iter().enumerate() {
+            let key = match claim {
+                model::IdentityMatch::SanDns(dns) => ("san_dns", dns.to_ascii_lowercase()),
+                model::IdentityMatch::Spiffe(id) => ("spiffe", id.clone()),
+                _ => continue,
+            };
+            stronger.entry(key).or_default().push(k);
+        }
+        for (b, b_id, b_at, claim) in &self.identity_refs {
+            let model::IdentityMatch::SubjectCn(cn) = claim else {
+                continue;
+            };
+            let keys = [("spiffe", cn.clone()), ("san_dns", cn.to_ascii_lowercase())];
+            for key in keys {
+                for &k in stronger.get(&key).into_iter().flatten() {
+                    let (a, a_id, a_at, _) = &self.identity_refs[k];
+                    if a == b {
+                        continue;
+                    }
+                    warn(
+                        b_at,
+                        format!(
+                            "partner `{b_id}`'s subject_cn and partner `{a_id}`'s {} at {} can both match one certificate; the binding order (fingerprint_sha256 > spiffe > san_dns > subject_cn) gives it to `{a_id}`",
+                            key.0,
+                            self.where_is(a_at)
+                        ),
+                    );
+                }
+            }
+        }
+        out
     }
 
     // --- server ---
@@ -637,6 +777,8 @@ impl<'a> Validator<'a> {
                 let Some((key_at, written, identity)) = self.identity(&item_at, item) else {
                     continue;
                 };
+                self.identity_refs
+                    .push((i, p.id.clone(), key_at.clone(), identity.clone()));
                 match claims.entry(identity.clone()) {
                     Entry::Occupied(first) => {
                         let (owner, owner_id, first_at) = first.get();
@@ -957,12 +1099,16 @@ impl<'a> Validator<'a> {
         if name.trim().is_empty() {
             self.problem(at, "a scope must not be empty");
         }
-        if let Some(id) = self.scope_ids.get(name) {
-            return *id;
-        }
-        let id = ScopeId(self.scopes.len());
-        self.scopes.push(name.to_owned());
-        self.scope_ids.insert(name.to_owned(), id);
+        let id = match self.scope_ids.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = ScopeId(self.scopes.len());
+                self.scopes.push(name.to_owned());
+                self.scope_ids.insert(name.to_owned(), id);
+                id
+            }
+        };
+        self.scope_refs.push((at.to_owned(), id));
         id
     }
 

@@ -644,7 +644,7 @@ fn refused(
     );
 }
 
-type Identified = (
+pub(super) type Identified = (
     PeerIdentity,
     Option<(PartnerId, PartnerMatch)>,
     Option<Refusal>,
@@ -653,7 +653,9 @@ type Identified = (
 /// Parses the leaf once, finds the partner and re-checks revocation (resumed sessions skip the
 /// verifier, so this is what keeps resumption from outliving a revocation), then settles OCSP when
 /// the handshake found no cached answer.
-async fn identify(
+///
+/// [`super::admission::admit`] runs this too, so `certgate inspect` gives the same verdict.
+pub(super) async fn identify(
     snapshot: &Snapshot,
     chain: &[rustls_pki_types::CertificateDer<'_>],
 ) -> Result<Identified, String> {

@@ -4,6 +4,7 @@
 //! a [`crate::snapshot::Snapshot`] holds.
 
 pub mod activity;
+pub mod admission;
 pub mod connection;
 pub mod headers;
 pub mod listener;

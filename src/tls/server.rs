@@ -233,3 +233,45 @@ fn names_and_expiry(
         .unwrap_or_default();
     Ok((names, not_after))
 }
+
+/// How long before its end `certgate check` reports a server certificate as expiring: about the
+/// time an operator needs to get a new one issued and rolled out.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Warnings for server certificates that have expired or expire within `within` of `now`, each
+/// naming its file. Files that do not read are the loader's problem and are skipped here.
+pub fn expiry_warnings(
+    certificates: &[model::CertKey],
+    now: rustls_pki_types::UnixTime,
+    within: std::time::Duration,
+) -> Vec<crate::config::Problem> {
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let within = i64::try_from(within.as_secs()).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    for pair in certificates {
+        let Ok(certs) = pem::load_certs(&pair.cert) else {
+            continue;
+        };
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&certs[0]) else {
+            continue;
+        };
+        let not_after = parsed.validity().not_after.timestamp();
+        let date = time::OffsetDateTime::from_unix_timestamp(not_after)
+            .ok()
+            .and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| not_after.to_string());
+        let message = if not_after <= now {
+            format!("the server certificate expired at {date}: clients refuse the gateway")
+        } else if not_after - now <= within {
+            let days = (not_after - now) / 86_400;
+            format!("the server certificate expires at {date}, in {days} day(s)")
+        } else {
+            continue;
+        };
+        out.push(crate::config::Problem::in_file(&pair.cert, message));
+    }
+    out
+}
