@@ -972,7 +972,7 @@ impl<'a> Validator<'a> {
         if methods.is_empty() {
             self.problem(
                 &format!("{at}.methods"),
-                "an empty method list allows nothing; leave methods out to allow every method",
+                "an empty method list allows nothing; leave methods out to allow every method but CONNECT",
             );
         }
         let mut out: Vec<http::Method> = Vec::with_capacity(methods.len());
