@@ -85,6 +85,8 @@ struct Inner {
     cache_hits: AtomicU64,
     errors: AtomicU64,
     soft_fail_allowed: AtomicU64,
+    /// Counts failed queries into the gateway's metrics, once set.
+    failures: std::sync::OnceLock<prometheus::IntCounter>,
     /// Milliseconds since `epoch` of the last soft-fail log line, plus one (0 = never).
     soft_fail_logged: AtomicU64,
 }
@@ -134,6 +136,7 @@ impl OcspCache {
                 cache_hits: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 soft_fail_allowed: AtomicU64::new(0),
+                failures: std::sync::OnceLock::new(),
                 soft_fail_logged: AtomicU64::new(0),
             }),
         }
@@ -220,6 +223,12 @@ impl OcspCache {
     pub fn set_on_revoked(&self, hook: impl Fn(&OcspRevoked<'_>) + Send + Sync + 'static) {
         let hook: OnRevoked = Box::new(hook);
         self.inner.on_revoked.store(Some(Arc::new(hook)));
+    }
+
+    /// Also counts every failed query (for a connection or a refresh) into `failures`; the first
+    /// counter set stays.
+    pub fn count_failures_into(&self, failures: prometheus::IntCounter) {
+        let _ = self.inner.failures.set(failures);
     }
 
     /// Starts the background refresher, which every `every` re-queries the entries in the last
@@ -324,6 +333,9 @@ impl Inner {
                 }
                 Err(error) => {
                     inner.errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(failures) = inner.failures.get() {
+                        failures.inc();
+                    }
                     tracing::debug!(ocsp.error = %error, ocsp.url = %request.url(), "ocsp query failed");
                     Err(error)
                 }
