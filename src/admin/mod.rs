@@ -32,6 +32,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
+use rustls_pki_types::UnixTime;
+
 use crate::metrics::{Metrics, ScrapeState};
 use crate::runtime::{ReloadOutcome, Reloader, Snapshot};
 
@@ -191,8 +193,9 @@ async fn metrics(state: &State) -> Response<Full<Bytes>> {
     r
 }
 
-/// Ready when the gateway is not draining and every CRL source of every bundle has loaded at
-/// least once (until then its bundle refuses every certificate). Configuration loaded and
+/// Ready when the gateway is not draining, every CRL source of every bundle has loaded at least
+/// once (until then its bundle refuses every certificate), and no bundle's CRLs have all expired
+/// under `crl_expired: reject`. Configuration loaded and
 /// listeners bound hold by construction: the admin API starts after both.
 fn ready(state: &State) -> Response<Full<Bytes>> {
     let snapshot = state.current.load_full();
@@ -200,6 +203,7 @@ fn ready(state: &State) -> Response<Full<Bytes>> {
     if state.draining.load(Ordering::Relaxed) {
         reasons.push("shutting down: draining connections".to_owned());
     }
+    reasons.extend(snapshot.revocation.unready_reasons(UnixTime::now()));
     for s in snapshot.revocation.crl().status() {
         if !s.loaded {
             reasons.push(format!(

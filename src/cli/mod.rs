@@ -108,6 +108,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Loads the YAML, builds a snapshot and loads its CRLs exactly as `serve` does, printing every
 /// problem with its place.
 async fn load_everything(path: &Path) -> Option<Config> {
+    load_snapshot(path).await.map(|(config, _)| config)
+}
+
+/// [`load_everything`], also handing back the snapshot it built (revocation sources loaded).
+async fn load_snapshot(path: &Path) -> Option<(Config, runtime::Snapshot)> {
     let config = match config::load(path) {
         Ok(c) => c,
         Err(problems) => {
@@ -123,7 +128,7 @@ async fn load_everything(path: &Path) -> Option<Config> {
         }
     };
     match runtime::prepare(config.clone(), Registry::new()).await {
-        Ok(_) => Some(config),
+        Ok(snapshot) => Some((config, snapshot)),
         Err(e) => {
             print_start_error(path, &e);
             None
@@ -162,9 +167,10 @@ fn print_start_error(path: &Path, error: &StartError) {
 }
 
 async fn check(path: &Path) -> ExitCode {
-    let Some(config) = load_everything(path).await else {
+    let Some((config, snapshot)) = load_snapshot(path).await else {
         return ExitCode::FAILURE;
     };
+    warn_uncovered_issuers(&snapshot);
     println!(
         "{}: ok — {} trust bundle(s), {} partner(s), {} route(s), {} upstream(s), {} server certificate(s); config version {}",
         path.display(),
@@ -176,6 +182,23 @@ async fn check(path: &Path) -> ExitCode {
         &config.version[..config.version.len().min(12)],
     );
     ExitCode::SUCCESS
+}
+
+/// Warns about each bundle CA that no configured CRL comes from: with the default revocation scope
+/// (`coverage: full_chain`, `unknown_issuer: reject`) every certificate it issues is refused as
+/// `revocation_unknown`, which is safe but is rarely what the operator meant.
+fn warn_uncovered_issuers(snapshot: &runtime::Snapshot) {
+    let cas: Vec<_> = snapshot
+        .trust
+        .bundles
+        .iter()
+        .map(|b| b.certs.clone())
+        .collect();
+    for (bundle, subject) in snapshot.revocation.issuers_without_source(&cas) {
+        eprintln!(
+            "warning: trust bundle {bundle}: CA {subject} has no revocation source (no CRL from it is configured); certificates it issues are refused as revocation_unknown unless OCSP covers them (leaves) or the bundle sets revocation.coverage: leaf_only or revocation.unknown_issuer: allow"
+        );
+    }
 }
 
 async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{prepare_with, Snapshot, StartError};
 use crate::config::{self, watch::Watcher};
 use crate::metrics::Metrics;
-use crate::revocation::{BackgroundTasks, Registry};
+use crate::revocation::RevocationService;
 
 /// The result of one reload attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,33 +44,13 @@ impl Reloader {
     }
 }
 
-/// The revocation refresh tasks of the generation in service, stopped when it is replaced.
-#[derive(Debug)]
-pub(super) struct Generation {
-    stop: watch::Sender<bool>,
-    background: BackgroundTasks,
-}
-
-impl Generation {
-    pub(super) fn start(snapshot: &Snapshot) -> Self {
-        let (stop, rx) = watch::channel(false);
-        let background = snapshot.revocation.spawn(rx);
-        Self { stop, background }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        self.background.join().await;
-    }
-}
-
 /// Everything the reload task needs.
 pub(super) struct ReloadTask {
     pub(super) source: Option<PathBuf>,
     pub(super) watch_files: bool,
     pub(super) current: Arc<ArcSwap<Snapshot>>,
-    pub(super) registry: Arc<Registry>,
-    pub(super) generation: Generation,
+    /// Process-lifetime revocation state, shared by every generation.
+    pub(super) revocation: Arc<RevocationService>,
     pub(super) shutdown: watch::Receiver<bool>,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -115,7 +95,7 @@ impl ReloadTask {
                 () = stopped(&mut shutdown) => break,
             }
         }
-        self.generation.stop().await;
+        self.revocation.shutdown().await;
     }
 
     async fn reload_once(&mut self, watcher: &mut Watcher) -> ReloadOutcome {
@@ -153,7 +133,7 @@ impl ReloadTask {
         for warning in restart_only_changes(&running, &config) {
             tracing::warn!("{warning}");
         }
-        let snapshot = match prepare_with(config, self.registry.clone(), &self.metrics).await {
+        let snapshot = match prepare_with(config, &self.revocation, &self.metrics).await {
             Ok(s) => s,
             Err(e) => {
                 return ReloadOutcome::Rejected {
@@ -162,10 +142,10 @@ impl ReloadTask {
             }
         };
         let version = snapshot.config.version.clone();
-        let generation = Generation::start(&snapshot);
+        snapshot.revocation.start();
+        // The old generation's bundle states that the new one does not share stop their tasks
+        // once the last connection pinned to it closes.
         self.current.store(Arc::new(snapshot));
-        let old = std::mem::replace(&mut self.generation, generation);
-        old.stop().await;
         ReloadOutcome::Applied { version }
     }
 }
