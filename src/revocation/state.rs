@@ -133,7 +133,9 @@ impl BundleRevocation {
                 crl_expired: b.crl_expired,
             },
             registry.clone(),
-            counters.map(|c| c.source_failures(&b.name, RevocationSource::Crl)),
+            counters
+                .filter(|_| !b.crls.is_empty())
+                .map(|c| c.source_failures(&b.name, RevocationSource::Crl)),
         )?;
         let ocsp = key.ocsp.as_ref().map(|config| {
             let cache = OcspCache::new(config);
