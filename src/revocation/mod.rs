@@ -31,6 +31,7 @@ mod der;
 pub mod fetch;
 pub mod live;
 pub mod ocsp;
+mod signed;
 mod state;
 
 pub use state::{BundleRevocation, Revocation, RevocationService};
