@@ -897,11 +897,23 @@ async fn a_reload_while_the_ocsp_responder_is_down_keeps_the_cached_answers() {
     assert_eq!(responder.requests(), 2);
 
     // The responder goes away; under hard_fail only a cached answer can let acme in.
+    let url = responder.url.clone();
     drop(responder);
     reload_via_admin(&gw).await;
     assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/2")).await);
     assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
-    assert_eq!(up.count(), 2);
+
+    // Another OCSP timeout, same responder: the new cache starts from the old one's answers.
+    let changed = ocsp("hard_fail", &url).replace("timeout: 1s", "timeout: 2s");
+    std::fs::write(
+        env.path("certgate.yaml"),
+        env.config_with_bundle(up.addr, &changed, ""),
+    )
+    .unwrap();
+    reload_via_admin(&gw).await;
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/3")).await);
+    assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
+    assert_eq!(up.count(), 3);
     gw.shutdown().await;
 }
 

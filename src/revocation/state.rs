@@ -297,6 +297,9 @@ impl RevocationService {
                 .find(|e| e.loaded.load(Ordering::Acquire));
             if let Some(previous) = predecessor {
                 fresh.crl.inherit(&previous.crl);
+                if let (Some(new), Some(old)) = (&fresh.ocsp, &previous.ocsp) {
+                    new.cache.adopt_from(&old.cache);
+                }
             }
             let fresh = Arc::new(fresh);
             entries.insert(fresh.key.clone(), Arc::downgrade(&fresh));

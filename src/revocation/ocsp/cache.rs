@@ -225,6 +225,34 @@ impl OcspCache {
         self.inner.on_revoked.store(Some(Arc::new(hook)));
     }
 
+    /// Takes over `previous`'s fresh answers when both ask the same responder (or both each
+    /// leaf's AIA URL): a reload that changes other OCSP settings then keeps what it knew until
+    /// the answers expire or are refreshed. An answer's lifetime is capped by this cache's
+    /// `max_cache_age`, counted from when it was fetched.
+    pub fn adopt_from(&self, previous: &OcspCache) {
+        if self.inner.responder != previous.inner.responder {
+            return;
+        }
+        let now = Instant::now();
+        let used = self.inner.millis(now);
+        for entry in previous.inner.entries.iter() {
+            let capped = entry
+                .fetched_at
+                .checked_add(self.inner.max_cache_age)
+                .map_or(entry.expires_at, |cap| cap.min(entry.expires_at));
+            if capped <= now {
+                continue;
+            }
+            self.inner.entries.entry(*entry.key()).or_insert(Entry {
+                status: entry.status,
+                fetched_at: entry.fetched_at,
+                expires_at: capped,
+                last_used: AtomicU64::new(used),
+                request: Arc::clone(&entry.request),
+            });
+        }
+    }
+
     /// Also counts every failed query (for a connection or a refresh) into `failures`; the first
     /// counter set stays.
     pub fn count_failures_into(&self, failures: prometheus::IntCounter) {
