@@ -239,8 +239,10 @@ impl Drop for BundleRevocation {
 pub struct RevocationService {
     registry: Arc<Registry>,
     counters: Arc<RevocationCounters>,
-    /// Weak, so a definition no generation uses any more is dropped and its tasks stop.
-    entries: std::sync::Mutex<HashMap<BundleKey, Weak<BundleRevocation>>>,
+    /// Weak, so a definition no generation uses any more is dropped and its tasks stop. The
+    /// number says which state of a bundle is the newest.
+    entries: std::sync::Mutex<HashMap<BundleKey, (u64, Weak<BundleRevocation>)>>,
+    created: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RevocationService {
@@ -256,6 +258,7 @@ impl RevocationService {
             registry,
             counters,
             entries: std::sync::Mutex::default(),
+            created: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -282,19 +285,23 @@ impl RevocationService {
         cas: &[Vec<CertificateDer<'static>>],
     ) -> Result<Revocation, BuildError> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.retain(|_, e| e.strong_count() > 0);
+        entries.retain(|_, (_, e)| e.strong_count() > 0);
         let mut shared = Vec::with_capacity(bundles.len());
         for (b, cas) in bundles.iter().zip(cas) {
             let fresh = BundleRevocation::build(b, cas, &self.registry, Some(&self.counters))?;
-            if let Some(existing) = entries.get(&fresh.key).and_then(Weak::upgrade) {
+            if let Some(existing) = entries.get(&fresh.key).and_then(|(_, e)| e.upgrade()) {
                 shared.push(existing);
                 continue;
             }
+            // The newest loaded state of the same bundle (an older generation may still be
+            // pinned by connections).
             let predecessor = entries
                 .iter()
                 .filter(|(k, _)| k.name == fresh.key.name && k.cas == fresh.key.cas)
-                .filter_map(|(_, e)| e.upgrade())
-                .find(|e| e.loaded.load(Ordering::Acquire));
+                .filter_map(|(_, (n, e))| Some((*n, e.upgrade()?)))
+                .filter(|(_, e)| e.loaded.load(Ordering::Acquire))
+                .max_by_key(|(n, _)| *n)
+                .map(|(_, e)| e);
             if let Some(previous) = predecessor {
                 fresh.crl.inherit(&previous.crl);
                 if let (Some(new), Some(old)) = (&fresh.ocsp, &previous.ocsp) {
@@ -302,7 +309,8 @@ impl RevocationService {
                 }
             }
             let fresh = Arc::new(fresh);
-            entries.insert(fresh.key.clone(), Arc::downgrade(&fresh));
+            let n = self.created.fetch_add(1, Ordering::Relaxed);
+            entries.insert(fresh.key.clone(), (n, Arc::downgrade(&fresh)));
             shared.push(fresh);
         }
         drop(entries);
@@ -320,7 +328,7 @@ impl RevocationService {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .filter_map(Weak::upgrade)
+            .filter_map(|(_, e)| e.upgrade())
             .collect();
         for e in live {
             e.stop().await;
