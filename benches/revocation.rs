@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use certgate::config::model::BundleId;
 use certgate::identity::PeerIdentity;
-use certgate::revocation::{issuer_and_serial, Registry, Verdict};
+use certgate::revocation::{issuer_and_serial, Verdict};
 use certgate::snapshot::Snapshot;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rcgen::{
@@ -180,7 +180,7 @@ routes:
     let config = certgate::config::load(&dir.path().join("certgate.yaml")).unwrap();
     let snapshot = Snapshot::build(
         Arc::new(config),
-        Registry::new(),
+        &certgate::revocation::RevocationService::detached(),
         &certgate::metrics::Metrics::new(),
     )
     .unwrap();

@@ -100,6 +100,7 @@ pub struct Metrics {
     handshake_duration: Histogram,
     denials: IntCounterVec,
     revocation: Arc<RevocationCounters>,
+    revocation_sources: RevocationSourceGauges,
     crl_next_update: GaugeVec,
     crl_entries: IntGaugeVec,
     ocsp_cache_entries: IntGauge,
@@ -146,6 +147,8 @@ struct SeenCert {
 pub struct RevocationCounters {
     /// [`RevocationSource`] × [`RevocationResult`].
     counters: [[IntCounter; 5]; 2],
+    /// `certgate_revocation_source_failures_total{bundle, kind}`.
+    source_failures: IntCounterVec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +270,9 @@ impl Metrics {
             ),
             &["source", "result"],
         )?;
+        let source_failures = RevocationCounters::source_failures_vec()?;
+        let revocation_sources = RevocationSourceGauges::new()?;
+        revocation_sources.register(&registry, &source_failures)?;
         let revocation = Arc::new(RevocationCounters {
             counters: std::array::from_fn(|s| {
                 std::array::from_fn(|r| {
@@ -276,6 +282,7 @@ impl Metrics {
                     ])
                 })
             }),
+            source_failures,
         });
         let crl_next_update = GaugeVec::new(
             Opts::new(
@@ -372,6 +379,7 @@ impl Metrics {
             handshake_duration,
             denials,
             revocation,
+            revocation_sources,
             crl_next_update,
             crl_entries,
             ocsp_cache_entries,
@@ -496,6 +504,7 @@ impl Metrics {
         }
         self.ocsp_cache_entries
             .set(i64::try_from(scrape.ocsp_cache_entries).unwrap_or(i64::MAX));
+        self.revocation_sources.refresh(&scrape.crls, unix_now());
 
         let cutoff = unix_now().saturating_sub(SEEN_WINDOW.as_secs());
         self.seen_certs.retain(|_, certs| {
@@ -630,11 +639,97 @@ impl RevocationCounters {
             counters: std::array::from_fn(|s| {
                 std::array::from_fn(|r| vec.with_label_values(&[&s.to_string(), &r.to_string()]))
             }),
+            source_failures: Self::source_failures_vec().expect("valid metric definition"),
         })
+    }
+
+    fn source_failures_vec() -> Result<IntCounterVec, prometheus::Error> {
+        IntCounterVec::new(
+            Opts::new(
+                "certgate_revocation_source_failures_total",
+                "Failed CRL loads (read, fetch, parse, signature, rollback) and failed OCSP queries, by trust bundle and kind (crl, ocsp).",
+            ),
+            &["bundle", "kind"],
+        )
+    }
+
+    /// The failure counter of one bundle's CRL sources or OCSP responder. Label values come from
+    /// the configuration (bundle names) and [`RevocationSource`].
+    pub fn source_failures(&self, bundle: &str, kind: RevocationSource) -> IntCounter {
+        let kind = match kind {
+            RevocationSource::Crl => "crl",
+            RevocationSource::Ocsp => "ocsp",
+        };
+        self.source_failures.with_label_values(&[bundle, kind])
     }
 
     pub fn count(&self, source: RevocationSource, result: RevocationResult) {
         self.counters[source as usize][result as usize].inc();
+    }
+}
+
+// === revocation sources ===
+
+/// Per-source gauges read from revocation state at scrape time, so an operator can alert on a
+/// source that stopped loading before its CRL expires.
+struct RevocationSourceGauges {
+    /// Seconds since the source last loaded successfully.
+    age: GaugeVec,
+    /// Earliest nextUpdate of what the source has in force.
+    next_update: GaugeVec,
+}
+
+impl RevocationSourceGauges {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            age: GaugeVec::new(
+                Opts::new(
+                    "certgate_revocation_source_age_seconds",
+                    "Seconds since a revocation source last loaded successfully (absent until it has).",
+                ),
+                &["bundle", "kind", "source"],
+            )?,
+            next_update: GaugeVec::new(
+                Opts::new(
+                    "certgate_revocation_source_next_update_timestamp_seconds",
+                    "Earliest nextUpdate (Unix seconds) of what a revocation source has in force.",
+                ),
+                &["bundle", "kind", "source"],
+            )?,
+        })
+    }
+
+    fn register(
+        &self,
+        registry: &Registry,
+        failures: &IntCounterVec,
+    ) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.age.clone()))?;
+        registry.register(Box::new(self.next_update.clone()))?;
+        registry.register(Box::new(failures.clone()))
+    }
+
+    fn refresh(&self, crls: &[crate::revocation::CrlStatus], now: u64) {
+        self.age.reset();
+        self.next_update.reset();
+        for s in crls {
+            let labels = [s.bundle.as_str(), "crl", s.source.as_str()];
+            if let Some(success) = s.last_success {
+                self.age
+                    .with_label_values(&labels)
+                    .set(now.saturating_sub(success) as f64);
+            }
+            if let Some(next) = s.crls.iter().filter_map(|c| c.next_update).min() {
+                self.next_update.with_label_values(&labels).set(next as f64);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RevocationSourceGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationSourceGauges")
+            .finish_non_exhaustive()
     }
 }
 

@@ -11,7 +11,7 @@ use crate::config::model::Config;
 use crate::identity::PartnerIndex;
 use crate::metrics::{Handles, Metrics};
 use crate::policy::RouteTable;
-use crate::revocation::{self, Registry, Revocation};
+use crate::revocation::{self, Registry, Revocation, RevocationService};
 use crate::tls::server::{ServedCertificate, ServerTlsError};
 use crate::tls::trust::{TrustError, TrustStore};
 use crate::tls::verifier::{ChainLimits, ClientVerifier};
@@ -74,15 +74,18 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
-    /// Loads every file the configuration names and precompiles every table.
+    /// Loads every file the configuration names and precompiles every table. Revocation state
+    /// comes from `revocation`: bundles whose definition is unchanged share the state (loaded
+    /// CRLs, fetch schedule, OCSP cache) of the generation in service.
     ///
     /// # Errors
     /// Every problem found, each naming its file, not only the first.
     pub fn build(
         config: Arc<Config>,
-        registry: Arc<Registry>,
+        revocation: &Arc<RevocationService>,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, Vec<BuildError>> {
+        let registry = revocation.registry().clone();
         let mut errors: Vec<BuildError> = Vec::new();
         let trust = TrustStore::load(&config.trust_bundles)
             .map(Arc::new)
@@ -100,11 +103,8 @@ impl Snapshot {
         let (store, revocation) = match &trust {
             Some(trust) => {
                 let cas: Vec<_> = trust.bundles.iter().map(|b| b.certs.clone()).collect();
-                match Revocation::new(&config.trust_bundles, &cas, registry.clone()) {
-                    Ok(r) => (
-                        trust.clone(),
-                        Arc::new(r.with_counters(metrics.revocation().clone())),
-                    ),
+                match revocation.revocation(&config.trust_bundles, &cas) {
+                    Ok(r) => (trust.clone(), Arc::new(r)),
                     Err(e) => {
                         errors.push(e.into());
                         (trust.clone(), Arc::new(empty_revocation(registry.clone())?))

@@ -1020,3 +1020,61 @@ fn a_key_dedented_out_of_its_partner_says_so_beside_the_parser() {
         problem.message
     );
 }
+
+#[test]
+fn the_revocation_scope_defaults_to_full_chain_and_reject_and_can_be_relaxed() {
+    use certgate::config::model::{Coverage, RevocationScope, UnknownIssuer};
+    let c = check(MINIMAL).unwrap();
+    assert_eq!(
+        c.trust_bundles[0].revocation,
+        RevocationScope {
+            coverage: Coverage::FullChain,
+            unknown_issuer: UnknownIssuer::Reject,
+        }
+    );
+
+    let relaxed = MINIMAL.replace(
+        "        ocsp: { mode: soft_fail }\n",
+        "        ocsp: { mode: soft_fail }\n        revocation: { coverage: leaf_only, unknown_issuer: allow }\n",
+    );
+    assert_eq!(
+        check(&relaxed).unwrap().trust_bundles[0].revocation,
+        RevocationScope {
+            coverage: Coverage::LeafOnly,
+            unknown_issuer: UnknownIssuer::Allow,
+        }
+    );
+}
+
+#[test]
+fn an_unknown_revocation_scope_value_is_located_and_names_the_choices() {
+    let text = MINIMAL.replace(
+        "        ocsp: { mode: soft_fail }\n",
+        "        ocsp: { mode: soft_fail }\n        revocation:\n          coverage: intermediates\n",
+    );
+    let problem = only_problem(&text);
+    assert_eq!(
+        yaml_place(&problem).2,
+        "server.client_auth.trust_bundles[0].revocation.coverage"
+    );
+    assert!(
+        problem.message.contains("full_chain or leaf_only"),
+        "{}",
+        problem.message
+    );
+
+    let text = MINIMAL.replace(
+        "        ocsp: { mode: soft_fail }\n",
+        "        ocsp: { mode: soft_fail }\n        revocation:\n          unknown_issuer: maybe\n",
+    );
+    let problem = only_problem(&text);
+    assert_eq!(
+        yaml_place(&problem).2,
+        "server.client_auth.trust_bundles[0].revocation.unknown_issuer"
+    );
+    assert!(
+        problem.message.contains("reject or allow"),
+        "{}",
+        problem.message
+    );
+}

@@ -213,6 +213,7 @@ fn run_case(case: &Value, mode: Mode) -> Result<(), Refusal> {
         },
         crl_expired: CrlExpiredPolicy::Reject,
         ocsp: None,
+        revocation: Default::default(),
     };
     let bundles = [bundle];
 

@@ -7,12 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certgate::config::model::{BundleId, CrlExpiredPolicy, CrlSource};
+use certgate::config::model::{BundleId, CrlExpiredPolicy, CrlSource, TrustBundle};
 use certgate::revocation::{
-    issuer_and_serial, BundleSpec, Checker, CrlError, FetchOptions, LoadFailure, Registry, Verdict,
+    issuer_and_serial, BundleSpec, Checker, CrlError, FetchOptions, LoadFailure, Registry,
+    Revocation, Verdict,
 };
 use common::openssl::{replace_by_rename, CrlServer, IssuedLeaf, OpenSslCa};
-use common::{dead_url, eventually};
+use common::{dead_url, eventually, Ca};
+use rustls::CertificateError;
 use rustls_pki_types::UnixTime;
 use tokio::sync::watch;
 
@@ -580,4 +582,44 @@ fn rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+// === the handshake lookup ===
+
+/// The verifier's per-certificate lookup runs inside every handshake: whatever it answers (good,
+/// revoked, or refused because no source covers the issuer) it must not allocate.
+/// `allocation_counter` counts the calling thread only, so parallel tests do not disturb it.
+#[test]
+fn the_handshake_lookup_allocates_nothing_whatever_the_verdict() {
+    let root = Ca::root("Lookup Root");
+    let ca = OpenSslCa::new(&root);
+    let good = root.leaf("good").issue();
+    let revoked = root.leaf("revoked").issue();
+    ca.revoke(&revoked);
+    let uncovered = root
+        .intermediate("Lookup Issuing")
+        .leaf("uncovered")
+        .issue();
+    let bundle = TrustBundle {
+        name: "partners".to_owned(),
+        ca: "/unused".into(),
+        crls: vec![CrlSource::File("/unused".into())],
+        crl_expired: CrlExpiredPolicy::Reject,
+        ocsp: None,
+        revocation: Default::default(),
+    };
+    let revocation = Revocation::new(&[bundle], &[ca.ca_der()], Registry::new()).unwrap();
+    revocation.crl().load_bytes(B, 0, &ca.crl(&[])).unwrap();
+    let now = UnixTime::now();
+    for (leaf, expected) in [
+        (&good, Ok(())),
+        (&revoked, Err(CertificateError::Revoked)),
+        (&uncovered, Err(CertificateError::UnknownRevocationStatus)),
+    ] {
+        assert_eq!(revocation.check_cert(B, &leaf.der, true, now), expected);
+        let info = allocation_counter::measure(|| {
+            std::hint::black_box(revocation.check_cert(B, &leaf.der, true, now)).ok();
+        });
+        assert_eq!(info.count_total, 0, "{expected:?}");
+    }
 }

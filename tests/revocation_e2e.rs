@@ -387,6 +387,11 @@ async fn an_expired_crl_refuses_under_reject_and_serves_under_allow_with_warning
     assert_handshake_refused(&gw, &env, &acme, "UnknownCA").await;
     assert_handshake_refused(&gw, &env, &globex, "UnknownCA").await;
     assert_eq!(up.count(), 0);
+    // A bundle that refuses everyone is not ready to serve.
+    let (status, _, body) = admin(gw.admin_addr(), "GET", "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("trust bundle partner-ca"), "{body}");
+    assert!(body.contains("nextUpdate"), "{body}");
     gw.shutdown().await;
 
     let lenient = format!(
@@ -399,6 +404,8 @@ async fn an_expired_crl_refuses_under_reject_and_serves_under_allow_with_warning
     assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
     assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
     assert_eq!(up.count(), 1);
+    let (status, _, body) = admin(gw.admin_addr(), "GET", "/readyz").await;
+    assert_eq!(status, 200, "{body}");
     let status = gw.snapshot().revocation.crl().status();
     assert!(status[0].crls[0].expired);
     assert!(status[0].expired_crl_uses >= 2);
@@ -716,4 +723,311 @@ async fn inspect_shows_the_revocation_status_from_the_configured_sources() {
         "{acme_out}"
     );
     assert_eq!(responder.requests(), 2, "OCSP is queried once per inspect");
+}
+
+// === coverage: every certificate below the anchor needs a source ===
+
+/// The `partner-ca` bundle (the root only) with the root's CRL from a file, and `scope` (YAML
+/// under the bundle, may be empty) appended.
+fn root_crl_with(scope: &str) -> String {
+    format!("{}{scope}", crl_file("partner-ca.crl"))
+}
+
+#[tokio::test]
+async fn a_leaf_whose_issuing_ca_has_no_configured_crl_is_refused_unless_unknown_issuer_allows_it()
+{
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let root = OpenSslCa::new(&env.root);
+    std::fs::write(env.path("partner-ca.crl"), root.crl(&[])).unwrap();
+    // The issuing CA chains to the root, which has a CRL; its own CRL is configured nowhere.
+    let issuing = env.root.intermediate("partner issuing CA");
+    let via_issuing = acme_identity(&issuing).issue();
+    let from_root = env.acme();
+
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &root_crl_with(""), ""))
+        .await;
+    // A missing source is no more lenient than a stale one: unknown status, the unknown_ca alert.
+    assert_handshake_refused(&gw, &env, &via_issuing, "UnknownCA").await;
+    scrape_until(
+        gw.admin_addr(),
+        &[r#"certgate_tls_handshakes_total{result="revocation_unknown"} 1"#],
+    )
+    .await;
+    // A leaf the root's CRL covers is served as before.
+    assert_ok(&env.call_as(&gw, &from_root, get("/v1/orders/1")).await);
+    assert_eq!(up.count(), 1);
+    gw.shutdown().await;
+
+    // Explicitly opting out of coverage for unknown issuers restores the lenient behaviour.
+    let lenient = root_crl_with("        revocation:\n          unknown_issuer: allow\n");
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &lenient, ""))
+        .await;
+    assert_ok(&env.call_as(&gw, &via_issuing, get("/v1/orders/1")).await);
+    assert_eq!(up.count(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn leaf_only_coverage_accepts_an_ocsp_checked_leaf_under_an_intermediate_without_a_crl() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let issuing = env.root.intermediate("partner issuing CA");
+    let issuing_ca = OpenSslCa::from_pem(&issuing.pem, &issuing.key_pem);
+    let leaf = acme_identity(&issuing).issue();
+    issuing_ca.valid(&leaf);
+    let responder = OcspResponder::start(&issuing_ca).await;
+    let with_ocsp = ocsp("hard_fail", &responder.url);
+
+    // OCSP answers for the leaf, but nothing covers the issuing CA itself under full_chain.
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &with_ocsp, ""))
+        .await;
+    assert_handshake_refused(&gw, &env, &leaf, "UnknownCA").await;
+    gw.shutdown().await;
+
+    let leaf_only = format!("{with_ocsp}        revocation:\n          coverage: leaf_only\n");
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &leaf_only, ""))
+        .await;
+    assert_ok(&env.call_as(&gw, &leaf, get("/v1/orders/1")).await);
+    assert_eq!(responder.requests(), 1);
+    assert_eq!(up.count(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn check_warns_about_a_ca_without_a_revocation_source() {
+    let env = Env::new();
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let root = OpenSslCa::new(&env.root);
+    let other = Ca::root("other partner root");
+    std::fs::write(env.path("ca.pem"), format!("{}{}", env.root.pem, other.pem)).unwrap();
+    std::fs::write(env.path("partner-ca.crl"), root.crl(&[])).unwrap();
+    let check = |yaml: &str| {
+        let path = write_file(env.dir.path(), "certgate.yaml", yaml);
+        let out = Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+
+    let stderr = check(&env.config_with_bundle(up, &root_crl_with(""), ""));
+    let warnings: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("other partner root"), "{stderr}");
+    assert!(warnings[0].contains("revocation_unknown"), "{stderr}");
+
+    let lenient = root_crl_with("        revocation:\n          unknown_issuer: allow\n");
+    let stderr = check(&env.config_with_bundle(up, &lenient, ""));
+    assert!(!stderr.contains("warning:"), "{stderr}");
+}
+
+// === revocation state outlives a reload ===
+
+/// Asks the admin API for a reload and asserts it was applied.
+async fn reload_via_admin(gw: &Gateway) {
+    let (status, _, body) = admin(gw.admin_addr(), "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("applied"), "{body}");
+}
+
+#[tokio::test]
+async fn a_reload_while_the_crl_server_is_down_keeps_the_last_good_crl() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let (acme, globex) = (env.acme(), env.globex());
+    ca.revoke(&globex);
+    let server = CrlServer::start(ca.crl(&[])).await;
+    let url = server.url.clone();
+    let bundle = |refresh: &str| {
+        format!("        crl:\n          - url: {url}\n            refresh: {refresh}\n")
+    };
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &bundle("1s"), ""))
+        .await;
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
+    assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
+
+    // The CRL server goes away (its listener is dropped) and the refresh notices.
+    drop(server);
+    assert!(
+        eventually(Duration::from_secs(10), || gw
+            .snapshot()
+            .revocation
+            .crl()
+            .status()[0]
+            .last_error
+            .is_some())
+        .await,
+        "a refresh against the stopped server fails"
+    );
+
+    // The same definition: the reload shares the bundle's state.
+    reload_via_admin(&gw).await;
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/2")).await);
+    assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
+    let (status, _, body) = admin(gw.admin_addr(), "GET", "/readyz").await;
+    assert_eq!(status, 200, "the last good CRL is still usable: {body}");
+
+    // A changed definition (another refresh period) starts from what the old one had in force.
+    std::fs::write(
+        env.path("certgate.yaml"),
+        env.config_with_bundle(up.addr, &bundle("2s"), ""),
+    )
+    .unwrap();
+    reload_via_admin(&gw).await;
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/3")).await);
+    assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
+    assert_eq!(up.count(), 3);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_while_the_ocsp_responder_is_down_keeps_the_cached_answers() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let (acme, globex) = (env.acme(), env.globex());
+    ca.valid(&acme);
+    ca.revoke(&globex);
+    let responder = OcspResponder::start(&ca).await;
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &ocsp("hard_fail", &responder.url), ""))
+        .await;
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
+    assert_refused(
+        &env.call_as(&gw, &globex, get("/v1/orders/1")).await,
+        403,
+        "certificate_revoked",
+    );
+    assert_eq!(responder.requests(), 2);
+
+    // The responder goes away; under hard_fail only a cached answer can let acme in.
+    let url = responder.url.clone();
+    drop(responder);
+    reload_via_admin(&gw).await;
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/2")).await);
+    assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
+
+    // Another OCSP timeout, same responder: the new cache starts from the old one's answers.
+    let changed = ocsp("hard_fail", &url).replace("timeout: 1s", "timeout: 2s");
+    std::fs::write(
+        env.path("certgate.yaml"),
+        env.config_with_bundle(up.addr, &changed, ""),
+    )
+    .unwrap();
+    reload_via_admin(&gw).await;
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/3")).await);
+    assert_handshake_refused(&gw, &env, &globex, "CertificateRevoked").await;
+    assert_eq!(up.count(), 3);
+    gw.shutdown().await;
+}
+
+// === source health in metrics ===
+
+/// The value of the first sample in `text` whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn source_failures_are_counted_and_each_crl_source_exports_its_age_and_next_update() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let acme = env.acme();
+    let server = CrlServer::start(ca.crl(&[])).await;
+    let url = server.url.clone();
+    let bundle = format!(
+        "        crl:\n          - url: {url}\n            refresh: 1s\n{}",
+        ocsp("soft_fail", &dead_url("ocsp"))
+    );
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &bundle, ""))
+        .await;
+    let labels = format!(r#"{{bundle="partner-ca",kind="crl",source="{url}"}}"#);
+    let text = scrape(gw.admin_addr()).await;
+    let next_update = sample(
+        &text,
+        &format!("certgate_revocation_source_next_update_timestamp_seconds{labels}"),
+    );
+    assert!(next_update.is_some_and(|t| t > 0.0), "{text}");
+    let age = sample(
+        &text,
+        &format!("certgate_revocation_source_age_seconds{labels}"),
+    );
+    assert!(age.is_some_and(|a| a >= 0.0), "{text}");
+
+    // The CRL server fails; the OCSP responder is unreachable (soft_fail still serves).
+    server.answer(500, Vec::new());
+    assert_ok(&env.call_as(&gw, &acme, get("/v1/orders/1")).await);
+    let counted = |kind: &'static str| {
+        let addr = gw.admin_addr();
+        async move {
+            let prefix = format!(
+                r#"certgate_revocation_source_failures_total{{bundle="partner-ca",kind="{kind}"}}"#
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let n = sample(&scrape(addr).await, &prefix).unwrap_or(0.0);
+                if n >= 1.0 || Instant::now() > deadline {
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(counted("crl").await >= 1.0, "a failed CRL fetch is counted");
+    assert!(
+        counted("ocsp").await >= 1.0,
+        "a failed OCSP query is counted"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crl_source_no_generation_uses_any_more_stops_being_fetched() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let ca = OpenSslCa::new(&env.root);
+    let server = CrlServer::start(ca.crl(&[])).await;
+    let bundle = format!(
+        "        crl:\n          - url: {}\n            refresh: 1s\n",
+        server.url
+    );
+    let gw = env
+        .start(&env.config_with_bundle(up.addr, &bundle, ""))
+        .await;
+    let first = server.requests();
+    assert!(
+        eventually(Duration::from_secs(10), || server.requests() >= first + 2).await,
+        "the source is refreshed every second"
+    );
+
+    std::fs::write(env.path("certgate.yaml"), env.config(up.addr, "")).unwrap();
+    reload_via_admin(&gw).await;
+    assert_ok(&env.call_as(&gw, &env.acme(), get("/v1/orders/1")).await);
+    // A fetch already under way may still land; after that, none.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = server.requests();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        server.requests(),
+        after,
+        "the removed source's task stopped"
+    );
+    gw.shutdown().await;
 }

@@ -50,6 +50,7 @@ fn bundle(path: &Path) -> TrustBundle {
         crls: Vec::new(),
         crl_expired: CrlExpiredPolicy::Reject,
         ocsp: None,
+        revocation: Default::default(),
     }
 }
 

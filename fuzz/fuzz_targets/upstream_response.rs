@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use certgate::proxy::upstream_h1::{Conn, Home};
+use certgate::upstream::h1::{Conn, Home};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;

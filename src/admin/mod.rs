@@ -35,6 +35,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::control::{ReloadOutcome, Reloader};
 use crate::metrics::{Metrics, ScrapeState};
 use crate::snapshot::Snapshot;
+use rustls_pki_types::UnixTime;
 
 /// Admin connections served at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 32;
@@ -192,8 +193,9 @@ async fn metrics(state: &State) -> Response<Full<Bytes>> {
     r
 }
 
-/// Ready when the gateway is not draining and every CRL source of every bundle has loaded at
-/// least once (until then its bundle refuses every certificate). Configuration loaded and
+/// Ready when the gateway is not draining, every CRL source of every bundle has loaded at least
+/// once (until then its bundle refuses every certificate), and no bundle's CRLs have all expired
+/// under `crl_expired: reject`. Configuration loaded and
 /// listeners bound hold by construction: the admin API starts after both.
 fn ready(state: &State) -> Response<Full<Bytes>> {
     let snapshot = state.current.load_full();
@@ -201,6 +203,7 @@ fn ready(state: &State) -> Response<Full<Bytes>> {
     if state.draining.load(Ordering::Relaxed) {
         reasons.push("shutting down: draining connections".to_owned());
     }
+    reasons.extend(snapshot.revocation.unready_reasons(UnixTime::now()));
     for s in snapshot.revocation.crl().status() {
         if !s.loaded {
             reasons.push(format!(

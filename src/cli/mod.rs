@@ -176,12 +176,12 @@ fn load_config(path: &Path) -> Option<Config> {
 
 /// Loads the YAML with its warnings, then builds everything a gateway would (TLS, trust, CRLs)
 /// without starting it: what `check` reports on. Prints every problem with its place.
-async fn load_everything_checked(path: &Path) -> Option<config::Checked> {
+async fn load_everything_checked(path: &Path) -> Option<(config::Checked, runtime::Snapshot)> {
     let checked = config::load_checked(path)
         .map_err(|problems| print_problems(path, &problems))
         .ok()?;
     match runtime::prepare(checked.config.clone(), Registry::new()).await {
-        Ok(_) => Some(checked),
+        Ok(snapshot) => Some((checked, snapshot)),
         Err(e) => {
             print_start_error(path, &e);
             None
@@ -231,7 +231,7 @@ fn print_start_error(path: &Path, error: &StartError) {
 }
 
 async fn check(path: &Path, strict: bool) -> ExitCode {
-    let Some(checked) = load_everything_checked(path).await else {
+    let Some((checked, snapshot)) = load_everything_checked(path).await else {
         return ExitCode::FAILURE;
     };
     let config = checked.config;
@@ -241,6 +241,7 @@ async fn check(path: &Path, strict: bool) -> ExitCode {
         rustls_pki_types::UnixTime::now(),
         crate::tls::server::EXPIRY_WARNING,
     ));
+    warnings.extend(uncovered_issuers(&snapshot));
     for w in &warnings {
         eprintln!("warning: {w}");
     }
@@ -264,6 +265,31 @@ async fn check(path: &Path, strict: bool) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Warns about each bundle CA that no configured CRL comes from: with the default revocation scope
+/// (`coverage: full_chain`, `unknown_issuer: reject`) every certificate it issues is refused as
+/// `revocation_unknown`, which is safe but is rarely what the operator meant.
+/// A bundle CA that no configured CRL comes from: its certificates are refused as
+/// `revocation_unknown` under the default revocation scope.
+fn uncovered_issuers(snapshot: &runtime::Snapshot) -> Vec<config::Problem> {
+    let cas: Vec<_> = snapshot
+        .trust
+        .bundles
+        .iter()
+        .map(|b| b.certs.clone())
+        .collect();
+    snapshot
+        .revocation
+        .issuers_without_source(&cas)
+        .into_iter()
+        .map(|(bundle, subject)| config::Problem {
+            place: config::Place::None,
+            message: format!(
+                "trust bundle {bundle}: CA {subject} has no revocation source (no CRL from it is configured); certificates it issues are refused as revocation_unknown unless OCSP covers them (leaves) or the bundle sets revocation.coverage: leaf_only or revocation.unknown_issuer: allow"
+            ),
+        })
+        .collect()
 }
 
 async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {

@@ -128,29 +128,63 @@ pub struct TrustBundle {
     pub crls: Vec<CrlSource>,
     pub crl_expired: CrlExpiredPolicy,
     pub ocsp: Option<Ocsp>,
+    /// Which certificates need a revocation status, once `crls` or `ocsp` is configured.
+    pub revocation: RevocationScope,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How much of a presented chain a bundle's revocation sources must vouch for. Only applies to a
+/// bundle that configures a CRL or OCSP; a bundle with neither checks nothing.
+///
+/// The default (`full_chain` / `reject`) never lets a certificate through unchecked: a missing
+/// source must not be more lenient than a stale one, which is already refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RevocationScope {
+    pub coverage: Coverage,
+    pub unknown_issuer: UnknownIssuer,
+}
+
+/// Which certificates of a chain need a status from a configured source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Coverage {
+    /// The leaf and every intermediate below the trust anchor (default).
+    #[default]
+    FullChain,
+    /// Only the leaf. Intermediates are still refused when a loaded CRL lists them.
+    LeafOnly,
+}
+
+/// What a certificate gets when [`Coverage`] asks for its status and no configured source covers
+/// its issuer (no CRL from that issuer, and no OCSP for a leaf).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum UnknownIssuer {
+    /// Refused as `revocation_unknown` (default).
+    #[default]
+    Reject,
+    /// Passed unchecked.
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CrlSource {
     File(PathBuf),
     Url { url: String, refresh: Duration },
 }
 
 /// What to do when a CRL's nextUpdate has passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CrlExpiredPolicy {
     Reject,
     AllowWithWarning,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OcspMode {
     Off,
     SoftFail,
     HardFail,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Ocsp {
     pub mode: OcspMode,
     pub responder: Option<String>,

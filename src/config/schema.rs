@@ -72,6 +72,20 @@ pub struct TrustBundle {
     pub crl_expired: Option<String>,
     #[serde(default)]
     pub ocsp: Option<Ocsp>,
+    #[serde(default)]
+    pub revocation: Option<RevocationScope>,
+}
+
+/// `revocation:` of a trust bundle: how much of a chain the bundle's CRL and OCSP sources must cover.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationScope {
+    /// `full_chain` (default) or `leaf_only`.
+    #[serde(default)]
+    pub coverage: Option<String>,
+    /// `reject` (default) or `allow`.
+    #[serde(default)]
+    pub unknown_issuer: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

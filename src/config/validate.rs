@@ -539,12 +539,17 @@ impl<'a> Validator<'a> {
                 }
             };
             let ocsp = b.ocsp.and_then(|o| self.ocsp(&format!("{at}.ocsp"), o));
+            let revocation = b
+                .revocation
+                .map(|r| self.revocation_scope(&format!("{at}.revocation"), r))
+                .unwrap_or_default();
             bundles.push(model::TrustBundle {
                 name: b.name,
                 ca,
                 crls,
                 crl_expired,
                 ocsp,
+                revocation,
             });
         }
         (bundles, ids)
@@ -581,6 +586,39 @@ impl<'a> Validator<'a> {
                 self.problem(at, "set one of path or url");
                 None
             }
+        }
+    }
+
+    fn revocation_scope(
+        &mut self,
+        at: &str,
+        scope: schema::RevocationScope,
+    ) -> model::RevocationScope {
+        let coverage = match scope.coverage.as_deref() {
+            None | Some("full_chain") => model::Coverage::FullChain,
+            Some("leaf_only") => model::Coverage::LeafOnly,
+            Some(other) => {
+                self.problem(
+                    &format!("{at}.coverage"),
+                    format!("unknown coverage `{other}`: expected full_chain or leaf_only"),
+                );
+                model::Coverage::FullChain
+            }
+        };
+        let unknown_issuer = match scope.unknown_issuer.as_deref() {
+            None | Some("reject") => model::UnknownIssuer::Reject,
+            Some("allow") => model::UnknownIssuer::Allow,
+            Some(other) => {
+                self.problem(
+                    &format!("{at}.unknown_issuer"),
+                    format!("unknown unknown_issuer `{other}`: expected reject or allow"),
+                );
+                model::UnknownIssuer::Reject
+            }
+        };
+        model::RevocationScope {
+            coverage,
+            unknown_issuer,
         }
     }
 

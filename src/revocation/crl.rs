@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use x509_parser::certificate::X509Certificate;
@@ -21,9 +20,9 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use x509_parser::time::ASN1Time;
 
 use super::der::{
-    bit_string_bytes, expect_tlv, read_tlv, strip_leading_zeros, TAG_BIT_STRING, TAG_CONTEXT_0,
-    TAG_INTEGER, TAG_SEQUENCE,
+    expect_tlv, read_tlv, strip_leading_zeros, TAG_CONTEXT_0, TAG_INTEGER, TAG_SEQUENCE,
 };
+use super::signed::{split_signed, split_spki, verify, SignatureError, Signed, Spki};
 
 /// Why a CRL was refused. The caller wraps it with the source it came from.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +137,10 @@ impl CaKey {
             });
         }
         let spki = cert.public_key().raw;
-        let (spki_alg, spki_key) = split_spki(spki).ok_or(CrlError::BadCa {
+        let Spki {
+            alg: spki_alg,
+            key: spki_key,
+        } = split_spki(spki).map_err(|_| CrlError::BadCa {
             index,
             cause: x509_parser::nom::Err::Failure(x509_parser::error::X509Error::InvalidSPKI),
         })?;
@@ -487,48 +489,16 @@ pub fn is_whole_tlv(raw: &[u8]) -> bool {
     read_tlv(raw).is_some_and(|(_, rest)| rest.is_empty())
 }
 
-/// The signature algorithms CRLs may use: the aws-lc-rs set rustls verifies TLS with.
-fn algorithms() -> WebPkiSupportedAlgorithms {
-    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
-}
-
-/// The three parts of a `CertificateList` that signature verification needs.
-struct SignedParts<'a> {
-    /// tbsCertList, raw DER: the signed message.
-    tbs: &'a [u8],
-    /// The signature AlgorithmIdentifier's content bytes.
-    alg: &'a [u8],
-    /// The signature bits.
-    signature: &'a [u8],
-}
-
-/// Splits `CertificateList` into its signed parts.
-fn split_certificate_list(der: &[u8]) -> Result<SignedParts<'_>, CrlError> {
-    let framing = CrlError::Framing;
-    let (outer, trailing) = expect_tlv(der, TAG_SEQUENCE).ok_or(framing("not a DER SEQUENCE"))?;
-    if !trailing.is_empty() {
-        return Err(framing("trailing bytes after the CRL"));
+/// Splits `CertificateList` into its signed parts: the shape of any signed structure, without
+/// the trailing `[0]` certificates only a BasicOCSPResponse may carry.
+fn split_certificate_list(der: &[u8]) -> Result<Signed<'_>, CrlError> {
+    let signed = split_signed(der).map_err(|_| {
+        CrlError::Framing("not a DER CertificateList (tbsCertList, algorithm, signature)")
+    })?;
+    if !signed.certs.is_empty() {
+        return Err(CrlError::Framing("extra fields after signatureValue"));
     }
-    let (tbs, rest) = expect_tlv(outer.content, TAG_SEQUENCE).ok_or(framing("no tbsCertList"))?;
-    let (alg, rest) = expect_tlv(rest, TAG_SEQUENCE).ok_or(framing("no signatureAlgorithm"))?;
-    let (sig, rest) = expect_tlv(rest, TAG_BIT_STRING).ok_or(framing("no signatureValue"))?;
-    if !rest.is_empty() {
-        return Err(framing("extra fields after signatureValue"));
-    }
-    let sig = bit_string_bytes(sig.content).ok_or(framing("signature has unused bits"))?;
-    Ok(SignedParts {
-        tbs: tbs.whole,
-        alg: alg.content,
-        signature: sig,
-    })
-}
-
-/// Splits a SubjectPublicKeyInfo into (AlgorithmIdentifier content, subjectPublicKey bits).
-fn split_spki(spki: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (outer, _) = expect_tlv(spki, TAG_SEQUENCE)?;
-    let (alg, rest) = expect_tlv(outer.content, TAG_SEQUENCE)?;
-    let (key, _) = expect_tlv(rest, TAG_BIT_STRING)?;
-    Some((alg.content, bit_string_bytes(key.content)?))
+    Ok(signed)
 }
 
 /// Finds the CA that signed the CRL and checks the signature. Returns that CA.
@@ -536,13 +506,12 @@ fn verify_signature<'c>(
     issuer: &[u8],
     issuer_text: &str,
     aki: Option<&[u8]>,
-    signed: &SignedParts<'_>,
+    signed: &Signed<'_>,
     cas: &'c [CaKey],
 ) -> Result<&'c CaKey, CrlError> {
     let named = || issuer_text.to_owned();
     // The most specific reason any candidate failed, reported if none succeeds.
     let mut failure = CrlError::UnknownIssuer { issuer: named() };
-    let algs = algorithms();
     for ca in cas.iter().filter(|ca| *ca.subject == *issuer) {
         if ca.crl_sign == Some(false) {
             failure = CrlError::IssuerNotCrlSigner { issuer: named() };
@@ -554,23 +523,16 @@ fn verify_signature<'c>(
                 continue;
             }
         }
-        let mut matched = false;
-        for alg in algs.all.iter().filter(|alg| {
-            alg.signature_alg_id().as_ref() == signed.alg
-                && alg.public_key_alg_id().as_ref() == &*ca.spki_alg
-        }) {
-            matched = true;
-            if alg
-                .verify_signature(&ca.spki_key, signed.tbs, signed.signature)
-                .is_ok()
-            {
-                return Ok(ca);
+        let key = Spki {
+            alg: &ca.spki_alg,
+            key: &ca.spki_key,
+        };
+        failure = match verify(&key, signed.signature_alg, signed.tbs, signed.signature) {
+            Ok(()) => return Ok(ca),
+            Err(SignatureError::Bad) => CrlError::BadSignature { issuer: named() },
+            Err(SignatureError::Unsupported) => {
+                CrlError::UnsupportedSignatureAlgorithm { issuer: named() }
             }
-        }
-        failure = if matched {
-            CrlError::BadSignature { issuer: named() }
-        } else {
-            CrlError::UnsupportedSignatureAlgorithm { issuer: named() }
         };
     }
     Err(failure)

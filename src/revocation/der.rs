@@ -1,16 +1,15 @@
 //! A minimal, allocation-free DER reader.
 //!
-//! Only what the revocation hot path and the CRL loader need: read one TLV at a time, single-byte
-//! tags, definite lengths up to four length bytes. It is used on certificates that webpki has
-//! already validated, and on CRL outer framing before x509-parser sees the rest, so it is lenient
-//! about non-minimal encodings and strict about anything that would make it read out of bounds.
+//! Only what the handshake path needs: read one TLV at a time, single-byte tags, definite lengths
+//! up to four length bytes, to find a certificate's issuer and serial. It is used on certificates
+//! that webpki has already validated, so it is lenient about non-minimal encodings and strict
+//! about anything that would make it read out of bounds. Signed structures (CRLs, OCSP responses)
+//! are split by `signed.rs` with the `der` crate.
 
 /// `SEQUENCE` (constructed).
 pub(crate) const TAG_SEQUENCE: u8 = 0x30;
 /// `INTEGER`.
 pub(crate) const TAG_INTEGER: u8 = 0x02;
-/// `BIT STRING`.
-pub(crate) const TAG_BIT_STRING: u8 = 0x03;
 /// `[0] EXPLICIT` (constructed, context-specific 0): the certificate's version field.
 pub(crate) const TAG_CONTEXT_0: u8 = 0xa0;
 
@@ -63,14 +62,6 @@ pub(crate) fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
 pub(crate) fn expect_tlv(input: &[u8], tag: u8) -> Option<(Tlv<'_>, &[u8])> {
     let (tlv, rest) = read_tlv(input)?;
     (tlv.tag == tag).then_some((tlv, rest))
-}
-
-/// The bits of a `BIT STRING` content with zero unused bits (signatures and public keys always are).
-pub(crate) fn bit_string_bytes(content: &[u8]) -> Option<&[u8]> {
-    match content.split_first() {
-        Some((0, bytes)) => Some(bytes),
-        _ => None,
-    }
 }
 
 /// Strips leading zero bytes, so the same serial number compares equal however it was padded.

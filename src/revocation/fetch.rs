@@ -20,8 +20,8 @@ use rustls_pki_types::UnixTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{lock, Checker, CrlLoadError, LoadFailure, LoadReport};
-use crate::config::model::{BundleId, CrlSource};
+use super::{lock, BundleState, Checker, CrlLoadError, LoadFailure, LoadReport};
+use crate::config::model::CrlSource;
 
 /// Knobs for loading and refreshing. `Default` documents each default.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ pub enum FetchError {
     Body(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 // === impl FetchOptions ===
 
@@ -87,13 +87,11 @@ impl Checker {
     /// Sources that fail answer `Unknown` for their bundle until a refresh succeeds.
     pub async fn load_initial(self: &Arc<Self>, opts: &FetchOptions) -> Vec<CrlLoadError> {
         let client = http_client();
-        let loads = self
-            .sources()
-            .map(|(bundle, source, _)| load_once(self, &client, opts, bundle, source));
+        let loads = self.bundles().iter().map(|b| b.load_all(&client, opts));
         futures_util::future::join_all(loads)
             .await
             .into_iter()
-            .filter_map(Result::err)
+            .flatten()
             .collect()
     }
 
@@ -107,34 +105,66 @@ impl Checker {
     ) -> RefreshTasks {
         let client = http_client();
         let handles = self
-            .sources()
-            .map(|(bundle, source, state)| {
-                let checker = Arc::clone(self);
+            .bundles()
+            .iter()
+            .flat_map(|b| b.spawn_refresh(&client, &opts, &shutdown))
+            .collect();
+        RefreshTasks { handles }
+    }
+}
+
+// === impl BundleState (loading) ===
+
+impl BundleState {
+    /// Loads every source of this bundle once, concurrently; returns every problem.
+    pub(crate) async fn load_all(
+        self: &Arc<Self>,
+        client: &HttpClient,
+        opts: &FetchOptions,
+    ) -> Vec<CrlLoadError> {
+        let loads = (0..self.sources().len()).map(|source| load_once(self, client, opts, source));
+        futures_util::future::join_all(loads)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect()
+    }
+
+    /// One refresh task per source: files are polled, URLs re-fetched. The tasks hold the state,
+    /// not the handle that owns them, and end when `shutdown` flips or its sender is dropped.
+    pub(crate) fn spawn_refresh(
+        self: &Arc<Self>,
+        client: &HttpClient,
+        opts: &FetchOptions,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        self.sources()
+            .iter()
+            .enumerate()
+            .map(|(source, state)| {
+                let bundle = Arc::clone(self);
                 let opts = opts.clone();
                 let shutdown = shutdown.clone();
                 match &state.source {
                     CrlSource::File(path) => tokio::spawn(poll_file(
-                        checker,
+                        bundle,
                         client.clone(),
                         opts,
                         shutdown,
-                        bundle,
                         source,
                         path.clone(),
                     )),
                     CrlSource::Url { refresh, .. } => tokio::spawn(refresh_url(
-                        checker,
+                        bundle,
                         client.clone(),
                         opts,
                         shutdown,
-                        bundle,
                         source,
                         *refresh,
                     )),
                 }
             })
-            .collect();
-        RefreshTasks { handles }
+            .collect()
     }
 }
 
@@ -163,18 +193,13 @@ impl RefreshTasks {
 
 /// Loads one source once: read or fetch, then parse and publish off the async threads.
 async fn load_once(
-    checker: &Arc<Checker>,
+    bundle: &Arc<BundleState>,
     client: &HttpClient,
     opts: &FetchOptions,
-    bundle: BundleId,
     source: usize,
 ) -> Result<LoadReport, CrlLoadError> {
-    let Some((_, state)) = checker.source(bundle, source) else {
-        return Ok(LoadReport {
-            crls: 0,
-            entries: 0,
-            connections_cut: 0,
-        });
+    let Some(state) = bundle.source(source) else {
+        return Ok(LoadReport::default());
     };
     let bytes = match &state.source {
         CrlSource::File(path) => {
@@ -190,22 +215,21 @@ async fn load_once(
     };
     let bytes = match bytes {
         Ok(bytes) => bytes,
-        Err(cause) => return Err(checker.record_failure(bundle, source, cause)),
+        Err(cause) => return Err(bundle.record_failure(state, cause)),
     };
-    let parser = Arc::clone(checker);
-    match tokio::task::spawn_blocking(move || parser.load_bytes(bundle, source, &bytes)).await {
+    let parser = Arc::clone(bundle);
+    match tokio::task::spawn_blocking(move || parser.load_bytes(source, &bytes)).await {
         Ok(result) => result,
-        Err(e) => Err(checker.record_failure(bundle, source, LoadFailure::Task(e))),
+        Err(e) => Err(bundle.record_failure(state, LoadFailure::Task(e))),
     }
 }
 
 /// Polls one file and reloads it whenever its stamp changes.
 async fn poll_file(
-    checker: Arc<Checker>,
+    bundle: Arc<BundleState>,
     client: HttpClient,
     opts: FetchOptions,
     mut shutdown: watch::Receiver<bool>,
-    bundle: BundleId,
     source: usize,
     path: PathBuf,
 ) {
@@ -217,7 +241,7 @@ async fn poll_file(
             _ = ticker.tick() => {}
             () = stopped(&mut shutdown) => return,
         }
-        let Some((_, state)) = checker.source(bundle, source) else {
+        let Some(state) = bundle.source(source) else {
             return;
         };
         let stamp = match crate::fswatch::FileStamp::of(&path).await {
@@ -228,7 +252,7 @@ async fn poll_file(
             Err(e) => {
                 if !unreadable {
                     unreadable = true;
-                    checker.record_failure(bundle, source, LoadFailure::Read(e));
+                    bundle.record_failure(state, LoadFailure::Read(e));
                 }
                 continue;
             }
@@ -238,22 +262,21 @@ async fn poll_file(
         }
         tracing::debug!("CRL file {} changed, reloading", path.display());
         // Errors are logged and recorded by the load itself; the next change retries.
-        let _ = load_once(&checker, &client, &opts, bundle, source).await;
+        let _ = load_once(&bundle, &client, &opts, source).await;
     }
 }
 
 /// Re-fetches one URL every `refresh`, sooner when the CRL's nextUpdate comes first.
 async fn refresh_url(
-    checker: Arc<Checker>,
+    bundle: Arc<BundleState>,
     client: HttpClient,
     opts: FetchOptions,
     mut shutdown: watch::Receiver<bool>,
-    bundle: BundleId,
     source: usize,
     refresh: Duration,
 ) {
-    let mut failures: u32 = match checker.source(bundle, source) {
-        Some((_, s)) if lock(&s.record).last_error.is_some() => 1,
+    let mut failures: u32 = match bundle.source(source) {
+        Some(s) if s.has_failed() => 1,
         _ => 0,
     };
     loop {
@@ -266,7 +289,7 @@ async fn refresh_url(
             next_delay(
                 refresh,
                 opts.min_refresh,
-                checker.earliest_next_update(bundle, source),
+                bundle.earliest_next_update(source),
                 UnixTime::now(),
             )
         };
@@ -275,7 +298,7 @@ async fn refresh_url(
             () = stopped(&mut shutdown) => return,
         }
         let result = tokio::select! {
-            r = load_once(&checker, &client, &opts, bundle, source) => r,
+            r = load_once(&bundle, &client, &opts, source) => r,
             () = stopped(&mut shutdown) => return,
         };
         failures = match result {
@@ -305,7 +328,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-fn http_client() -> HttpClient {
+pub(crate) fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.enforce_http(true);
     Client::builder(TokioExecutor::new()).build(connector)

@@ -2,18 +2,23 @@
 //! the registry that ends live connections when their certificate is revoked.
 //!
 //! # How the pieces are called
-//! * Build one [`Checker`] per trust-bundle configuration ([`Checker::from_config`] or
-//!   [`Checker::new`]) and share it by `Arc`; pass the same `Arc<`[`Registry`]`>` to every
-//!   generation so a new configuration still cuts connections accepted under the old one.
-//! * Before serving: [`Checker::load_initial`] (async) loads every CRL source once and returns each
-//!   problem with its source (`certgate check` prints them). Then [`Checker::spawn_refresh`] starts
-//!   one background task per source; they stop when the shutdown `watch` flips to `true`.
-//! * TLS verifier, per chain certificate: [`issuer_and_serial`] then [`Checker::check`]: sync, no
-//!   I/O, no lock, no allocation. `Revoked` → `certificate_revoked` alert; `Unknown` → refuse
-//!   (fail closed); `Good` and `NotChecked` → pass.
-//! * Connection task, after the handshake: [`Registry::register_chain`] first, then
-//!   [`Checker::check`] again (that order closes the race with a CRL swapped in meanwhile), then race
-//!   the connection against [`RevokedSignal::revoked`].
+//! * A gateway owns one [`RevocationService`] for its whole life. Each configuration generation
+//!   asks it for a [`Revocation`] ([`RevocationService::revocation`]): a bundle whose definition
+//!   (CA certificates, CRL sources, OCSP settings, policies) is unchanged gets the state it already
+//!   has, so loaded CRLs, their fetch schedule and cached OCSP answers outlive a reload. A changed
+//!   definition gets fresh state that keeps the old one's CRLs in force until its own sources load.
+//! * Before serving: [`Revocation::load`] loads the CRL sources of the states this generation
+//!   created and returns each problem with its source (`certgate check` prints them); after the
+//!   generation is published, [`Revocation::start`] starts their refresh tasks. A state's tasks
+//!   stop when no generation uses it any more, or at [`RevocationService::shutdown`].
+//! * TLS verifier, per certificate of the verified path: [`Revocation::check_cert`] (the CRL
+//!   [`Checker::check`], the bundle's coverage policy, the OCSP cache): sync, no I/O, no lock, no
+//!   allocation. `Revoked` → `certificate_revoked` alert; unknown → refuse (fail closed).
+//! * Connection task, after the handshake: [`Registry::register_chain`] first, then the check
+//!   again (that order closes the race with a CRL swapped in meanwhile), then race the connection
+//!   against [`RevokedSignal::revoked`].
+//! * Tests and benchmarks can still build a [`Checker`] alone ([`Checker::new`],
+//!   [`Checker::load_initial`], [`Checker::spawn_refresh`]).
 //!
 //! The OCSP half (`ocsp.rs`) is separate; it can cut connections through [`Registry::revoke`].
 
@@ -26,9 +31,10 @@ mod der;
 pub mod fetch;
 pub mod live;
 pub mod ocsp;
+mod signed;
 mod state;
 
-pub use state::{BackgroundTasks, Revocation};
+pub use state::{BundleRevocation, Revocation, RevocationService};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -58,9 +64,10 @@ pub enum Verdict {
     /// successfully (its CRL might be the one for this issuer), or the issuer's CRL has expired under
     /// `crl_expired: reject`. Also returned for a `BundleId` this checker does not know. Refuse.
     Unknown,
-    /// Nothing to check: the bundle has no CRL sources, or every source has loaded and none of them
-    /// is from this certificate's issuer (a CRL from issuer A says nothing about issuer B's
-    /// certificates). Pass.
+    /// No CRL speaks for this certificate: the bundle has no CRL sources, or every source has
+    /// loaded and none of them is from this certificate's issuer (a CRL from issuer A says nothing
+    /// about issuer B's certificates). Whether that passes is the bundle's `revocation` scope,
+    /// applied by [`Revocation::check_cert`]: by default it does not.
     NotChecked,
 }
 
@@ -75,9 +82,11 @@ pub struct BundleSpec {
     pub crl_expired: CrlExpiredPolicy,
 }
 
-/// Revocation state for every trust bundle of one configuration.
+/// The CRL view of every trust bundle of one configuration, indexed by [`BundleId`]. Each bundle's
+/// state is shared: a reload that keeps a bundle's definition hands the same state to the next
+/// checker (see [`RevocationService`]).
 pub struct Checker {
-    bundles: Box<[BundleState]>,
+    bundles: Box<[Arc<BundleState>]>,
     registry: Arc<Registry>,
 }
 
@@ -165,7 +174,7 @@ pub struct CrlInfo {
 }
 
 /// Successful load summary, for logs and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadReport {
     /// CRLs in the source.
     pub crls: usize,
@@ -175,6 +184,8 @@ pub struct LoadReport {
     pub connections_cut: usize,
 }
 
+/// The CRL state of one trust bundle: its sources, what each last loaded, and the merged view the
+/// handshake path reads. Lives as long as the bundle's definition, across reloads.
 pub(crate) struct BundleState {
     name: String,
     policy: CrlExpiredPolicy,
@@ -182,6 +193,14 @@ pub(crate) struct BundleState {
     sources: Box<[SourceState]>,
     /// What the handshake path reads: one atomic load.
     current: ArcSwap<BundleCrls>,
+    /// The merged CRLs of the definition this one replaced, kept in force for issuers none of
+    /// this bundle's sources has produced yet, until every source has loaded once: a changed
+    /// source keeps the last good CRL until the new one loads.
+    inherited: Mutex<Option<Arc<BundleCrls>>>,
+    /// Signalled when a CRL newly revokes a live connection's certificate.
+    registry: Arc<Registry>,
+    /// `certgate_revocation_source_failures_total{bundle, kind="crl"}`.
+    failures: Option<prometheus::IntCounter>,
     /// Serialises loads within the bundle so a merge never loses another source's update.
     update: Mutex<()>,
     expired_uses: AtomicU64,
@@ -206,7 +225,7 @@ pub(crate) struct SourceState {
     pub(crate) file_stamp: Mutex<Option<crate::fswatch::FileStamp>>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct SourceRecord {
     /// Last good CRLs of this source, per issuer. A later load that lacks an issuer keeps its old
     /// CRL: last good wins, and an expiring CRL then shows the problem instead of a silent gap.
@@ -258,37 +277,19 @@ impl Checker {
     /// # Errors
     /// A malformed CA certificate.
     pub fn new(bundles: Vec<BundleSpec>, registry: Arc<Registry>) -> Result<Self, BuildError> {
-        let mut states = Vec::with_capacity(bundles.len());
-        for spec in bundles {
-            let cas = CaKey::from_bundle(&spec.cas).map_err(|cause| BuildError::Ca {
-                bundle: spec.name.clone(),
-                cause,
-            })?;
-            let sources = spec
-                .crls
-                .into_iter()
-                .map(|source| SourceState {
-                    origin: origin_of(&source),
-                    source,
-                    record: Mutex::default(),
-                    file_stamp: Mutex::default(),
-                })
-                .collect();
-            states.push(BundleState {
-                name: spec.name,
-                policy: spec.crl_expired,
-                cas,
-                sources,
-                current: ArcSwap::from_pointee(BundleCrls::default()),
-                update: Mutex::new(()),
-                expired_uses: AtomicU64::new(0),
-                expired_warned_at: AtomicU64::new(0),
-            });
-        }
-        Ok(Self {
-            bundles: states.into(),
+        let states = bundles
+            .into_iter()
+            .map(|spec| BundleState::new(spec, registry.clone(), None).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self::from_states(states, registry))
+    }
+
+    /// A checker over bundle states that may be shared with other generations.
+    pub(crate) fn from_states(bundles: Vec<Arc<BundleState>>, registry: Arc<Registry>) -> Self {
+        Self {
+            bundles: bundles.into(),
             registry,
-        })
+        }
     }
 
     /// The live-connection registry this checker signals on CRL changes.
@@ -408,63 +409,131 @@ impl Checker {
         source: usize,
         bytes: &[u8],
     ) -> Result<LoadReport, CrlLoadError> {
-        let Some((b, s)) = self.source(bundle, source) else {
-            return Ok(LoadReport {
-                crls: 0,
-                entries: 0,
-                connections_cut: 0,
-            });
-        };
-        match CrlSet::parse_all(bytes, &b.cas)
-            .map_err(LoadFailure::Crl)
-            .and_then(|sets| self.publish(b, s, sets))
-        {
-            Ok(report) => {
-                b.record_success(s, report);
-                Ok(report)
-            }
-            Err(cause) => Err(b.record_failure(s, cause)),
+        match self.bundles.get(bundle.0) {
+            Some(b) => b.load_bytes(source, bytes),
+            None => Ok(LoadReport::default()),
         }
     }
 
-    /// Records a failure that happened before parsing (read or fetch), keeping the last good CRL.
-    pub(crate) fn record_failure(
-        &self,
-        bundle: BundleId,
-        source: usize,
-        cause: LoadFailure,
-    ) -> CrlLoadError {
-        match self.source(bundle, source) {
-            Some((b, s)) => b.record_failure(s, cause),
-            None => CrlLoadError {
-                bundle: format!("#{}", bundle.0),
-                origin: format!("#{source}"),
-                cause,
-            },
-        }
+    /// The bundle states in [`BundleId`] order.
+    pub(crate) fn bundles(&self) -> &[Arc<BundleState>] {
+        &self.bundles
     }
+}
 
-    pub(crate) fn source(
-        &self,
-        bundle: BundleId,
-        source: usize,
-    ) -> Option<(&BundleState, &SourceState)> {
-        let b = self.bundles.get(bundle.0)?;
-        Some((b, b.sources.get(source)?))
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field(
+                "bundles",
+                &self.bundles.iter().map(|b| &b.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
     }
+}
 
-    pub(crate) fn sources(&self) -> impl Iterator<Item = (BundleId, usize, &SourceState)> + '_ {
-        self.bundles.iter().enumerate().flat_map(|(bi, b)| {
-            b.sources
-                .iter()
-                .enumerate()
-                .map(move |(si, s)| (BundleId(bi), si, s))
+// === impl BundleState ===
+
+impl BundleState {
+    /// Verifies the CA keys; no CRL is loaded yet, so every lookup answers `Unknown` until one is.
+    pub(crate) fn new(
+        spec: BundleSpec,
+        registry: Arc<Registry>,
+        failures: Option<prometheus::IntCounter>,
+    ) -> Result<Self, BuildError> {
+        let cas = CaKey::from_bundle(&spec.cas).map_err(|cause| BuildError::Ca {
+            bundle: spec.name.clone(),
+            cause,
+        })?;
+        let sources = spec
+            .crls
+            .into_iter()
+            .map(|source| SourceState {
+                origin: origin_of(&source),
+                source,
+                record: Mutex::default(),
+                file_stamp: Mutex::default(),
+            })
+            .collect();
+        Ok(Self {
+            name: spec.name,
+            policy: spec.crl_expired,
+            cas,
+            sources,
+            current: ArcSwap::from_pointee(BundleCrls::default()),
+            inherited: Mutex::new(None),
+            registry,
+            failures,
+            update: Mutex::new(()),
+            expired_uses: AtomicU64::new(0),
+            expired_warned_at: AtomicU64::new(0),
         })
     }
 
+    /// Starts from what `previous` (the same bundle's former definition, same CA certificates)
+    /// has in force: a source with the same origin keeps its CRLs and history, and the previous
+    /// merged view covers issuers the new sources have not produced yet. Call before the first
+    /// load; the bundle then never fails closed for a CRL the gateway already had.
+    pub(crate) fn inherit(&self, previous: &BundleState) {
+        let _update = lock(&self.update);
+        for s in self.sources.iter() {
+            if let Some(p) = previous.sources.iter().find(|p| p.origin == s.origin) {
+                let record = lock(&p.record).clone();
+                *lock(&s.record) = record;
+            }
+        }
+        *lock(&self.inherited) = Some(previous.current.load_full());
+        let merged = Arc::new(self.merged());
+        self.current.store(merged);
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn source(&self, source: usize) -> Option<&SourceState> {
+        self.sources.get(source)
+    }
+
+    pub(crate) fn sources(&self) -> &[SourceState] {
+        &self.sources
+    }
+
+    /// Whether CRLs are in force and every one has passed its nextUpdate under
+    /// `crl_expired: reject`: the bundle then refuses every certificate its CRLs would cover.
+    /// (A source that never loaded is reported by [`Checker::status`].)
+    pub(crate) fn all_expired(&self, now: UnixTime) -> bool {
+        let crls = self.current.load();
+        self.policy == CrlExpiredPolicy::Reject
+            && !crls.by_issuer.is_empty()
+            && crls.by_issuer.values().all(|c| c.is_expired(now))
+    }
+
+    /// Parses `bytes` as the new content of source `source`, verifies and publishes it. See
+    /// [`Checker::load_bytes`].
+    pub(crate) fn load_bytes(
+        &self,
+        source: usize,
+        bytes: &[u8],
+    ) -> Result<LoadReport, CrlLoadError> {
+        let Some(s) = self.sources.get(source) else {
+            return Ok(LoadReport::default());
+        };
+        match CrlSet::parse_all(bytes, &self.cas)
+            .map_err(LoadFailure::Crl)
+            .and_then(|sets| self.publish(s, sets))
+        {
+            Ok(report) => {
+                self.record_success(s, report);
+                Ok(report)
+            }
+            Err(cause) => Err(self.record_failure(s, cause)),
+        }
+    }
+
     /// The earliest nextUpdate among the CRLs a source currently provides.
-    pub(crate) fn earliest_next_update(&self, bundle: BundleId, source: usize) -> Option<UnixTime> {
-        let (_, s) = self.source(bundle, source)?;
+    pub(crate) fn earliest_next_update(&self, source: usize) -> Option<UnixTime> {
+        let s = self.sources.get(source)?;
         let rec = lock(&s.record);
         rec.crls
             .values()
@@ -473,13 +542,8 @@ impl Checker {
     }
 
     /// Merges a source's new CRLs into the bundle and publishes the result.
-    fn publish(
-        &self,
-        b: &BundleState,
-        s: &SourceState,
-        sets: Vec<CrlSet>,
-    ) -> Result<LoadReport, LoadFailure> {
-        let _update = lock(&b.update);
+    fn publish(&self, s: &SourceState, sets: Vec<CrlSet>) -> Result<LoadReport, LoadFailure> {
+        let _update = lock(&self.update);
         let mut rec = lock(&s.record);
         for set in &sets {
             if let Some(old) = rec.crls.get(set.issuer()) {
@@ -500,13 +564,31 @@ impl Checker {
         }
         rec.ever_loaded = true;
         drop(rec);
+        let merged = Arc::new(self.merged());
 
-        // Rebuild the merged view: per issuer, the newest CRL any source has.
+        // Cut live connections: walk the (small) registry, look each key up in the new sets.
+        // Once before publishing, so no request on a newly revoked connection slips into the
+        // moment between the swap and the signal; once after, for a connection that registered
+        // meanwhile. Signalling a connection twice is harmless. `update` is held, so the set in
+        // force cannot change between the two.
+        let before = self.current.load_full();
+        let signalled = self.cut_newly_revoked(&merged, &before);
+        let previous = self.current.swap(Arc::clone(&merged));
+        let connections_cut = signalled.max(self.cut_newly_revoked(&merged, &previous));
+        Ok(LoadReport {
+            connections_cut,
+            ..report
+        })
+    }
+
+    /// Per issuer, the newest CRL any source has; while some source has never loaded, the
+    /// inherited view fills issuers none has produced. Call with `update` held.
+    fn merged(&self) -> BundleCrls {
         let mut merged = BundleCrls {
             by_issuer: HashMap::new(),
             complete: true,
         };
-        for src in b.sources.iter() {
+        for src in self.sources.iter() {
             let rec = lock(&src.record);
             merged.complete &= rec.ever_loaded;
             for (issuer, set) in &rec.crls {
@@ -518,25 +600,20 @@ impl Checker {
                 }
             }
         }
-        let merged = Arc::new(merged);
-
-        // Cut live connections: walk the (small) registry, look each key up in the new sets.
-        // Once before publishing, so no request on a newly revoked connection slips into the
-        // moment between the swap and the signal; once after, for a connection that registered
-        // meanwhile. Signalling a connection twice is harmless. `update` is held, so the set in
-        // force cannot change between the two.
-        let before = b.current.load_full();
-        let signalled = self.cut_newly_revoked(&merged, &before);
-        let previous = b.current.swap(Arc::clone(&merged));
-        let connections_cut = signalled.max(self.cut_newly_revoked(&merged, &previous));
-        Ok(LoadReport {
-            connections_cut,
-            ..report
-        })
+        let mut inherited = lock(&self.inherited);
+        if merged.complete {
+            *inherited = None;
+        } else if let Some(old) = inherited.as_ref() {
+            for (issuer, set) in &old.by_issuer {
+                merged
+                    .by_issuer
+                    .entry(issuer.clone())
+                    .or_insert_with(|| Arc::clone(set));
+            }
+        }
+        merged
     }
-}
 
-impl Checker {
     /// Signals every live connection whose certificate `new` revokes; issuers whose CRL object is
     /// the same in `old` are skipped.
     fn cut_newly_revoked(&self, new: &BundleCrls, old: &BundleCrls) -> usize {
@@ -551,22 +628,7 @@ impl Checker {
             !unchanged && set.is_revoked(serial)
         })
     }
-}
 
-impl std::fmt::Debug for Checker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checker")
-            .field(
-                "bundles",
-                &self.bundles.iter().map(|b| &b.name).collect::<Vec<_>>(),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-// === impl BundleState ===
-
-impl BundleState {
     /// Records a successful load for status, and logs it with the source.
     fn record_success(&self, s: &SourceState, report: LoadReport) {
         let mut rec = lock(&s.record);
@@ -588,8 +650,12 @@ impl BundleState {
         );
     }
 
-    /// Records a failed load for status (the last good CRLs stay), logs it, and returns the error.
-    fn record_failure(&self, s: &SourceState, cause: LoadFailure) -> CrlLoadError {
+    /// Records a failed load for status and metrics (the last good CRLs stay), logs it, and
+    /// returns the error.
+    pub(crate) fn record_failure(&self, s: &SourceState, cause: LoadFailure) -> CrlLoadError {
+        if let Some(failures) = &self.failures {
+            failures.inc();
+        }
         let err = CrlLoadError {
             bundle: self.name.clone(),
             origin: s.origin.clone(),
@@ -630,6 +696,13 @@ impl BundleState {
                 "using an expired CRL (crl_expired: allow_with_warning)"
             );
         }
+    }
+}
+
+impl SourceState {
+    /// Whether the last attempt failed.
+    pub(crate) fn has_failed(&self) -> bool {
+        lock(&self.record).last_error.is_some()
     }
 }
 

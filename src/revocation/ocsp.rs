@@ -16,7 +16,6 @@
 //! would make revocation checking depend on another certificate check.
 
 mod cache;
-mod der_split;
 mod request;
 mod response;
 

@@ -1,10 +1,15 @@
-//! [`Revocation`]: one configuration's revocation sources — the CRL [`Checker`] and an OCSP cache
-//! per bundle that asks for one — behind the two questions the data path asks: "may this chain
-//! pass the handshake?" (sync, cache-only) and "what does OCSP say?" (async, once per connection).
+//! [`RevocationService`] owns revocation state for the life of the process, one
+//! [`BundleRevocation`] per trust-bundle definition (its CRLs, their fetch schedule, its OCSP
+//! cache). [`Revocation`] is one configuration's view of it — shared handles indexed by bundle —
+//! behind the two questions the data path asks: "may this chain pass the handshake?" (sync,
+//! cache-only) and "what does OCSP say?" (async, once per connection).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -17,10 +22,13 @@ use super::ocsp::{
     RefuseReason,
 };
 use super::{
-    issuer_and_serial, BuildError, BundleSpec, Checker, CrlLoadError, FetchOptions, RefreshTasks,
+    issuer_and_serial, BuildError, BundleSpec, BundleState, Checker, CrlLoadError, FetchOptions,
     Registry, Verdict,
 };
-use crate::config::model::{BundleId, OcspMode, TrustBundle};
+use crate::config::model::{
+    BundleId, Coverage, CrlExpiredPolicy, CrlSource, Ocsp, OcspMode, RevocationScope, TrustBundle,
+    UnknownIssuer,
+};
 use crate::metrics::{RevocationCounters, RevocationResult, RevocationSource};
 
 /// How often OCSP caches look for entries to refresh before they expire.
@@ -60,10 +68,279 @@ impl BundleOcsp {
     }
 }
 
-/// Revocation state for every trust bundle of one configuration.
+/// The revocation-relevant definition of one trust bundle. Two generations with the same
+/// definition share one [`BundleRevocation`]; anything that changes a lookup's answer is part of
+/// it, so a shared state never answers for a definition it was not built for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BundleKey {
+    name: String,
+    /// SHA-256 over the bundle's CA certificates (DER, in file order).
+    cas: [u8; 32],
+    crls: Vec<CrlSource>,
+    crl_expired: CrlExpiredPolicy,
+    ocsp: Option<Ocsp>,
+    scope: RevocationScope,
+}
+
+/// The revocation state of one trust-bundle definition: its CRLs and their fetch schedule, its
+/// OCSP cache. It lives as long as some generation uses the definition, so a reload that keeps
+/// the definition keeps the state; dropping the last handle stops its background tasks.
+pub struct BundleRevocation {
+    key: BundleKey,
+    crl: Arc<BundleState>,
+    ocsp: Option<BundleOcsp>,
+    scope: RevocationScope,
+    /// A CRL source or OCSP is configured: the bundle's chains need statuses.
+    configured: bool,
+    /// The initial load has been done (by the generation that created this state).
+    loaded: AtomicBool,
+    /// Background tasks have been started.
+    started: AtomicBool,
+    /// Flips to `true` (or is dropped with this state) to stop the refresh tasks.
+    stop: watch::Sender<bool>,
+    /// CRL refresh tasks and the OCSP refresher.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for BundleRevocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleRevocation")
+            .field("bundle", &self.key.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BundleRevocation {
+    fn build(
+        b: &TrustBundle,
+        cas: &[CertificateDer<'static>],
+        registry: &Arc<Registry>,
+        counters: Option<&RevocationCounters>,
+    ) -> Result<Self, BuildError> {
+        let key = BundleKey {
+            name: b.name.clone(),
+            cas: ca_digest(cas),
+            crls: b.crls.clone(),
+            crl_expired: b.crl_expired,
+            ocsp: b.ocsp.clone().filter(|o| o.mode != OcspMode::Off),
+            scope: b.revocation,
+        };
+        let crl = BundleState::new(
+            BundleSpec {
+                name: b.name.clone(),
+                cas: cas.to_vec(),
+                crls: b.crls.clone(),
+                crl_expired: b.crl_expired,
+            },
+            registry.clone(),
+            counters
+                .filter(|_| !b.crls.is_empty())
+                .map(|c| c.source_failures(&b.name, RevocationSource::Crl)),
+        )?;
+        let ocsp = key.ocsp.as_ref().map(|config| {
+            let cache = OcspCache::new(config);
+            if let Some(c) = counters {
+                cache.count_failures_into(c.source_failures(&b.name, RevocationSource::Ocsp));
+            }
+            let hook_registry = registry.clone();
+            cache.set_on_revoked(move |r| {
+                let cut = hook_registry.revoke(r.issuer_dn, strip_leading_zeros(r.serial));
+                tracing::warn!(
+                    connections = cut,
+                    "OCSP reports a certificate revoked; its live connections are cut"
+                );
+            });
+            let issuers = cas
+                .iter()
+                .filter_map(|ca| {
+                    let (_, parsed) =
+                        x509_parser::certificate::X509Certificate::from_der(ca).ok()?;
+                    Some((parsed.subject().as_raw().to_vec(), ca.clone()))
+                })
+                .collect();
+            BundleOcsp {
+                cache,
+                mode: config.mode,
+                timeout: config.timeout,
+                responder: config.responder.clone(),
+                issuers,
+            }
+        });
+        let (stop, _) = watch::channel(false);
+        Ok(Self {
+            configured: !b.crls.is_empty() || ocsp.is_some(),
+            scope: b.revocation,
+            key,
+            crl: Arc::new(crl),
+            ocsp,
+            loaded: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            stop,
+            tasks: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Whether `unknown_issuer` and `coverage` demand a status for this certificate: a leaf always
+    /// (unless OCSP answers for it), an intermediate under `full_chain`.
+    fn requires_status(&self, leaf: bool) -> bool {
+        self.configured
+            && self.scope.unknown_issuer == UnknownIssuer::Reject
+            && if leaf {
+                self.ocsp.is_none()
+            } else {
+                self.scope.coverage == Coverage::FullChain
+            }
+    }
+
+    /// Starts the CRL refresh tasks and the OCSP refresher, once.
+    fn start(&self) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let client = super::fetch::http_client();
+        let mut tasks =
+            self.crl
+                .spawn_refresh(&client, &FetchOptions::default(), &self.stop.subscribe());
+        if let Some(o) = &self.ocsp {
+            tasks.push(o.cache.spawn_refresher(OCSP_REFRESH_TICK));
+        }
+        *self.tasks.lock().unwrap_or_else(PoisonError::into_inner) = tasks;
+    }
+
+    /// Stops the background tasks and waits for them to end.
+    async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for BundleRevocation {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Process-lifetime owner of revocation state, keyed by trust-bundle definition, plus the
+/// live-connection registry. Every configuration generation asks it for its bundles
+/// ([`Self::revocation`]): an unchanged definition gets the existing shared state (loaded CRLs,
+/// fetch schedule, OCSP cache), so a reload never forgets what the gateway already knew.
+pub struct RevocationService {
+    registry: Arc<Registry>,
+    counters: Arc<RevocationCounters>,
+    /// Weak, so a definition no generation uses any more is dropped and its tasks stop. The
+    /// number says which state of a bundle is the newest.
+    entries: std::sync::Mutex<HashMap<BundleKey, (u64, Weak<BundleRevocation>)>>,
+    created: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for RevocationService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationService").finish_non_exhaustive()
+    }
+}
+
+impl RevocationService {
+    /// A service counting into `counters` (the gateway's metrics).
+    pub fn new(registry: Arc<Registry>, counters: Arc<RevocationCounters>) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
+            counters,
+            entries: std::sync::Mutex::default(),
+            created: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// A service with its own registry and unregistered counters: for one-off builds
+    /// (`certgate check`, `inspect`).
+    pub fn detached() -> Arc<Self> {
+        Self::new(Registry::new(), RevocationCounters::detached())
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The revocation state for one configuration: `cas[i]` holds bundle `i`'s CA certificates,
+    /// as the TLS trust store loaded them. A bundle whose definition is in use already shares
+    /// that state; a new definition gets fresh state that, when the same bundle (same name and
+    /// CA certificates) had one before, starts from what that one has in force.
+    ///
+    /// # Errors
+    /// A CA certificate the CRL verifier cannot use.
+    pub fn revocation(
+        &self,
+        bundles: &[TrustBundle],
+        cas: &[Vec<CertificateDer<'static>>],
+    ) -> Result<Revocation, BuildError> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, (_, e)| e.strong_count() > 0);
+        let mut shared = Vec::with_capacity(bundles.len());
+        for (b, cas) in bundles.iter().zip(cas) {
+            let fresh = BundleRevocation::build(b, cas, &self.registry, Some(&self.counters))?;
+            if let Some(existing) = entries.get(&fresh.key).and_then(|(_, e)| e.upgrade()) {
+                shared.push(existing);
+                continue;
+            }
+            // The newest loaded state of the same bundle (an older generation may still be
+            // pinned by connections).
+            let predecessor = entries
+                .iter()
+                .filter(|(k, _)| k.name == fresh.key.name && k.cas == fresh.key.cas)
+                .filter_map(|(_, (n, e))| Some((*n, e.upgrade()?)))
+                .filter(|(_, e)| e.loaded.load(Ordering::Acquire))
+                .max_by_key(|(n, _)| *n)
+                .map(|(_, e)| e);
+            if let Some(previous) = predecessor {
+                fresh.crl.inherit(&previous.crl);
+                if let (Some(new), Some(old)) = (&fresh.ocsp, &previous.ocsp) {
+                    new.cache.adopt_from(&old.cache);
+                }
+            }
+            let fresh = Arc::new(fresh);
+            let n = self.created.fetch_add(1, Ordering::Relaxed);
+            entries.insert(fresh.key.clone(), (n, Arc::downgrade(&fresh)));
+            shared.push(fresh);
+        }
+        drop(entries);
+        Ok(Revocation::from_shared(
+            shared,
+            self.registry.clone(),
+            self.counters.clone(),
+        ))
+    }
+
+    /// Stops every state's background tasks (gateway shutdown) and waits for them.
+    pub async fn shutdown(&self) {
+        let live: Vec<_> = self
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter_map(|(_, e)| e.upgrade())
+            .collect();
+        for e in live {
+            e.stop().await;
+        }
+    }
+}
+
+/// Revocation state for every trust bundle of one configuration: shared handles into the
+/// process-lifetime [`BundleRevocation`]s, indexed by [`BundleId`].
 pub struct Revocation {
     crl: Arc<Checker>,
-    ocsp: Box<[Option<BundleOcsp>]>,
+    bundles: Box<[Arc<BundleRevocation>]>,
     registry: Arc<Registry>,
     counters: Arc<RevocationCounters>,
 }
@@ -73,32 +350,16 @@ impl std::fmt::Debug for Revocation {
         f.debug_struct("Revocation")
             .field(
                 "ocsp_bundles",
-                &self.ocsp.iter().filter(|o| o.is_some()).count(),
+                &self.bundles.iter().filter(|b| b.ocsp.is_some()).count(),
             )
             .finish_non_exhaustive()
     }
 }
 
-/// Background work started by [`Revocation::spawn`]; stops when the shutdown signal fires.
-#[derive(Debug)]
-pub struct BackgroundTasks {
-    crl: RefreshTasks,
-    ocsp: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl BackgroundTasks {
-    pub async fn join(self) {
-        self.crl.join().await;
-        for task in self.ocsp {
-            task.abort();
-        }
-    }
-}
-
 impl Revocation {
-    /// `cas[i]` holds bundle `i`'s CA certificates, as the TLS trust store loaded them.
-    /// `registry` is shared across configuration generations so a revocation also cuts
-    /// connections accepted under an older one.
+    /// Fresh revocation state for `bundles`, shared with nothing: for tests and one-off checks.
+    /// A gateway builds through [`RevocationService::revocation`] instead. `cas[i]` holds bundle
+    /// `i`'s CA certificates, as the TLS trust store loaded them.
     ///
     /// # Errors
     /// A CA certificate the CRL verifier cannot use.
@@ -107,54 +368,33 @@ impl Revocation {
         cas: &[Vec<CertificateDer<'static>>],
         registry: Arc<Registry>,
     ) -> Result<Self, BuildError> {
-        let specs = bundles
+        let shared = bundles
             .iter()
             .zip(cas)
-            .map(|(b, cas)| BundleSpec {
-                name: b.name.clone(),
-                cas: cas.clone(),
-                crls: b.crls.clone(),
-                crl_expired: b.crl_expired,
-            })
-            .collect();
-        let crl = Arc::new(Checker::new(specs, registry.clone())?);
-        let ocsp = bundles
-            .iter()
-            .zip(cas)
-            .map(|(b, cas)| {
-                let config = b.ocsp.as_ref().filter(|o| o.mode != OcspMode::Off)?;
-                let cache = OcspCache::new(config);
-                let hook_registry = registry.clone();
-                cache.set_on_revoked(move |r| {
-                    let cut = hook_registry.revoke(r.issuer_dn, strip_leading_zeros(r.serial));
-                    tracing::warn!(
-                        connections = cut,
-                        "OCSP reports a certificate revoked; its live connections are cut"
-                    );
-                });
-                let issuers = cas
-                    .iter()
-                    .filter_map(|ca| {
-                        let (_, parsed) =
-                            x509_parser::certificate::X509Certificate::from_der(ca).ok()?;
-                        Some((parsed.subject().as_raw().to_vec(), ca.clone()))
-                    })
-                    .collect();
-                Some(BundleOcsp {
-                    cache,
-                    mode: config.mode,
-                    timeout: config.timeout,
-                    responder: config.responder.clone(),
-                    issuers,
-                })
-            })
-            .collect();
-        Ok(Self {
-            crl,
-            ocsp,
+            .map(|(b, cas)| BundleRevocation::build(b, cas, &registry, None).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_shared(
+            shared,
             registry,
-            counters: RevocationCounters::detached(),
-        })
+            RevocationCounters::detached(),
+        ))
+    }
+
+    fn from_shared(
+        bundles: Vec<Arc<BundleRevocation>>,
+        registry: Arc<Registry>,
+        counters: Arc<RevocationCounters>,
+    ) -> Self {
+        let crl = Arc::new(Checker::from_states(
+            bundles.iter().map(|b| b.crl.clone()).collect(),
+            registry.clone(),
+        ));
+        Self {
+            crl,
+            bundles: bundles.into(),
+            registry,
+            counters,
+        }
     }
 
     /// Counts checks into `counters` (the gateway's metrics) instead of detached ones.
@@ -166,25 +406,24 @@ impl Revocation {
 
     /// OCSP answers cached across bundles.
     pub fn ocsp_cache_entries(&self) -> usize {
-        self.ocsp.iter().flatten().map(|o| o.cache.len()).sum()
+        self.ocsps().map(|o| o.cache.len()).sum()
     }
 
     /// The OCSP caches' counters, summed across bundles.
     pub fn ocsp_counters(&self) -> OcspCounters {
-        self.ocsp.iter().flatten().map(|o| o.cache.counters()).fold(
-            OcspCounters::default(),
-            |a, c| OcspCounters {
+        self.ocsps()
+            .map(|o| o.cache.counters())
+            .fold(OcspCounters::default(), |a, c| OcspCounters {
                 queries_sent: a.queries_sent + c.queries_sent,
                 cache_hits: a.cache_hits + c.cache_hits,
                 errors: a.errors + c.errors,
                 soft_fail_allowed: a.soft_fail_allowed + c.soft_fail_allowed,
-            },
-        )
+            })
     }
 
     /// Whether any bundle has an OCSP cache.
     pub fn has_ocsp(&self) -> bool {
-        self.ocsp.iter().any(Option::is_some)
+        self.ocsps().next().is_some()
     }
 
     pub fn crl(&self) -> &Arc<Checker> {
@@ -195,30 +434,89 @@ impl Revocation {
         &self.registry
     }
 
-    /// Loads every CRL source once; returns every problem with its source. Until a source has
-    /// loaded, certificates of its bundle fail closed.
+    /// Loads the CRL sources of every bundle state this generation created (shared states were
+    /// loaded by the generation that created them and keep refreshing); returns every problem
+    /// with its source. Until a source has loaded, certificates of its bundle fail closed, unless
+    /// the bundle's previous definition had a CRL for their issuer.
     pub async fn load(&self) -> Vec<CrlLoadError> {
-        self.crl.load_initial(&FetchOptions::default()).await
-    }
-
-    /// Starts CRL refresh (file polling, URL fetching) and OCSP pre-expiry refresh.
-    pub fn spawn(&self, shutdown: watch::Receiver<bool>) -> BackgroundTasks {
-        let crl = self.crl.spawn_refresh(FetchOptions::default(), shutdown);
-        let ocsp = self
-            .ocsp
+        let client = super::fetch::http_client();
+        let opts = FetchOptions::default();
+        let loads = self
+            .bundles
             .iter()
+            .filter(|b| !b.loaded.swap(true, Ordering::AcqRel))
+            .map(|b| b.crl.load_all(&client, &opts));
+        futures_util::future::join_all(loads)
+            .await
+            .into_iter()
             .flatten()
-            .map(|o| o.cache.spawn_refresher(OCSP_REFRESH_TICK))
-            .collect();
-        BackgroundTasks { crl, ocsp }
+            .collect()
     }
 
-    /// Handshake path, per chain certificate: the CRL lookup, and for the leaf the OCSP cache.
-    /// Sync, no I/O. An OCSP cache miss passes here and is settled by [`Revocation::check_ocsp`]
-    /// before the connection serves any request.
+    /// Starts CRL refresh (file polling, URL fetching) and OCSP pre-expiry refresh for the bundle
+    /// states that are not running yet. They run until no generation uses their state, or until
+    /// [`RevocationService::shutdown`].
+    pub fn start(&self) {
+        for b in self.bundles.iter() {
+            b.start();
+        }
+    }
+
+    /// Why this generation's revocation cannot vouch for partners, per bundle: every CRL in force
+    /// has expired under `crl_expired: reject`. (Sources that never loaded are in
+    /// [`Checker::status`].) Empty when every bundle can answer.
+    pub fn unready_reasons(&self, now: UnixTime) -> Vec<String> {
+        self.bundles
+            .iter()
+            .filter(|b| b.crl.all_expired(now))
+            .map(|b| {
+                format!(
+                    "trust bundle {}: every CRL in force is past its nextUpdate (crl_expired: reject), so its partners are refused",
+                    b.crl.name()
+                )
+            })
+            .collect()
+    }
+
+    /// The CA certificates of each bundle that no CRL in force comes from, for `certgate check`:
+    /// under `unknown_issuer: reject` every certificate such a CA issues is refused as
+    /// `revocation_unknown` (leaves excepted when OCSP is configured, intermediates under
+    /// `coverage: leaf_only`). Call after [`Self::load`]. Each item is `(bundle, CA subject)`.
+    pub fn issuers_without_source(
+        &self,
+        cas: &[Vec<CertificateDer<'static>>],
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for ((i, b), cas) in self.bundles.iter().enumerate().zip(cas) {
+            if !b.requires_status(false) && !b.requires_status(true) {
+                continue;
+            }
+            for ca in cas {
+                let Ok((_, parsed)) = x509_parser::certificate::X509Certificate::from_der(ca)
+                else {
+                    continue;
+                };
+                if self
+                    .crl
+                    .crl_origin(BundleId(i), parsed.subject().as_raw())
+                    .is_none()
+                {
+                    out.push((b.crl.name().to_owned(), parsed.subject().to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Handshake path, per certificate of the verified path below the trust anchor: the CRL
+    /// lookup, and for the leaf the OCSP cache. Sync, no I/O, no allocation. An OCSP cache miss
+    /// passes here and is settled by [`Revocation::check_ocsp`] before the connection serves any
+    /// request. A certificate whose issuer no configured source covers is refused when the
+    /// bundle's `coverage` includes it and `unknown_issuer` is `reject`.
     ///
     /// # Errors
-    /// `Revoked`; `UnknownRevocationStatus` when a configured source cannot answer (fail closed).
+    /// `Revoked`; `UnknownRevocationStatus` when a configured source cannot answer or none covers
+    /// the certificate (fail closed).
     pub fn check_cert(
         &self,
         bundle: BundleId,
@@ -226,9 +524,45 @@ impl Revocation {
         leaf: bool,
         now: UnixTime,
     ) -> Result<(), CertificateError> {
+        self.check_one(bundle, cert, leaf, true, now)
+    }
+
+    /// [`Self::check_cert`] for a certificate the client presented beside the leaf, outside a
+    /// verified path (the connection's re-check after the handshake, which also runs for resumed
+    /// sessions): a CRL that lists it or a source that never loaded refuses it, but no coverage is
+    /// demanded, since it may be the trust anchor itself or an unrelated extra certificate. The
+    /// handshake has already demanded coverage for the path it verified.
+    ///
+    /// # Errors
+    /// As [`Self::check_cert`].
+    pub fn check_presented(
+        &self,
+        bundle: BundleId,
+        cert: &[u8],
+        now: UnixTime,
+    ) -> Result<(), CertificateError> {
+        self.check_one(bundle, cert, false, false, now)
+    }
+
+    fn check_one(
+        &self,
+        bundle: BundleId,
+        cert: &[u8],
+        leaf: bool,
+        on_path: bool,
+        now: UnixTime,
+    ) -> Result<(), CertificateError> {
         let (issuer, serial) = issuer_and_serial(cert).ok_or(CertificateError::BadEncoding)?;
         let count = |result| self.counters.count(RevocationSource::Crl, result);
+        let Some(state) = self.bundles.get(bundle.0) else {
+            count(RevocationResult::Unknown);
+            return Err(CertificateError::UnknownRevocationStatus);
+        };
         match self.crl.check(bundle, issuer, serial, now) {
+            Verdict::NotChecked if on_path && state.requires_status(leaf) => {
+                count(RevocationResult::Unknown);
+                return Err(CertificateError::UnknownRevocationStatus);
+            }
             Verdict::NotChecked => {}
             Verdict::Good => count(RevocationResult::Good),
             Verdict::Revoked => {
@@ -243,7 +577,7 @@ impl Revocation {
         if !leaf {
             return Ok(());
         }
-        let Some(ocsp) = self.ocsp_for(bundle) else {
+        let Some(ocsp) = state.ocsp.as_ref() else {
             return Ok(());
         };
         let key = ocsp_key(cert).ok_or(CertificateError::BadEncoding)?;
@@ -326,7 +660,11 @@ impl Revocation {
     }
 
     fn ocsp_for(&self, bundle: BundleId) -> Option<&BundleOcsp> {
-        self.ocsp.get(bundle.0).and_then(Option::as_ref)
+        self.bundles.get(bundle.0).and_then(|b| b.ocsp.as_ref())
+    }
+
+    fn ocsps(&self) -> impl Iterator<Item = &BundleOcsp> + '_ {
+        self.bundles.iter().filter_map(|b| b.ocsp.as_ref())
     }
 }
 
@@ -336,6 +674,16 @@ fn ocsp_key(cert: &[u8]) -> Option<CertKey> {
     let ee = webpki::EndEntityCert::try_from(&der).ok()?;
     let (issuer, _) = issuer_and_serial(cert)?;
     Some(CertKey::new(issuer, ee.serial()))
+}
+
+/// SHA-256 over a bundle's CA certificates, in order: the CA part of a [`BundleKey`].
+fn ca_digest(cas: &[CertificateDer<'static>]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for ca in cas {
+        hash.update((ca.len() as u64).to_be_bytes());
+        hash.update(ca.as_ref());
+    }
+    hash.finalize().into()
 }
 
 fn verdict_to_result(verdict: OcspVerdict) -> Result<(), CertificateError> {

@@ -20,8 +20,8 @@ use crate::admin;
 use crate::config::model::Config;
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, Phase};
-use crate::revocation::{CrlLoadError, LoadFailure, Registry};
-use reload::{Generation, ReloadTask};
+use crate::revocation::{CrlLoadError, LoadFailure, Registry, RevocationService};
+use reload::ReloadTask;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -91,9 +91,9 @@ impl Gateway {
     /// # Errors
     /// Every build problem, or the listener cannot bind.
     pub async fn start_with(config: Config, options: Options) -> Result<Self, StartError> {
-        let registry = Registry::new();
         let metrics = Metrics::new();
-        let snapshot = prepare_with(config, registry.clone(), &metrics).await?;
+        let revocation = RevocationService::new(Registry::new(), metrics.revocation().clone());
+        let snapshot = prepare_with(config, &revocation, &metrics).await?;
         metrics.loaded_now();
         metrics.set_server_certificates(&snapshot.server_certificates);
         let addr = snapshot.config.server.listen;
@@ -117,14 +117,13 @@ impl Gateway {
         let max_connections = snapshot.config.server.limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
         let (shutdown, rx) = watch::channel(Phase::Serving);
-        let generation = Generation::start(&snapshot);
+        snapshot.revocation.start();
         let current = Arc::new(ArcSwap::from_pointee(snapshot));
         let (reloader, reload_task) = ReloadTask {
             source: options.source,
             watch_files: options.watch_files,
             current: current.clone(),
-            registry,
-            generation,
+            revocation,
             shutdown: rx.clone(),
             metrics: metrics.clone(),
         }
@@ -251,20 +250,24 @@ const CUT_GRACE: Duration = Duration::from_secs(2);
 /// # Errors
 /// Every build problem, or every CRL file that failed to load.
 pub async fn prepare(config: Config, registry: Arc<Registry>) -> Result<Snapshot, StartError> {
-    prepare_with(config, registry, &Metrics::new()).await
+    let metrics = Metrics::new();
+    let revocation = RevocationService::new(registry, metrics.revocation().clone());
+    prepare_with(config, &revocation, &metrics).await
 }
 
-/// [`prepare`], counting into the gateway's `metrics`.
+/// [`prepare`] for a running gateway: revocation state comes from (and is shared through) its
+/// `revocation` service, and counts go into its `metrics`. Only bundle states this generation
+/// creates are loaded here; shared ones keep what they have.
 ///
 /// # Errors
 /// Every build problem, or every CRL file that failed to load.
 pub async fn prepare_with(
     config: Config,
-    registry: Arc<Registry>,
+    revocation: &Arc<RevocationService>,
     metrics: &Arc<Metrics>,
 ) -> Result<Snapshot, StartError> {
     let snapshot =
-        Snapshot::build(Arc::new(config), registry, metrics).map_err(StartError::Build)?;
+        Snapshot::build(Arc::new(config), revocation, metrics).map_err(StartError::Build)?;
     let (fatal, transient): (Vec<_>, Vec<_>) = snapshot
         .revocation
         .load()

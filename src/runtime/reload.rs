@@ -5,7 +5,6 @@
 //! One task owns reloading, so requests from SIGHUP, `POST /reload` and the file watcher are
 //! serialised; requests that queue up while a reload runs share its outcome.
 
-use crate::proxy::listener::Phase;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,35 +17,16 @@ use crate::config::diff::ConfigChanges;
 use crate::config::{self, watch::Watcher};
 use crate::control::{ReloadOutcome, ReloadRequest, Reloader};
 use crate::metrics::Metrics;
-use crate::revocation::{BackgroundTasks, Registry};
-
-/// The revocation refresh tasks of the generation in service, stopped when it is replaced.
-#[derive(Debug)]
-pub(super) struct Generation {
-    stop: watch::Sender<bool>,
-    background: BackgroundTasks,
-}
-
-impl Generation {
-    pub(super) fn start(snapshot: &Snapshot) -> Self {
-        let (stop, rx) = watch::channel(false);
-        let background = snapshot.revocation.spawn(rx);
-        Self { stop, background }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        self.background.join().await;
-    }
-}
+use crate::proxy::listener::Phase;
+use crate::revocation::RevocationService;
 
 /// Everything the reload task needs.
 pub(super) struct ReloadTask {
     pub(super) source: Option<PathBuf>,
     pub(super) watch_files: bool,
     pub(super) current: Arc<ArcSwap<Snapshot>>,
-    pub(super) registry: Arc<Registry>,
-    pub(super) generation: Generation,
+    /// Process-lifetime revocation state, shared by every generation.
+    pub(super) revocation: Arc<RevocationService>,
     pub(super) shutdown: watch::Receiver<Phase>,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -87,7 +67,7 @@ impl ReloadTask {
                 () = stopped(&mut shutdown) => break,
             }
         }
-        self.generation.stop().await;
+        self.revocation.shutdown().await;
     }
 
     async fn reload_once(&mut self, watcher: &mut Watcher) -> ReloadOutcome {
@@ -131,7 +111,7 @@ impl ReloadTask {
         for warning in restart_only_changes(&running, &config) {
             tracing::warn!("{warning}");
         }
-        let snapshot = match prepare_with(config, self.registry.clone(), &self.metrics).await {
+        let snapshot = match prepare_with(config, &self.revocation, &self.metrics).await {
             Ok(s) => s,
             Err(e) => {
                 return ReloadOutcome::Rejected {
@@ -141,12 +121,12 @@ impl ReloadTask {
         };
         let version = snapshot.config.version.clone();
         let changes = Box::new(ConfigChanges::between(&running.config, &snapshot.config));
-        let generation = Generation::start(&snapshot);
+        snapshot.revocation.start();
         self.metrics
             .set_server_certificates(&snapshot.server_certificates);
+        // The old generation's bundle states that the new one does not share stop their tasks
+        // once the last connection pinned to it closes.
         self.current.store(Arc::new(snapshot));
-        let old = std::mem::replace(&mut self.generation, generation);
-        old.stop().await;
         ReloadOutcome::Applied { version, changes }
     }
 }

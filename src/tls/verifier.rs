@@ -158,9 +158,14 @@ impl ClientVerifier {
         chain: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), CertificateError> {
-        for (i, cert) in chain.iter().enumerate() {
+        let Some((leaf, rest)) = chain.split_first() else {
+            return Err(CertificateError::BadEncoding);
+        };
+        self.revocation
+            .check_cert(bundle, leaf.as_ref(), true, now)?;
+        for cert in rest {
             self.revocation
-                .check_cert(bundle, cert.as_ref(), i == 0, now)?;
+                .check_presented(bundle, cert.as_ref(), now)?;
         }
         Ok(())
     }

@@ -358,11 +358,15 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
+        // Connections live in the accept task's JoinSet, so dropping the server also ends the
+        // keep-alive connections a client pooled: the server is down, not just its listener.
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             while let Ok((tcp, _)) = listener.accept().await {
+                while connections.try_join_next().is_some() {}
                 let answer = answer.clone();
                 let counter = counter.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let answer = answer.clone();
                         let counter = counter.clone();

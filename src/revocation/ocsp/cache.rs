@@ -85,6 +85,8 @@ struct Inner {
     cache_hits: AtomicU64,
     errors: AtomicU64,
     soft_fail_allowed: AtomicU64,
+    /// Counts failed queries into the gateway's metrics, once set.
+    failures: std::sync::OnceLock<prometheus::IntCounter>,
     /// Milliseconds since `epoch` of the last soft-fail log line, plus one (0 = never).
     soft_fail_logged: AtomicU64,
 }
@@ -134,6 +136,7 @@ impl OcspCache {
                 cache_hits: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 soft_fail_allowed: AtomicU64::new(0),
+                failures: std::sync::OnceLock::new(),
                 soft_fail_logged: AtomicU64::new(0),
             }),
         }
@@ -220,6 +223,40 @@ impl OcspCache {
     pub fn set_on_revoked(&self, hook: impl Fn(&OcspRevoked<'_>) + Send + Sync + 'static) {
         let hook: OnRevoked = Box::new(hook);
         self.inner.on_revoked.store(Some(Arc::new(hook)));
+    }
+
+    /// Takes over `previous`'s fresh answers when both ask the same responder (or both each
+    /// leaf's AIA URL): a reload that changes other OCSP settings then keeps what it knew until
+    /// the answers expire or are refreshed. An answer's lifetime is capped by this cache's
+    /// `max_cache_age`, counted from when it was fetched.
+    pub fn adopt_from(&self, previous: &OcspCache) {
+        if self.inner.responder != previous.inner.responder {
+            return;
+        }
+        let now = Instant::now();
+        let used = self.inner.millis(now);
+        for entry in previous.inner.entries.iter() {
+            let capped = entry
+                .fetched_at
+                .checked_add(self.inner.max_cache_age)
+                .map_or(entry.expires_at, |cap| cap.min(entry.expires_at));
+            if capped <= now {
+                continue;
+            }
+            self.inner.entries.entry(*entry.key()).or_insert(Entry {
+                status: entry.status,
+                fetched_at: entry.fetched_at,
+                expires_at: capped,
+                last_used: AtomicU64::new(used),
+                request: Arc::clone(&entry.request),
+            });
+        }
+    }
+
+    /// Also counts every failed query (for a connection or a refresh) into `failures`; the first
+    /// counter set stays.
+    pub fn count_failures_into(&self, failures: prometheus::IntCounter) {
+        let _ = self.inner.failures.set(failures);
     }
 
     /// Starts the background refresher, which every `every` re-queries the entries in the last
@@ -324,6 +361,9 @@ impl Inner {
                 }
                 Err(error) => {
                     inner.errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(failures) = inner.failures.get() {
+                        failures.inc();
+                    }
                     tracing::debug!(ocsp.error = %error, ocsp.url = %request.url(), "ocsp query failed");
                     Err(error)
                 }

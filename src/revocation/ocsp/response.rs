@@ -7,9 +7,9 @@ use sha1::{Digest, Sha1};
 use x509_ocsp::{CertId, CertStatus, OcspResponse, OcspResponseStatus, ResponderId, ResponseData};
 use x509_parser::certificate::X509Certificate;
 
-use super::der_split::{split_signed, split_spki};
 use super::request::{parse_cert, PreparedRequest};
 use super::{CertRole, OcspError, OcspStatus, SignerProblem, CLOCK_SKEW};
+use crate::revocation::signed::{self, split_signed, split_spki, SignatureError};
 
 /// `id-pkix-ocsp-basic`, the only response type RFC 6960 defines.
 const ID_PKIX_OCSP_BASIC: der::oid::ObjectIdentifier =
@@ -165,8 +165,7 @@ fn check_delegate(
     Ok(())
 }
 
-/// Verifies `signature` over `message` with the key in `spki_der`, using the aws-lc-rs
-/// algorithms rustls itself uses, so OCSP accepts exactly the algorithms the handshake does.
+/// Verifies `signature` over `message` with the key in `spki_der` (see [`signed::verify`]).
 fn verify_signature(
     spki_der: &[u8],
     signature_alg: &[u8],
@@ -174,23 +173,9 @@ fn verify_signature(
     signature: &[u8],
 ) -> Result<(), OcspError> {
     let spki = split_spki(spki_der).map_err(OcspError::Decode)?;
-    let algs = rustls::crypto::aws_lc_rs::default_provider()
-        .signature_verification_algorithms
-        .all;
-    let mut supported = false;
-    for alg in algs.iter().filter(|alg| {
-        alg.signature_alg_id().as_ref() == signature_alg
-            && alg.public_key_alg_id().as_ref() == spki.alg
-    }) {
-        supported = true;
-        if alg.verify_signature(spki.key, message, signature).is_ok() {
-            return Ok(());
-        }
-    }
-    Err(if supported {
-        OcspError::BadSignature
-    } else {
-        OcspError::UnsupportedAlgorithm
+    signed::verify(&spki, signature_alg, message, signature).map_err(|e| match e {
+        SignatureError::Bad => OcspError::BadSignature,
+        SignatureError::Unsupported => OcspError::UnsupportedAlgorithm,
     })
 }
 
