@@ -8,7 +8,8 @@
 //! * `proxy::listener`: the connection limit reached.
 //! * `proxy::service`: requests, request and upstream latency, upstream errors, policy denials,
 //!   through [`Handles`] (array index by `RouteId` / `PartnerId` / `UpstreamId`).
-//! * `revocation`: CRL and OCSP checks where the verdict is made, through [`RevocationCounters`].
+//! * `revocation`: CRL and OCSP checks where the verdict is made, through
+//!   [`crate::revocation::RevocationCounters`], which this module registers.
 //! * `runtime::reload`: reload outcomes.
 //! * `admin`: the gauges read from revocation state at scrape time ([`Metrics::encode`]).
 //! * `runtime`: the server certificates' expiry, set when a generation is published
@@ -43,6 +44,7 @@ use prometheus::{
 use crate::config::model::{Config, PartnerId, UpstreamId};
 use crate::conn_refusal::ConnRefusal;
 use crate::policy::RouteId;
+use crate::revocation::RevocationCounters;
 use crate::tls::handshake::HandshakeFailure;
 use crate::tls::server::{ServedCertificate, DEFAULT_SNI};
 
@@ -140,30 +142,6 @@ struct SeenCert {
     serial: Box<str>,
     not_after: i64,
     last_seen: u64,
-}
-
-/// CRL and OCSP check outcomes, counted where the revocation code decides.
-#[derive(Debug)]
-pub struct RevocationCounters {
-    /// [`RevocationSource`] × [`RevocationResult`].
-    counters: [[IntCounter; 5]; 2],
-    /// `certgate_revocation_source_failures_total{bundle, kind}`.
-    source_failures: IntCounterVec,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevocationSource {
-    Crl = 0,
-    Ocsp = 1,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevocationResult {
-    Good = 0,
-    Revoked = 1,
-    Unknown = 2,
-    Error = 3,
-    CacheHit = 4,
 }
 
 /// Decrements `certgate_connections_active` when dropped.
@@ -273,17 +251,10 @@ impl Metrics {
         let source_failures = RevocationCounters::source_failures_vec()?;
         let revocation_sources = RevocationSourceGauges::new()?;
         revocation_sources.register(&registry, &source_failures)?;
-        let revocation = Arc::new(RevocationCounters {
-            counters: std::array::from_fn(|s| {
-                std::array::from_fn(|r| {
-                    revocation_vec.with_label_values(&[
-                        ["crl", "ocsp"][s],
-                        ["good", "revoked", "unknown", "error", "cache_hit"][r],
-                    ])
-                })
-            }),
+        let revocation = Arc::new(RevocationCounters::registered(
+            &revocation_vec,
             source_failures,
-        });
+        ));
         let crl_next_update = GaugeVec::new(
             Opts::new(
                 "certgate_crl_next_update_timestamp_seconds",
@@ -492,12 +463,12 @@ impl Metrics {
         self.crl_entries.reset();
         for s in &scrape.crls {
             let labels = [s.bundle.as_str(), s.source.as_str()];
-            if let Some(next) = s.crls.iter().filter_map(|c| c.next_update).min() {
+            if let Some(next) = s.next_update {
                 self.crl_next_update
                     .with_label_values(&labels)
                     .set(next as f64);
             }
-            let entries: usize = s.crls.iter().map(|c| c.entries).sum();
+            let entries = s.entries;
             self.crl_entries
                 .with_label_values(&labels)
                 .set(i64::try_from(entries).unwrap_or(i64::MAX));
@@ -617,55 +588,26 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// What [`Metrics::encode`] reads from the generation in service.
+/// What [`Metrics::encode`] reads from the generation in service. Plain numbers, filled by the
+/// admin API from the revocation state, so metrics depends on no module that records into it.
 #[derive(Debug, Default)]
 pub struct ScrapeState {
-    pub crls: Vec<crate::revocation::CrlStatus>,
+    pub crls: Vec<CrlSourceScrape>,
     pub ocsp_cache_entries: usize,
 }
 
-// === impl RevocationCounters ===
-
-impl RevocationCounters {
-    /// Counters registered nowhere: for revocation state built outside a gateway.
-    #[allow(clippy::expect_used)]
-    pub fn detached() -> Arc<Self> {
-        let vec = IntCounterVec::new(
-            Opts::new("certgate_revocation_checks_total", "detached"),
-            &["source", "result"],
-        )
-        .expect("valid metric definition");
-        Arc::new(Self {
-            counters: std::array::from_fn(|s| {
-                std::array::from_fn(|r| vec.with_label_values(&[&s.to_string(), &r.to_string()]))
-            }),
-            source_failures: Self::source_failures_vec().expect("valid metric definition"),
-        })
-    }
-
-    fn source_failures_vec() -> Result<IntCounterVec, prometheus::Error> {
-        IntCounterVec::new(
-            Opts::new(
-                "certgate_revocation_source_failures_total",
-                "Failed CRL loads (read, fetch, parse, signature, rollback) and failed OCSP queries, by trust bundle and kind (crl, ocsp).",
-            ),
-            &["bundle", "kind"],
-        )
-    }
-
-    /// The failure counter of one bundle's CRL sources or OCSP responder. Label values come from
-    /// the configuration (bundle names) and [`RevocationSource`].
-    pub fn source_failures(&self, bundle: &str, kind: RevocationSource) -> IntCounter {
-        let kind = match kind {
-            RevocationSource::Crl => "crl",
-            RevocationSource::Ocsp => "ocsp",
-        };
-        self.source_failures.with_label_values(&[bundle, kind])
-    }
-
-    pub fn count(&self, source: RevocationSource, result: RevocationResult) {
-        self.counters[source as usize][result as usize].inc();
-    }
+/// One CRL source of one trust bundle, as a scrape reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlSourceScrape {
+    pub bundle: String,
+    /// File path or URL.
+    pub source: String,
+    /// Unix seconds of the last successful load.
+    pub last_success: Option<u64>,
+    /// The earliest nextUpdate of the CRLs in force from this source.
+    pub next_update: Option<u64>,
+    /// Entries of the CRLs in force from this source.
+    pub entries: usize,
 }
 
 // === revocation sources ===
@@ -709,7 +651,7 @@ impl RevocationSourceGauges {
         registry.register(Box::new(failures.clone()))
     }
 
-    fn refresh(&self, crls: &[crate::revocation::CrlStatus], now: u64) {
+    fn refresh(&self, crls: &[CrlSourceScrape], now: u64) {
         self.age.reset();
         self.next_update.reset();
         for s in crls {
@@ -719,7 +661,7 @@ impl RevocationSourceGauges {
                     .with_label_values(&labels)
                     .set(now.saturating_sub(success) as f64);
             }
-            if let Some(next) = s.crls.iter().filter_map(|c| c.next_update).min() {
+            if let Some(next) = s.next_update {
                 self.next_update.with_label_values(&labels).set(next as f64);
             }
         }

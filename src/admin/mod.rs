@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::control::{ReloadOutcome, Reloader};
-use crate::metrics::{Metrics, ScrapeState};
+use crate::metrics::{CrlSourceScrape, Metrics, ScrapeState};
 use crate::snapshot::Snapshot;
 use rustls_pki_types::UnixTime;
 
@@ -178,7 +178,19 @@ async fn handle(
 async fn metrics(state: &State) -> Response<Full<Bytes>> {
     let snapshot = state.current.load_full();
     let scrape = ScrapeState {
-        crls: snapshot.revocation.crl().status(),
+        crls: snapshot
+            .revocation
+            .crl()
+            .status()
+            .into_iter()
+            .map(|s| CrlSourceScrape {
+                next_update: s.crls.iter().filter_map(|c| c.next_update).min(),
+                entries: s.crls.iter().map(|c| c.entries).sum(),
+                last_success: s.last_success,
+                bundle: s.bundle,
+                source: s.source,
+            })
+            .collect(),
         ocsp_cache_entries: snapshot.revocation.ocsp_cache_entries(),
     };
     let text = {

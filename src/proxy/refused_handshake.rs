@@ -12,7 +12,7 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 
 use crate::identity::PeerIdentity;
-use crate::runtime::Snapshot;
+use crate::snapshot::Snapshot;
 use crate::tls::handshake::{HandshakeError, HandshakeFailure};
 
 /// What the refused certificate says about itself.

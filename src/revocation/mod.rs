@@ -26,6 +26,7 @@
 // reads for the admin API); `Checker::check`, the handshake path, never takes them.
 #![allow(clippy::disallowed_types)]
 
+mod counters;
 pub mod crl;
 mod der;
 pub mod fetch;
@@ -34,6 +35,7 @@ pub mod ocsp;
 mod signed;
 mod state;
 
+pub use counters::{RevocationCounters, RevocationResult, RevocationSource};
 pub use state::{BundleRevocation, Revocation, RevocationService};
 
 use std::collections::HashMap;

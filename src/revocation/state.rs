@@ -16,6 +16,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::sync::watch;
 use x509_parser::prelude::FromDer;
 
+use super::counters::{RevocationCounters, RevocationResult, RevocationSource};
 use super::der::strip_leading_zeros;
 use super::ocsp::{
     CertKey, OcspCache, OcspCounters, OcspError, OcspStatus, OcspVerdict, PreparedRequest,
@@ -29,7 +30,6 @@ use crate::config::model::{
     BundleId, Coverage, CrlExpiredPolicy, CrlSource, Ocsp, OcspMode, RevocationScope, TrustBundle,
     UnknownIssuer,
 };
-use crate::metrics::{RevocationCounters, RevocationResult, RevocationSource};
 
 /// How often OCSP caches look for entries to refresh before they expire.
 const OCSP_REFRESH_TICK: Duration = Duration::from_secs(10);
