@@ -1078,3 +1078,21 @@ fn an_unknown_revocation_scope_value_is_located_and_names_the_choices() {
         problem.message
     );
 }
+
+#[test]
+fn a_route_that_lists_connect_is_refused_at_the_method() {
+    let text = FULL.replace("methods: [GET, HEAD]", "methods: [GET, CONNECT]");
+    let problem = only_problem(&text);
+    let (line, _, field) = yaml_place(&problem);
+    assert_eq!(field, "routes[0].methods[1]");
+    assert!(text
+        .lines()
+        .nth(line - 1)
+        .unwrap()
+        .contains("methods: [GET, CONNECT]"));
+    assert!(
+        problem.message.contains("CONNECT is not supported"),
+        "{}",
+        problem.message
+    );
+}

@@ -1020,6 +1020,12 @@ impl<'a> Validator<'a> {
                     b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
                 });
             match http::Method::from_bytes(m.as_bytes()) {
+                // Allowing it would hand the upstream a tunnel request for an authority no policy
+                // checked, and certgate terminates every request itself: it opens no tunnels.
+                Ok(method) if method == http::Method::CONNECT => self.problem(
+                    &format!("{at}.methods[{k}]"),
+                    "CONNECT is not supported: certgate is a reverse proxy and opens no tunnels",
+                ),
                 Ok(method) if upper_token => {
                     if !out.contains(&method) {
                         out.push(method);
