@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod fswatch;
 pub mod identity;
+pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -1,9 +1,11 @@
-//! The command line: `serve`, `check`, `inspect`, `demo`. Parses, prints and picks exit codes;
+//! The command line: `serve`, `check`, `inspect`, `demo`, and the partner lifecycle (`ca`,
+//! `partner`, `registry`). Parses, prints and picks exit codes;
 //! the work itself lives in the library modules.
 
 mod demo;
 mod echo;
 mod inspect;
+mod lifecycle;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,6 +72,21 @@ pub enum Command {
         #[arg(long)]
         pki_only: bool,
     },
+    /// The embedded partner-issuing CA.
+    Ca {
+        #[command(subcommand)]
+        command: lifecycle::CaCommand,
+    },
+    /// Partner lifecycle: register, approve, issue, renew, revoke, offboard, inspect.
+    Partner {
+        #[command(subcommand)]
+        command: lifecycle::PartnerCommand,
+    },
+    /// The registry's event log: verify the hash chain, replay, publish.
+    Registry {
+        #[command(subcommand)]
+        command: lifecycle::RegistryCommand,
+    },
 }
 
 /// Runs a parsed command line to completion.
@@ -79,6 +96,9 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config).await),
+        Command::Ca { command } => Ok(lifecycle::ca(command).await),
+        Command::Partner { command } => Ok(lifecycle::partner(command).await),
+        Command::Registry { command } => Ok(lifecycle::registry(command).await),
         Command::Inspect { cert, config } => Ok(inspect::run(&cert, config.as_deref()).await),
         Command::Serve { config } => {
             let _log = audit::init(cli.log_format, cli.log_file.as_deref())?;
