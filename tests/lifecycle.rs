@@ -921,3 +921,52 @@ fn a_renewed_certificate_overlaps_the_old_one_and_offboarding_retires_everything
         "{reuse}"
     );
 }
+
+#[test]
+fn the_expiring_report_lists_certificates_due_with_their_owners_until_renewed() {
+    let s = setup("127.0.0.1:9".parse().unwrap());
+    s.ok(&["ca", "init"]);
+    s.onboard("initech");
+    s.onboard("hooli");
+    let (csr, _) = s.csr("short", "URI:spiffe://partners.example.com/initech");
+    s.ok(&[
+        "partner",
+        "issue",
+        "initech",
+        "--csr",
+        path(&csr),
+        "--days",
+        "10",
+        "--actor",
+        "carol",
+    ]);
+    s.issue("hooli", "long");
+
+    let report = s.ok(&["partner", "report", "--expiring", "30d"]);
+    assert!(report.contains("expiring within 30 days: 1"), "{report}");
+    assert!(
+        report.contains("initech\towner=ops@example.com"),
+        "{report}"
+    );
+    assert!(
+        report.contains("certgate partner renew initech"),
+        "{report}"
+    );
+    assert!(!report.contains("hooli"), "{report}");
+    let report = s.ok(&["partner", "report", "--expiring", "5d"]);
+    assert!(report.contains("expiring within 5 days: 0"), "{report}");
+
+    // Once a successor outlives the horizon, the old certificate is no longer due.
+    let (csr, _) = s.csr("renewed", "URI:spiffe://partners.example.com/initech");
+    s.ok(&[
+        "partner",
+        "renew",
+        "initech",
+        "--csr",
+        path(&csr),
+        "--actor",
+        "carol",
+    ]);
+    let report = s.ok(&["partner", "report", "--expiring", "30d"]);
+    assert!(report.contains("expiring within 30 days: 0"), "{report}");
+}

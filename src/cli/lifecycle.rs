@@ -142,6 +142,14 @@ pub enum PartnerCommand {
         #[command(flatten)]
         place: Place,
     },
+    /// Certificates due for renewal, with their owners.
+    Report {
+        /// Valid certificates that expire within this many days (`30d` or `30`).
+        #[arg(long, value_parser = parse_days)]
+        expiring: u32,
+        #[command(flatten)]
+        place: Place,
+    },
     /// One partner's lifecycle from the event log.
     History {
         id: String,
@@ -292,6 +300,46 @@ async fn partner_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        P::Report { expiring, place } => {
+            let ctx = context(&place, false)?;
+            let mut store = Store::open(&ctx.state.database()).await?;
+            let now = time::OffsetDateTime::now_utc();
+            let horizon = now + time::Duration::days(i64::from(expiring));
+            let mut due = Vec::new();
+            for r in store.records().await? {
+                let Some(p) = &r.partner else { continue };
+                for c in r
+                    .certificates
+                    .iter()
+                    .filter(|c| c.status == CertStatus::Valid)
+                {
+                    let Some(not_after) = commands::parse_time(&c.not_after) else {
+                        continue;
+                    };
+                    // A newer valid certificate that outlives the horizon means it was renewed.
+                    let renewed = r.certificates.iter().any(|n| {
+                        n.status == CertStatus::Valid
+                            && commands::parse_time(&n.not_after).is_some_and(|t| t > horizon)
+                    });
+                    if not_after <= horizon && !renewed {
+                        due.push((not_after, p.id.clone(), p.owner.clone(), c.serial.clone()));
+                    }
+                }
+            }
+            due.sort();
+            println!(
+                "certificates expiring within {expiring} days: {}",
+                due.len()
+            );
+            for (not_after, id, owner, serial) in due {
+                let left = (not_after - now).whole_days();
+                println!(
+                    "{id}\towner={owner}\tserial={serial}\tnot_after={}\tdays_left={left}\trenew: certgate partner renew {id} --csr FILE --actor NAME",
+                    commands::format_time(not_after),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         P::Show { id, place } => {
             let ctx = context(&place, false)?;
             let mut store = Store::open(&ctx.state.database()).await?;
@@ -363,7 +411,7 @@ async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
         | P::Renew { who, .. }
         | P::Revoke { who, .. }
         | P::Offboard { who, .. } => (who.clone(), false),
-        P::List { .. } | P::Show { .. } | P::History { .. } => {
+        P::List { .. } | P::Show { .. } | P::History { .. } | P::Report { .. } => {
             return Err(CliError::Usage("not a change".into()))
         }
     };
@@ -445,7 +493,7 @@ async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
         P::Scopes {
             id, add, remove, ..
         } => commands::scopes(&mut store, &ctx.policy, actor, &id, &add, &remove).await?,
-        P::List { .. } | P::Show { .. } | P::History { .. } => {
+        P::List { .. } | P::Show { .. } | P::History { .. } | P::Report { .. } => {
             return Err(CliError::Usage("not a change".into()))
         }
     };
@@ -592,6 +640,14 @@ fn show(r: &Record) -> String {
         ));
     }
     s
+}
+
+/// `30d` or `30`: a number of days.
+fn parse_days(text: &str) -> Result<u32, String> {
+    text.strip_suffix('d')
+        .unwrap_or(text)
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number of days like 30d"))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CliError> {

@@ -107,7 +107,8 @@ pub fn now_rfc3339() -> String {
     format_time(OffsetDateTime::now_utc())
 }
 
-pub(crate) fn format_time(t: OffsetDateTime) -> String {
+/// Formats a time the way the registry stores it.
+pub fn format_time(t: OffsetDateTime) -> String {
     t.replace_nanosecond(0)
         .unwrap_or(t)
         .format(&Rfc3339)
