@@ -10,7 +10,7 @@
 //! more partners of the validated configuration, so the snapshot build treats them exactly like
 //! YAML ones and the hot path never sees the registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -245,6 +245,7 @@ pub fn merge(config: &mut model::Config) -> Result<(), Problems> {
         crl_expired: model::CrlExpiredPolicy::Reject,
         ocsp: None,
     });
+    let yaml_ids: HashSet<String> = config.partners.iter().map(|p| p.id.clone()).collect();
     let mut claimed: HashMap<IdentityMatch, String> = HashMap::new();
     for p in &config.partners {
         for i in &p.identities {
@@ -258,7 +259,7 @@ pub fn merge(config: &mut model::Config) -> Result<(), Problems> {
         .map(|(i, s)| (s.clone(), ScopeId(i)))
         .collect();
     for p in table.partners {
-        if config.partners.iter().any(|y| y.id == p.id) {
+        if yaml_ids.contains(&p.id) {
             problems.push(Problem::in_file(
                 &table_path,
                 format!("partner `{}` is defined both in the YAML `partners:` and in the lifecycle registry", p.id),
@@ -280,7 +281,7 @@ pub fn merge(config: &mut model::Config) -> Result<(), Problems> {
             ));
             continue;
         }
-        claimed.insert(identity.clone(), p.id.clone());
+        // Registration keeps live registry identities unique; YAML ones are checked above.
         let mut scopes: Vec<ScopeId> = p
             .scopes
             .iter()
