@@ -666,9 +666,8 @@ fn refusals_name_their_reason_and_write_nothing() {
     ]);
     assert_eq!(s.events(), 3);
 
-    // An identity claimed both in YAML (acme) and in the registry is a `check` error.
-    s.onboard("acme-twin");
-    s.ok(&[
+    // An identity the YAML `partners:` claim (acme's) is refused at registration…
+    let yaml = s.refused(&[
         "partner",
         "register",
         "acme2",
@@ -681,7 +680,45 @@ fn refusals_name_their_reason_and_write_nothing() {
         "--actor",
         "alice",
     ]);
-    s.ok(&["partner", "approve", "acme2", "--actor", "bob"]);
+    assert!(
+        yaml.contains("already claimed by partner `acme` in the configuration's YAML"),
+        "{yaml}"
+    );
+    // …and when the YAML claims it later, `certgate check` names both.
+    let yaml_text = std::fs::read_to_string(&s.config).unwrap();
+    let without_acme = yaml_text.replace(
+        "spiffe: spiffe://partners.example.com/acme",
+        "spiffe: spiffe://partners.example.com/acme-old",
+    );
+    let earlier = write_file(s.env.dir.path(), "earlier.yaml", &without_acme);
+    let earlier = path(&earlier);
+    for args in [
+        &[
+            "partner",
+            "register",
+            "acme2",
+            "--owner",
+            "ops@example.com",
+            "--scopes",
+            "orders:read",
+            "--spiffe",
+            "spiffe://partners.example.com/acme",
+            "--actor",
+            "alice",
+        ][..],
+        &["partner", "approve", "acme2", "--actor", "bob"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(args)
+            .args(["--config", earlier])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let check = s.refused(&["check"]);
     assert!(
         check.contains("spiffe spiffe://partners.example.com/acme of lifecycle partner `acme2` is also claimed by YAML partner `acme`"),

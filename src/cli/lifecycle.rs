@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use crate::config;
+use crate::config::model::IdentityMatch;
 use crate::lifecycle::ca::{self, FileSigner};
 use crate::lifecycle::commands::{self, CommandError, Outcome, Policy, Register};
 use crate::lifecycle::publish::{self, DEFAULT_CRL_NEXT_UPDATE};
@@ -691,10 +692,26 @@ fn context(place: &Place, needs_scopes: bool) -> Result<Context, CliError> {
             .filter_map(|r| c.scopes.get(r.scope.0).cloned())
             .collect::<BTreeSet<String>>()
     });
+    let yaml_identities = parsed
+        .iter()
+        .flat_map(|c| &c.partners)
+        .flat_map(|p| {
+            p.identities.iter().filter_map(|i| {
+                let identity = match i {
+                    IdentityMatch::Spiffe(v) => Identity::Spiffe(v.clone()),
+                    IdentityMatch::SubjectCn(v) => Identity::Cn(v.clone()),
+                    IdentityMatch::SanDns(v) => Identity::Dns(v.clone()),
+                    IdentityMatch::Fingerprint(_) => return None,
+                };
+                Some((identity, p.id.clone()))
+            })
+        })
+        .collect();
     Ok(Context {
         state,
         policy: Policy {
             known_scopes,
+            yaml_identities,
             max_validity_days: lifecycle
                 .as_ref()
                 .map_or(commands::DEFAULT_MAX_VALIDITY_DAYS, |l| l.max_validity_days),

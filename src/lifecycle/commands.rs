@@ -6,7 +6,7 @@
 //! failed publish never loses a recorded change: it is retried by the next change or by
 //! `certgate registry publish`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -27,6 +27,9 @@ pub const DEFAULT_MAX_VALIDITY_DAYS: u32 = 90;
 pub struct Policy {
     /// The scopes the gateway's routes define; `None` skips the check (no config at hand).
     pub known_scopes: Option<BTreeSet<String>>,
+    /// Identities the configuration's YAML `partners:` already claim, with the partner's ID: a
+    /// registry partner with one of them would make the gateway's configuration invalid.
+    pub yaml_identities: HashMap<Identity, String>,
     pub max_validity_days: u32,
 }
 
@@ -53,6 +56,8 @@ pub enum CommandError {
     Taken { id: String, status: PartnerStatus },
     #[error("the identity {identity} is already claimed by partner `{by}`")]
     IdentityClaimed { identity: Identity, by: String },
+    #[error("the identity {identity} is already claimed by partner `{by}` in the configuration's YAML `partners:`")]
+    IdentityInYaml { identity: Identity, by: String },
     #[error("partner `{id}` is {status}; this needs a partner that is {needed}")]
     WrongStatus {
         id: String,
@@ -139,6 +144,12 @@ pub async fn register(
     let scopes = check_scopes(policy, req.scopes)?;
     if scopes.is_empty() {
         return Err(CommandError::NoScopes);
+    }
+    if let Some(by) = policy.yaml_identities.get(&identity) {
+        return Err(CommandError::IdentityInYaml {
+            identity,
+            by: by.clone(),
+        });
     }
     let mut w = store.write().await?;
     let before = w.record(req.id).await?;
