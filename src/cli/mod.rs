@@ -225,11 +225,12 @@ async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
     // (inside `dir`), and the printed curl commands should work from any terminal.
     let dir = &std::path::absolute(dir)?;
     let pki = demo::generate(dir, demo::Validity::Demo)?;
+    let lifecycle = demo::onboard_through_lifecycle(dir).await?;
     let (upstream, _echo) = echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let config_path = dir.join("certgate.yaml");
     std::fs::write(
         &config_path,
-        demo::config_yaml(&pki, listen, admin, upstream),
+        demo::config_yaml(&pki, listen, admin, upstream, Some(&lifecycle)),
     )?;
     let Some(config) = load_everything(&config_path).await else {
         return Ok(ExitCode::FAILURE);
@@ -249,7 +250,11 @@ async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
         gateway.admin_addr(),
         dir.display(),
         config_path.display(),
-        demo::curl_commands(&pki, gateway.local_addr()),
+        demo::curl_commands(
+            &pki,
+            gateway.local_addr(),
+            Some((&lifecycle, &config_path))
+        ),
     );
     wait_for_shutdown_signal().await;
     gateway.shutdown().await;
