@@ -483,3 +483,153 @@ pub fn leaf_params(
     params.not_after = now + ::time::Duration::days(i64::from(days));
     Ok(params)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A CSR for `names` (`uri:…`, `dns:…`) and an optional CN, signed with a new `alg` key.
+    fn csr(alg: &'static rcgen::SignatureAlgorithm, cn: Option<&str>, names: &[&str]) -> Vec<u8> {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.split_once(':') {
+                Some(("uri", v)) => SanType::URI(v.try_into().unwrap()),
+                Some(("dns", v)) => SanType::DnsName(v.try_into().unwrap()),
+                _ => panic!("{n}"),
+            })
+            .collect();
+        params
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+            .into_bytes()
+    }
+
+    const SPIFFE: &str = "spiffe://partners.example.com/initech";
+
+    #[test]
+    fn p256_p384_and_ed25519_keys_are_accepted_and_named() {
+        let id = Identity::Spiffe(SPIFFE.into());
+        let uri = format!("uri:{SPIFFE}");
+        for (alg, name) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, "ECDSA P-256"),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, "ECDSA P-384"),
+            (&rcgen::PKCS_ED25519, "Ed25519"),
+        ] {
+            let checked = check_csr(&csr(alg, None, &[&uri]), &id).unwrap();
+            assert_eq!(checked.key, name);
+        }
+    }
+
+    #[test]
+    fn a_curve_other_than_p256_or_p384_is_a_weak_key() {
+        let id = Identity::Spiffe(SPIFFE.into());
+        let uri = format!("uri:{SPIFFE}");
+        let err = check_csr(&csr(&rcgen::PKCS_ECDSA_P521_SHA512, None, &[&uri]), &id).unwrap_err();
+        assert!(
+            matches!(err, CsrError::WeakKey(ref m) if m.contains("1.3.132.0.35")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn each_identity_kind_needs_exactly_its_name() {
+        let p256 = &rcgen::PKCS_ECDSA_P256_SHA256;
+        let cn = Identity::Cn("globex-sync".into());
+        check_csr(&csr(p256, Some("globex-sync"), &[]), &cn).unwrap();
+        for wrong in [
+            csr(p256, Some("acme-billing"), &[]),
+            csr(p256, None, &[]),
+            csr(p256, Some("globex-sync"), &["dns:globex.example"]),
+        ] {
+            assert!(matches!(
+                check_csr(&wrong, &cn),
+                Err(CsrError::IdentityMismatch(_))
+            ));
+        }
+
+        let dns = Identity::Dns("api.globex.example".into());
+        check_csr(&csr(p256, None, &["dns:API.globex.example"]), &dns).unwrap();
+        check_csr(
+            &csr(
+                p256,
+                Some("api.globex.example"),
+                &["dns:api.globex.example"],
+            ),
+            &dns,
+        )
+        .unwrap();
+        for wrong in [
+            csr(p256, None, &["dns:api.acme.example"]),
+            csr(p256, None, &["dns:api.globex.example", "dns:other.example"]),
+            csr(p256, Some("acme"), &["dns:api.globex.example"]),
+        ] {
+            assert!(matches!(
+                check_csr(&wrong, &dns),
+                Err(CsrError::IdentityMismatch(_))
+            ));
+        }
+
+        let spiffe = Identity::Spiffe(SPIFFE.into());
+        let uri = format!("uri:{SPIFFE}");
+        for wrong in [
+            csr(p256, None, &[]),
+            csr(p256, Some("acme-billing"), &[&uri]),
+            csr(
+                p256,
+                None,
+                &[&uri, "uri:spiffe://partners.example.com/acme"],
+            ),
+        ] {
+            assert!(matches!(
+                check_csr(&wrong, &spiffe),
+                Err(CsrError::IdentityMismatch(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn the_certificate_carries_only_what_certgate_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        init(&state, "test CA").unwrap();
+        assert!(matches!(init(&state, "again"), Err(CaError::Exists(_))));
+        let signer = FileSigner::load(&state).unwrap();
+        let id = Identity::Spiffe(SPIFFE.into());
+        let checked = check_csr(
+            &csr(
+                &rcgen::PKCS_ECDSA_P256_SHA256,
+                None,
+                &[&format!("uri:{SPIFFE}")],
+            ),
+            &id,
+        )
+        .unwrap();
+        let params = leaf_params("initech", &id, 30).unwrap();
+        let der = signer
+            .sign_certificate(&params, &checked.public_key)
+            .unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth && !eku.any);
+        assert!(!cert.is_ca());
+        assert!(cert.raw_serial().len() >= 8);
+        assert_eq!(cert.subject().to_string(), "O=initech");
+        let (_, ca) = X509Certificate::from_der(signer.certificate()).unwrap();
+        assert!(cert.verify_signature(Some(ca.public_key())).is_ok());
+        let ext = |oid: &str| {
+            cert.extensions()
+                .iter()
+                .any(|e| e.oid.to_id_string() == oid)
+        };
+        assert!(ext("2.5.29.35") && ext("2.5.29.14"), "AKI and SKI");
+    }
+}
