@@ -384,6 +384,25 @@ async fn a_partner_onboarded_through_the_lifecycle_is_served_and_revoking_cuts_i
     );
     assert_eq!(up.last().headers["x-partner-id"], "initech");
 
+    // The identity is bound to the lifecycle CA: the YAML bundle's CA cannot speak for initech.
+    let impostor = s
+        .env
+        .root
+        .leaf("initech")
+        .spiffe("spiffe://partners.example.com/initech")
+        .issue();
+    let seen = up.count();
+    let answer = call(
+        s.listen,
+        s.env.tls_config_for(&impostor),
+        get("/v1/orders/3"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert_eq!(answer.reason(), "unknown_partner");
+    assert_eq!(up.count(), seen);
+
     // An open keep-alive connection, sending in a loop.
     let leaf = leaf_from(&cert, &key);
     let tls = connect(s.listen, "localhost", s.env.tls_config_for(&leaf))
