@@ -3,9 +3,9 @@
 //! Files are polled (one `stat` and one `canonicalize` every 200 ms) rather than watched with
 //! inotify: a poll sees editors' rename-and-replace, Kubernetes' symlink-swapped `..data` Secret
 //! mounts and network filesystems alike, with no watcher crate and no lost-event corner cases, and
-//! a few stats a second are nothing. URLs (plain `http`, as CRL distribution points are) are fetched with
-//! hyper-util's client under a timeout, every `refresh` or sooner when the CRL's nextUpdate comes
-//! first. Any failure keeps the last good CRL: see [`Checker::load_bytes`].
+//! a few stats a second are nothing. URLs (plain `http`, as CRL distribution points are) are
+//! fetched with hyper-util's client under a timeout, every `refresh` or sooner when the CRL's
+//! nextUpdate comes first. Any failure keeps the last good CRL: see [`Checker::load_bytes`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
