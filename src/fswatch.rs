@@ -1,6 +1,6 @@
 //! File change detection shared by the CRL poller and the configuration watcher.
 //!
-//! Polling a stamp once a second is simpler and more robust than inotify for what certgate
+//! Polling a stamp a few times a second is simpler and more robust than inotify for what certgate
 //! watches: it sees editors' rename-and-replace and Kubernetes' symlink-swapped Secret mounts
 //! (`..data` → new folder) alike, because it compares the canonical target, not the watched path.
 

@@ -9,6 +9,7 @@ pub mod conn_refusal;
 pub mod control;
 pub mod fswatch;
 pub mod identity;
+pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

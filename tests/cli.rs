@@ -420,7 +420,8 @@ async fn a_100_mb_body_streams_both_ways_without_growing_gateway_memory() {
 }
 
 /// The README's first command, as a newcomer runs it: `certgate demo` with its default (relative)
-/// state folder, then the three curl commands it prints, pasted into a shell.
+/// state folder, then the curl commands it prints, pasted into a shell, and its revoke of the
+/// partner it onboarded through the lifecycle.
 #[test]
 fn the_demo_serves_the_calls_it_prints() {
     let cwd = tempfile::tempdir().unwrap();
@@ -447,8 +448,9 @@ fn the_demo_serves_the_calls_it_prints() {
         }
     });
     let mut commands = Vec::new();
+    let mut revoke = None;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while commands.len() < 3 {
+    while commands.len() < 4 || revoke.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(line) = rx.recv_timeout(left) else {
             let _ = child.kill();
@@ -459,6 +461,8 @@ fn the_demo_serves_the_calls_it_prints() {
         };
         if line.starts_with("curl ") {
             commands.push(line);
+        } else if line.contains(" partner revoke initech ") {
+            revoke = Some(line);
         }
     }
     let run = |command: &str| {
@@ -500,6 +504,18 @@ fn the_demo_serves_the_calls_it_prints() {
             String::from_utf8_lossy(&allowed.stderr)
         );
     }
+    // The partner the demo onboarded through the lifecycle is served, until the printed revoke.
+    let onboarded = String::from_utf8_lossy(&run(&commands[3]).stdout).into_owned();
+    let revoked_now = Command::new("sh")
+        .arg("-c")
+        .arg(revoke.unwrap())
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let cut = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !run(&commands[3]).status.success()
+    });
     let denied = String::from_utf8_lossy(&run(&commands[1]).stdout).into_owned();
     let revoked = run(&commands[2]);
     // curl reads the alert (the gateway lingers after refusing, see `tls::handshake::Refused`),
@@ -511,6 +527,19 @@ fn the_demo_serves_the_calls_it_prints() {
     })
     .find(|l| l.contains(r#""event":"handshake_refused""#));
     stopped(&mut child);
+    assert!(
+        onboarded.ends_with("\n200") && onboarded.contains(r#""x-partner-id": "initech""#),
+        "call 4: {onboarded}"
+    );
+    assert!(
+        revoked_now.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked_now.stderr)
+    );
+    assert!(
+        cut,
+        "the revoked lifecycle partner was still served after 5 s"
+    );
     assert!(denied.ends_with("\n403"), "call 2: {denied}");
     assert!(denied.contains("scope_denied"), "call 2: {denied}");
     assert!(

@@ -8,6 +8,7 @@
 //! | `GET /readyz` | 200, or 503 with the reasons (a CRL source never loaded, shutting down) |
 //! | `GET /status` | JSON: config version and source, generation load time, CRL and OCSP state, counts |
 //! | `POST /reload` | 200 `{"result":"applied","version":…}` or 422 `{"result":"rejected","problems":[…]}` |
+//! | `GET /crl/<bundle>.crl` | the bundle's CRL file (DER) with an `ETag`; 304 on a matching `If-None-Match`; 404 for a bundle without exactly one CRL file |
 //!
 //! A known path with another method gets 405 with `Allow`; anything else 404. The API reads the
 //! published snapshot and asks the reload task for reloads; it never mutates a snapshot itself.
@@ -156,6 +157,10 @@ async fn handle(
         "/readyz" if read => ready(&state),
         "/status" if read => json(StatusCode::OK, &status::of(&state)),
         "/reload" if method == Method::POST => reload(&state).await,
+        _ if read && path.starts_with("/crl/") && path.ends_with(".crl") => {
+            let bundle = &path["/crl/".len()..path.len() - ".crl".len()];
+            crl(&state, bundle, req.headers().get(header::IF_NONE_MATCH)).await
+        }
         _ => match ENDPOINTS.iter().find(|(p, _)| *p == path) {
             Some((_, allow)) => {
                 let mut r = json(
@@ -237,6 +242,66 @@ fn ready(state: &State) -> Response<Full<Bytes>> {
             &serde_json::json!({"ready": false, "reasons": reasons}),
         )
     }
+}
+
+/// Serves a bundle's CRL file so other gateways can poll it with `crl: url:`. The file is read
+/// per request: this is the admin listener, and the file changes under it at any time.
+async fn crl(
+    state: &State,
+    bundle: &str,
+    if_none_match: Option<&HeaderValue>,
+) -> Response<Full<Bytes>> {
+    use sha2::{Digest, Sha256};
+    let snapshot = state.current.load_full();
+    let file = snapshot
+        .config
+        .trust_bundles
+        .iter()
+        .find(|b| b.name == bundle)
+        .and_then(|b| match b.crls.as_slice() {
+            [crate::config::model::CrlSource::File(path)] => Some(path.clone()),
+            _ => None,
+        });
+    let not_found = || {
+        json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "not_found", "detail": "no trust bundle of that name with exactly one CRL file"}),
+        )
+    };
+    let Some(file) = file else {
+        return not_found();
+    };
+    let bytes = match tokio::fs::read(&file).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "cannot read a CRL file for GET /crl");
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "crl_unavailable"}),
+            );
+        }
+    };
+    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
+    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
+    let matches = if_none_match
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if matches {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Full::new(Bytes::from(bytes)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/pkix-crl"),
+        );
+        r
+    };
+    r.headers_mut().insert(header::ETAG, etag_value);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 async fn reload(state: &State) -> Response<Full<Bytes>> {

@@ -1,11 +1,12 @@
-//! The command line: `serve`, `check`, `inspect`, `demo`, and for packaging `health`,
-//! `completions` and `man`. Parses, prints and picks exit codes; the work itself lives in the
-//! library modules.
+//! The command line: `serve`, `check`, `inspect`, `demo`, the partner lifecycle (`ca`,
+//! `partner`, `registry`), and for packaging `health`, `completions` and `man`. Parses, prints
+//! and picks exit codes; the work itself lives in the library modules.
 
 mod demo;
 mod echo;
 mod health;
 mod inspect;
+mod lifecycle;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,6 +105,21 @@ pub enum Command {
     },
     /// Print the man page (roff) to stdout.
     Man,
+    /// The embedded partner-issuing CA.
+    Ca {
+        #[command(subcommand)]
+        command: lifecycle::CaCommand,
+    },
+    /// Partner lifecycle: register, approve, issue, renew, revoke, offboard, inspect.
+    Partner {
+        #[command(subcommand)]
+        command: lifecycle::PartnerCommand,
+    },
+    /// The registry's event log: verify the hash chain, replay, publish.
+    Registry {
+        #[command(subcommand)]
+        command: lifecycle::RegistryCommand,
+    },
 }
 
 /// Runs a parsed command line to completion.
@@ -127,6 +143,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, strict } => Ok(check(&config, strict).await),
+        Command::Ca { command } => Ok(lifecycle::ca(command).await),
+        Command::Partner { command } => Ok(lifecycle::partner(command).await),
+        Command::Registry { command } => Ok(lifecycle::registry(command).await),
         Command::Inspect {
             cert,
             chain,
@@ -321,11 +340,12 @@ async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
     // (inside `dir`), and the printed curl commands should work from any terminal.
     let dir = &std::path::absolute(dir)?;
     let pki = demo::generate(dir, demo::Validity::Demo)?;
+    let lifecycle = demo::onboard_through_lifecycle(dir).await?;
     let (upstream, _echo) = echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let config_path = dir.join("certgate.yaml");
     std::fs::write(
         &config_path,
-        demo::config_yaml(&pki, listen, admin, upstream),
+        demo::config_yaml(&pki, listen, admin, upstream, Some(&lifecycle)),
     )?;
     let Some(config) = load_config(&config_path) else {
         return Ok(ExitCode::FAILURE);
@@ -345,7 +365,11 @@ async fn demo(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> anyhow::Resu
         gateway.admin_addr(),
         dir.display(),
         config_path.display(),
-        demo::curl_commands(&pki, gateway.local_addr()),
+        demo::curl_commands(
+            &pki,
+            gateway.local_addr(),
+            Some((&lifecycle, &config_path))
+        ),
     );
     wait_for_shutdown_signal().await;
     gateway.shutdown().await;

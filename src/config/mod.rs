@@ -53,14 +53,19 @@ pub struct Problems {
 
 /// Reads and validates the configuration file at `path`.
 ///
-/// Relative paths in the file are resolved against the file's folder.
+/// Relative paths in the file are resolved against the file's folder. With a `lifecycle:`
+/// section, the registry's published partners and its CA's trust bundle are merged in.
 ///
 /// # Errors
 /// An unreadable file is one [`Place::File`] problem carrying the OS error; otherwise see
 /// [`parse`].
 pub fn load(path: &Path) -> Result<model::Config, Problems> {
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
+        Ok(text) => {
+            let mut config = parse(&text, path)?;
+            crate::lifecycle::publish::merge(&mut config)?;
+            Ok(config)
+        }
         Err(err) => Err(Problems::from(Problem {
             place: Place::File(path.to_owned()),
             message: format!("cannot read the configuration file: {err}"),

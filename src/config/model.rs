@@ -38,6 +38,21 @@ pub struct Config {
     /// Every scope name that a route or partner mentions, interned; [`ScopeId`] indexes this.
     pub scopes: Vec<String>,
     pub forward: Forward,
+    /// The embedded CA and registry, when configured: its bundle and partners are merged into
+    /// `trust_bundles` and `partners` by [`crate::config::load`].
+    pub lifecycle: Option<Lifecycle>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Absolute.
+    pub state_dir: PathBuf,
+    /// The trust bundle the embedded CA becomes (default `lifecycle`).
+    pub bundle: String,
+    /// How far ahead a CRL signed by the CLI sets its nextUpdate (default 7 days).
+    pub crl_next_update: Duration,
+    /// Longest validity `partner issue` grants, in days (default 90).
+    pub max_validity_days: u32,
 }
 
 #[derive(Debug, Clone)]

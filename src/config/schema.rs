@@ -22,6 +22,24 @@ pub struct File {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub forward: Option<Forward>,
+    #[serde(default)]
+    pub lifecycle: Option<Lifecycle>,
+}
+
+/// The embedded CA and partner registry (`certgate ca init`, `certgate partner …`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifecycle {
+    pub state_dir: PathBuf,
+    /// Name of the trust bundle the embedded CA becomes (default `lifecycle`).
+    #[serde(default)]
+    pub bundle: Option<String>,
+    /// How far ahead a signed CRL's nextUpdate lies (default 168h).
+    #[serde(default)]
+    pub crl_next_update: Option<String>,
+    /// Longest validity `partner issue` grants, in days (default 90).
+    #[serde(default)]
+    pub max_validity_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -240,7 +240,9 @@ impl<'a> Validator<'a> {
         }
 
         let allow_missing_eku = file.server.client_auth.allow_missing_eku.unwrap_or(false);
-        let (trust_bundles, bundle_ids) = self.trust_bundles(file.server.client_auth);
+        let lifecycle = self.lifecycle(file.lifecycle);
+        let (trust_bundles, bundle_ids) =
+            self.trust_bundles(file.server.client_auth, lifecycle.is_some());
         let server = self.server(
             file.server.listen,
             file.server.tls,
@@ -265,6 +267,7 @@ impl<'a> Validator<'a> {
             routes,
             scopes: std::mem::take(&mut self.scopes),
             forward,
+            lifecycle,
         }
     }
 
@@ -385,6 +388,36 @@ impl<'a> Validator<'a> {
         out
     }
 
+    // --- lifecycle ---
+
+    fn lifecycle(&mut self, lifecycle: Option<schema::Lifecycle>) -> Option<model::Lifecycle> {
+        let l = lifecycle?;
+        let state_dir = self.file_path("lifecycle.state_dir", &l.state_dir);
+        let bundle = l
+            .bundle
+            .unwrap_or_else(|| crate::lifecycle::DEFAULT_BUNDLE.to_owned());
+        if bundle.trim().is_empty() {
+            self.problem("lifecycle.bundle", "a trust bundle name must not be empty");
+        }
+        let crl_next_update = self.duration(
+            "lifecycle.crl_next_update",
+            l.crl_next_update.as_deref(),
+            crate::lifecycle::publish::DEFAULT_CRL_NEXT_UPDATE,
+            Zero::Rejected,
+        );
+        let max_validity_days = self.positive(
+            "lifecycle.max_validity_days",
+            l.max_validity_days,
+            crate::lifecycle::commands::DEFAULT_MAX_VALIDITY_DAYS,
+        );
+        Some(model::Lifecycle {
+            state_dir,
+            bundle,
+            crl_next_update,
+            max_validity_days,
+        })
+    }
+
     // --- server ---
 
     fn server(
@@ -503,9 +536,11 @@ impl<'a> Validator<'a> {
     fn trust_bundles(
         &mut self,
         client_auth: schema::ClientAuth,
+        lifecycle: bool,
     ) -> (Vec<model::TrustBundle>, HashMap<String, Declared>) {
         let mut ids: HashMap<String, Declared> = HashMap::new();
-        if client_auth.trust_bundles.is_empty() {
+        // The lifecycle CA is a trust bundle of its own, added when the registry is merged.
+        if client_auth.trust_bundles.is_empty() && !lifecycle {
             self.problem(
                 "server.client_auth.trust_bundles",
                 "at least one trust bundle is required",

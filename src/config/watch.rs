@@ -11,7 +11,7 @@ use super::model::Config;
 use crate::fswatch::FileStamp;
 
 /// Every file a configuration reads when it is built: the YAML itself, server certificates and
-/// keys, trust-bundle CA files and upstream CA files.
+/// keys, trust-bundle CA files, upstream CA files and the lifecycle registry's partner table.
 pub fn watched_files(config: &Config) -> Vec<PathBuf> {
     let mut files = vec![config.source.clone()];
     for pair in &config.server.certificates {
@@ -20,6 +20,11 @@ pub fn watched_files(config: &Config) -> Vec<PathBuf> {
     }
     files.extend(config.trust_bundles.iter().map(|b| b.ca.clone()));
     files.extend(config.upstreams.iter().filter_map(|u| u.ca.clone()));
+    // The registry's partner table: a change is a new partner table, so a reload. (The lifecycle
+    // CRL is polled by the revocation module like any CRL file.)
+    if let Some(lifecycle) = &config.lifecycle {
+        files.push(crate::lifecycle::StateDir::new(&lifecycle.state_dir).partners());
+    }
     files.sort();
     files.dedup();
     files

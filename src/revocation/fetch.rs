@@ -1,11 +1,11 @@
 //! Keeping CRLs fresh: the initial load, then one background task per source.
 //!
-//! Files are polled (one `stat` and one `canonicalize` per second) rather than watched with
+//! Files are polled (one `stat` and one `canonicalize` every 200 ms) rather than watched with
 //! inotify: a poll sees editors' rename-and-replace, Kubernetes' symlink-swapped `..data` Secret
 //! mounts and network filesystems alike, with no watcher crate and no lost-event corner cases, and
-//! a stat a second is nothing. URLs (plain `http`, as CRL distribution points are) are fetched with
-//! hyper-util's client under a timeout, every `refresh` or sooner when the CRL's nextUpdate comes
-//! first. Any failure keeps the last good CRL: see [`Checker::load_bytes`].
+//! a few stats a second are nothing. URLs (plain `http`, as CRL distribution points are) are
+//! fetched with hyper-util's client under a timeout, every `refresh` or sooner when the CRL's
+//! nextUpdate comes first. Any failure keeps the last good CRL: see [`Checker::load_bytes`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +28,9 @@ use crate::config::model::CrlSource;
 pub struct FetchOptions {
     /// Whole-request deadline for one URL fetch, body included (default 10s).
     pub http_timeout: Duration,
-    /// How often files are stat'ed for changes (default 1s).
+    /// How often files are stat'ed for changes (default 200ms): a revocation written to a CRL
+    /// file, such as the one `certgate partner revoke` publishes, must cut the certificate's
+    /// connections within a second, and a stat is cheap enough to do five times a second.
     pub file_poll_interval: Duration,
     /// Shortest wait between two fetches of one URL, even when its CRL's nextUpdate has passed and
     /// the server keeps serving it (default 10s): stops a tight loop against a late CA. It does
@@ -72,7 +74,7 @@ impl Default for FetchOptions {
     fn default() -> Self {
         Self {
             http_timeout: Duration::from_secs(10),
-            file_poll_interval: Duration::from_secs(1),
+            file_poll_interval: Duration::from_millis(200),
             min_refresh: Duration::from_secs(10),
             retry_after_failure: Duration::from_secs(30),
             max_crl_bytes: 128 * 1024 * 1024,

@@ -1,0 +1,708 @@
+//! The lifecycle commands: one function each, shared by the CLI and (later) the enrolment API.
+//!
+//! Every function takes the registry's write lock, checks the request against the partner's
+//! record as it stands under that lock, and writes exactly one event whose `after` is the new
+//! record. Publishing the gateway's files is a separate step ([`super::publish::publish`]) so a
+//! failed publish never loses a recorded change: it is retried by the next change or by
+//! `certgate registry publish`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::ca::{self, CaError, CsrError, Signer};
+use super::registry::{
+    serial_hex, CertStatus, Certificate, Event, Identity, Partner, PartnerStatus, Record,
+    REVOCATION_REASONS,
+};
+use super::store::{self, Draft, Store, StoreError};
+
+/// Longest validity `partner issue` grants unless configured otherwise, in days.
+pub const DEFAULT_MAX_VALIDITY_DAYS: u32 = 90;
+
+/// What every command is checked against.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The scopes the gateway's routes define; `None` skips the check (no config at hand).
+    pub known_scopes: Option<BTreeSet<String>>,
+    /// Identities the configuration's YAML `partners:` already claim, with the partner's ID: a
+    /// registry partner with one of them would make the gateway's configuration invalid.
+    pub yaml_identities: HashMap<Identity, String>,
+    pub max_validity_days: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("an actor is required for every change (--actor NAME)")]
+    NoActor,
+    #[error("invalid partner ID `{0}`: use lower-case letters, digits, `.`, `_` and `-`")]
+    BadId(String),
+    #[error("invalid owner `{0}`: expected an e-mail address")]
+    BadOwner(String),
+    #[error("invalid identity: {0}")]
+    BadIdentity(String),
+    #[error("unknown scope(s) {}: the gateway's routes define {}", list(.unknown), list(.known))]
+    UnknownScopes {
+        unknown: Vec<String>,
+        known: Vec<String>,
+    },
+    #[error("no scopes given")]
+    NoScopes,
+    #[error("partner `{0}` does not exist")]
+    NotFound(String),
+    #[error("partner ID `{id}` is already taken (status {status}); IDs are never reused")]
+    Taken { id: String, status: PartnerStatus },
+    #[error("the identity {identity} is already claimed by partner `{by}`")]
+    IdentityClaimed { identity: Identity, by: String },
+    #[error("the identity {identity} is already claimed by partner `{by}` in the configuration's YAML `partners:`")]
+    IdentityInYaml { identity: Identity, by: String },
+    #[error("partner `{id}` is {status}; this needs a partner that is {needed}")]
+    WrongStatus {
+        id: String,
+        status: PartnerStatus,
+        needed: &'static str,
+    },
+    #[error("partner `{0}` already holds exactly that: nothing to change")]
+    NothingToChange(String),
+    #[error("partner `{0}` has nothing waiting for approval")]
+    NothingPending(String),
+    #[error(
+        "`{actor}` asked for this change and cannot approve it: approval needs a second person"
+    )]
+    SameActor { actor: String },
+    #[error("a reason is required (--reason)")]
+    NoReason,
+    #[error("unknown revocation reason `{0}`: use one of {list}", list = REVOCATION_REASONS.join(", "))]
+    BadRevocationReason(String),
+    #[error("requested validity {days} days is over the maximum of {max} days")]
+    ValidityTooLong { days: u32, max: u32 },
+    #[error("validity must be at least one day")]
+    ValidityZero,
+    #[error("CSR refused")]
+    Csr(#[from] CsrError),
+    #[error("partner `{id}` has no valid certificate{}", serial.as_ref().map(|s| format!(" with serial {s}")).unwrap_or_default())]
+    NoCertificate { id: String, serial: Option<String> },
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a command did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub event: Event,
+    pub record: Record,
+    /// For `issue` and `renew`: the new certificate and the CA certificate, PEM.
+    pub chain_pem: Option<String>,
+}
+
+/// `partner register`.
+pub struct Register<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub scopes: &'a [String],
+    pub identity: Identity,
+}
+
+/// Current time, RFC 3339 UTC to the second: the registry's one time format.
+pub fn now_rfc3339() -> String {
+    format_time(OffsetDateTime::now_utc())
+}
+
+/// Formats a time the way the registry stores it.
+pub fn format_time(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Parses a registry time.
+pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+/// Records a pending partner.
+///
+/// # Errors
+/// See [`CommandError`]; nothing is written on error.
+pub async fn register(
+    store: &mut Store,
+    policy: &Policy,
+    actor: &str,
+    req: Register<'_>,
+) -> Result<Outcome, CommandError> {
+    need_actor(actor)?;
+    check_id(req.id)?;
+    if !req.owner.contains('@') || req.owner.starts_with('@') || req.owner.ends_with('@') {
+        return Err(CommandError::BadOwner(req.owner.to_owned()));
+    }
+    let identity = normalise_identity(req.identity)?;
+    let scopes = check_scopes(policy, req.scopes)?;
+    if scopes.is_empty() {
+        return Err(CommandError::NoScopes);
+    }
+    if let Some(by) = policy.yaml_identities.get(&identity) {
+        return Err(CommandError::IdentityInYaml {
+            identity,
+            by: by.clone(),
+        });
+    }
+    let mut w = store.write().await?;
+    let before = w.record(req.id).await?;
+    if let Some(p) = &before.partner {
+        return Err(CommandError::Taken {
+            id: p.id.clone(),
+            status: p.status,
+        });
+    }
+    for other in w.records().await? {
+        if let Some(p) = other.partner {
+            let live = matches!(p.status, PartnerStatus::Pending | PartnerStatus::Approved);
+            if live && p.identity == identity {
+                return Err(CommandError::IdentityClaimed { identity, by: p.id });
+            }
+        }
+    }
+    let now = now_rfc3339();
+    let after = Record {
+        partner: Some(Partner {
+            id: req.id.to_owned(),
+            owner: req.owner.to_owned(),
+            identity,
+            status: PartnerStatus::Pending,
+            scopes: Vec::new(),
+            requested_scopes: scopes,
+            requested_by: actor.to_owned(),
+            registered_at: now.clone(),
+            approved_at: None,
+            first_issued_at: None,
+        }),
+        certificates: Vec::new(),
+    };
+    let event = w
+        .append(
+            draft(&now, actor, "register", req.id, None),
+            &before,
+            &after,
+        )
+        .await?;
+    w.commit().await?;
+    Ok(done(event, after))
+}
+
+/// Approves a pending registration, or a pending scope addition: grants the requested scopes.
+///
+/// # Errors
+/// The partner has nothing pending, or `actor` asked for it.
+pub async fn approve(store: &mut Store, actor: &str, id: &str) -> Result<Outcome, CommandError> {
+    need_actor(actor)?;
+    let mut w = store.write().await?;
+    let before = w.record(id).await?;
+    let mut p = partner(&before, id)?.clone();
+    match p.status {
+        PartnerStatus::Pending => {}
+        PartnerStatus::Approved if !p.requested_scopes.is_empty() => {}
+        PartnerStatus::Approved => return Err(CommandError::NothingPending(id.to_owned())),
+        status => return Err(wrong(id, status, "pending")),
+    }
+    if p.requested_by == actor {
+        return Err(CommandError::SameActor {
+            actor: actor.to_owned(),
+        });
+    }
+    let now = now_rfc3339();
+    let mut scopes: BTreeSet<String> = p.scopes.drain(..).collect();
+    scopes.extend(p.requested_scopes.drain(..));
+    p.scopes = scopes.into_iter().collect();
+    if p.status == PartnerStatus::Pending {
+        p.status = PartnerStatus::Approved;
+        p.approved_at = Some(now.clone());
+    }
+    let after = Record {
+        partner: Some(p),
+        certificates: before.certificates.clone(),
+    };
+    let event = w
+        .append(draft(&now, actor, "approve", id, None), &before, &after)
+        .await?;
+    w.commit().await?;
+    Ok(done(event, after))
+}
+
+/// Closes a pending registration (or withdraws a pending scope addition) without approval.
+///
+/// # Errors
+/// Nothing is pending, or no reason was given.
+pub async fn reject(
+    store: &mut Store,
+    actor: &str,
+    id: &str,
+    reason: &str,
+) -> Result<Outcome, CommandError> {
+    need_actor(actor)?;
+    need_reason(reason)?;
+    let mut w = store.write().await?;
+    let before = w.record(id).await?;
+    let mut p = partner(&before, id)?.clone();
+    match p.status {
+        PartnerStatus::Pending => p.status = PartnerStatus::Rejected,
+        PartnerStatus::Approved if !p.requested_scopes.is_empty() => {}
+        PartnerStatus::Approved => return Err(CommandError::NothingPending(id.to_owned())),
+        status => return Err(wrong(id, status, "pending")),
+    }
+    p.requested_scopes.clear();
+    let after = Record {
+        partner: Some(p),
+        certificates: before.certificates.clone(),
+    };
+    let now = now_rfc3339();
+    let event = w
+        .append(
+            draft(&now, actor, "reject", id, Some(reason)),
+            &before,
+            &after,
+        )
+        .await?;
+    w.commit().await?;
+    Ok(done(event, after))
+}
+
+/// Signs `csr` for an approved partner.
+///
+/// # Errors
+/// The partner is not approved, the validity is too long, or the CSR is refused.
+pub async fn issue(
+    store: &mut Store,
+    policy: &Policy,
+    signer: &dyn Signer,
+    actor: &str,
+    id: &str,
+    csr: &[u8],
+    days: u32,
+) -> Result<Outcome, CommandError> {
+    sign(store, policy, signer, actor, id, csr, days, None).await
+}
+
+/// Issues a successor certificate. The old ones stay valid until they expire, unless
+/// `revoke_old`: then they are revoked as superseded in the same event.
+///
+/// # Errors
+/// As [`issue`]; and the partner must already hold a valid certificate.
+#[allow(clippy::too_many_arguments)]
+pub async fn renew(
+    store: &mut Store,
+    policy: &Policy,
+    signer: &dyn Signer,
+    actor: &str,
+    id: &str,
+    csr: &[u8],
+    days: u32,
+    revoke_old: bool,
+) -> Result<Outcome, CommandError> {
+    sign(
+        store,
+        policy,
+        signer,
+        actor,
+        id,
+        csr,
+        days,
+        Some(revoke_old),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sign(
+    store: &mut Store,
+    policy: &Policy,
+    signer: &dyn Signer,
+    actor: &str,
+    id: &str,
+    csr: &[u8],
+    days: u32,
+    renewal: Option<bool>,
+) -> Result<Outcome, CommandError> {
+    need_actor(actor)?;
+    if days == 0 {
+        return Err(CommandError::ValidityZero);
+    }
+    if days > policy.max_validity_days {
+        return Err(CommandError::ValidityTooLong {
+            days,
+            max: policy.max_validity_days,
+        });
+    }
+    let mut w = store.write().await?;
+    let before = w.record(id).await?;
+    let p = partner(&before, id)?;
+    if p.status != PartnerStatus::Approved {
+        return Err(wrong(id, p.status, "approved"));
+    }
+    let checked = ca::check_csr(csr, &p.identity)?;
+    let now = now_rfc3339();
+    let mut after = before.clone();
+    let renews = match renewal {
+        None => None,
+        Some(revoke_old) => {
+            let latest = before
+                .certificates
+                .iter()
+                .rfind(|c| c.status == CertStatus::Valid)
+                .map(|c| c.serial.clone())
+                .ok_or_else(|| CommandError::NoCertificate {
+                    id: id.to_owned(),
+                    serial: None,
+                })?;
+            if revoke_old {
+                for c in &mut after.certificates {
+                    if c.status == CertStatus::Valid {
+                        revoke_cert(c, "superseded", &now);
+                    }
+                }
+            }
+            Some(latest)
+        }
+    };
+    let params = ca::leaf_params(&p.id, &p.identity, days)?;
+    let der = signer.sign_certificate(&params, &checked.public_key)?;
+    let cert = certificate_of(&der, id, renews)?;
+    let chain_pem = format!(
+        "{}{}",
+        cert.pem,
+        ca::pem_of("CERTIFICATE", signer.certificate())
+    );
+    let reason = format!("{}; {} days; serial {}", checked.key, days, cert.serial);
+    after.certificates.push(cert);
+    store::sort_certificates(&mut after.certificates);
+    if let Some(ap) = after.partner.as_mut() {
+        if ap.first_issued_at.is_none() {
+            ap.first_issued_at = Some(now.clone());
+        }
+    }
+    let action = if renewal.is_some() { "renew" } else { "issue" };
+    let event = w
+        .append(
+            draft(&now, actor, action, id, Some(&reason)),
+            &before,
+            &after,
+        )
+        .await?;
+    w.commit().await?;
+    Ok(Outcome {
+        event,
+        record: after,
+        chain_pem: Some(chain_pem),
+    })
+}
+
+/// Revokes one certificate (`serial`) or every valid one.
+///
+/// # Errors
+/// Unknown reason, or no such valid certificate.
+pub async fn revoke(
+    store: &mut Store,
+    actor: &str,
+    id: &str,
+    serial: Option<&str>,
+    reason: &str,
+) -> Result<Outcome, CommandError> {
+    need_actor(actor)?;
+    if !REVOCATION_REASONS.contains(&reason) {
+        return Err(CommandError::BadRevocationReason(reason.to_owned()));
+    }
+    let serial = serial.map(|s| {
+        s.trim_start_matches("0x")
+            .to_ascii_lowercase()
+            .replace(':', "")
+    });
+    let mut w = store.write().await?;
+    let before = w.record(id).await?;
+    partner(&before, id)?;
+    let now = now_rfc3339();
+    let mut after = before.clone();
+    let mut revoked = 0;
+    for c in &mut after.certificates {
+        let wanted = serial
+            .as_deref()
+            .is_none_or(|s| s.trim_start_matches('0') == c.serial.trim_start_matches('0'));
+        if wanted && c.status == CertStatus::Valid {
+            revoke_cert(c, reason, &now);
+            revoked += 1;
+        }
+    }
+    if revoked == 0 {
+        return Err(CommandError::NoCertificate {
+            id: id.to_owned(),
+            serial,
+        });
+    }
+    let event = w
+        .append(
+            draft(&now, actor, "revoke", id, Some(reason)),
+            &before,
+            &after,
+        )
+        .await?;
+    w.commit().await?;
+    Ok(done(event, after))
+}
+
+/// Revokes every certificate, removes every scope and marks the partner offboarded for good.
+///
+/// # Errors
+/// The partner is already offboarded, or no reason was given.
+pub async fn offboard(
+    store: &mut Store,
+    actor: &str,
+    id: &str,
+    reason: &str,
+) -> Result<Outcome, CommandError> {
+    need_actor(actor)?;
+    need_reason(reason)?;
+    let mut w = store.write().await?;
+    let before = w.record(id).await?;
+    let p = partner(&before, id)?;
+    if p.status == PartnerStatus::Offboarded {
+        return Err(wrong(id, p.status, "not yet offboarded"));
+    }
+    let now = now_rfc3339();
+    let mut after = before.clone();
+    for c in &mut after.certificates {
+        if c.status == CertStatus::Valid {
+            revoke_cert(c, "cessationOfOperation", &now);
+        }
+    }
+    if let Some(ap) = after.partner.as_mut() {
+        ap.status = PartnerStatus::Offboarded;
+        ap.scopes.clear();
+        ap.requested_scopes.clear();
+    }
+    let event = w
+        .append(
+            draft(&now, actor, "offboard", id, Some(reason)),
+            &before,
+            &after,
+        )
+        .await?;
+    w.commit().await?;
+    Ok(done(event, after))
+}
+
+/// Removes scopes at once; adding scopes asks for approval like a registration.
+///
+/// # Errors
+/// Unknown scopes, nothing to change, or the partner is not approved.
+pub async fn scopes(
+    store: &mut Store,
+    policy: &Policy,
+    actor: &str,
+    id: &str,
+    add: &[String],
+    remove: &[String],
+) -> Result<Outcome, CommandError> {
+    need_actor(actor)?;
+    let add = check_scopes(policy, add)?;
+    let remove: BTreeSet<String> = remove.iter().map(|s| s.trim().to_owned()).collect();
+    if add.is_empty() && remove.is_empty() {
+        return Err(CommandError::NoScopes);
+    }
+    let mut w = store.write().await?;
+    let before = w.record(id).await?;
+    let mut p = partner(&before, id)?.clone();
+    if p.status != PartnerStatus::Approved {
+        return Err(wrong(id, p.status, "approved"));
+    }
+    p.scopes.retain(|s| !remove.contains(s));
+    p.requested_scopes.retain(|s| !remove.contains(s));
+    let mut requested: BTreeSet<String> = p.requested_scopes.drain(..).collect();
+    requested.extend(add.into_iter().filter(|s| !p.scopes.contains(s)));
+    p.requested_scopes = requested.into_iter().collect();
+    if !p.requested_scopes.is_empty() {
+        p.requested_by = actor.to_owned();
+    }
+    if before.partner.as_ref() == Some(&p) {
+        return Err(CommandError::NothingToChange(id.to_owned()));
+    }
+    let after = Record {
+        partner: Some(p),
+        certificates: before.certificates.clone(),
+    };
+    let now = now_rfc3339();
+    let event = w
+        .append(draft(&now, actor, "scopes", id, None), &before, &after)
+        .await?;
+    w.commit().await?;
+    Ok(done(event, after))
+}
+
+// === helpers ===
+
+fn draft<'a>(
+    time: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    partner: &'a str,
+    reason: Option<&'a str>,
+) -> Draft<'a> {
+    Draft {
+        time,
+        actor,
+        action,
+        partner,
+        reason,
+    }
+}
+
+fn done(event: Event, record: Record) -> Outcome {
+    Outcome {
+        event,
+        record,
+        chain_pem: None,
+    }
+}
+
+fn need_actor(actor: &str) -> Result<(), CommandError> {
+    if actor.trim().is_empty() {
+        return Err(CommandError::NoActor);
+    }
+    Ok(())
+}
+
+fn need_reason(reason: &str) -> Result<(), CommandError> {
+    if reason.trim().is_empty() {
+        return Err(CommandError::NoReason);
+    }
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<(), CommandError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::BadId(id.to_owned()))
+    }
+}
+
+fn normalise_identity(identity: Identity) -> Result<Identity, CommandError> {
+    let bad = |m: &str| Err(CommandError::BadIdentity(m.to_owned()));
+    match identity {
+        Identity::Spiffe(u) => {
+            if !u.starts_with("spiffe://") || u.len() <= "spiffe://".len() || !u.is_ascii() {
+                return bad("a SPIFFE ID looks like spiffe://trust-domain/path");
+            }
+            Ok(Identity::Spiffe(u))
+        }
+        Identity::Dns(d) => {
+            let d = d.to_ascii_lowercase();
+            if d.is_empty()
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            {
+                return bad("a DNS name has letters, digits, `-` and `.` only");
+            }
+            Ok(Identity::Dns(d))
+        }
+        Identity::Cn(c) => {
+            if c.trim().is_empty() || c.len() > 64 {
+                return bad("a common name has 1 to 64 characters");
+            }
+            Ok(Identity::Cn(c))
+        }
+    }
+}
+
+/// Splits, trims, deduplicates and checks scopes against the gateway's routes.
+fn check_scopes(policy: &Policy, scopes: &[String]) -> Result<Vec<String>, CommandError> {
+    let scopes: BTreeSet<String> = scopes
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(known) = &policy.known_scopes {
+        let unknown: Vec<String> = scopes
+            .iter()
+            .filter(|s| !known.contains(*s))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(CommandError::UnknownScopes {
+                unknown,
+                known: known.iter().cloned().collect(),
+            });
+        }
+    }
+    Ok(scopes.into_iter().collect())
+}
+
+fn partner<'r>(record: &'r Record, id: &str) -> Result<&'r Partner, CommandError> {
+    record
+        .partner
+        .as_ref()
+        .ok_or_else(|| CommandError::NotFound(id.to_owned()))
+}
+
+fn wrong(id: &str, status: PartnerStatus, needed: &'static str) -> CommandError {
+    CommandError::WrongStatus {
+        id: id.to_owned(),
+        status,
+        needed,
+    }
+}
+
+fn revoke_cert(c: &mut Certificate, reason: &str, now: &str) {
+    c.status = CertStatus::Revoked;
+    c.revocation_reason = Some(reason.to_owned());
+    c.revoked_at = Some(now.to_owned());
+}
+
+fn certificate_of(
+    der: &[u8],
+    partner: &str,
+    renews: Option<String>,
+) -> Result<Certificate, CommandError> {
+    use sha2::{Digest, Sha256};
+    let (_, parsed) = X509Certificate::from_der(der).map_err(|e| {
+        CommandError::Ca(CaError::Invalid {
+            path: "issued certificate".into(),
+            reason: e.to_string(),
+        })
+    })?;
+    let validity = parsed.validity();
+    let at = |t: x509_parser::time::ASN1Time| format_time(t.to_datetime());
+    Ok(Certificate {
+        serial: serial_hex(parsed.raw_serial()),
+        partner: partner.to_owned(),
+        fingerprint_sha256: hex::encode(Sha256::digest(der)),
+        not_before: at(validity.not_before),
+        not_after: at(validity.not_after),
+        status: CertStatus::Valid,
+        revocation_reason: None,
+        revoked_at: None,
+        renews,
+        pem: ca::pem_of("CERTIFICATE", der),
+    })
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        return "none".to_owned();
+    }
+    items
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
