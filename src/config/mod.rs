@@ -12,6 +12,7 @@ pub mod diff;
 mod indent;
 mod locate;
 pub mod model;
+pub mod published;
 pub mod schema;
 mod validate;
 pub mod watch;
@@ -63,7 +64,7 @@ pub fn load(path: &Path) -> Result<model::Config, Problems> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let mut config = parse(&text, path)?;
-            crate::lifecycle::publish::merge(&mut config)?;
+            published::merge(&mut config)?;
             Ok(config)
         }
         Err(err) => Err(Problems::from(Problem {

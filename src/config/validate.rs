@@ -395,20 +395,20 @@ impl<'a> Validator<'a> {
         let state_dir = self.file_path("lifecycle.state_dir", &l.state_dir);
         let bundle = l
             .bundle
-            .unwrap_or_else(|| crate::lifecycle::DEFAULT_BUNDLE.to_owned());
+            .unwrap_or_else(|| super::published::DEFAULT_BUNDLE.to_owned());
         if bundle.trim().is_empty() {
             self.problem("lifecycle.bundle", "a trust bundle name must not be empty");
         }
         let crl_next_update = self.duration(
             "lifecycle.crl_next_update",
             l.crl_next_update.as_deref(),
-            crate::lifecycle::publish::DEFAULT_CRL_NEXT_UPDATE,
+            super::published::DEFAULT_CRL_NEXT_UPDATE,
             Zero::Rejected,
         );
         let max_validity_days = self.positive(
             "lifecycle.max_validity_days",
             l.max_validity_days,
-            crate::lifecycle::commands::DEFAULT_MAX_VALIDITY_DAYS,
+            super::published::DEFAULT_MAX_VALIDITY_DAYS,
         );
         Some(model::Lifecycle {
             state_dir,

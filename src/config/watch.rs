@@ -23,7 +23,7 @@ pub fn watched_files(config: &Config) -> Vec<PathBuf> {
     // The registry's partner table: a change is a new partner table, so a reload. (The lifecycle
     // CRL is polled by the revocation module like any CRL file.)
     if let Some(lifecycle) = &config.lifecycle {
-        files.push(crate::lifecycle::StateDir::new(&lifecycle.state_dir).partners());
+        files.push(super::published::StateDir::new(&lifecycle.state_dir).partners());
     }
     files.sort();
     files.dedup();

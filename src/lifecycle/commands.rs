@@ -20,7 +20,7 @@ use super::registry::{
 use super::store::{self, Draft, Store, StoreError};
 
 /// Longest validity `partner issue` grants unless configured otherwise, in days.
-pub const DEFAULT_MAX_VALIDITY_DAYS: u32 = 90;
+pub use crate::config::published::DEFAULT_MAX_VALIDITY_DAYS;
 
 /// What every command is checked against.
 #[derive(Debug, Clone)]

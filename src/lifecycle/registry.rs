@@ -8,22 +8,12 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::config::published::Identity;
 use sha2::{Digest, Sha256};
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// The one identity a partner's certificates must carry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Identity {
-    /// A SPIFFE ID in a URI SAN.
-    Spiffe(String),
-    /// The subject common name.
-    Cn(String),
-    /// A DNS SAN (lower-case).
-    Dns(String),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,30 +124,6 @@ pub const REVOCATION_REASONS: &[&str] = &[
     "certificateHold",
     "privilegeWithdrawn",
 ];
-
-// === impl Identity ===
-
-impl Identity {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Spiffe(_) => "spiffe",
-            Self::Cn(_) => "cn",
-            Self::Dns(_) => "dns",
-        }
-    }
-
-    pub fn value(&self) -> &str {
-        match self {
-            Self::Spiffe(v) | Self::Cn(v) | Self::Dns(v) => v,
-        }
-    }
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.kind(), self.value())
-    }
-}
 
 // === impl PartnerStatus ===
 
