@@ -61,17 +61,18 @@ pub struct Problems {
 /// An unreadable file is one [`Place::File`] problem carrying the OS error; otherwise see
 /// [`parse`].
 pub fn load(path: &Path) -> Result<model::Config, Problems> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let mut config = parse(&text, path)?;
-            published::merge(&mut config)?;
-            Ok(config)
-        }
-        Err(err) => Err(Problems::from(Problem {
+    let mut config = parse(&read(path)?, path)?;
+    published::merge(&mut config)?;
+    Ok(config)
+}
+
+fn read(path: &Path) -> Result<String, Problems> {
+    std::fs::read_to_string(path).map_err(|err| {
+        Problems::from(Problem {
             place: Place::File(path.to_owned()),
             message: format!("cannot read the configuration file: {err}"),
-        })),
-    }
+        })
+    })
 }
 
 /// Validates configuration `text` that was read from `source`.
@@ -99,13 +100,9 @@ pub struct Checked {
 /// # Errors
 /// As [`load`].
 pub fn load_checked(path: &Path) -> Result<Checked, Problems> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_checked(&text, path),
-        Err(err) => Err(Problems::from(Problem {
-            place: Place::File(path.to_owned()),
-            message: format!("cannot read the configuration file: {err}"),
-        })),
-    }
+    let mut checked = parse_checked(&read(path)?, path)?;
+    published::merge(&mut checked.config)?;
+    Ok(checked)
 }
 
 /// [`parse`], with warnings about a valid configuration: a scope granted to partners that no
