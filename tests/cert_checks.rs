@@ -15,8 +15,7 @@ use common::openssl::openssl;
 use common::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose,
-    GeneralSubtree, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, NameConstraints, SanType,
-    SerialNumber,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, SanType, SerialNumber,
 };
 use rustls::pki_types::ServerName;
 use time::{Duration, OffsetDateTime};
@@ -30,21 +29,10 @@ fn next_serial() -> u64 {
     SERIAL.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The shared test CA parameters with a serial of this file's own range, so the chains made here
+/// never collide with tests/common's serials.
 fn ca_params(name: &str) -> CertificateParams {
-    let now = OffsetDateTime::now_utc();
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.distinguished_name
-        .push(DnType::OrganizationName, "certgate tests");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.not_before = now - Duration::days(1);
-    p.not_after = now + Duration::days(365);
-    p.key_identifier_method = KeyIdMethod::Sha256;
+    let mut p = common::pki::ca_params(name);
     p.use_authority_key_identifier_extension = true;
     p.serial_number = Some(SerialNumber::from(next_serial()));
     p

@@ -199,7 +199,14 @@ impl<'a> Validator<'a> {
     }
 
     fn problem_at(&mut self, pos: Option<Pos>, field: &str, message: String) {
-        let problem = match pos {
+        let problem = self.placed(pos, field, message);
+        self.problems.push(problem);
+    }
+
+    /// A problem or warning at `pos`, or, where the field has no position, at the file with the
+    /// field named in the message.
+    fn placed(&self, pos: Option<Pos>, field: &str, message: String) -> Problem {
+        match pos {
             Some(Pos { line, column }) => Problem {
                 place: Place::Yaml {
                     file: self.file.to_owned(),
@@ -213,8 +220,7 @@ impl<'a> Validator<'a> {
                 place: Place::File(self.file.to_owned()),
                 message: format!("{field}: {message}"),
             },
-        };
-        self.problems.push(problem);
+        }
     }
 
     /// `line L column C` of a field, for messages that point at a second place.
@@ -279,21 +285,7 @@ impl<'a> Validator<'a> {
     fn warnings(&self, config: &model::Config) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut warn = |field: &str, message: String| {
-            out.push(match self.index.locate(field) {
-                Some(Pos { line, column }) => Problem {
-                    place: Place::Yaml {
-                        file: self.file.to_owned(),
-                        line,
-                        column,
-                        field: field.to_owned(),
-                    },
-                    message,
-                },
-                None => Problem {
-                    place: Place::File(self.file.to_owned()),
-                    message: format!("{field}: {message}"),
-                },
-            });
+            out.push(self.placed(self.index.locate(field), field, message));
         };
         let mut held = vec![false; config.scopes.len()];
         let mut required = vec![false; config.scopes.len()];

@@ -40,7 +40,7 @@ pub struct LeafBuilder<'a> {
     serial: u64,
 }
 
-fn ca_params(name: &str) -> CertificateParams {
+pub fn ca_params(name: &str) -> CertificateParams {
     let now = OffsetDateTime::now_utc();
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::CommonName, name);
