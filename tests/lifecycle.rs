@@ -1,7 +1,10 @@
 //! The partner lifecycle as operators and partners use it: the `certgate` binary for every
 //! command, the `openssl` CLI on the partner's side (key, CSR) and as the verifier of what the CA
 //! issues and revokes, `curl` and a keep-alive TLS client against a running `certgate serve`, and
-//! the `sqlite3` CLI to tamper with the registry.
+//! the `sqlite3` and `psql` CLIs to tamper with the registry.
+//!
+//! Every test runs twice, once per registry backend: on the embedded SQLite file (`on_sqlite::…`)
+//! and on a real PostgreSQL server (`on_postgres::…`, see `common::postgres`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
@@ -12,8 +15,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::postgres::PgDatabase;
 use common::*;
 use http_body_util::BodyExt;
+
+/// The registry's database in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
 
 // === helpers ===
 
@@ -25,6 +36,8 @@ struct Setup {
     state: PathBuf,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// The test's own PostgreSQL database, when the registry is on PostgreSQL.
+    pg: Option<PgDatabase>,
 }
 
 fn free_port() -> u16 {
@@ -35,12 +48,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn setup(upstream: SocketAddr) -> Setup {
+fn setup(upstream: SocketAddr, backend: Backend) -> Setup {
     let env = Env::new();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let pg = (backend == Backend::Postgres).then(PgDatabase::create);
+    let lifecycle = match &pg {
+        None => "lifecycle:\n  state_dir: state\n".to_owned(),
+        Some(db) => format!("lifecycle:\n  state_dir: state\n  database: {}\n", db.url),
+    };
     let yaml = env
-        .config(upstream, "lifecycle:\n  state_dir: state\n")
+        .config(upstream, &lifecycle)
         .replacen(
             "listen: \"127.0.0.1:0\"",
             &format!("listen: \"{listen}\""),
@@ -59,6 +77,7 @@ fn setup(upstream: SocketAddr) -> Setup {
         state,
         listen,
         admin,
+        pg,
     }
 }
 
@@ -100,8 +119,13 @@ impl Setup {
         self.state.join("ca").join("ca.pem")
     }
 
-    fn database(&self) -> PathBuf {
-        self.state.join("registry.sqlite")
+    /// Runs SQL on the registry behind certgate's back: `sqlite3` on the file, `psql` on the
+    /// PostgreSQL database. Rows come back as `a|b`, one a line.
+    fn sql(&self, sql: &str) -> String {
+        match &self.pg {
+            Some(db) => db.psql(sql),
+            None => sqlite3(&self.state.join("registry.sqlite"), sql),
+        }
     }
 
     /// `registry verify`'s event count.
@@ -304,10 +328,60 @@ async fn curl_status(s: &Setup, cert: &Path, key: &Path) -> Result<String, Strin
 
 // === tests ===
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partner_onboarded_through_the_lifecycle_is_served_and_revoking_cuts_it() {
+/// Each test once per backend, under the same name in `on_sqlite` and `on_postgres`.
+macro_rules! on_both_backends {
+    ($module:ident, $backend:expr) => {
+        mod $module {
+            use super::Backend;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_partner_onboarded_through_the_lifecycle_is_served_and_revoking_cuts_it() {
+                super::a_partner_onboarded_through_the_lifecycle_is_served_and_revoking_cuts_it(
+                    $backend,
+                )
+                .await;
+            }
+
+            #[test]
+            fn refusals_name_their_reason_and_write_nothing() {
+                super::refusals_name_their_reason_and_write_nothing($backend);
+            }
+
+            #[test]
+            fn the_event_log_replays_to_the_same_state_and_an_edited_row_is_named() {
+                super::the_event_log_replays_to_the_same_state_and_an_edited_row_is_named($backend);
+            }
+
+            #[test]
+            fn twenty_concurrent_cli_invocations_leave_a_consistent_registry() {
+                super::twenty_concurrent_cli_invocations_leave_a_consistent_registry($backend);
+            }
+
+            #[test]
+            fn a_renewed_certificate_overlaps_the_old_one_and_offboarding_retires_everything() {
+                super::a_renewed_certificate_overlaps_the_old_one_and_offboarding_retires_everything(
+                    $backend,
+                );
+            }
+
+            #[test]
+            fn the_expiring_report_lists_certificates_due_with_their_owners_until_renewed() {
+                super::the_expiring_report_lists_certificates_due_with_their_owners_until_renewed(
+                    $backend,
+                );
+            }
+        }
+    };
+}
+
+on_both_backends!(on_sqlite, Backend::Sqlite);
+on_both_backends!(on_postgres, Backend::Postgres);
+
+async fn a_partner_onboarded_through_the_lifecycle_is_served_and_revoking_cuts_it(
+    backend: Backend,
+) {
     let up = Upstream::start().await;
-    let s = setup(up.addr);
+    let s = setup(up.addr, backend);
 
     let out = s.ok(&["ca", "init"]);
     assert!(out.contains("CA ready"), "{out}");
@@ -531,9 +605,8 @@ async fn admin_get(
     (status, etag, body)
 }
 
-#[test]
-fn refusals_name_their_reason_and_write_nothing() {
-    let s = setup("127.0.0.1:9".parse().unwrap());
+fn refusals_name_their_reason_and_write_nothing(backend: Backend) {
+    let s = setup("127.0.0.1:9".parse().unwrap(), backend);
     s.ok(&["ca", "init"]);
 
     let unknown = s.refused(&[
@@ -745,9 +818,8 @@ fn refusals_name_their_reason_and_write_nothing() {
     );
 }
 
-#[test]
-fn the_event_log_replays_to_the_same_state_and_an_edited_row_is_named() {
-    let s = setup("127.0.0.1:9".parse().unwrap());
+fn the_event_log_replays_to_the_same_state_and_an_edited_row_is_named(backend: Backend) {
+    let s = setup("127.0.0.1:9".parse().unwrap(), backend);
     s.ok(&["ca", "init"]);
     s.onboard("initech");
     s.issue("initech", "a");
@@ -781,10 +853,7 @@ fn the_event_log_replays_to_the_same_state_and_an_edited_row_is_named() {
         "{replay}"
     );
     // Throw the derived tables away: verify notices, replay rebuilds them exactly.
-    sqlite3(
-        &s.database(),
-        "DELETE FROM certificates; DELETE FROM partners;",
-    );
+    s.sql("DELETE FROM certificates; DELETE FROM partners;");
     let stale = s.run(&["registry", "verify"]);
     assert!(!stale.status.success());
     assert!(String::from_utf8_lossy(&stale.stderr).contains("differ from the event log"));
@@ -809,30 +878,23 @@ fn the_event_log_replays_to_the_same_state_and_an_edited_row_is_named() {
         ["register", "approve", "issue", "issue", "scopes", "revoke"]
     );
 
-    // Edit one row with the sqlite3 CLI: verify fails and names it.
-    sqlite3(
-        &s.database(),
-        "UPDATE events SET actor = 'mallory' WHERE id = 4",
-    );
+    // Edit one row with the database's own CLI: verify fails and names it.
+    s.sql("UPDATE events SET actor = 'mallory' WHERE id = 4");
     let tampered = s.run(&["registry", "verify"]);
     assert!(!tampered.status.success());
     let err = String::from_utf8_lossy(&tampered.stderr);
     assert!(err.contains("event 4: its hash does not match"), "{err}");
-    sqlite3(
-        &s.database(),
-        "UPDATE events SET actor = 'carol' WHERE id = 4",
-    );
+    s.sql("UPDATE events SET actor = 'carol' WHERE id = 4");
     s.ok(&["registry", "verify"]);
     // Remove one: the next event's link names the gap.
-    sqlite3(&s.database(), "DELETE FROM events WHERE id = 6");
+    s.sql("DELETE FROM events WHERE id = 6");
     let removed = s.run(&["registry", "verify"]);
     let err = String::from_utf8_lossy(&removed.stderr);
     assert!(err.contains("event 7: expected event 6"), "{err}");
 }
 
-#[test]
-fn twenty_concurrent_cli_invocations_leave_a_consistent_registry() {
-    let s = setup("127.0.0.1:9".parse().unwrap());
+fn twenty_concurrent_cli_invocations_leave_a_consistent_registry(backend: Backend) {
+    let s = setup("127.0.0.1:9".parse().unwrap(), backend);
     s.ok(&["ca", "init"]);
     s.onboard("base");
     let children: Vec<Child> = (0..20)
@@ -873,7 +935,7 @@ fn twenty_concurrent_cli_invocations_leave_a_consistent_registry() {
     assert_eq!(s.events(), 22);
     let list = s.ok(&["partner", "list"]);
     assert_eq!(list.lines().count(), 21, "{list}");
-    let max_id = sqlite3(&s.database(), "SELECT MAX(id), COUNT(*) FROM events");
+    let max_id = s.sql("SELECT MAX(id), COUNT(*) FROM events");
     assert_eq!(max_id.trim(), "22|22");
     let published: serde_json::Value =
         serde_json::from_slice(&std::fs::read(s.state.join("published/partners.json")).unwrap())
@@ -882,9 +944,8 @@ fn twenty_concurrent_cli_invocations_leave_a_consistent_registry() {
     assert_eq!(published["crl_number"], 23);
 }
 
-#[test]
-fn a_renewed_certificate_overlaps_the_old_one_and_offboarding_retires_everything() {
-    let s = setup("127.0.0.1:9".parse().unwrap());
+fn a_renewed_certificate_overlaps_the_old_one_and_offboarding_retires_everything(backend: Backend) {
+    let s = setup("127.0.0.1:9".parse().unwrap(), backend);
     s.ok(&["ca", "init"]);
     s.onboard("initech");
     let (first, _) = s.issue("initech", "first");
@@ -978,9 +1039,8 @@ fn a_renewed_certificate_overlaps_the_old_one_and_offboarding_retires_everything
     );
 }
 
-#[test]
-fn the_expiring_report_lists_certificates_due_with_their_owners_until_renewed() {
-    let s = setup("127.0.0.1:9".parse().unwrap());
+fn the_expiring_report_lists_certificates_due_with_their_owners_until_renewed(backend: Backend) {
+    let s = setup("127.0.0.1:9".parse().unwrap(), backend);
     s.ok(&["ca", "init"]);
     s.onboard("initech");
     s.onboard("hooli");
@@ -1025,4 +1085,72 @@ fn the_expiring_report_lists_certificates_due_with_their_owners_until_renewed() 
     ]);
     let report = s.ok(&["partner", "report", "--expiring", "30d"]);
     assert!(report.contains("expiring within 30 days: 0"), "{report}");
+}
+
+#[test]
+fn a_bad_database_setting_is_named_at_its_place_and_no_password_is_shown() {
+    let s = setup("127.0.0.1:9".parse().unwrap(), Backend::Sqlite);
+    let yaml = std::fs::read_to_string(&s.config).unwrap();
+    let with = |database: &str| {
+        let text = yaml.replace(
+            "lifecycle:\n  state_dir: state\n",
+            &format!("lifecycle:\n  state_dir: state\n  database: \"{database}\"\n"),
+        );
+        write_file(s.env.dir.path(), "certgate.yaml", &text);
+    };
+    let line = yaml
+        .lines()
+        .position(|l| l == "lifecycle:")
+        .expect("the lifecycle section")
+        + 3;
+
+    with("postgres://certgate:s3cret@[::1/registry");
+    let bad = s.refused(&["check"]);
+    assert!(
+        bad.contains(&format!(
+            "certgate.yaml:{line}:13: lifecycle.database: invalid PostgreSQL URL"
+        )),
+        "{bad}"
+    );
+    assert!(!bad.contains("s3cret"), "{bad}");
+
+    with("mysql://db.example.com/registry");
+    let other = s.refused(&["partner", "list"]);
+    assert!(
+        other.contains(&format!(
+            "certgate.yaml:{line}:13: lifecycle.database: unsupported database `mysql`"
+        )),
+        "{other}"
+    );
+    with("sqlite::memory:");
+    let memory = s.refused(&["check"]);
+    assert!(memory.contains("no in-memory database"), "{memory}");
+
+    // A well-formed URL to a server that refuses it: the error names the database, not the
+    // password.
+    let db = PgDatabase::create();
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_password(Some("s3cret")).unwrap();
+    url.set_path("certgate_no_such_database");
+    with(url.as_str());
+    let refused = s.refused(&["partner", "list"]);
+    url.set_password(Some("***")).unwrap();
+    assert!(
+        refused.contains(&format!("cannot open the registry {url}")),
+        "{refused}"
+    );
+    assert!(refused.contains("does not exist"), "{refused}");
+    assert!(!refused.contains("s3cret"), "{refused}");
+
+    // An empty database is not a registry until `ca init` made it one.
+    with(&db.url);
+    let missing = s.refused(&["registry", "verify"]);
+    assert!(
+        missing.contains(&format!("no registry at {}", db.url)) && missing.contains("ca init"),
+        "{missing}"
+    );
+    s.ok(&["ca", "init"]);
+    assert!(!s.state.join("registry.sqlite").exists());
+    assert!(s.ok(&["registry", "verify"]).contains("0 events"));
+    assert_eq!(db.psql("SELECT crl_number FROM publication").trim(), "1");
 }

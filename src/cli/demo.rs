@@ -65,7 +65,9 @@ pub(super) async fn onboard_through_lifecycle(dir: &Path) -> Result<LifecycleDem
     })?;
     ca::init(&state, "certgate demo partner CA").map_err(E::Ca)?;
     let signer = ca::FileSigner::load(&state).map_err(E::Ca)?;
-    let mut store = Store::create(&state.database()).await.map_err(E::Store)?;
+    let mut store = Store::create(&crate::config::model::Database::Sqlite(state.database()))
+        .await
+        .map_err(E::Store)?;
     let policy = Policy {
         known_scopes: Some(["orders:read", "payments:write"].map(String::from).into()),
         yaml_identities: Default::default(),

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use crate::config;
-use crate::config::model::IdentityMatch;
+use crate::config::model::{Database, IdentityMatch};
 use crate::lifecycle::ca::{self, FileSigner};
 use crate::lifecycle::commands::{self, CommandError, Outcome, Policy, Register};
 use crate::lifecycle::publish::{self, DEFAULT_CRL_NEXT_UPDATE};
@@ -193,6 +193,8 @@ pub struct Who {
 /// Settings that come from the gateway configuration.
 struct Context {
     state: StateDir,
+    /// `lifecycle.database`, or the SQLite file in `state`.
+    database: Database,
     policy: Policy,
     crl_next_update: std::time::Duration,
 }
@@ -258,7 +260,7 @@ async fn ca_inner(command: CaCommand) -> Result<ExitCode, CliError> {
         Some(_) => return Err(CliError::Usage("--import takes CERT KEY".into())),
         None => ca::init(&ctx.state, &cn)?,
     }
-    let mut store = Store::create(&ctx.state.database()).await?;
+    let mut store = Store::create(&ctx.database).await?;
     let signer = FileSigner::load(&ctx.state)?;
     let published = publish::publish(&mut store, &signer, &ctx.state, ctx.crl_next_update)
         .await
@@ -268,7 +270,7 @@ async fn ca_inner(command: CaCommand) -> Result<ExitCode, CliError> {
         ctx.state.root().display(),
         ctx.state.ca_cert().display(),
         ctx.state.ca_key().display(),
-        ctx.state.database().display(),
+        ctx.database,
         published.crl_number,
         ctx.state.crl().display(),
         ctx.state.partners().display(),
@@ -281,7 +283,7 @@ async fn partner_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
     match command {
         P::List { place } => {
             let ctx = context(&place, false)?;
-            let mut store = Store::open(&ctx.state.database()).await?;
+            let mut store = Store::open(&ctx.database).await?;
             for r in store.records().await? {
                 if let Some(p) = &r.partner {
                     let valid = r
@@ -303,7 +305,7 @@ async fn partner_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
         }
         P::Report { expiring, place } => {
             let ctx = context(&place, false)?;
-            let mut store = Store::open(&ctx.state.database()).await?;
+            let mut store = Store::open(&ctx.database).await?;
             let now = time::OffsetDateTime::now_utc();
             let horizon = now + time::Duration::days(i64::from(expiring));
             let mut due = Vec::new();
@@ -343,7 +345,7 @@ async fn partner_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
         }
         P::Show { id, place } => {
             let ctx = context(&place, false)?;
-            let mut store = Store::open(&ctx.state.database()).await?;
+            let mut store = Store::open(&ctx.database).await?;
             let record = store.record(&id).await?;
             if record.partner.is_none() {
                 return Err(CommandError::NotFound(id).into());
@@ -353,7 +355,7 @@ async fn partner_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
         }
         P::History { id, json, place } => {
             let ctx = context(&place, false)?;
-            let mut store = Store::open(&ctx.state.database()).await?;
+            let mut store = Store::open(&ctx.database).await?;
             let events = store.events_of(&id).await?;
             if events.is_empty() {
                 return Err(CommandError::NotFound(id).into());
@@ -418,7 +420,7 @@ async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
     };
     let ctx = context(&who.place, needs_scopes)?;
     let actor = who.actor.as_str();
-    let mut store = Store::open(&ctx.state.database()).await?;
+    let mut store = Store::open(&ctx.database).await?;
     let signer = FileSigner::load(&ctx.state)?;
     let days = |d: Option<u32>| d.unwrap_or(ctx.policy.max_validity_days);
     let mut out_file = None;
@@ -532,7 +534,7 @@ async fn registry_inner(command: RegistryCommand) -> Result<ExitCode, CliError> 
     match command {
         RegistryCommand::Verify { place } => {
             let ctx = context(&place, false)?;
-            let mut store = Store::open(&ctx.state.database()).await?;
+            let mut store = Store::open(&ctx.database).await?;
             let events = store.events().await?;
             if let Some(broken) = registry::verify_chain(&events) {
                 eprintln!("registry verify: chain broken at {broken}");
@@ -556,7 +558,7 @@ async fn registry_inner(command: RegistryCommand) -> Result<ExitCode, CliError> 
         }
         RegistryCommand::Replay { place } => {
             let ctx = context(&place, false)?;
-            let mut store = Store::open(&ctx.state.database()).await?;
+            let mut store = Store::open(&ctx.database).await?;
             let before = store.records().await?;
             let n = store.replay().await?;
             let after = store.records().await?;
@@ -572,7 +574,7 @@ async fn registry_inner(command: RegistryCommand) -> Result<ExitCode, CliError> 
         }
         RegistryCommand::Publish { place } => {
             let ctx = context(&place, false)?;
-            let mut store = Store::open(&ctx.state.database()).await?;
+            let mut store = Store::open(&ctx.database).await?;
             let signer = FileSigner::load(&ctx.state)?;
             let p = publish::publish(&mut store, &signer, &ctx.state, ctx.crl_next_update)
                 .await
@@ -707,8 +709,13 @@ fn context(place: &Place, needs_scopes: bool) -> Result<Context, CliError> {
             })
         })
         .collect();
+    let database = lifecycle
+        .as_ref()
+        .and_then(|l| l.database.clone())
+        .unwrap_or_else(|| Database::Sqlite(state.database()));
     Ok(Context {
         state,
+        database,
         policy: Policy {
             known_scopes,
             yaml_identities,

@@ -53,6 +53,21 @@ pub struct Lifecycle {
     pub crl_next_update: Duration,
     /// Longest validity `partner issue` grants, in days (default 90).
     pub max_validity_days: u32,
+    /// `lifecycle.database` when set; `None` is the SQLite file in the state folder, whichever
+    /// folder that is (the CLI's `--state` may name another).
+    pub database: Option<Database>,
+}
+
+/// The registry's database, from `lifecycle.database`.
+///
+/// `Debug` and `Display` never show a password: the value ends up in error messages and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An embedded SQLite file (absolute path), created by `certgate ca init`.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server shared by control-plane replicas. The URL is checked at load; its
+    /// user, password, host, port and database fall back to the libpq `PG*` environment variables.
+    Postgres(url::Url),
 }
 
 #[derive(Debug, Clone)]
@@ -466,4 +481,38 @@ fn fold(b: u8) -> u8 {
 
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+// === impl Database ===
+
+impl Database {
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Self::Postgres(url) => {
+                let mut shown = url.clone();
+                if shown.password().is_some() {
+                    // Only fails for URLs that cannot carry a password, and this one does.
+                    let _ = shown.set_password(Some("***"));
+                }
+                shown.to_string()
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(_) => write!(f, "Sqlite({self})"),
+            Self::Postgres(_) => write!(f, "Postgres({self})"),
+        }
+    }
 }

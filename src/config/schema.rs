@@ -40,6 +40,9 @@ pub struct Lifecycle {
     /// Longest validity `partner issue` grants, in days (default 90).
     #[serde(default)]
     pub max_validity_days: Option<u32>,
+    /// `sqlite://PATH` or `postgres://…` (default: `registry.sqlite` in `state_dir`).
+    #[serde(default)]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -402,12 +402,51 @@ impl<'a> Validator<'a> {
             l.max_validity_days,
             super::published::DEFAULT_MAX_VALIDITY_DAYS,
         );
+        let database = l
+            .database
+            .as_deref()
+            .and_then(|text| self.database("lifecycle.database", text));
         Some(model::Lifecycle {
             state_dir,
             bundle,
             crl_next_update,
             max_validity_days,
+            database,
         })
+    }
+
+    /// `sqlite://PATH` (relative to the config file's folder) or `postgres://…`; `None` (and a
+    /// problem at its place) when it is neither.
+    fn database(&mut self, at: &str, text: &str) -> Option<model::Database> {
+        if let Some(path) = text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"))
+        {
+            if path.contains('?') || path.starts_with(':') {
+                self.problem(
+                    at,
+                    "a SQLite registry is a file path (`sqlite://PATH`): no `?options`, no in-memory database",
+                );
+                return None;
+            }
+            return Some(model::Database::Sqlite(self.file_path(at, Path::new(path))));
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return match url::Url::parse(text) {
+                Ok(url) => Some(model::Database::Postgres(url)),
+                Err(e) => {
+                    // The URL may carry a password: name the problem, not the value.
+                    self.problem(at, format!("invalid PostgreSQL URL: {e}"));
+                    None
+                }
+            };
+        }
+        let scheme = text.split_once(':').map_or(text, |(s, _)| s);
+        self.problem(
+            at,
+            format!("unsupported database `{scheme}`: expected sqlite://PATH or postgres://USER@HOST:PORT/DB"),
+        );
+        None
     }
 
     // --- server ---

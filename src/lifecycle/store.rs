@@ -1,30 +1,51 @@
 //! The registry database: the only code that speaks SQL.
 //!
-//! The SQL is kept portable (TEXT and INTEGER columns, no SQLite-only functions, ids assigned by
-//! the writer rather than by an autoincrement), so the same statements can serve a PostgreSQL
-//! control plane later. SQLite runs in WAL mode with a busy timeout, and every change to the
-//! event chain starts with `BEGIN IMMEDIATE`: the writer holds the write lock from its first read
-//! of the chain's head to its commit, so concurrent CLI processes queue instead of forking the
-//! chain.
+//! One set of statements serves both backends, through sqlx's `any` driver: `$N` placeholders
+//! (PostgreSQL's, which SQLite reads too), TEXT and 64-bit integer columns, no backend-only
+//! functions in the queries, and ids assigned by the writer rather than by an autoincrement.
+//! [`Backend`] holds the few things that differ: the column type of a 64-bit integer in the
+//! migrations, how a writer takes the lock, and which error codes mean "locked".
+//!
+//! Extending the event chain is serialised on both. On SQLite every change starts with
+//! `BEGIN IMMEDIATE` (WAL mode, a busy timeout): the writer holds the database's write lock from
+//! its first read of the chain's head to its commit. On PostgreSQL every change takes one
+//! transaction-scoped advisory lock (`pg_advisory_xact_lock`) right after `BEGIN`, so writers on
+//! any number of control-plane replicas queue on it and read the head only once they hold it;
+//! it is released by the commit or the rollback, also when the connection dies. The CRL number is
+//! incremented under the same lock, so it never repeats. `events.id` is the primary key on both,
+//! so even a writer that skipped the lock could not fork the chain: its insert would fail.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use futures_util::future::BoxFuture;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions as _, Executor as _, Row};
 
 use super::registry::{Certificate, Event, Partner, Record, GENESIS};
+use crate::config::model::Database;
 
 /// How long one attempt waits for another writer's lock before SQLite reports busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts to take the write lock before giving up (each waits up to [`BUSY_TIMEOUT`]).
 const LOCK_ATTEMPTS: u32 = 6;
+/// How long a PostgreSQL writer waits for the advisory lock (about as long as SQLite's attempts).
+const PG_LOCK_TIMEOUT: &str = "30s";
+/// The advisory lock every registry writer takes: "certgate" in ASCII. Advisory locks belong to
+/// one database, so registries in different databases of one server do not contend.
+const PG_LOCK_KEY: i64 = 0x6365_7274_6761_7465;
+/// How long opening the registry waits for a connection (PostgreSQL down, network partition).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema changes in order; `schema_migrations` records which have run. Append, never edit.
+///
+/// `INT64` is a 64-bit integer column: `INTEGER` on SQLite (so `id INT64 PRIMARY KEY` is the
+/// rowid, as it always was), `BIGINT` on PostgreSQL. It is no type name on either, so a statement
+/// that missed the substitution fails instead of creating a 32-bit column.
 const MIGRATIONS: &[&str] = &[
     // 1: the event log, the state derived from it, and the CRL number.
     "CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
+        id INT64 PRIMARY KEY,
         time TEXT NOT NULL,
         actor TEXT NOT NULL,
         action TEXT NOT NULL,
@@ -55,17 +76,23 @@ const MIGRATIONS: &[&str] = &[
         data TEXT NOT NULL
     );
     CREATE INDEX certificates_partner ON certificates (partner);
-    CREATE TABLE publication (id INTEGER PRIMARY KEY, crl_number INTEGER NOT NULL);
+    CREATE TABLE publication (id INT64 PRIMARY KEY, crl_number INT64 NOT NULL);
     INSERT INTO publication (id, crl_number) VALUES (1, 0);",
 ];
 
+/// The bookkeeping table of [`MIGRATIONS`], created before the first one runs.
+const SCHEMA_MIGRATIONS: &str =
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INT64 PRIMARY KEY, applied_at TEXT NOT NULL)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no registry at {}: run `certgate ca init --state DIR` first", .0.display())]
-    Missing(PathBuf),
-    #[error("cannot open the registry {}", path.display())]
+    /// The database as [`Database::redacted`] shows it.
+    #[error("no registry at {0}: run `certgate ca init --state DIR` first")]
+    Missing(String),
+    #[error("cannot open the registry {database}")]
     Open {
-        path: PathBuf,
+        /// As [`Database::redacted`] shows it.
+        database: String,
         #[source]
         source: sqlx::Error,
     },
@@ -81,16 +108,24 @@ pub enum StoreError {
     },
 }
 
-/// An open registry: a pool of one connection, so a CLI process holds one SQLite handle and a
-/// transaction owns its connection for as long as it runs.
+/// An open registry: a pool of one connection, so a CLI process holds one database connection
+/// and a transaction owns it for as long as it runs.
 #[derive(Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 /// The write lock, held until [`Writer::commit`] (or dropped: rolled back).
 pub struct Writer {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: sqlx::Transaction<'static, Any>,
+}
+
+/// What differs between the two databases; everything else is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 /// An event as a command describes it; the writer numbers, chains and hashes it.
@@ -109,57 +144,75 @@ impl Store {
     /// Creates the registry (or opens an existing one) and runs pending migrations.
     ///
     /// # Errors
-    /// The file cannot be created or migrated.
-    pub async fn create(path: &Path) -> Result<Self, StoreError> {
-        Self::connect(path, true).await
+    /// The database cannot be created, reached or migrated.
+    pub async fn create(database: &Database) -> Result<Self, StoreError> {
+        Self::connect(database, true).await
     }
 
     /// Opens an existing registry and runs pending migrations.
     ///
     /// # Errors
-    /// There is no registry at `path`, or it cannot be opened or migrated.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_owned()));
+    /// The registry was never created (`ca init`), or it cannot be reached or migrated.
+    pub async fn open(database: &Database) -> Result<Self, StoreError> {
+        if let Database::Sqlite(path) = database {
+            if !path.exists() {
+                return Err(StoreError::Missing(database.redacted()));
+            }
         }
-        Self::connect(path, false).await
+        Self::connect(database, false).await
     }
 
-    async fn connect(path: &Path, create: bool) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+    async fn connect(database: &Database, create: bool) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let open = |source| StoreError::Open {
+            database: database.redacted(),
+            source,
+        };
+        let (backend, options) = match database {
+            Database::Sqlite(path) => (Backend::Sqlite, sqlite_options(path, create)),
+            Database::Postgres(url) => (Backend::Postgres, AnyConnectOptions::from_url(url)),
+        };
+        let options = options.map_err(open)?.disable_statement_logging();
+        let pool = AnyPoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .after_connect(move |conn, _| backend.prepare(conn))
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-        let mut store = Self { pool };
+            .map_err(open)?;
+        let mut store = Self { pool, backend };
+        if !create && !store.created().await? {
+            return Err(StoreError::Missing(database.redacted()));
+        }
         store.migrate().await?;
         Ok(store)
     }
 
+    /// Whether `ca init` ever created the registry here (a PostgreSQL database exists before it).
+    async fn created(&mut self) -> Result<bool, StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => return Ok(true),
+            Backend::Postgres => "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'schema_migrations'",
+        };
+        let n: i64 = sqlx::query(sql).fetch_one(&self.pool).await?.try_get(0)?;
+        Ok(n > 0)
+    }
+
     async fn migrate(&mut self) -> Result<(), StoreError> {
-        let mut tx = begin_immediate(&self.pool).await?;
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
-        )
-        .execute(&mut *tx)
-        .await?;
+        // Under the write lock: replicas starting at once migrate one after the other.
+        let mut tx = self.begin().await?;
+        sqlx::raw_sql(&self.backend.ddl(SCHEMA_MIGRATIONS))
+            .execute(&mut *tx)
+            .await?;
         let done: i64 = sqlx::query("SELECT COUNT(*) FROM schema_migrations")
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
         for (i, migration) in MIGRATIONS.iter().enumerate().skip(done.max(0) as usize) {
-            sqlx::raw_sql(migration).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+            sqlx::raw_sql(&self.backend.ddl(migration))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
                 .bind(i as i64 + 1)
                 .bind(super::commands::now_rfc3339())
                 .execute(&mut *tx)
@@ -169,14 +222,45 @@ impl Store {
         Ok(())
     }
 
-    /// Takes the write lock, waiting for other writers (retrying while SQLite reports busy).
+    /// Takes the write lock, waiting for other writers: up to about 30 s on either backend.
     ///
     /// # Errors
-    /// The lock could not be had after several attempts, or the database failed.
+    /// The lock could not be had in that time ([`StoreError::Busy`]), or the database failed.
     pub async fn write(&mut self) -> Result<Writer, StoreError> {
         Ok(Writer {
-            tx: begin_immediate(&self.pool).await?,
+            tx: self.begin().await?,
         })
+    }
+
+    /// A transaction holding the write lock: `BEGIN IMMEDIATE` on SQLite, retried while another
+    /// writer holds the lock past the busy timeout; the advisory lock on PostgreSQL.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut attempt = 1;
+                loop {
+                    match self.pool.begin_with("BEGIN IMMEDIATE").await {
+                        Ok(tx) => return Ok(tx),
+                        Err(e) if self.backend.is_busy(&e) && attempt < LOCK_ATTEMPTS => {}
+                        Err(e) if self.backend.is_busy(&e) => return Err(StoreError::Busy(e)),
+                        Err(e) => return Err(e.into()),
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+            }
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                let lock = format!(
+                    "SET LOCAL lock_timeout = '{PG_LOCK_TIMEOUT}'; SELECT pg_advisory_xact_lock({PG_LOCK_KEY})"
+                );
+                match sqlx::raw_sql(&lock).execute(&mut *tx).await {
+                    Ok(_) => Ok(tx),
+                    Err(e) if self.backend.is_busy(&e) => Err(StoreError::Busy(e)),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
     }
 
     /// One partner's record as it stands (empty when the ID was never registered).
@@ -200,12 +284,7 @@ impl Store {
     /// # Errors
     /// The database failed.
     pub async fn events(&mut self) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, time, actor, action, partner, reason, data_before, data_after, prev_hash, hash FROM events ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_of).collect()
+        load_events(&mut *self.pool.acquire().await?).await
     }
 
     /// One partner's events, in order.
@@ -214,7 +293,7 @@ impl Store {
     /// The database failed.
     pub async fn events_of(&mut self, partner: &str) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, time, actor, action, partner, reason, data_before, data_after, prev_hash, hash FROM events WHERE partner = ? ORDER BY id",
+            "SELECT id, time, actor, action, partner, reason, data_before, data_after, prev_hash, hash FROM events WHERE partner = $1 ORDER BY id",
         )
         .bind(partner)
         .fetch_all(&self.pool)
@@ -228,8 +307,9 @@ impl Store {
     /// # Errors
     /// The database failed or an event's data does not parse.
     pub async fn replay(&mut self) -> Result<usize, StoreError> {
-        let events = self.events().await?;
         let mut w = self.write().await?;
+        // Read under the lock, so no event appended meanwhile is left out of the tables.
+        let events = load_events(&mut w.tx).await?;
         sqlx::query("DELETE FROM certificates")
             .execute(&mut *w.tx)
             .await?;
@@ -298,7 +378,7 @@ impl Writer {
         };
         event.hash = event.compute_hash();
         sqlx::query(
-            "INSERT INTO events (id, time, actor, action, partner, reason, data_before, data_after, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (id, time, actor, action, partner, reason, data_before, data_after, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(event.id)
         .bind(&event.time)
@@ -341,47 +421,72 @@ impl Writer {
     }
 }
 
-/// `BEGIN IMMEDIATE`, retried while another writer holds the lock past the busy timeout.
-async fn begin_immediate(
-    pool: &SqlitePool,
-) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-    let mut attempt = 1;
-    loop {
-        match pool.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => return Ok(tx),
-            Err(e) if is_busy(&e) && attempt < LOCK_ATTEMPTS => {}
-            Err(e) if is_busy(&e) => return Err(StoreError::Busy(e)),
-            Err(e) => return Err(e.into()),
+// === impl Backend ===
+
+impl Backend {
+    /// Sets up a new connection. SQLite: WAL, full sync, a busy timeout (set first, so the
+    /// switch to WAL waits for other processes too) and foreign keys. PostgreSQL: nothing.
+    fn prepare(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            if self == Self::Sqlite {
+                let pragmas = format!(
+                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+                    BUSY_TIMEOUT.as_millis()
+                );
+                conn.execute(pragmas.as_str()).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A migration for this database: see [`MIGRATIONS`].
+    fn ddl(self, migration: &str) -> String {
+        let int64 = match self {
+            Self::Sqlite => "INTEGER",
+            Self::Postgres => "BIGINT",
+        };
+        migration.replace("INT64", int64)
+    }
+
+    /// Whether `e` means another writer held the lock for longer than we wait.
+    fn is_busy(self, e: &sqlx::Error) -> bool {
+        let sqlx::Error::Database(db) = e else {
+            return false;
+        };
+        let code = db.code();
+        match self {
+            // SQLITE_BUSY, SQLITE_BUSY_RECOVERY, SQLITE_LOCKED.
+            Self::Sqlite => matches!(code.as_deref(), Some("5" | "517" | "6")),
+            // lock_not_available: `lock_timeout` ran out.
+            Self::Postgres => code.as_deref() == Some("55P03"),
         }
-        attempt += 1;
-        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
     }
 }
 
-fn is_busy(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("5" | "517" | "6")),
-        _ => false,
-    }
+/// Connection options for a SQLite file: `mode=rwc` creates it, `mode=rw` insists it exists.
+fn sqlite_options(path: &Path, create: bool) -> Result<AnyConnectOptions, sqlx::Error> {
+    let absolute = std::path::absolute(path).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+    // A file URL percent-encodes the path (`?`, `#`, spaces); sqlx decodes it again.
+    let file = url::Url::from_file_path(&absolute).map_err(|()| {
+        sqlx::Error::Configuration(format!("{} is not a usable path", absolute.display()).into())
+    })?;
+    let mode = if create { "rwc" } else { "rw" };
+    format!("sqlite://{}?mode={mode}", file.path()).parse()
 }
 
 /// Replaces `partner`'s rows with `record`.
-async fn apply(
-    conn: &mut SqliteConnection,
-    partner: &str,
-    record: &Record,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM certificates WHERE partner = ?")
+async fn apply(conn: &mut AnyConnection, partner: &str, record: &Record) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM certificates WHERE partner = $1")
         .bind(partner)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM partners WHERE id = ?")
+    sqlx::query("DELETE FROM partners WHERE id = $1")
         .bind(partner)
         .execute(&mut *conn)
         .await?;
     if let Some(p) = &record.partner {
         sqlx::query(
-            "INSERT INTO partners (id, owner, status, identity_kind, identity_value, data) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO partners (id, owner, status, identity_kind, identity_value, data) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&p.id)
         .bind(&p.owner)
@@ -394,7 +499,7 @@ async fn apply(
     }
     for c in &record.certificates {
         sqlx::query(
-            "INSERT INTO certificates (serial, partner, fingerprint_sha256, not_before, not_after, status, revocation_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO certificates (serial, partner, fingerprint_sha256, not_before, not_after, status, revocation_reason, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&c.serial)
         .bind(&c.partner)
@@ -410,8 +515,8 @@ async fn apply(
     Ok(())
 }
 
-async fn load_record(conn: &mut SqliteConnection, partner: &str) -> Result<Record, StoreError> {
-    let row = sqlx::query("SELECT data FROM partners WHERE id = ?")
+async fn load_record(conn: &mut AnyConnection, partner: &str) -> Result<Record, StoreError> {
+    let row = sqlx::query("SELECT data FROM partners WHERE id = $1")
         .bind(partner)
         .fetch_optional(&mut *conn)
         .await?;
@@ -422,7 +527,7 @@ async fn load_record(conn: &mut SqliteConnection, partner: &str) -> Result<Recor
         None => None,
     };
     let rows =
-        sqlx::query("SELECT serial, data FROM certificates WHERE partner = ? ORDER BY serial")
+        sqlx::query("SELECT serial, data FROM certificates WHERE partner = $1 ORDER BY serial")
             .bind(partner)
             .fetch_all(&mut *conn)
             .await?;
@@ -440,7 +545,16 @@ async fn load_record(conn: &mut SqliteConnection, partner: &str) -> Result<Recor
     })
 }
 
-async fn load_all(conn: &mut SqliteConnection) -> Result<Vec<Record>, StoreError> {
+async fn load_events(conn: &mut AnyConnection) -> Result<Vec<Event>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, time, actor, action, partner, reason, data_before, data_after, prev_hash, hash FROM events ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(event_of).collect()
+}
+
+async fn load_all(conn: &mut AnyConnection) -> Result<Vec<Record>, StoreError> {
     let ids: Vec<String> = sqlx::query("SELECT id FROM partners ORDER BY id")
         .fetch_all(&mut *conn)
         .await?
@@ -477,7 +591,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-fn event_of(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
+fn event_of(row: &AnyRow) -> Result<Event, StoreError> {
     Ok(Event {
         id: row.try_get(0)?,
         time: row.try_get(1)?,

@@ -12,6 +12,7 @@
 
 pub mod openssl;
 pub mod pki;
+pub mod postgres;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
