@@ -923,14 +923,27 @@ fn twenty_concurrent_cli_invocations_leave_a_consistent_registry(backend: Backen
                 .unwrap()
         })
         .collect();
+    // Each prints `event #N: …; published CRL #M …`: no two got the same event or CRL number.
+    let mut event_ids = Vec::new();
+    let mut crl_numbers = Vec::new();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let number_after = |marker: &str| -> u64 {
+            let rest =
+                &stderr[stderr.find(marker).unwrap_or_else(|| panic!("{stderr}")) + marker.len()..];
+            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()]
+                .parse()
+                .unwrap()
+        };
+        event_ids.push(number_after("event #"));
+        crl_numbers.push(number_after("published CRL #"));
     }
+    event_ids.sort_unstable();
+    crl_numbers.sort_unstable();
+    assert_eq!(event_ids, (3..=22).collect::<Vec<u64>>());
+    assert_eq!(crl_numbers, (4..=23).collect::<Vec<u64>>());
     // 2 (base) + 20 registrations, one chain, tables matching it.
     assert_eq!(s.events(), 22);
     let list = s.ok(&["partner", "list"]);
@@ -1153,4 +1166,128 @@ fn a_bad_database_setting_is_named_at_its_place_and_no_password_is_shown() {
     assert!(!s.state.join("registry.sqlite").exists());
     assert!(s.ok(&["registry", "verify"]).contains("0 events"));
     assert_eq!(db.psql("SELECT crl_number FROM publication").trim(), "1");
+}
+
+/// A control-plane writer whose PostgreSQL connection is killed in the middle of an approval —
+/// its event already inserted, not yet committed — loses that approval whole: the chain stays
+/// valid, a writer queued behind it carries on, and running the approval again records it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_writer_killed_mid_approval_loses_nothing_else_and_duplicates_nothing() {
+    use sqlx::{Connection, Executor, Row};
+
+    let s = setup("127.0.0.1:9".parse().unwrap(), Backend::Postgres);
+    let db = s.pg.as_ref().unwrap();
+    s.ok(&["ca", "init"]);
+    for id in ["initech", "hooli"] {
+        let spiffe = format!("spiffe://partners.example.com/{id}");
+        s.ok(&[
+            "partner",
+            "register",
+            id,
+            "--owner",
+            "ops@example.com",
+            "--scopes",
+            "orders:read",
+            "--spiffe",
+            &spiffe,
+            "--actor",
+            "alice",
+        ]);
+    }
+
+    // Hold initech's partner row: the approval inserts its event, then waits to replace the row.
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    blocker.execute("BEGIN").await.unwrap();
+    blocker
+        .execute("SELECT id FROM partners WHERE id = 'initech' FOR UPDATE")
+        .await
+        .unwrap();
+    let approve = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(["partner", "approve", id, "--actor", "bob", "--config"])
+            .arg(&s.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let victim = approve("initech");
+    let waiting = |what: &'static str| {
+        let url = db.url.clone();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let row = sqlx::query(
+                    "SELECT pid, wait_event, query FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = $1",
+                )
+                .bind(what)
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap();
+                if let Some(row) = row {
+                    return (row.get::<i32, _>(0), row.get::<String, _>(2));
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no writer waits on a {what} lock"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (victim_pid, victim_query) = waiting("transactionid").await;
+    assert!(
+        victim_query.starts_with("DELETE FROM partners"),
+        "{victim_query}"
+    );
+    // The approval has written its event inside its transaction; nobody else can see it.
+    assert_eq!(db.psql("SELECT COUNT(*) FROM events").trim(), "2");
+    // A second writer queues behind it on the registry's advisory lock.
+    let queued = approve("hooli");
+    let (queued_pid, _) = waiting("advisory").await;
+    assert_ne!(queued_pid, victim_pid);
+
+    let killed: bool = sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(victim_pid)
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    let victim = tokio::task::spawn_blocking(move || victim.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !victim.status.success(),
+        "the killed approval reported success"
+    );
+    let why = String::from_utf8_lossy(&victim.stderr);
+    assert!(why.contains("terminating connection"), "{why}");
+    blocker.execute("ROLLBACK").await.unwrap();
+    blocker.close().await.unwrap();
+
+    let queued = tokio::task::spawn_blocking(move || queued.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        queued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&queued.stderr)
+    );
+    assert_eq!(s.events(), 3, "register ×2 and hooli's approval");
+    assert!(s
+        .ok(&["partner", "show", "initech"])
+        .contains("status:    pending"));
+
+    s.ok(&["partner", "approve", "initech", "--actor", "bob"]);
+    assert_eq!(s.events(), 4);
+    assert_eq!(
+        db.psql("SELECT partner, action FROM events ORDER BY id"),
+        "initech|register\nhooli|register\nhooli|approve\ninitech|approve\n"
+    );
+    let published: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.state.join("published/partners.json")).unwrap())
+            .unwrap();
+    assert_eq!(published["partners"].as_array().unwrap().len(), 2);
 }
