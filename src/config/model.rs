@@ -516,3 +516,22 @@ impl std::fmt::Debug for Database {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_password_is_never_displayed_or_debugged() {
+        let url = url::Url::parse("postgres://registry:s3cret@db.internal:5432/certgate").unwrap();
+        let db = Database::Postgres(url);
+        assert_eq!(
+            db.to_string(),
+            "postgres://registry:***@db.internal:5432/certgate"
+        );
+        assert!(!format!("{db:?}").contains("s3cret"));
+        let no_password = Database::Postgres(url::Url::parse("postgres://db/certgate").unwrap());
+        assert_eq!(no_password.to_string(), "postgres://db/certgate");
+    }
+}
