@@ -283,3 +283,21 @@ fn the_man_page_renders_with_every_subcommand() {
         );
     }
 }
+
+/// The Kubernetes PrometheusRule carries the project's alert rules, not a copy that drifts:
+/// `deploy/kubernetes/rules.py --write` regenerates it from config/alerts.yaml.
+#[test]
+fn the_kubernetes_prometheus_rule_holds_exactly_the_projects_alert_rules() {
+    let read = |rel: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join(rel)).unwrap()).unwrap()
+    };
+    let alerts = read("config/alerts.yaml");
+    let rule = read("deploy/kubernetes/base/prometheusrule.yaml");
+    assert_eq!(rule["kind"].as_str(), Some("PrometheusRule"));
+    let groups = alerts["groups"].as_sequence().unwrap();
+    assert!(!groups.is_empty());
+    assert_eq!(
+        &rule["spec"]["groups"], &alerts["groups"],
+        "deploy/kubernetes/base/prometheusrule.yaml differs from config/alerts.yaml: run deploy/kubernetes/rules.py --write"
+    );
+}
