@@ -53,6 +53,9 @@ pub struct Lifecycle {
     pub crl_next_update: Duration,
     /// Longest validity `partner issue` grants, in days (default 90).
     pub max_validity_days: u32,
+    /// The control plane's feed (`certgate control-plane`) a gateway mirrors `state_dir` from,
+    /// when the registry lives on another host; `None`: the files are written locally.
+    pub source: Option<Endpoint>,
 }
 
 #[derive(Debug, Clone)]

@@ -40,6 +40,9 @@ pub struct Lifecycle {
     /// Longest validity `partner issue` grants, in days (default 90).
     #[serde(default)]
     pub max_validity_days: Option<u32>,
+    /// A control plane's feed (`http://host:port`) that a gateway mirrors into `state_dir`.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
