@@ -480,6 +480,21 @@ async fn the_feed_answers_if_none_match_and_long_polls_past_a_generation() {
     .expect("a stale generation is answered at once");
     assert_eq!(json(&quick.2)["generation"].as_i64(), Some(g));
 
+    // A partner table whose CRL number the CRL does not carry (a publication half done) is not
+    // served: the feed stays on the last whole pair.
+    let table = state.join("partners.json");
+    let whole = std::fs::read(&table).unwrap();
+    let mut half = partners.clone();
+    half["crl_number"] = serde_json::json!(g + 5);
+    std::fs::write(&table, serde_json::to_vec(&half).unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        json(&get_http(feed, "/generation", None).await.2)["generation"].as_i64(),
+        Some(g)
+    );
+    assert_eq!(get_http(feed, "/partners.json", None).await.2, whole);
+    std::fs::write(&table, &whole).unwrap();
+
     // A change: the partner table's ETag moves with it.
     cluster.ok(&["registry", "publish"]);
     let (status, _, body) = tokio::time::timeout(
@@ -553,4 +568,87 @@ async fn a_gateway_keeps_its_last_copy_while_the_control_plane_is_down_and_says_
     // ...and keeps serving from its copy: the partner table, the CA, the CRL.
     assert!(serves().await, "the last copy no longer serves the partner");
     assert_eq!(get_http(gw.admin, "/readyz", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_never_steps_back_to_an_older_generation() {
+    let up = Upstream::start().await;
+    let cluster = Cluster::new(up.addr);
+    cluster.ok(&["ca", "init"]);
+    // An older state of the registry, as a lagging replica or a restored backup would serve.
+    let old = cluster.env.path("old-state");
+    copy_dir(&cluster.env.path("control-state"), &old);
+    cluster.ok(&["registry", "publish"]);
+    cluster.ok(&["registry", "publish"]);
+    let control = cluster.start_control_plane().await;
+    let newest = json(&get_http(cluster.feed, "/generation", None).await.2)["generation"]
+        .as_i64()
+        .unwrap();
+    let gw = cluster.gateway("gw");
+    let _served = serve(&gw);
+    let copy = gw.state.join("published/crl.der");
+    let held = std::fs::read(&copy).unwrap();
+    assert_eq!(
+        held,
+        std::fs::read(cluster.env.path("control-state/published/crl.der")).unwrap()
+    );
+
+    // The control plane goes away; the gateway notices.
+    drop(control);
+    let source_up = || async {
+        json(&get_http(gw.admin, "/status", None).await.2)["lifecycle_source"]["up"] == true
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while source_up().await {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still reports the control plane up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // It comes back on the older state, on the same address.
+    let yaml = std::fs::read_to_string(&cluster.control_config)
+        .unwrap()
+        .replace("state_dir: control-state", "state_dir: old-state");
+    std::fs::write(&cluster.control_config, yaml).unwrap();
+    let _older = cluster.start_control_plane().await;
+    let older = json(&get_http(cluster.feed, "/generation", None).await.2)["generation"]
+        .as_i64()
+        .unwrap();
+    assert!(older < newest, "{older} < {newest}");
+
+    // The gateway reaches it again, and keeps the newer copy.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !source_up().await {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not reach the control plane again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = json(&get_http(gw.admin, "/status", None).await.2);
+    assert_eq!(
+        status["lifecycle_source"]["generation"].as_i64(),
+        Some(newest),
+        "{status}"
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        held,
+        "the CRL copy stepped back"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

@@ -218,12 +218,16 @@ impl Mirror {
     /// Follows the feed until the task is dropped.
     pub async fn run(mut self) {
         loop {
+            // After a failure, ask without waiting: the status says "up" as soon as the control
+            // plane answers again, not when the next change or long-poll timeout comes.
             let url = match self.generation {
-                Some(g) => format!("{}{GENERATION_PATH}?after={g}", self.base),
-                None => format!("{}{GENERATION_PATH}", self.base),
+                Some(g) if self.status.get().up => {
+                    format!("{}{GENERATION_PATH}?after={g}", self.base)
+                }
+                _ => format!("{}{GENERATION_PATH}", self.base),
             };
             let answered = match self.poll_generation(&url).await {
-                Ok(g) if Some(g) != self.generation || !self.has_copy() => {
+                Ok(g) if self.generation.is_none_or(|n| g > n) || !self.has_copy() => {
                     self.sync().await.is_ok()
                 }
                 Ok(g) => {
