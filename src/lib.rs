@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod conn_refusal;
 pub mod control;
+pub mod feed;
 pub mod fswatch;
 pub mod identity;
 pub mod lifecycle;

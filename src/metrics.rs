@@ -128,6 +128,10 @@ struct OpsMetrics {
     /// The lifecycle registry's certificates, merged into
     /// `certgate_partner_cert_expiry_timestamp_seconds` at scrape time.
     registered_certs: ArcSwap<Vec<RegisteredCert>>,
+    /// The control plane a gateway mirrors (`lifecycle.source`), set at scrape time.
+    source_up: IntGaugeVec,
+    source_last_success: GaugeVec,
+    source_generation: IntGaugeVec,
 }
 
 #[derive(Debug, Clone)]
@@ -496,6 +500,26 @@ impl Metrics {
             }
         }
 
+        self.ops.source_up.reset();
+        self.ops.source_last_success.reset();
+        self.ops.source_generation.reset();
+        if let Some(s) = &scrape.lifecycle_source {
+            let labels = [s.source.as_str()];
+            self.ops
+                .source_up
+                .with_label_values(&labels)
+                .set(i64::from(s.up));
+            if let Some(t) = s.last_success {
+                self.ops
+                    .source_last_success
+                    .with_label_values(&labels)
+                    .set(t as f64);
+            }
+            if let Some(g) = s.generation {
+                self.ops.source_generation.with_label_values(&labels).set(g);
+            }
+        }
+
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode metrics");
@@ -574,10 +598,38 @@ impl OpsMetrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let source_up = IntGaugeVec::new(
+            Opts::new(
+                "certgate_lifecycle_source_up",
+                "1 when the last exchange with the control plane (lifecycle.source) succeeded, 0 \
+                 while the gateway serves its last copy of the partner table and CRL.",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_up.clone()))?;
+        let source_last_success = GaugeVec::new(
+            Opts::new(
+                "certgate_lifecycle_source_last_success_timestamp_seconds",
+                "When the control plane (lifecycle.source) last answered (Unix seconds).",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_last_success.clone()))?;
+        let source_generation = IntGaugeVec::new(
+            Opts::new(
+                "certgate_lifecycle_source_generation",
+                "The generation (CRL number) of the control plane's publication in service.",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_generation.clone()))?;
         Ok(Self {
             server_cert_expiry,
             server_cert_names: ArcSwap::from_pointee(Vec::new()),
             registered_certs: ArcSwap::from_pointee(Vec::new()),
+            source_up,
+            source_last_success,
+            source_generation,
         })
     }
 }
@@ -594,6 +646,19 @@ impl std::fmt::Debug for Metrics {
 pub struct ScrapeState {
     pub crls: Vec<CrlSourceScrape>,
     pub ocsp_cache_entries: usize,
+    /// The control plane a gateway mirrors, when `lifecycle.source` is set.
+    pub lifecycle_source: Option<LifecycleSourceScrape>,
+}
+
+/// The mirror of a control plane's publication, as a scrape reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleSourceScrape {
+    /// `http://host:port`, from the configuration.
+    pub source: String,
+    pub up: bool,
+    /// Unix seconds.
+    pub last_success: Option<u64>,
+    pub generation: Option<i64>,
 }
 
 /// One CRL source of one trust bundle, as a scrape reports it.

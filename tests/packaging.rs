@@ -283,3 +283,46 @@ fn the_man_page_renders_with_every_subcommand() {
         );
     }
 }
+
+/// The Kubernetes PrometheusRule carries the project's alert rules, not a copy that drifts:
+/// `deploy/kubernetes/rules.py --write` regenerates it from config/alerts.yaml.
+#[test]
+fn the_kubernetes_prometheus_rule_holds_exactly_the_projects_alert_rules() {
+    let read = |rel: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join(rel)).unwrap()).unwrap()
+    };
+    let alerts = read("config/alerts.yaml");
+    let rule = read("deploy/kubernetes/base/prometheusrule.yaml");
+    assert_eq!(rule["kind"].as_str(), Some("PrometheusRule"));
+    let groups = alerts["groups"].as_sequence().unwrap();
+    assert!(!groups.is_empty());
+    assert_eq!(
+        &rule["spec"]["groups"], &alerts["groups"],
+        "deploy/kubernetes/base/prometheusrule.yaml differs from config/alerts.yaml: run deploy/kubernetes/rules.py --write"
+    );
+}
+
+/// The configuration the Kubernetes manifests mount is one `certgate serve` and
+/// `certgate control-plane` accept: every field known, every value valid, and the gateway
+/// mirroring the control plane's Service.
+#[test]
+fn the_kubernetes_config_map_holds_a_valid_configuration() {
+    let manifest: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/kubernetes/base/config.yaml")).unwrap(),
+    )
+    .unwrap();
+    let yaml = manifest["data"]["certgate.yaml"].as_str().unwrap();
+    let config = certgate::config::parse(yaml, Path::new("/etc/certgate/config/certgate.yaml"))
+        .unwrap_or_else(|problems| panic!("the ConfigMap's configuration is refused: {problems}"));
+    assert_eq!(
+        config.server.certificates[0].cert,
+        Path::new("/etc/certgate/config/../certs/server/tls.crt")
+    );
+    let lifecycle = config.lifecycle.unwrap();
+    assert_eq!(lifecycle.state_dir, Path::new("/var/lib/certgate"));
+    assert_eq!(
+        lifecycle.source.unwrap().authority,
+        "certgate-control-plane:9902"
+    );
+    assert_eq!(config.admin.listen.port(), 9901);
+}

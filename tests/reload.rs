@@ -182,6 +182,69 @@ async fn a_rotated_server_certificate_is_served_by_the_next_handshake() {
     );
 }
 
+/// A Secret volume as the kubelet lays it out (`tls.crt -> ..data/tls.crt`, `..data -> ..v1`),
+/// renewed the way the kubelet renews it: a new `..v2` folder, the `..data` symlink renamed over
+/// the old one, `..v1` removed. The watcher sees it and the next handshake serves the new
+/// certificate, without a reload request.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_kubernetes_secret_swap_of_the_server_certificate_is_served() {
+    use std::os::unix::fs::symlink;
+
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let mount = env.path("secret");
+    let write_version = |version: &str, leaf: &Leaf| {
+        std::fs::create_dir_all(mount.join(version)).unwrap();
+        std::fs::write(mount.join(version).join("tls.crt"), &leaf.chain_pem).unwrap();
+        std::fs::write(mount.join(version).join("tls.key"), &leaf.key_pem).unwrap();
+    };
+    write_version("..v1", &env.server);
+    symlink("..v1", mount.join("..data")).unwrap();
+    symlink("..data/tls.crt", mount.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", mount.join("tls.key")).unwrap();
+    let yaml = env
+        .config(up.addr, "")
+        .replace("cert: server.pem", "cert: secret/tls.crt")
+        .replace("key: server-key.pem", "key: secret/tls.key");
+    let gw = env.start_with(&yaml, true).await;
+    let client = env.tls_config_for(&env.acme());
+    let first = server_serial(
+        &connect(gw.local_addr(), "localhost", client.clone())
+            .await
+            .unwrap(),
+    );
+
+    let renewed = env.root.server();
+    write_version("..v2", &renewed);
+    symlink("..v2", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    std::fs::remove_dir_all(mount.join("..v1")).unwrap();
+
+    let wanted: Vec<u8> = renewed
+        .serial
+        .to_be_bytes()
+        .iter()
+        .skip_while(|b| **b == 0)
+        .copied()
+        .collect();
+    assert_ne!(first, wanted);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tls = connect(gw.local_addr(), "localhost", client.clone())
+            .await
+            .unwrap();
+        if server_serial(&tls) == wanted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed Secret was not served within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Ten changes — policy, server certificate and CA bundle in turn — under a keep-alive client and a
 /// new-connection client that call continuously; not one request may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

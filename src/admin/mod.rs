@@ -6,7 +6,7 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the process serves HTTP at all |
 //! | `GET /readyz` | 200, or 503 with the reasons (a CRL source never loaded, shutting down) |
-//! | `GET /status` | JSON: config version and source, generation load time, CRL and OCSP state, counts |
+//! | `GET /status` | JSON: config version and source, generation load time, CRL and OCSP state, counts, and with `lifecycle.source` the control plane's reachability |
 //! | `POST /reload` | 200 `{"result":"applied","version":…}` or 422 `{"result":"rejected","problems":[…]}` |
 //! | `GET /crl/<bundle>.crl` | the bundle's CRL file (DER) with an `ETag`; 304 on a matching `If-None-Match`; 404 for a bundle without exactly one CRL file |
 //!
@@ -34,7 +34,8 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::control::{ReloadOutcome, Reloader};
-use crate::metrics::{CrlSourceScrape, Metrics, ScrapeState};
+use crate::feed::mirror::SourceState;
+use crate::metrics::{CrlSourceScrape, LifecycleSourceScrape, Metrics, ScrapeState};
 use crate::snapshot::Snapshot;
 use rustls_pki_types::UnixTime;
 
@@ -51,6 +52,8 @@ pub struct State {
     draining: AtomicBool,
     /// Scrapes reset and refill the scrape-time gauges: one at a time.
     scrape: tokio::sync::Mutex<()>,
+    /// The mirror of the control plane's publication, when `lifecycle.source` is set.
+    lifecycle_source: Option<Arc<SourceState>>,
 }
 
 impl State {
@@ -58,6 +61,7 @@ impl State {
         current: Arc<ArcSwap<Snapshot>>,
         reloader: Reloader,
         metrics: Arc<Metrics>,
+        lifecycle_source: Option<Arc<SourceState>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             current,
@@ -65,6 +69,7 @@ impl State {
             metrics,
             draining: AtomicBool::new(false),
             scrape: tokio::sync::Mutex::new(()),
+            lifecycle_source,
         })
     }
 }
@@ -197,6 +202,15 @@ async fn metrics(state: &State) -> Response<Full<Bytes>> {
             })
             .collect(),
         ocsp_cache_entries: snapshot.revocation.ocsp_cache_entries(),
+        lifecycle_source: state.lifecycle_source.as_ref().map(|s| {
+            let s = s.get();
+            LifecycleSourceScrape {
+                source: s.source.clone(),
+                up: s.up,
+                last_success: s.last_success,
+                generation: s.generation,
+            }
+        }),
     };
     let text = {
         let _one_at_a_time = state.scrape.lock().await;

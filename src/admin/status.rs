@@ -1,10 +1,12 @@
 //! The `/status` document.
 
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
 use super::State;
+use crate::feed::mirror::SourceStatus;
 use crate::revocation::CrlStatus;
 
 #[derive(Debug, Serialize)]
@@ -23,6 +25,9 @@ pub(super) struct Status {
     draining: bool,
     bundles: Vec<Bundle>,
     ocsp: Ocsp,
+    /// With `lifecycle.source`: whether the control plane answers, and the copy in service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifecycle_source: Option<Arc<SourceStatus>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,5 +88,6 @@ pub(super) fn of(state: &State) -> Status {
             errors: counters.errors,
             soft_fail_allowed: counters.soft_fail_allowed,
         },
+        lifecycle_source: state.lifecycle_source.as_ref().map(|s| s.get()),
     }
 }

@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::audit::{self, LogFormat};
-use crate::config::{self, model::Config};
+use crate::config::{self, model::Config, published::StateDir};
+use crate::feed::mirror::Mirror;
+use crate::feed::server::ControlPlane;
 use crate::revocation::Registry;
 use crate::runtime::{self, Drained, Gateway, StartError};
 
@@ -120,6 +122,16 @@ pub enum Command {
         #[command(subcommand)]
         command: lifecycle::RegistryCommand,
     },
+    /// Serve the lifecycle's published files and change feed to gateways on other hosts
+    /// (`lifecycle.source`): `/generation?after=N`, `/ca.pem`, `/partners.json`,
+    /// `/crl/<bundle>.crl`, `/healthz`, `/readyz`.
+    ControlPlane {
+        /// The configuration whose `lifecycle.state_dir` holds the CA and the registry.
+        #[arg(long, default_value = "config/certgate.yaml")]
+        config: PathBuf,
+        #[arg(long, default_value = crate::feed::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+    },
 }
 
 /// Runs a parsed command line to completion.
@@ -146,6 +158,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca { command } => Ok(lifecycle::ca(command).await),
         Command::Partner { command } => Ok(lifecycle::partner(command).await),
         Command::Registry { command } => Ok(lifecycle::registry(command).await),
+        Command::ControlPlane { config, listen } => {
+            let _log = audit::init(cli.log_format, cli.log_file.as_deref())?;
+            control_plane(&config, listen).await
+        }
         Command::Inspect {
             cert,
             chain,
@@ -160,12 +176,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .await),
         Command::Serve { config } => {
             let _log = audit::init(cli.log_format, cli.log_file.as_deref())?;
+            // The control plane's files come first: the configuration merges them.
+            let mirror = match lifecycle_mirror(&config) {
+                Ok(Some(mut mirror)) => {
+                    mirror.first_sync().await;
+                    Some(mirror)
+                }
+                Ok(None) => None,
+                Err(()) => return Ok(ExitCode::FAILURE),
+            };
             // The gateway's start builds and reports everything; building it here first too
             // would load (and log) every CRL twice.
             let Some(config) = load_config(&config) else {
                 return Ok(ExitCode::FAILURE);
             };
-            serve(&config.source.clone(), config).await
+            serve(&config.source.clone(), config, mirror).await
         }
         Command::Demo {
             dir,
@@ -311,11 +336,69 @@ fn uncovered_issuers(snapshot: &runtime::Snapshot) -> Vec<config::Problem> {
         .collect()
 }
 
-async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
+/// Parses the configuration for its `lifecycle.source`: the control plane to mirror, if any.
+fn lifecycle_mirror(path: &Path) -> Result<Option<Mirror>, ()> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!(
+            "error: {}: cannot read the configuration file: {e}",
+            path.display()
+        );
+    })?;
+    let config = config::parse(&text, path).map_err(|problems| print_problems(path, &problems))?;
+    Ok(config.lifecycle.and_then(|l| {
+        let source = l.source?;
+        Some(Mirror::new(&source, &l.bundle, StateDir::new(&l.state_dir)))
+    }))
+}
+
+/// `certgate control-plane`: serves the state folder until SIGTERM or Ctrl-C.
+async fn control_plane(path: &Path, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!(
+                "error: {}: cannot read the configuration file: {e}",
+                path.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let config = match config::parse(&text, path) {
+        Ok(c) => c,
+        Err(problems) => {
+            print_problems(path, &problems);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(lifecycle) = config.lifecycle else {
+        eprintln!(
+            "error: {}: no `lifecycle:` section: the control plane serves lifecycle.state_dir",
+            path.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let state = StateDir::new(&lifecycle.state_dir);
+    let server = match ControlPlane::start(listen, state, &lifecycle.bundle).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}", crate::error_chain(&e));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    wait_for_shutdown_signal().await;
+    tracing::info!("control plane stopping");
+    server.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(path: &Path, config: Config, mirror: Option<Mirror>) -> anyhow::Result<ExitCode> {
     let options = runtime::Options {
         source: Some(path.to_owned()),
         watch_files: true,
+        lifecycle_source: mirror.as_ref().map(Mirror::status),
     };
+    // Follows the feed for the life of the process; dropped with the runtime.
+    let _mirror = mirror.map(|m| tokio::spawn(m.run()));
     let gateway = match Gateway::start_with(config, options).await {
         Ok(g) => g,
         Err(e) => {

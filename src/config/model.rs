@@ -56,6 +56,9 @@ pub struct Lifecycle {
     /// `lifecycle.database` when set; `None` is the SQLite file in the state folder, whichever
     /// folder that is (the CLI's `--state` may name another).
     pub database: Option<Database>,
+    /// The control plane's feed (`certgate control-plane`) a gateway mirrors `state_dir` from,
+    /// when the registry lives on another host; `None`: the files are written locally.
+    pub source: Option<Endpoint>,
 }
 
 /// The registry's database, from `lifecycle.database`.

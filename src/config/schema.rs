@@ -43,6 +43,9 @@ pub struct Lifecycle {
     /// `sqlite://PATH` or `postgres://…` (default: `registry.sqlite` in `state_dir`).
     #[serde(default)]
     pub database: Option<String>,
+    /// A control plane's feed (`http://host:port`) that a gateway mirrors into `state_dir`.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -406,12 +406,30 @@ impl<'a> Validator<'a> {
             .database
             .as_deref()
             .and_then(|text| self.database("lifecycle.database", text));
+        let source = l
+            .source
+            .as_deref()
+            .and_then(|url| match parse_endpoint(url) {
+                Ok(endpoint) if endpoint.tls => {
+                    self.problem(
+                        "lifecycle.source",
+                        "the control plane's feed is served over http:// only",
+                    );
+                    None
+                }
+                Ok(endpoint) => Some(endpoint),
+                Err(e) => {
+                    self.problem("lifecycle.source", e.to_string());
+                    None
+                }
+            });
         Some(model::Lifecycle {
             state_dir,
             bundle,
             crl_next_update,
             max_validity_days,
             database,
+            source,
         })
     }
 

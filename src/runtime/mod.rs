@@ -18,6 +18,7 @@ pub use crate::snapshot::{BuildError, Snapshot};
 
 use crate::admin;
 use crate::config::model::Config;
+use crate::feed::mirror::SourceState;
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, Phase};
 use crate::revocation::{CrlLoadError, LoadFailure, Registry, RevocationService};
@@ -67,6 +68,9 @@ pub struct Options {
     pub source: Option<PathBuf>,
     /// Reload when the YAML or a file it references (certificate, key, CA bundle) changes.
     pub watch_files: bool,
+    /// The mirror of the control plane's publication (`lifecycle.source`), reported in
+    /// `/status` and the metrics.
+    pub lifecycle_source: Option<Arc<SourceState>>,
 }
 
 impl Gateway {
@@ -81,6 +85,7 @@ impl Gateway {
             Options {
                 source,
                 watch_files: false,
+                lifecycle_source: None,
             },
         )
         .await
@@ -131,7 +136,12 @@ impl Gateway {
         .await;
         let admin = admin::Server::spawn(
             admin_listener,
-            admin::State::new(current.clone(), reloader.clone(), metrics.clone()),
+            admin::State::new(
+                current.clone(),
+                reloader.clone(),
+                metrics.clone(),
+                options.lifecycle_source,
+            ),
         );
         let accept = tokio::spawn(listener::accept_loop(
             listener,

@@ -354,6 +354,7 @@ routes:
         let options = certgate::runtime::Options {
             source: Some(path),
             watch_files,
+            ..Default::default()
         };
         certgate::runtime::Gateway::start_with(config, options)
             .await

@@ -1,0 +1,412 @@
+//! `certgate control-plane`: serves a lifecycle state folder's published files and the change
+//! feed to gateways.
+//!
+//! A poller reads the folder every [`POLL`]; whenever the files change and the partner table and
+//! the CRL name the same CRL number, it takes them as the next publication, held in memory and
+//! served from there (a request never reads a file). A half-written pair (the publisher renames
+//! the partner table first, then the CRL) is skipped until the second file lands.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use super::{crl_path, etag, CA_PATH, GENERATION_PATH, LONG_POLL, PARTNERS_PATH};
+use crate::config::published::{PublishedPartners, StateDir};
+use crate::fswatch::FileStamp;
+
+/// How often the state folder is looked at. A revocation reaches the feed at most this late.
+pub const POLL: Duration = Duration::from_millis(100);
+/// Connections served at once: one long poll per gateway, plus file fetches.
+const MAX_CONNECTIONS: usize = 1024;
+/// Deadline for a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a state folder's files are not (yet) a publication.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{}: cannot read", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a partner table", path.display())]
+    Partners {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: not a DER CRL with a CRL number", path.display())]
+    Crl { path: std::path::PathBuf },
+    #[error("the partner table names CRL number {partners}, the CRL is number {crl}: publication in progress")]
+    Mismatch { partners: i64, crl: i64 },
+}
+
+/// One publication, as served.
+#[derive(Debug)]
+pub struct Publication {
+    pub generation: i64,
+    ca: Served,
+    partners: Served,
+    crl: Served,
+}
+
+#[derive(Debug)]
+struct Served {
+    bytes: Bytes,
+    etag: HeaderValue,
+}
+
+/// What the handlers read.
+#[derive(Debug)]
+struct State {
+    /// The lifecycle bundle's name: the CRL is served as `/crl/<bundle>.crl`.
+    crl_path: String,
+    current: watch::Receiver<Option<Arc<Publication>>>,
+    last_error: watch::Receiver<Option<String>>,
+}
+
+/// A running control-plane feed.
+#[derive(Debug)]
+pub struct ControlPlane {
+    local_addr: SocketAddr,
+    accept: JoinHandle<()>,
+    poll: JoinHandle<()>,
+}
+
+// === impl ControlPlane ===
+
+impl ControlPlane {
+    /// Binds `listen` and serves `state`'s publications, the CRL under `/crl/<bundle>.crl`.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn start(
+        listen: SocketAddr,
+        state: StateDir,
+        bundle: &str,
+    ) -> Result<Self, ServeError> {
+        let bind = |source| ServeError::Bind {
+            addr: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(bind)?;
+        let local_addr = listener.local_addr().map_err(bind)?;
+        let (publish, current) = watch::channel(None);
+        let (error_tx, last_error) = watch::channel(None);
+        let poll = tokio::spawn(poll_loop(state, publish, error_tx));
+        let state = Arc::new(State {
+            crl_path: crl_path(bundle),
+            current,
+            last_error,
+        });
+        let accept = tokio::spawn(accept_loop(listener, state));
+        tracing::info!(listen = %local_addr, "control plane feed is serving");
+        Ok(Self {
+            local_addr,
+            accept,
+            poll,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every connection and stops reading the state folder.
+    pub async fn stop(self) {
+        self.accept.abort();
+        self.poll.abort();
+        let _ = self.accept.await;
+        let _ = self.poll.await;
+    }
+}
+
+/// Reads the published files of `state` into a [`Publication`].
+///
+/// # Errors
+/// A file is missing or malformed, or the pair is mid-publication.
+pub fn read(state: &StateDir) -> Result<Publication, ReadError> {
+    let load = |path: std::path::PathBuf| {
+        std::fs::read(&path).map_err(|source| ReadError::Io { path, source })
+    };
+    let ca = load(state.ca_cert())?;
+    let partners = load(state.partners())?;
+    let crl = load(state.crl())?;
+    let table: PublishedPartners =
+        serde_json::from_slice(&partners).map_err(|source| ReadError::Partners {
+            path: state.partners(),
+            source,
+        })?;
+    let crl_number = crl_number(&crl).ok_or_else(|| ReadError::Crl { path: state.crl() })?;
+    if crl_number != table.crl_number {
+        return Err(ReadError::Mismatch {
+            partners: table.crl_number,
+            crl: crl_number,
+        });
+    }
+    let served = |bytes: Vec<u8>| Served {
+        etag: HeaderValue::from_str(&etag(&bytes)).unwrap_or(HeaderValue::from_static("\"\"")),
+        bytes: Bytes::from(bytes),
+    };
+    Ok(Publication {
+        generation: crl_number,
+        ca: served(ca),
+        partners: served(partners),
+        crl: served(crl),
+    })
+}
+
+/// The CRL number of a DER CRL, when it has one that fits an `i64` (the registry's type).
+fn crl_number(der: &[u8]) -> Option<i64> {
+    let (_, crl) = CertificateRevocationList::from_der(der).ok()?;
+    let bytes = crl.crl_number()?.to_bytes_be();
+    if bytes.len() > 8 {
+        return None;
+    }
+    let n = bytes.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
+    i64::try_from(n).ok()
+}
+
+async fn poll_loop(
+    state: StateDir,
+    publish: watch::Sender<Option<Arc<Publication>>>,
+    last_error: watch::Sender<Option<String>>,
+) {
+    let files = [state.ca_cert(), state.partners(), state.crl()];
+    let mut seen: Option<Vec<Option<FileStamp>>> = None;
+    loop {
+        let mut stamps = Vec::with_capacity(files.len());
+        for f in &files {
+            stamps.push(FileStamp::of(f).await.ok());
+        }
+        if seen.as_ref() != Some(&stamps) {
+            let dir = state.clone();
+            let read = tokio::task::spawn_blocking(move || read(&dir)).await;
+            match read {
+                Ok(Ok(publication)) => {
+                    let moved = publish
+                        .borrow()
+                        .as_ref()
+                        .is_none_or(|p| p.generation != publication.generation);
+                    if moved {
+                        tracing::info!(
+                            generation = publication.generation,
+                            "control plane publishes a new generation"
+                        );
+                    }
+                    // Same generation, other bytes (a re-signed CRL): still served anew.
+                    publish.send_replace(Some(Arc::new(publication)));
+                    last_error.send_replace(None);
+                    seen = Some(stamps);
+                }
+                Ok(Err(e)) => {
+                    // Read again on the next tick: a publication in progress completes shortly.
+                    let text = crate::error_chain(&e);
+                    if last_error.borrow().as_deref() != Some(text.as_str()) {
+                        tracing::warn!(error = %text, "control plane cannot read the published files");
+                    }
+                    last_error.send_replace(Some(text));
+                }
+                Err(e) => tracing::error!(error = %e, "reading the published files panicked"),
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Dropping the set (when this task is aborted) aborts every connection with it.
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "control plane accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        let state = state.clone();
+        connections.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(client.addr = %peer, error = %e, "feed connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let known = [
+        "/healthz",
+        "/readyz",
+        GENERATION_PATH,
+        CA_PATH,
+        PARTNERS_PATH,
+        state.crl_path.as_str(),
+    ]
+    .contains(&path);
+    if !known {
+        return Ok(json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "not_found"}),
+        ));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": "method_not_allowed"}),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(r);
+    }
+    let current = state.current.borrow().clone();
+    let response = match (path, current) {
+        ("/healthz", _) => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        ("/readyz", Some(p)) => json(
+            StatusCode::OK,
+            &serde_json::json!({"ready": true, "generation": p.generation}),
+        ),
+        ("/readyz", None) => {
+            let reason = state
+                .last_error
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "the published files have not been read yet".to_owned());
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"ready": false, "reasons": [reason]}),
+            )
+        }
+        (GENERATION_PATH, _) => generation(&state, req.uri().query()).await,
+        (_, None) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "not_published"}),
+        ),
+        (CA_PATH, Some(p)) => file(&p, &p.ca, "application/x-pem-file", &req),
+        (PARTNERS_PATH, Some(p)) => file(&p, &p.partners, "application/json", &req),
+        (_, Some(p)) => file(&p, &p.crl, "application/pkix-crl", &req),
+    };
+    Ok(response)
+}
+
+/// `after=N`: wait until the generation is past N, at most [`LONG_POLL`]; without `after`,
+/// answer at once. Never an older generation as news: a gateway that reached this replica after
+/// a newer one must not step back to an older CRL.
+async fn generation(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    let after = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("after="));
+    let after = match after.map(str::parse::<i64>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": "bad_request", "detail": "after= takes an integer"}),
+            )
+        }
+    };
+    let mut rx = state.current.clone();
+    if let Some(after) = after {
+        let moved =
+            |p: &Option<Arc<Publication>>| p.as_ref().is_some_and(|p| p.generation != after);
+        // A timeout or a closed channel both end in answering what is current.
+        let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(moved)).await;
+    }
+    let current = rx.borrow().as_ref().map(|p| p.generation);
+    match current {
+        Some(g) => json(StatusCode::OK, &serde_json::json!({"generation": g})),
+        None => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "not_published"}),
+        ),
+    }
+}
+
+fn file(
+    publication: &Publication,
+    served: &Served,
+    content_type: &'static str,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let matches = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == "*" || t.trim().as_bytes() == served.etag.as_bytes())
+        });
+    let mut r = if matches {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Full::new(served.bytes.clone()));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r
+    };
+    let headers = r.headers_mut();
+    headers.insert(header::ETAG, served.etag.clone());
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        super::GENERATION_HEADER,
+        HeaderValue::from(publication.generation),
+    );
+    r
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}

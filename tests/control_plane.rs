@@ -1,0 +1,654 @@
+//! The control plane's feed and gateways that follow it (`lifecycle.source`), as separate
+//! processes: `certgate control-plane` on the registry's state folder, two `certgate serve`
+//! gateways each with a state folder of its own, the lifecycle CLI run against the control
+//! plane's configuration, and `openssl` on the partner's side.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::BodyExt;
+
+// === helpers ===
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A child process, killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The control plane's configuration and state folder, and gateway configurations that mirror
+/// it, all in one temp dir with the test PKI (server certificate, YAML partner CA).
+struct Cluster {
+    env: Env,
+    upstream: SocketAddr,
+    feed: SocketAddr,
+    control_config: PathBuf,
+}
+
+/// A gateway's ports and configuration.
+struct Gateway {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+impl Cluster {
+    fn new(upstream: SocketAddr) -> Cluster {
+        let env = Env::new();
+        let feed = free_addr();
+        let yaml = env.config(upstream, "lifecycle:\n  state_dir: control-state\n");
+        let control_config = write_file(env.dir.path(), "control-plane.yaml", &yaml);
+        Cluster {
+            env,
+            upstream,
+            feed,
+            control_config,
+        }
+    }
+
+    /// A gateway configuration named `name`, mirroring the feed into `<name>-state`.
+    fn gateway(&self, name: &str) -> Gateway {
+        let listen = free_addr();
+        let admin = free_addr();
+        let lifecycle = format!(
+            "lifecycle:\n  state_dir: {name}-state\n  source: http://{}\n",
+            self.feed
+        );
+        let yaml = self
+            .env
+            .config(self.upstream, &lifecycle)
+            .replacen(
+                "listen: \"127.0.0.1:0\"",
+                &format!("listen: \"{listen}\""),
+                1,
+            )
+            .replacen(
+                "listen: \"127.0.0.1:0\"",
+                &format!("listen: \"{admin}\""),
+                1,
+            );
+        let config = write_file(self.env.dir.path(), &format!("{name}.yaml"), &yaml);
+        Gateway {
+            listen,
+            admin,
+            config,
+            state: self.env.path(&format!("{name}-state")),
+        }
+    }
+
+    /// `certgate ARGS --config <control plane's config>`.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.control_config)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "certgate {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `certgate control-plane` and waits until it is ready.
+    async fn start_control_plane(&self) -> Process {
+        let child = Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(["control-plane", "--config"])
+            .arg(&self.control_config)
+            .args(["--listen", &self.feed.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let process = Process(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(self.feed).is_ok()
+                && get_http(self.feed, "/readyz", None).await.0 == 200
+            {
+                return process;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the control plane did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Registers and approves `id` with a SPIFFE identity, then issues it a certificate for a
+    /// key made by `openssl`; returns (certificate chain, key).
+    fn onboard(&self, id: &str) -> (PathBuf, PathBuf) {
+        let spiffe = format!("spiffe://partners.example.com/{id}");
+        self.ok(&[
+            "partner",
+            "register",
+            id,
+            "--owner",
+            "ops@example.com",
+            "--scopes",
+            "orders:read",
+            "--spiffe",
+            &spiffe,
+            "--actor",
+            "alice",
+        ]);
+        self.ok(&["partner", "approve", id, "--actor", "bob"]);
+        let key = self.env.path(&format!("{id}-key.pem"));
+        let csr = self.env.path(&format!("{id}.csr"));
+        let cert = self.env.path(&format!("{id}.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-subj", "/O=partner", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr)
+            .arg("-addext")
+            .arg(format!("subjectAltName=URI:{spiffe}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.ok(&[
+            "partner",
+            "issue",
+            id,
+            "--csr",
+            csr.to_str().unwrap(),
+            "--out",
+            cert.to_str().unwrap(),
+            "--actor",
+            "carol",
+        ]);
+        (cert, key)
+    }
+}
+
+/// Starts `certgate serve` for `gw` and waits until its partner port accepts.
+fn serve(gw: &Gateway) -> Process {
+    let child = Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(["serve", "--config"])
+        .arg(&gw.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let process = Process(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(gw.listen).is_err() {
+        assert!(Instant::now() < deadline, "certgate serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    process
+}
+
+/// A client leaf from the PEM files the partner holds.
+fn leaf_from(cert: &Path, key: &Path) -> Leaf {
+    let chain_pem = std::fs::read_to_string(cert).unwrap();
+    let first = chain_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap()
+        .to_owned();
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(first.as_bytes())
+        .unwrap()
+        .to_vec();
+    Leaf {
+        pem: first,
+        chain_pem,
+        key_pem: std::fs::read_to_string(key).unwrap(),
+        der,
+        serial: 0,
+    }
+}
+
+/// Plain HTTP GET: (status, ETag, body).
+async fn get_http(
+    addr: SocketAddr,
+    path: &str,
+    if_none_match: Option<&str>,
+) -> (u16, Option<String>, Vec<u8>) {
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, None, Vec::new());
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", "localhost");
+    if let Some(tag) = if_none_match {
+        req = req.header("if-none-match", tag);
+    }
+    let Ok(resp) = sender
+        .send_request(
+            req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    else {
+        return (0, None, Vec::new());
+    };
+    let status = resp.status().as_u16();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, etag, body)
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
+}
+
+/// A keep-alive connection to `gw` as `leaf`, sending every 10 ms until it is refused or cut.
+/// Resolves to (requests served, when it ended, why).
+async fn keep_alive(
+    env: &Env,
+    gw: &Gateway,
+    leaf: &Leaf,
+) -> tokio::task::JoinHandle<(usize, Instant, String)> {
+    let tls = connect(gw.listen, "localhost", env.tls_config_for(leaf))
+        .await
+        .unwrap();
+    let mut sender = handshake_http(tls).await.unwrap();
+    tokio::spawn(async move {
+        let mut served = 0;
+        loop {
+            match sender.send(get("/v1/orders/1")).await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+                    if status != 200 {
+                        let body = body.map(|b| String::from_utf8_lossy(&b).into_owned());
+                        return (served, Instant::now(), format!("status {status} {body:?}"));
+                    }
+                    served += 1;
+                }
+                Err(e) => return (served, Instant::now(), e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_on_the_control_plane_cuts_keep_alive_connections_on_two_gateways() {
+    let up = Upstream::start().await;
+    let cluster = Cluster::new(up.addr);
+    cluster.ok(&["ca", "init"]);
+    let _control = cluster.start_control_plane().await;
+    let gateways = [cluster.gateway("gw1"), cluster.gateway("gw2")];
+    let _served: Vec<Process> = gateways.iter().map(serve).collect();
+
+    // The gateways copied the CA and the empty partner table into their own state folders.
+    for gw in &gateways {
+        assert_eq!(
+            std::fs::read(gw.state.join("ca/ca.pem")).unwrap(),
+            std::fs::read(cluster.env.path("control-state/ca/ca.pem")).unwrap()
+        );
+    }
+
+    let (cert, key) = cluster.onboard("initech");
+    let leaf = leaf_from(&cert, &key);
+    for gw in &gateways {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let answer = call(
+                gw.listen,
+                cluster.env.tls_config_for(&leaf),
+                get("/v1/orders/9"),
+            )
+            .await;
+            if answer.as_ref().is_ok_and(|a| a.status == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway {} does not serve the partner onboarded on the control plane: {:?}",
+                gw.listen,
+                answer.map(|a| a.body)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    let generation = json(&get_http(cluster.feed, "/generation", None).await.2)["generation"]
+        .as_i64()
+        .unwrap();
+    // A held long poll for the generation in force, answered by the revoke below.
+    let feed = cluster.feed;
+    let held = tokio::spawn(async move {
+        get_http(feed, &format!("/generation?after={generation}"), None).await
+    });
+    let clients = [
+        keep_alive(&cluster.env, &gateways[0], &leaf).await,
+        keep_alive(&cluster.env, &gateways[1], &leaf).await,
+    ];
+    assert!(
+        eventually(Duration::from_secs(5), || up.count() >= 10).await,
+        "both keep-alive clients are being served"
+    );
+    assert!(
+        !held.is_finished(),
+        "the long poll answered before anything changed"
+    );
+
+    let started = Instant::now();
+    let config = cluster.control_config.clone();
+    let revoke = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(["partner", "revoke", "initech", "--reason", "keyCompromise"])
+            .args(["--actor", "dave", "--config"])
+            .arg(config)
+            .output()
+            .unwrap()
+    });
+    for (gw, client) in gateways.iter().zip(clients) {
+        let (served, ended, why) = tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .unwrap_or_else(|_| panic!("gateway {}: not cut within 10 s of the revoke", gw.listen))
+            .unwrap();
+        assert!(served >= 1);
+        eprintln!(
+            "gateway {}: `partner revoke` started → keep-alive connection cut after {:?} ({served} requests; {why})",
+            gw.listen,
+            ended.saturating_duration_since(started)
+        );
+    }
+    let revoke = revoke.await.unwrap();
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+
+    // The long poll was answered with the new generation.
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the long poll was not answered after the revoke")
+        .unwrap();
+    assert_eq!(status, 200);
+    let after = json(&body)["generation"].as_i64().unwrap();
+    assert!(after > generation, "{after} after {generation}");
+
+    // Both gateways refuse a new handshake, and report the generation they hold.
+    for gw in &gateways {
+        let refused = call(
+            gw.listen,
+            cluster.env.tls_config_for(&leaf),
+            get("/v1/orders/1"),
+        )
+        .await;
+        assert!(
+            refused.is_err(),
+            "gateway {} still serves a revoked certificate",
+            gw.listen
+        );
+        let (status, _, body) = get_http(gw.admin, "/status", None).await;
+        assert_eq!(status, 200);
+        let source = &json(&body)["lifecycle_source"];
+        assert_eq!(source["up"], true, "{source}");
+        assert_eq!(source["source"], format!("http://{}", cluster.feed));
+        assert!(source["generation"].as_i64().unwrap() >= after, "{source}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_answers_if_none_match_and_long_polls_past_a_generation() {
+    let up = Upstream::start().await;
+    let cluster = Cluster::new(up.addr);
+    cluster.ok(&["ca", "init"]);
+    let _control = cluster.start_control_plane().await;
+    let feed = cluster.feed;
+    let state = cluster.env.path("control-state/published");
+
+    let (status, etag, body) = get_http(feed, "/partners.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, std::fs::read(state.join("partners.json")).unwrap());
+    let etag = etag.expect("an ETag");
+    assert_eq!(get_http(feed, "/partners.json", Some(&etag)).await.0, 304);
+    let (status, crl_etag, crl) = get_http(feed, "/crl/lifecycle.crl", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(crl, std::fs::read(state.join("crl.der")).unwrap());
+    assert_eq!(
+        get_http(feed, "/crl/lifecycle.crl", crl_etag.as_deref())
+            .await
+            .0,
+        304
+    );
+    assert_eq!(get_http(feed, "/crl/other.crl", None).await.0, 404);
+    assert_eq!(get_http(feed, "/generation?after=x", None).await.0, 400);
+
+    // The generation is the published CRL's number; a request for another one answers at once.
+    let g = json(&get_http(feed, "/generation", None).await.2)["generation"]
+        .as_i64()
+        .unwrap();
+    let partners = json(&body);
+    assert_eq!(partners["crl_number"].as_i64(), Some(g));
+    let quick = tokio::time::timeout(
+        Duration::from_secs(5),
+        get_http(feed, &format!("/generation?after={}", g - 1), None),
+    )
+    .await
+    .expect("a stale generation is answered at once");
+    assert_eq!(json(&quick.2)["generation"].as_i64(), Some(g));
+
+    // A partner table whose CRL number the CRL does not carry (a publication half done) is not
+    // served: the feed stays on the last whole pair.
+    let table = state.join("partners.json");
+    let whole = std::fs::read(&table).unwrap();
+    let mut half = partners.clone();
+    half["crl_number"] = serde_json::json!(g + 5);
+    std::fs::write(&table, serde_json::to_vec(&half).unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        json(&get_http(feed, "/generation", None).await.2)["generation"].as_i64(),
+        Some(g)
+    );
+    assert_eq!(get_http(feed, "/partners.json", None).await.2, whole);
+    std::fs::write(&table, &whole).unwrap();
+
+    // A change: the partner table's ETag moves with it.
+    cluster.ok(&["registry", "publish"]);
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        get_http(feed, &format!("/generation?after={g}"), None),
+    )
+    .await
+    .expect("the publish moved the generation within the long poll");
+    assert_eq!(status, 200);
+    assert!(json(&body)["generation"].as_i64().unwrap() > g);
+    assert_eq!(get_http(feed, "/partners.json", Some(&etag)).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_keeps_its_last_copy_while_the_control_plane_is_down_and_says_so() {
+    let up = Upstream::start().await;
+    let cluster = Cluster::new(up.addr);
+    cluster.ok(&["ca", "init"]);
+    let control = cluster.start_control_plane().await;
+    let gw = cluster.gateway("gw");
+    let _served = serve(&gw);
+    let (cert, key) = cluster.onboard("initech");
+    let leaf = leaf_from(&cert, &key);
+    let serves = || async {
+        call(
+            gw.listen,
+            cluster.env.tls_config_for(&leaf),
+            get("/v1/orders/2"),
+        )
+        .await
+        .is_ok_and(|a| a.status == 200)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !serves().await {
+        assert!(
+            Instant::now() < deadline,
+            "the onboarded partner is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let source = format!("http://{}", cluster.feed);
+    let up_line = format!("certgate_lifecycle_source_up{{source=\"{source}\"}} 1");
+    scrape_until(gw.admin, &[up_line.as_str()]).await;
+
+    drop(control);
+
+    // Within a few retries the gateway reports the control plane down...
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        let status = json(&get_http(gw.admin, "/status", None).await.2);
+        if status["lifecycle_source"]["up"] == false {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still reports the control plane up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let reported = &status["lifecycle_source"];
+    assert!(
+        reported["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{reported}"
+    );
+    assert!(reported["last_success"].is_string(), "{reported}");
+    let down_line = format!("certgate_lifecycle_source_up{{source=\"{source}\"}} 0");
+    scrape_until(gw.admin, &[down_line.as_str()]).await;
+
+    // ...and keeps serving from its copy: the partner table, the CA, the CRL.
+    assert!(serves().await, "the last copy no longer serves the partner");
+    assert_eq!(get_http(gw.admin, "/readyz", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_never_steps_back_to_an_older_generation() {
+    let up = Upstream::start().await;
+    let cluster = Cluster::new(up.addr);
+    cluster.ok(&["ca", "init"]);
+    // An older state of the registry, as a lagging replica or a restored backup would serve.
+    let old = cluster.env.path("old-state");
+    copy_dir(&cluster.env.path("control-state"), &old);
+    cluster.ok(&["registry", "publish"]);
+    cluster.ok(&["registry", "publish"]);
+    let control = cluster.start_control_plane().await;
+    let newest = json(&get_http(cluster.feed, "/generation", None).await.2)["generation"]
+        .as_i64()
+        .unwrap();
+    let gw = cluster.gateway("gw");
+    let _served = serve(&gw);
+    let copy = gw.state.join("published/crl.der");
+    let held = std::fs::read(&copy).unwrap();
+    assert_eq!(
+        held,
+        std::fs::read(cluster.env.path("control-state/published/crl.der")).unwrap()
+    );
+
+    // The control plane goes away; the gateway notices.
+    drop(control);
+    let source_up = || async {
+        json(&get_http(gw.admin, "/status", None).await.2)["lifecycle_source"]["up"] == true
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while source_up().await {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still reports the control plane up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // It comes back on the older state, on the same address.
+    let yaml = std::fs::read_to_string(&cluster.control_config)
+        .unwrap()
+        .replace("state_dir: control-state", "state_dir: old-state");
+    std::fs::write(&cluster.control_config, yaml).unwrap();
+    let _older = cluster.start_control_plane().await;
+    let older = json(&get_http(cluster.feed, "/generation", None).await.2)["generation"]
+        .as_i64()
+        .unwrap();
+    assert!(older < newest, "{older} < {newest}");
+
+    // The gateway reaches it again, and keeps the newer copy.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !source_up().await {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not reach the control plane again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = json(&get_http(gw.admin, "/status", None).await.2);
+    assert_eq!(
+        status["lifecycle_source"]["generation"].as_i64(),
+        Some(newest),
+        "{status}"
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        held,
+        "the CRL copy stepped back"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
