@@ -328,10 +328,7 @@ pub fn pem_of(label: &str, der: &[u8]) -> String {
 /// # Errors
 /// The first reason to refuse it.
 pub fn check_csr(bytes: &[u8], identity: &Identity) -> Result<CheckedCsr, CsrError> {
-    let der = match CertificateSigningRequestDer::from_pem_slice(bytes) {
-        Ok(der) => der,
-        Err(_) => CertificateSigningRequestDer::from(bytes.to_vec()),
-    };
+    let der = csr_der(bytes);
     let (rest, csr) =
         X509CertificationRequest::from_der(der.as_ref()).map_err(|_| CsrError::Parse)?;
     if !rest.is_empty() {
@@ -346,6 +343,19 @@ pub fn check_csr(bytes: &[u8], identity: &Identity) -> Result<CheckedCsr, CsrErr
     let public_key = SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
         .map_err(|e| CsrError::UnsupportedKey(e.to_string()))?;
     Ok(CheckedCsr { public_key, key })
+}
+
+/// A CSR given as PEM or DER, as DER.
+fn csr_der(bytes: &[u8]) -> CertificateSigningRequestDer<'static> {
+    match CertificateSigningRequestDer::from_pem_slice(bytes) {
+        Ok(der) => der,
+        Err(_) => CertificateSigningRequestDer::from(bytes.to_vec()),
+    }
+}
+
+/// A CSR given as PEM or DER, as PEM: the one form the registry keeps.
+pub fn csr_pem(bytes: &[u8]) -> String {
+    pem_of("CERTIFICATE REQUEST", csr_der(bytes).as_ref())
 }
 
 fn key_strength(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<String, CsrError> {
