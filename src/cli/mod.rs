@@ -316,12 +316,31 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         source: Some(path.to_owned()),
         watch_files: true,
     };
+    // The enrolment API is started from the configuration read at start; a reload does not
+    // move or restart it.
+    let enrolment = config
+        .onboarding
+        .clone()
+        .zip(config.lifecycle.as_ref().map(|l| l.state_dir.clone()))
+        .map(|(settings, state)| (settings, crate::lifecycle::StateDir::new(state)));
+    let server = config.server.clone();
     let gateway = match Gateway::start_with(config, options).await {
         Ok(g) => g,
         Err(e) => {
             print_start_error(path, &e);
             return Ok(ExitCode::FAILURE);
         }
+    };
+    let _enrolment = match &enrolment {
+        Some((settings, state)) => match crate::onboarding::start(settings, state, &server).await {
+            Ok(running) => Some(running),
+            Err(e) => {
+                eprintln!("{}: {}", path.display(), crate::error_chain(&e));
+                gateway.shutdown().await;
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        None => None,
     };
     let reloader = gateway.reloader();
     tokio::select! {

@@ -41,7 +41,29 @@ pub struct Config {
     /// The embedded CA and registry, when configured: its bundle and partners are merged into
     /// `trust_bundles` and `partners` by [`crate::config::load`].
     pub lifecycle: Option<Lifecycle>,
+    /// The enrolment API's listener, when configured (it needs `lifecycle`).
+    pub onboarding: Option<Onboarding>,
 }
+
+/// The enrolment API: a TLS listener with the gateway's server certificates, beside the partner
+/// port, serving the lifecycle state folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Onboarding {
+    pub listen: SocketAddr,
+    /// Largest request body, in bytes (default 64 KiB: a CSR is a few KiB at most).
+    pub max_body_bytes: u32,
+    /// Requests per source address per minute (default 30).
+    pub per_address_per_minute: u32,
+    /// Submissions per enrolment token per minute (default 5).
+    pub per_token_per_minute: u32,
+}
+
+/// Default [`Onboarding::max_body_bytes`].
+pub const DEFAULT_ONBOARDING_BODY: u32 = 64 * 1024;
+/// Default [`Onboarding::per_address_per_minute`].
+pub const DEFAULT_PER_ADDRESS_PER_MINUTE: u32 = 30;
+/// Default [`Onboarding::per_token_per_minute`].
+pub const DEFAULT_PER_TOKEN_PER_MINUTE: u32 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lifecycle {

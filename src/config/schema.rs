@@ -24,6 +24,21 @@ pub struct File {
     pub forward: Option<Forward>,
     #[serde(default)]
     pub lifecycle: Option<Lifecycle>,
+    /// The enrolment API's listener; see `docs/onboarding.md`.
+    #[serde(default)]
+    pub onboarding: Option<Onboarding>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Onboarding {
+    pub listen: String,
+    #[serde(default)]
+    pub max_body_bytes: Option<u32>,
+    #[serde(default)]
+    pub per_address_per_minute: Option<u32>,
+    #[serde(default)]
+    pub per_token_per_minute: Option<u32>,
 }
 
 /// The embedded CA and partner registry (`certgate ca init`, `certgate partner …`).

@@ -261,6 +261,7 @@ impl<'a> Validator<'a> {
         let partners = self.partners(file.partners, &bundle_ids);
         let routes = self.routes(file.routes, &upstream_ids, server.limits.max_body_bytes);
         let forward = self.forward(file.forward);
+        let onboarding = self.onboarding(file.onboarding, lifecycle.is_some());
 
         model::Config {
             source: self.file.to_owned(),
@@ -274,6 +275,7 @@ impl<'a> Validator<'a> {
             scopes: std::mem::take(&mut self.scopes),
             forward,
             lifecycle,
+            onboarding,
         }
     }
 
@@ -378,6 +380,41 @@ impl<'a> Validator<'a> {
             }
         }
         out
+    }
+
+    // --- onboarding ---
+
+    fn onboarding(
+        &mut self,
+        onboarding: Option<schema::Onboarding>,
+        lifecycle: bool,
+    ) -> Option<model::Onboarding> {
+        let o = onboarding?;
+        if !lifecycle {
+            self.problem(
+                "onboarding",
+                "the enrolment API serves the lifecycle registry: add a `lifecycle:` section",
+            );
+        }
+        let listen = self.socket_addr("onboarding.listen", &o.listen);
+        Some(model::Onboarding {
+            listen,
+            max_body_bytes: self.positive(
+                "onboarding.max_body_bytes",
+                o.max_body_bytes,
+                model::DEFAULT_ONBOARDING_BODY,
+            ),
+            per_address_per_minute: self.positive(
+                "onboarding.per_address_per_minute",
+                o.per_address_per_minute,
+                model::DEFAULT_PER_ADDRESS_PER_MINUTE,
+            ),
+            per_token_per_minute: self.positive(
+                "onboarding.per_token_per_minute",
+                o.per_token_per_minute,
+                model::DEFAULT_PER_TOKEN_PER_MINUTE,
+            ),
+        })
     }
 
     // --- lifecycle ---
