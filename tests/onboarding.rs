@@ -45,13 +45,25 @@ fn setup(upstream: SocketAddr, limits: &str) -> Setup {
     let env = Env::new();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let extra =
-        format!("lifecycle:\n  state_dir: state\nonboarding:\n  listen: \"{api}\"\n{limits}");
-    let yaml = env.config(upstream, &extra).replacen(
-        "listen: \"127.0.0.1:0\"",
-        &format!("listen: \"{listen}\""),
-        1,
+    // A sandbox route (continuing the standard `routes:` list) on a sandbox upstream.
+    let extra = format!(
+        "  - name: sandbox-orders\n    path_prefix: /sandbox/orders\n    scope: orders:read\n    upstream: sandbox\n    environment: sandbox\n\
+         lifecycle:\n  state_dir: state\nonboarding:\n  listen: \"{api}\"\n{limits}"
     );
+    let yaml = env
+        .config(upstream, &extra)
+        .replacen(
+            "upstreams:\n",
+            &format!(
+                "upstreams:\n  sandbox:\n    environment: sandbox\n    endpoints: [\"http://{upstream}\"]\n"
+            ),
+            1,
+        )
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"{listen}\""),
+            1,
+        );
     let config = write_file(env.dir.path(), "certgate.yaml", &yaml);
     let state = env.path("state");
     Setup {
@@ -434,8 +446,9 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
     ]);
     assert!(verified.contains(": OK"), "{verified}");
 
-    // The gateway picks up the published partner and serves the downloaded certificate.
-    let call = || {
+    // The gateway picks up the published partner and serves the downloaded certificate, on
+    // sandbox routes only.
+    let call = |path: &str| {
         let out = Command::new("curl")
             .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
             .arg(s.env.path("ca.pem"))
@@ -443,19 +456,62 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
             .arg(&cert)
             .arg("--key")
             .arg(&key)
-            .arg(format!("https://localhost:{}/v1/orders/7", s.listen.port()))
+            .arg(format!("https://localhost:{}{path}", s.listen.port()))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while call() != "200" {
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never served initech"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let until_200 = |path: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while call(path) != "200" {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never served initech {path}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until_200("/sandbox/orders/7");
+    assert_eq!(call("/v1/orders/7"), "403", "production before promotion");
+    assert!(s
+        .ok(&["partner", "show", "initech"])
+        .contains("sandbox only until promoted"));
+
+    // Promotion: not by the inviter or the owner, and only with a conforming certificate.
+    let err = s.refused(&["partner", "promote", "initech", "--actor", "alice"]);
+    assert!(err.contains("cannot promote it"), "{err}");
+    let err = s.refused(&[
+        "partner",
+        "promote",
+        "initech",
+        "--actor",
+        "dev@initech.example",
+    ]);
+    assert!(err.contains("cannot promote it"), "{err}");
+    let err = s.refused(&[
+        "partner",
+        "promote",
+        "initech",
+        "--min-days",
+        "120",
+        "--actor",
+        "carol",
+    ]);
+    assert!(err.contains("promotion needs more than 120"), "{err}");
+    assert_eq!(call("/v1/orders/7"), "403");
+    s.ok(&["partner", "promote", "initech", "--actor", "carol"]);
+    until_200("/v1/orders/7");
+    assert_eq!(
+        call("/sandbox/orders/7"),
+        "200",
+        "production includes the sandbox"
+    );
+    let history = s.ok(&["partner", "history", "initech"]);
+    assert!(
+        history.contains("promote by carol: certificate"),
+        "{history}"
+    );
+    assert!(history.contains("clientAuth, ECDSA P-256"), "{history}");
 
     let history = s.ok(&["partner", "history", "initech"]);
     assert!(
@@ -755,4 +811,58 @@ async fn approving_an_enrolment_issues_from_its_csr_and_rejecting_gives_the_reas
         .unwrap();
     assert_eq!(e.status, EnrolmentStatus::Rejected);
     assert_eq!(e.reason.as_deref(), Some("unknown company"));
+}
+
+#[test]
+fn environments_are_checked_where_they_are_written() {
+    let env = Env::new();
+    let check = |yaml: &str| {
+        let config = write_file(env.dir.path(), "certgate.yaml", yaml);
+        let out = Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let up = SocketAddr::from(([127, 0, 0, 1], 9));
+    let route = |env_line: &str, scope: &str| {
+        format!(
+            "  - name: sandbox-orders\n    path_prefix: /sandbox\n    scope: {scope}\n    upstream: orders\n{env_line}"
+        )
+    };
+
+    let (ok, text) = check(&env.config(up, &route("    environment: staging\n", "orders:read")));
+    assert!(
+        !ok && text.contains("unknown environment `staging`"),
+        "{text}"
+    );
+    let (ok, text) = check(&env.config(up, &route("    environment: sandbox\n", "orders:read")));
+    assert!(
+        !ok && text
+            .contains("a sandbox route cannot forward to upstream `orders`, which is production"),
+        "{text}"
+    );
+    let (ok, text) = check(&env.config(up, &route("", "orders:read@sandbox")));
+    assert!(!ok && text.contains("must not end in `@sandbox`"), "{text}");
+
+    // Production is the default, and a sandbox route on a sandbox upstream is valid.
+    let yaml = env
+        .config(up, &route("    environment: sandbox\n", "orders:read"))
+        .replace("upstream: orders\n    environment: sandbox", "upstream: sandbox\n    environment: sandbox")
+        .replacen(
+            "upstreams:\n",
+            "upstreams:\n  sandbox:\n    environment: sandbox\n    endpoints: [\"http://127.0.0.1:9\"]\n",
+            1,
+        );
+    let (ok, text) = check(&yaml);
+    assert!(ok, "{text}");
 }

@@ -92,6 +92,16 @@ pub enum PartnerCommand {
         #[command(flatten)]
         who: Who,
     },
+    /// Grant a sandbox-only (invited) partner its scopes in production, when the evidence holds.
+    /// The promoter must be neither the owner nor the inviter.
+    Promote {
+        id: String,
+        /// Days its certificate must still be valid.
+        #[arg(long, default_value_t = commands::DEFAULT_PROMOTE_MIN_DAYS)]
+        min_days: u32,
+        #[command(flatten)]
+        who: Who,
+    },
     /// Close a pending registration or scope addition.
     Reject {
         id: String,
@@ -432,6 +442,7 @@ async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
         P::Register { who, .. } | P::Invite { who, .. } => (who.clone(), true),
         P::Scopes { who, add, .. } => (who.clone(), !add.is_empty()),
         P::Approve { who, .. }
+        | P::Promote { who, .. }
         | P::Reject { who, .. }
         | P::Issue { who, .. }
         | P::Renew { who, .. }
@@ -492,6 +503,10 @@ async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
             commands::approve_issuing(&mut store, &ctx.policy, &signer, actor, &id, days).await?
         }
         P::Reject { id, reason, .. } => commands::reject(&mut store, actor, &id, &reason).await?,
+        P::Promote { id, min_days, .. } => {
+            let usage = commands::UsageNotRecorded;
+            commands::promote(&mut store, actor, &id, min_days, &usage).await?
+        }
         P::Issue {
             id,
             csr,
@@ -661,6 +676,8 @@ fn show(r: &Record) -> String {
         p.identity,
         if p.scopes.is_empty() {
             "-".to_owned()
+        } else if p.sandbox_only {
+            format!("{} (sandbox only until promoted)", p.scopes.join(", "))
         } else {
             p.scopes.join(", ")
         },
@@ -791,7 +808,13 @@ fn context(place: &Place, needs_scopes: bool) -> Result<Context, CliError> {
     let known_scopes = parsed.as_ref().map(|c| {
         c.routes
             .iter()
-            .filter_map(|r| c.scopes.get(r.scope.0).cloned())
+            .filter_map(|r| c.scopes.get(r.scope.0))
+            // A sandbox route requires its scope's sandbox twin; partners are granted the scope.
+            .map(|s| {
+                s.strip_suffix(config::model::SANDBOX_SUFFIX)
+                    .unwrap_or(s)
+                    .to_owned()
+            })
             .collect::<BTreeSet<String>>()
     });
     let yaml_identities = parsed

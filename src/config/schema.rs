@@ -187,6 +187,8 @@ pub struct Upstream {
     pub eject_after_failures: Option<u32>,
     #[serde(default)]
     pub eject_for: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +233,9 @@ pub struct Route {
     /// Overrides `server.limits.max_body_bytes` for this route.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// `sandbox` or `production` (default).
+    #[serde(default)]
+    pub environment: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -458,6 +458,82 @@ fn check_names(csr: &X509CertificationRequest<'_>, identity: &Identity) -> Resul
     }
 }
 
+/// Whether an issued certificate still conforms for promotion to production: the clientAuth
+/// extended key usage, an accepted key, exactly the registered identity, and at least
+/// `min_days_left` days before it expires. `Ok` describes it for the event log; `Err` lists every
+/// problem.
+///
+/// # Errors
+/// Every way the certificate falls short.
+pub fn conformance(
+    cert_pem: &str,
+    identity: &Identity,
+    min_days_left: u32,
+) -> Result<String, Vec<String>> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| vec![format!("not a PEM certificate: {e}")])?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| vec![format!("not X.509: {e}")])?;
+    let mut problems = Vec::new();
+    let client_auth = cert
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.client_auth);
+    if !client_auth {
+        problems.push("no clientAuth extended key usage".to_owned());
+    }
+    let key = key_strength(cert.public_key()).unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        String::new()
+    });
+    let names: Vec<(&'static str, String)> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    GeneralName::URI(u) => ("uri", (*u).to_owned()),
+                    GeneralName::DNSName(d) => ("dns", d.to_ascii_lowercase()),
+                    other => ("other", other.to_string()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let carries = match identity {
+        Identity::Spiffe(v) => names == [("uri", v.clone())],
+        Identity::Dns(v) => names == [("dns", v.to_ascii_lowercase())],
+        Identity::Cn(v) => {
+            names.is_empty()
+                && cert
+                    .subject()
+                    .iter_common_name()
+                    .filter_map(|c| c.as_str().ok())
+                    .eq([v.as_str()])
+        }
+    };
+    if !carries {
+        problems.push(format!("does not carry exactly the identity {identity}"));
+    }
+    let left = cert.validity().not_after.to_datetime() - OffsetDateTime::now_utc();
+    if left < ::time::Duration::days(i64::from(min_days_left)) {
+        problems.push(format!(
+            "expires in {} days; promotion needs more than {min_days_left}",
+            left.whole_days()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "clientAuth, {key}, identity {identity}, {} days left",
+            left.whole_days()
+        ))
+    } else {
+        Err(problems)
+    }
+}
+
 /// The parameters of a partner certificate: clientAuth only, the registered identity, a random
 /// serial, AKI and SKI, `days` of validity from now.
 pub fn leaf_params(

@@ -103,10 +103,42 @@ pub enum CommandError {
     NoEnrolment,
     #[error("partner `{0}` has an enrolment request waiting: approving it issues its certificate, which needs the CA")]
     EnrolmentNeedsCa(String),
+    #[error("partner `{0}` already holds its scopes in production")]
+    AlreadyProduction(String),
+    #[error("`{actor}` is the partner's owner or asked for it, and cannot promote it: promotion needs a second person")]
+    PromoterIsOwner { actor: String },
+    #[error("promotion of `{id}` refused: {}", .missing.join("; "))]
+    NotPromotable { id: String, missing: Vec<String> },
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Days a certificate must still be valid for its partner to be promoted, unless told otherwise.
+pub const DEFAULT_PROMOTE_MIN_DAYS: u32 = 14;
+
+/// The sandbox usage a promotion needs (successful calls per scope, no recent refusals), as the
+/// gateway recorded it. Kept behind this one trait so the evidence source can be plugged in
+/// without touching the gate.
+pub trait UsageEvidence: Send + Sync {
+    /// `Ok(summary)` when the partner's sandbox usage qualifies it, `Err(what is missing)`
+    /// otherwise; the summary goes into the promotion's event.
+    ///
+    /// # Errors
+    /// What is missing, for the operator.
+    fn check(&self, partner: &Partner) -> Result<String, String>;
+}
+
+/// The evidence source while the gateway records no per-partner usage: it lets the other checks
+/// decide and says in the event that call counts were not part of the evidence.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageNotRecorded;
+
+impl UsageEvidence for UsageNotRecorded {
+    fn check(&self, _partner: &Partner) -> Result<String, String> {
+        Ok("sandbox call counts: not recorded (no usage source configured)".to_owned())
+    }
 }
 
 /// The longest an invitation may stay open: a token is a bearer credential, so it should not
@@ -287,6 +319,7 @@ async fn new_partner(
             registered_at: now.clone(),
             approved_at: None,
             first_issued_at: None,
+            sandbox_only: invitation.is_some(),
             invitation,
             enrolment: None,
         }),
@@ -814,6 +847,82 @@ pub async fn scopes(
     let now = now_rfc3339();
     let event = w
         .append(draft(&now, actor, "scopes", id, None), &before, &after)
+        .await?;
+    w.commit().await?;
+    Ok(done(event, after))
+}
+
+/// Grants a sandbox-only partner its scopes in production, when the evidence holds: an approver
+/// other than the owner and the inviter, a valid certificate that conforms (clientAuth, key
+/// policy, the registered identity, at least `min_days_left` days to run) and the sandbox usage
+/// `usage` reports. Every missing item is named; the evidence goes into the event.
+///
+/// # Errors
+/// [`CommandError::NotPromotable`] with everything missing; the partner is not approved or
+/// already in production; `actor` is the owner or the inviter.
+pub async fn promote(
+    store: &mut Store,
+    actor: &str,
+    id: &str,
+    min_days_left: u32,
+    usage: &dyn UsageEvidence,
+) -> Result<Outcome, CommandError> {
+    need_actor(actor)?;
+    let mut w = store.write().await?;
+    let before = w.record(id).await?;
+    let p = partner(&before, id)?;
+    if p.status != PartnerStatus::Approved {
+        return Err(wrong(id, p.status, "approved"));
+    }
+    if !p.sandbox_only {
+        return Err(CommandError::AlreadyProduction(id.to_owned()));
+    }
+    if actor == p.owner || actor == p.requested_by {
+        return Err(CommandError::PromoterIsOwner {
+            actor: actor.to_owned(),
+        });
+    }
+    let mut missing = Vec::new();
+    let mut evidence = Vec::new();
+    let latest = before
+        .certificates
+        .iter()
+        .rfind(|c| c.status == CertStatus::Valid);
+    match latest {
+        None => missing.push("a valid certificate".to_owned()),
+        Some(c) => match ca::conformance(&c.pem, &p.identity, min_days_left) {
+            Ok(summary) => evidence.push(format!("certificate {}: {summary}", c.serial)),
+            Err(problems) => missing.extend(
+                problems
+                    .into_iter()
+                    .map(|m| format!("certificate {}: {m}", c.serial)),
+            ),
+        },
+    }
+    match usage.check(p) {
+        Ok(summary) => evidence.push(summary),
+        Err(m) => missing.push(m),
+    }
+    if !missing.is_empty() {
+        return Err(CommandError::NotPromotable {
+            id: id.to_owned(),
+            missing,
+        });
+    }
+    let mut np = p.clone();
+    np.sandbox_only = false;
+    let after = Record {
+        partner: Some(np),
+        certificates: before.certificates.clone(),
+    };
+    let now = now_rfc3339();
+    let reason = evidence.join("; ");
+    let event = w
+        .append(
+            draft(&now, actor, "promote", id, Some(&reason)),
+            &before,
+            &after,
+        )
         .await?;
     w.commit().await?;
     Ok(done(event, after))

@@ -51,6 +51,10 @@ pub struct Partner {
     /// The request the partner's developer submitted with the invitation's token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrolment: Option<Enrolment>,
+    /// The scopes are granted on sandbox routes only, until `partner promote`. Set for every
+    /// partner that came through an invitation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox_only: bool,
 }
 
 /// A one-time enrolment token's record. The token itself is never stored: whoever can read the

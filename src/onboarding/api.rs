@@ -153,6 +153,9 @@ impl Code {
             | CommandError::NoCertificate { .. }
             | CommandError::ExpiryTooLong { .. }
             | CommandError::EnrolmentNeedsCa(_)
+            | CommandError::AlreadyProduction(_)
+            | CommandError::PromoterIsOwner { .. }
+            | CommandError::NotPromotable { .. }
             | CommandError::Ca(_)
             | CommandError::Store(_) => Self::Internal,
         }
