@@ -12,6 +12,7 @@ pub mod fswatch;
 pub mod identity;
 pub mod lifecycle;
 pub mod metrics;
+pub mod onboarding;
 pub mod policy;
 pub mod proxy;
 pub mod revocation;

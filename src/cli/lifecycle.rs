@@ -61,9 +61,44 @@ pub enum PartnerCommand {
         #[command(flatten)]
         who: Who,
     },
-    /// Approve a pending registration or scope addition (not by whoever asked for it).
+    /// Record a pending partner like `register`, and print a one-time enrolment token with which
+    /// its developer submits a CSR to the enrolment API (`POST /v1/enrolments`).
+    Invite {
+        id: String,
+        #[arg(long)]
+        owner: String,
+        /// Comma-separated; each must be a scope of a route in the configuration.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        #[arg(long, group = "identity")]
+        spiffe: Option<String>,
+        #[arg(long, group = "identity")]
+        cn: Option<String>,
+        #[arg(long, group = "identity")]
+        dns: Option<String>,
+        /// How long the token is accepted: `72h`, `3d`, `30m` (at most 30 days).
+        #[arg(long, default_value = "72h", value_parser = parse_expiry)]
+        expires: std::time::Duration,
+        /// Print exactly `{"partner", "token", "expires_at"}` as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Approve a pending registration or scope addition (not by whoever asked for it); a pending
+    /// enrolment request is issued its certificate in the same step.
     Approve {
         id: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Grant a sandbox-only (invited) partner its scopes in production, when the evidence holds.
+    /// The promoter must be neither the owner nor the inviter.
+    Promote {
+        id: String,
+        /// Days its certificate must still be valid.
+        #[arg(long, default_value_t = commands::DEFAULT_PROMOTE_MIN_DAYS)]
+        min_days: u32,
         #[command(flatten)]
         who: Who,
     },
@@ -406,9 +441,10 @@ async fn partner_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
 async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
     use PartnerCommand as P;
     let (who, needs_scopes) = match &command {
-        P::Register { who, .. } => (who.clone(), true),
+        P::Register { who, .. } | P::Invite { who, .. } => (who.clone(), true),
         P::Scopes { who, add, .. } => (who.clone(), !add.is_empty()),
         P::Approve { who, .. }
+        | P::Promote { who, .. }
         | P::Reject { who, .. }
         | P::Issue { who, .. }
         | P::Renew { who, .. }
@@ -424,7 +460,29 @@ async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
     let signer = FileSigner::load(&ctx.state)?;
     let days = |d: Option<u32>| d.unwrap_or(ctx.policy.max_validity_days);
     let mut out_file = None;
+    let mut invited = None;
     let outcome: Outcome = match command {
+        P::Invite {
+            id,
+            owner,
+            scopes,
+            spiffe,
+            cn,
+            dns,
+            expires,
+            json,
+            ..
+        } => {
+            let req = Register {
+                id: &id,
+                owner: &owner,
+                scopes: &scopes,
+                identity: one_identity(spiffe, cn, dns)?,
+            };
+            let done = commands::invite(&mut store, &ctx.policy, actor, req, expires).await?;
+            invited = Some((id, done.token, done.expires_at, json));
+            done.outcome
+        }
         P::Register {
             id,
             owner,
@@ -434,26 +492,23 @@ async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
             dns,
             ..
         } => {
-            let identity = match (spiffe, cn, dns) {
-                (Some(s), None, None) => Identity::Spiffe(s),
-                (None, Some(c), None) => Identity::Cn(c),
-                (None, None, Some(d)) => Identity::Dns(d),
-                _ => {
-                    return Err(CliError::Usage(
-                        "give exactly one identity: --spiffe URI, --cn CN or --dns NAME".into(),
-                    ))
-                }
-            };
             let req = Register {
                 id: &id,
                 owner: &owner,
                 scopes: &scopes,
-                identity,
+                identity: one_identity(spiffe, cn, dns)?,
             };
             commands::register(&mut store, &ctx.policy, actor, req).await?
         }
-        P::Approve { id, .. } => commands::approve(&mut store, actor, &id).await?,
+        P::Approve { id, .. } => {
+            let days = days(None);
+            commands::approve_issuing(&mut store, &ctx.policy, &signer, actor, &id, days).await?
+        }
         P::Reject { id, reason, .. } => commands::reject(&mut store, actor, &id, &reason).await?,
+        P::Promote { id, min_days, .. } => {
+            let usage = commands::UsageNotRecorded;
+            commands::promote(&mut store, actor, &id, min_days, &usage).await?
+        }
         P::Issue {
             id,
             csr,
@@ -513,7 +568,15 @@ async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
         published.revoked,
         published.partners,
     );
-    if let Some(chain) = &outcome.chain_pem {
+    if let Some((id, token, expires_at, json)) = invited {
+        if json {
+            let out = serde_json::json!({"partner": id, "token": token, "expires_at": expires_at});
+            println!("{out}");
+        } else {
+            print!("{}", show(&outcome.record));
+            println!("enrolment token (shown once, valid until {expires_at}):\n{token}");
+        }
+    } else if let Some(chain) = &outcome.chain_pem {
         match out_file {
             Some(path) => {
                 std::fs::write(&path, chain).map_err(|source| CliError::Io {
@@ -615,6 +678,8 @@ fn show(r: &Record) -> String {
         p.identity,
         if p.scopes.is_empty() {
             "-".to_owned()
+        } else if p.sandbox_only {
+            format!("{} (sandbox only until promoted)", p.scopes.join(", "))
         } else {
             p.scopes.join(", ")
         },
@@ -624,6 +689,28 @@ fn show(r: &Record) -> String {
             "requested: {} (by {}, awaiting approval)\n",
             p.requested_scopes.join(", "),
             p.requested_by
+        ));
+    }
+    if let Some(i) = &p.invitation {
+        match &i.used_at {
+            Some(at) => s.push_str(&format!("invitation: used {at}\n")),
+            None => s.push_str(&format!("invitation: open until {}\n", i.expires_at)),
+        }
+    }
+    if let Some(e) = &p.enrolment {
+        s.push_str(&format!(
+            "enrolment: {} {} submitted {}{}{}\n",
+            e.id,
+            e.status.as_str(),
+            e.submitted_at,
+            e.contact
+                .as_deref()
+                .map(|c| format!(" contact {c}"))
+                .unwrap_or_default(),
+            e.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
         ));
     }
     if r.certificates.is_empty() {
@@ -643,6 +730,38 @@ fn show(r: &Record) -> String {
         ));
     }
     s
+}
+
+fn one_identity(
+    spiffe: Option<String>,
+    cn: Option<String>,
+    dns: Option<String>,
+) -> Result<Identity, CliError> {
+    match (spiffe, cn, dns) {
+        (Some(s), None, None) => Ok(Identity::Spiffe(s)),
+        (None, Some(c), None) => Ok(Identity::Cn(c)),
+        (None, None, Some(d)) => Ok(Identity::Dns(d)),
+        _ => Err(CliError::Usage(
+            "give exactly one identity: --spiffe URI, --cn CN or --dns NAME".into(),
+        )),
+    }
+}
+
+/// `72h`, `3d`, `30m`: how long an invitation stays open.
+fn parse_expiry(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{text}`: expected a whole number with m, h or d, like 72h");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let unit_secs = match unit {
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit_secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(bad)
 }
 
 /// `30d` or `30`: a number of days.
@@ -691,7 +810,13 @@ fn context(place: &Place, needs_scopes: bool) -> Result<Context, CliError> {
     let known_scopes = parsed.as_ref().map(|c| {
         c.routes
             .iter()
-            .filter_map(|r| c.scopes.get(r.scope.0).cloned())
+            .filter_map(|r| c.scopes.get(r.scope.0))
+            // A sandbox route requires its scope's sandbox twin; partners are granted the scope.
+            .map(|s| {
+                s.strip_suffix(config::model::SANDBOX_SUFFIX)
+                    .unwrap_or(s)
+                    .to_owned()
+            })
             .collect::<BTreeSet<String>>()
     });
     let yaml_identities = parsed

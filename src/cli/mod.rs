@@ -399,12 +399,40 @@ async fn serve(path: &Path, config: Config, mirror: Option<Mirror>) -> anyhow::R
     };
     // Follows the feed for the life of the process; dropped with the runtime.
     let _mirror = mirror.map(|m| tokio::spawn(m.run()));
+    // The enrolment API is started from the configuration read at start; a reload does not
+    // move or restart it.
+    let enrolment = config
+        .onboarding
+        .clone()
+        .zip(config.lifecycle.as_ref())
+        .map(|(settings, l)| {
+            let state = crate::lifecycle::StateDir::new(l.state_dir.clone());
+            let database = l
+                .database
+                .clone()
+                .unwrap_or_else(|| crate::config::model::Database::Sqlite(state.database()));
+            (settings, state, database)
+        });
+    let server = config.server.clone();
     let gateway = match Gateway::start_with(config, options).await {
         Ok(g) => g,
         Err(e) => {
             print_start_error(path, &e);
             return Ok(ExitCode::FAILURE);
         }
+    };
+    let _enrolment = match &enrolment {
+        Some((settings, state, database)) => {
+            match crate::onboarding::start(settings, state, database, &server).await {
+                Ok(running) => Some(running),
+                Err(e) => {
+                    eprintln!("{}: {}", path.display(), crate::error_chain(&e));
+                    gateway.shutdown().await;
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        None => None,
     };
     let reloader = gateway.reloader();
     tokio::select! {

@@ -41,7 +41,82 @@ pub struct Config {
     /// The embedded CA and registry, when configured: its bundle and partners are merged into
     /// `trust_bundles` and `partners` by [`crate::config::load`].
     pub lifecycle: Option<Lifecycle>,
+    /// The enrolment API's listener, when configured (it needs `lifecycle`).
+    pub onboarding: Option<Onboarding>,
 }
+
+/// The enrolment API: a TLS listener with the gateway's server certificates, beside the partner
+/// port, serving the lifecycle state folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Onboarding {
+    pub listen: SocketAddr,
+    /// Largest request body, in bytes (default 64 KiB: a CSR is a few KiB at most).
+    pub max_body_bytes: u32,
+    /// Requests per source address per minute (default 30).
+    pub per_address_per_minute: u32,
+    /// Submissions per enrolment token per minute (default 5).
+    pub per_token_per_minute: u32,
+}
+
+/// Where a route (and the upstream it forwards to) belongs. A sandbox route requires the sandbox
+/// twin of its scope (see [`sandbox_scope`]): partners granted the scope in production hold the
+/// twin too, partners granted it in sandbox only hold nothing else. The route table and the
+/// per-request decision stay exactly as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Environment {
+    /// The default, so a configuration without environments means what it always meant.
+    #[default]
+    Production,
+    Sandbox,
+}
+
+/// Suffix of a scope's sandbox twin.
+pub const SANDBOX_SUFFIX: &str = "@sandbox";
+
+/// The name of `scope`'s sandbox twin: what a sandbox route requires and a sandbox-only grant
+/// holds.
+pub fn sandbox_scope(scope: &str) -> String {
+    format!("{scope}{SANDBOX_SUFFIX}")
+}
+
+/// Gives every partner the sandbox twin of each scope it holds (where a sandbox route uses one):
+/// a production grant includes the sandbox. Idempotent; run after every change to the partners.
+pub fn grant_sandbox_twins(scopes: &[String], partners: &mut [Partner]) {
+    let ids: std::collections::HashMap<&str, ScopeId> = scopes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), ScopeId(i)))
+        .collect();
+    for p in partners {
+        let twins: Vec<ScopeId> = p
+            .scopes
+            .iter()
+            .filter_map(|s| scopes.get(s.0))
+            .filter_map(|name| ids.get(sandbox_scope(name).as_str()).copied())
+            .collect();
+        if !twins.is_empty() {
+            p.scopes.extend(twins);
+            p.scopes.sort();
+            p.scopes.dedup();
+        }
+    }
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Production => "production",
+            Self::Sandbox => "sandbox",
+        }
+    }
+}
+
+/// Default [`Onboarding::max_body_bytes`].
+pub const DEFAULT_ONBOARDING_BODY: u32 = 64 * 1024;
+/// Default [`Onboarding::per_address_per_minute`].
+pub const DEFAULT_PER_ADDRESS_PER_MINUTE: u32 = 30;
+/// Default [`Onboarding::per_token_per_minute`].
+pub const DEFAULT_PER_TOKEN_PER_MINUTE: u32 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lifecycle {

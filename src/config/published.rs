@@ -231,6 +231,7 @@ pub fn merge(config: &mut model::Config) -> Result<(), Problems> {
             scopes,
         });
     }
+    model::grant_sandbox_twins(&config.scopes, &mut config.partners);
     if problems.is_empty() {
         Ok(())
     } else {

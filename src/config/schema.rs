@@ -24,6 +24,21 @@ pub struct File {
     pub forward: Option<Forward>,
     #[serde(default)]
     pub lifecycle: Option<Lifecycle>,
+    /// The enrolment API's listener; see `docs/onboarding.md`.
+    #[serde(default)]
+    pub onboarding: Option<Onboarding>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Onboarding {
+    pub listen: String,
+    #[serde(default)]
+    pub max_body_bytes: Option<u32>,
+    #[serde(default)]
+    pub per_address_per_minute: Option<u32>,
+    #[serde(default)]
+    pub per_token_per_minute: Option<u32>,
 }
 
 /// The embedded CA and partner registry (`certgate ca init`, `certgate partner …`).
@@ -178,6 +193,8 @@ pub struct Upstream {
     pub eject_after_failures: Option<u32>,
     #[serde(default)]
     pub eject_for: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +239,9 @@ pub struct Route {
     /// Overrides `server.limits.max_body_bytes` for this route.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// `sandbox` or `production` (default).
+    #[serde(default)]
+    pub environment: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

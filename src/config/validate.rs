@@ -77,6 +77,8 @@ struct Validator<'a> {
     scope_refs: Vec<(String, ScopeId)>,
     /// Every identity claim: partner index, partner id, the key's path, the claim.
     identity_refs: Vec<(usize, String, String, model::IdentityMatch)>,
+    /// Each upstream's environment, by index.
+    upstream_env: HashMap<usize, model::Environment>,
 }
 
 /// Everything about a name that was declared once and may be referred to later.
@@ -183,6 +185,7 @@ impl<'a> Validator<'a> {
             scopes: Vec::new(),
             scope_ids: HashMap::new(),
             scope_refs: Vec::new(),
+            upstream_env: HashMap::new(),
             identity_refs: Vec::new(),
         }
     }
@@ -261,6 +264,9 @@ impl<'a> Validator<'a> {
         let partners = self.partners(file.partners, &bundle_ids);
         let routes = self.routes(file.routes, &upstream_ids, server.limits.max_body_bytes);
         let forward = self.forward(file.forward);
+        let onboarding = self.onboarding(file.onboarding, lifecycle.is_some());
+        let mut partners = partners;
+        model::grant_sandbox_twins(&self.scopes, &mut partners);
 
         model::Config {
             source: self.file.to_owned(),
@@ -274,6 +280,7 @@ impl<'a> Validator<'a> {
             scopes: std::mem::take(&mut self.scopes),
             forward,
             lifecycle,
+            onboarding,
         }
     }
 
@@ -378,6 +385,41 @@ impl<'a> Validator<'a> {
             }
         }
         out
+    }
+
+    // --- onboarding ---
+
+    fn onboarding(
+        &mut self,
+        onboarding: Option<schema::Onboarding>,
+        lifecycle: bool,
+    ) -> Option<model::Onboarding> {
+        let o = onboarding?;
+        if !lifecycle {
+            self.problem(
+                "onboarding",
+                "the enrolment API serves the lifecycle registry: add a `lifecycle:` section",
+            );
+        }
+        let listen = self.socket_addr("onboarding.listen", &o.listen);
+        Some(model::Onboarding {
+            listen,
+            max_body_bytes: self.positive(
+                "onboarding.max_body_bytes",
+                o.max_body_bytes,
+                model::DEFAULT_ONBOARDING_BODY,
+            ),
+            per_address_per_minute: self.positive(
+                "onboarding.per_address_per_minute",
+                o.per_address_per_minute,
+                model::DEFAULT_PER_ADDRESS_PER_MINUTE,
+            ),
+            per_token_per_minute: self.positive(
+                "onboarding.per_token_per_minute",
+                o.per_token_per_minute,
+                model::DEFAULT_PER_TOKEN_PER_MINUTE,
+            ),
+        })
     }
 
     // --- lifecycle ---
@@ -785,6 +827,9 @@ impl<'a> Validator<'a> {
             if name.trim().is_empty() {
                 self.key_problem(&at, "an upstream name must not be empty");
             }
+            let environment =
+                self.environment(&format!("{at}.environment"), u.environment.as_deref());
+            self.upstream_env.insert(i, environment);
             ids.insert(
                 name.clone(),
                 Declared {
@@ -1058,13 +1103,45 @@ impl<'a> Validator<'a> {
                 }
             };
             let methods = r.methods.map(|methods| self.methods(&at, &methods));
-            let scope = self.scope(&format!("{at}.scope"), &r.scope);
+            let environment =
+                self.environment(&format!("{at}.environment"), r.environment.as_deref());
+            if r.scope.ends_with(model::SANDBOX_SUFFIX) {
+                self.problem(
+                    &format!("{at}.scope"),
+                    format!(
+                        "a scope name must not end in `{}`: set `environment: sandbox` instead",
+                        model::SANDBOX_SUFFIX
+                    ),
+                );
+            }
+            let scope = match environment {
+                model::Environment::Production => self.scope(&format!("{at}.scope"), &r.scope),
+                model::Environment::Sandbox => {
+                    self.scope(&format!("{at}.scope"), &model::sandbox_scope(&r.scope))
+                }
+            };
             let upstream = self.resolve(
                 upstreams,
                 "upstream",
                 &r.upstream,
                 &format!("{at}.upstream"),
             );
+            let upstream_env = self
+                .upstream_env
+                .get(&upstream)
+                .copied()
+                .unwrap_or_default();
+            if upstreams.contains_key(&r.upstream) && upstream_env != environment {
+                self.problem(
+                    &format!("{at}.environment"),
+                    format!(
+                        "a {} route cannot forward to upstream `{}`, which is {}",
+                        environment.as_str(),
+                        r.upstream,
+                        upstream_env.as_str()
+                    ),
+                );
+            }
             let own_max_body = self.positive_opt(&format!("{at}.max_body_bytes"), r.max_body_bytes);
             out.push(model::Route {
                 name: r.name,
@@ -1077,6 +1154,20 @@ impl<'a> Validator<'a> {
             });
         }
         out
+    }
+
+    fn environment(&mut self, at: &str, value: Option<&str>) -> model::Environment {
+        match value {
+            None | Some("production") => model::Environment::Production,
+            Some("sandbox") => model::Environment::Sandbox,
+            Some(other) => {
+                self.problem(
+                    at,
+                    format!("unknown environment `{other}`: use sandbox or production"),
+                );
+                model::Environment::Production
+            }
+        }
     }
 
     fn route_path(&mut self, at: &str, path: &str) {

@@ -328,10 +328,7 @@ pub fn pem_of(label: &str, der: &[u8]) -> String {
 /// # Errors
 /// The first reason to refuse it.
 pub fn check_csr(bytes: &[u8], identity: &Identity) -> Result<CheckedCsr, CsrError> {
-    let der = match CertificateSigningRequestDer::from_pem_slice(bytes) {
-        Ok(der) => der,
-        Err(_) => CertificateSigningRequestDer::from(bytes.to_vec()),
-    };
+    let der = csr_der(bytes);
     let (rest, csr) =
         X509CertificationRequest::from_der(der.as_ref()).map_err(|_| CsrError::Parse)?;
     if !rest.is_empty() {
@@ -346,6 +343,19 @@ pub fn check_csr(bytes: &[u8], identity: &Identity) -> Result<CheckedCsr, CsrErr
     let public_key = SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
         .map_err(|e| CsrError::UnsupportedKey(e.to_string()))?;
     Ok(CheckedCsr { public_key, key })
+}
+
+/// A CSR given as PEM or DER, as DER.
+fn csr_der(bytes: &[u8]) -> CertificateSigningRequestDer<'static> {
+    match CertificateSigningRequestDer::from_pem_slice(bytes) {
+        Ok(der) => der,
+        Err(_) => CertificateSigningRequestDer::from(bytes.to_vec()),
+    }
+}
+
+/// A CSR given as PEM or DER, as PEM: the one form the registry keeps.
+pub fn csr_pem(bytes: &[u8]) -> String {
+    pem_of("CERTIFICATE REQUEST", csr_der(bytes).as_ref())
 }
 
 fn key_strength(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<String, CsrError> {
@@ -445,6 +455,82 @@ fn check_names(csr: &X509CertificationRequest<'_>, identity: &Identity) -> Resul
                 ))),
             }
         }
+    }
+}
+
+/// Whether an issued certificate still conforms for promotion to production: the clientAuth
+/// extended key usage, an accepted key, exactly the registered identity, and at least
+/// `min_days_left` days before it expires. `Ok` describes it for the event log; `Err` lists every
+/// problem.
+///
+/// # Errors
+/// Every way the certificate falls short.
+pub fn conformance(
+    cert_pem: &str,
+    identity: &Identity,
+    min_days_left: u32,
+) -> Result<String, Vec<String>> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| vec![format!("not a PEM certificate: {e}")])?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| vec![format!("not X.509: {e}")])?;
+    let mut problems = Vec::new();
+    let client_auth = cert
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.client_auth);
+    if !client_auth {
+        problems.push("no clientAuth extended key usage".to_owned());
+    }
+    let key = key_strength(cert.public_key()).unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        String::new()
+    });
+    let names: Vec<(&'static str, String)> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    GeneralName::URI(u) => ("uri", (*u).to_owned()),
+                    GeneralName::DNSName(d) => ("dns", d.to_ascii_lowercase()),
+                    other => ("other", other.to_string()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let carries = match identity {
+        Identity::Spiffe(v) => names == [("uri", v.clone())],
+        Identity::Dns(v) => names == [("dns", v.to_ascii_lowercase())],
+        Identity::Cn(v) => {
+            names.is_empty()
+                && cert
+                    .subject()
+                    .iter_common_name()
+                    .filter_map(|c| c.as_str().ok())
+                    .eq([v.as_str()])
+        }
+    };
+    if !carries {
+        problems.push(format!("does not carry exactly the identity {identity}"));
+    }
+    let left = cert.validity().not_after.to_datetime() - OffsetDateTime::now_utc();
+    if left < ::time::Duration::days(i64::from(min_days_left)) {
+        problems.push(format!(
+            "expires in {} days; promotion needs more than {min_days_left}",
+            left.whole_days()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "clientAuth, {key}, identity {identity}, {} days left",
+            left.whole_days()
+        ))
+    } else {
+        Err(problems)
     }
 }
 

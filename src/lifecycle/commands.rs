@@ -1,4 +1,4 @@
-//! The lifecycle commands: one function each, shared by the CLI and (later) the enrolment API.
+//! The lifecycle commands: one function each, shared by the CLI and the enrolment API.
 //!
 //! Every function takes the registry's write lock, checks the request against the partner's
 //! record as it stands under that lock, and writes exactly one event whose `after` is the new
@@ -14,10 +14,11 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::ca::{self, CaError, CsrError, Signer};
 use super::registry::{
-    serial_hex, CertStatus, Certificate, Event, Identity, Partner, PartnerStatus, Record,
-    REVOCATION_REASONS,
+    serial_hex, CertStatus, Certificate, Enrolment, EnrolmentStatus, Event, Identity, Invitation,
+    Partner, PartnerStatus, Record, REVOCATION_REASONS,
 };
 use super::store::{self, Draft, Store, StoreError};
+use super::token;
 
 /// Longest validity `partner issue` grants unless configured otherwise, in days.
 pub use crate::config::published::DEFAULT_MAX_VALIDITY_DAYS;
@@ -84,10 +85,97 @@ pub enum CommandError {
     Csr(#[from] CsrError),
     #[error("partner `{id}` has no valid certificate{}", serial.as_ref().map(|s| format!(" with serial {s}")).unwrap_or_default())]
     NoCertificate { id: String, serial: Option<String> },
+    #[error("the enrolment token is not valid")]
+    InvalidToken,
+    #[error(
+        "the enrolment token of partner `{0}` was already used; ask its owner for a new invitation"
+    )]
+    TokenUsed(String),
+    #[error(
+        "the enrolment token of partner `{id}` expired at {at}; ask its owner for a new invitation"
+    )]
+    TokenExpired { id: String, at: String },
+    #[error("an invitation must expire within {max_hours} hours (asked: {hours} hours)")]
+    ExpiryTooLong { hours: u64, max_hours: u64 },
+    #[error("a contact or description is over {max} characters")]
+    FieldTooLong { max: usize },
+    #[error("no such enrolment request")]
+    NoEnrolment,
+    #[error("partner `{0}` has an enrolment request waiting: approving it issues its certificate, which needs the CA")]
+    EnrolmentNeedsCa(String),
+    #[error("partner `{0}` already holds its scopes in production")]
+    AlreadyProduction(String),
+    #[error("`{actor}` is the partner's owner or asked for it, and cannot promote it: promotion needs a second person")]
+    PromoterIsOwner { actor: String },
+    #[error("promotion of `{id}` refused: {}", .missing.join("; "))]
+    NotPromotable { id: String, missing: Vec<String> },
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Days a certificate must still be valid for its partner to be promoted, unless told otherwise.
+pub const DEFAULT_PROMOTE_MIN_DAYS: u32 = 14;
+
+/// The sandbox usage a promotion needs (successful calls per scope, no recent refusals), as the
+/// gateway recorded it. Kept behind this one trait so the evidence source can be plugged in
+/// without touching the gate.
+pub trait UsageEvidence: Send + Sync {
+    /// `Ok(summary)` when the partner's sandbox usage qualifies it, `Err(what is missing)`
+    /// otherwise; the summary goes into the promotion's event.
+    ///
+    /// # Errors
+    /// What is missing, for the operator.
+    fn check(&self, partner: &Partner) -> Result<String, String>;
+}
+
+/// The evidence source while the gateway records no per-partner usage: it lets the other checks
+/// decide and says in the event that call counts were not part of the evidence.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageNotRecorded;
+
+impl UsageEvidence for UsageNotRecorded {
+    fn check(&self, _partner: &Partner) -> Result<String, String> {
+        Ok("sandbox call counts: not recorded (no usage source configured)".to_owned())
+    }
+}
+
+/// The longest an invitation may stay open: a token is a bearer credential, so it should not
+/// outlive the onboarding it was made for.
+pub const MAX_INVITATION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Longest `contact` and `description` an enrolment keeps, in characters.
+pub const MAX_ENROLMENT_TEXT: usize = 1000;
+
+/// What `invite` hands out: shown once, never stored.
+#[derive(Debug)]
+pub struct Invited {
+    pub outcome: Outcome,
+    /// The one-time enrolment token.
+    pub token: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+/// What an enrolment submits.
+#[derive(Debug, Clone, Copy)]
+pub struct Enrol<'a> {
+    pub token: &'a str,
+    /// PEM or DER.
+    pub csr: &'a [u8],
+    pub contact: Option<&'a str>,
+    pub description: Option<&'a str>,
+}
+
+/// What an accepted enrolment answers: the request's id and the secret of its status URL, shown
+/// once, never stored.
+#[derive(Debug)]
+pub struct Enrolled {
+    pub outcome: Outcome,
+    pub partner: String,
+    pub id: String,
+    pub secret: String,
 }
 
 /// What a command did.
@@ -135,6 +223,52 @@ pub async fn register(
     actor: &str,
     req: Register<'_>,
 ) -> Result<Outcome, CommandError> {
+    new_partner(store, policy, actor, req, None).await
+}
+
+/// Records a pending partner, like [`register`], with a one-time enrolment token that lets the
+/// partner's developer submit its CSR through the enrolment API. The token is returned once; the
+/// registry keeps its SHA-256 only.
+///
+/// # Errors
+/// As [`register`]; and an expiry of zero or over [`MAX_INVITATION`].
+pub async fn invite(
+    store: &mut Store,
+    policy: &Policy,
+    actor: &str,
+    req: Register<'_>,
+    expires_in: std::time::Duration,
+) -> Result<Invited, CommandError> {
+    if expires_in.is_zero() || expires_in > MAX_INVITATION {
+        return Err(CommandError::ExpiryTooLong {
+            hours: expires_in.as_secs() / 3600,
+            max_hours: MAX_INVITATION.as_secs() / 3600,
+        });
+    }
+    let secret = token::generate()?;
+    let expires = OffsetDateTime::now_utc()
+        + time::Duration::try_from(expires_in).unwrap_or(time::Duration::ZERO);
+    let expires_at = format_time(expires);
+    let invitation = Invitation {
+        token_sha256: secret.sha256,
+        expires_at: expires_at.clone(),
+        used_at: None,
+    };
+    let outcome = new_partner(store, policy, actor, req, Some(invitation)).await?;
+    Ok(Invited {
+        outcome,
+        token: secret.text,
+        expires_at,
+    })
+}
+
+async fn new_partner(
+    store: &mut Store,
+    policy: &Policy,
+    actor: &str,
+    req: Register<'_>,
+    invitation: Option<Invitation>,
+) -> Result<Outcome, CommandError> {
     need_actor(actor)?;
     check_id(req.id)?;
     if !req.owner.contains('@') || req.owner.starts_with('@') || req.owner.ends_with('@') {
@@ -168,6 +302,11 @@ pub async fn register(
         }
     }
     let now = now_rfc3339();
+    let action = if invitation.is_some() {
+        "invite"
+    } else {
+        "register"
+    };
     let after = Record {
         partner: Some(Partner {
             id: req.id.to_owned(),
@@ -180,32 +319,177 @@ pub async fn register(
             registered_at: now.clone(),
             approved_at: None,
             first_issued_at: None,
+            sandbox_only: invitation.is_some(),
+            invitation,
+            enrolment: None,
         }),
         certificates: Vec::new(),
     };
     let event = w
-        .append(
-            draft(&now, actor, "register", req.id, None),
-            &before,
-            &after,
-        )
+        .append(draft(&now, actor, action, req.id, None), &before, &after)
         .await?;
     w.commit().await?;
     Ok(done(event, after))
 }
 
+/// Trades an invitation's token for a pending enrolment request holding the partner's CSR.
+///
+/// The token is found by comparing its hash with every invitation's in constant time, and it is
+/// marked used in the same event, under the registry's write lock: of concurrent submissions of
+/// one token exactly one succeeds. A refused CSR leaves the token unused, so the developer can fix
+/// it and submit again.
+///
+/// # Errors
+/// The token is unknown, used or expired; the partner is no longer pending or approved; the CSR
+/// is refused by [`ca::check_csr`].
+pub async fn enrol(
+    store: &mut Store,
+    actor: &str,
+    req: Enrol<'_>,
+) -> Result<Enrolled, CommandError> {
+    need_actor(actor)?;
+    let too_long = |t: Option<&str>| t.is_some_and(|t| t.chars().count() > MAX_ENROLMENT_TEXT);
+    if too_long(req.contact) || too_long(req.description) {
+        return Err(CommandError::FieldTooLong {
+            max: MAX_ENROLMENT_TEXT,
+        });
+    }
+    let presented = token::sha256_hex(req.token);
+    let mut w = store.write().await?;
+    let mut found = None;
+    for (partner, hash) in w.invitations().await? {
+        // Every candidate is compared, so the time taken does not depend on where a match is.
+        if token::same(&presented, &hash) && found.is_none() {
+            found = Some(partner);
+        }
+    }
+    let id = found.ok_or(CommandError::InvalidToken)?;
+    let before = w.record(&id).await?;
+    let p = partner(&before, &id)?;
+    let invitation = p.invitation.as_ref().ok_or(CommandError::InvalidToken)?;
+    if invitation.used_at.is_some() {
+        return Err(CommandError::TokenUsed(id));
+    }
+    let now_t = OffsetDateTime::now_utc();
+    if parse_time(&invitation.expires_at).is_none_or(|t| t <= now_t) {
+        return Err(CommandError::TokenExpired {
+            id,
+            at: invitation.expires_at.clone(),
+        });
+    }
+    if !matches!(p.status, PartnerStatus::Pending | PartnerStatus::Approved) {
+        return Err(wrong(&id, p.status, "pending or approved"));
+    }
+    let checked = ca::check_csr(req.csr, &p.identity)?;
+    let handle = hex::encode(token::random::<8>()?);
+    let secret = token::generate()?;
+    let now = format_time(now_t);
+    let mut np = p.clone();
+    if let Some(inv) = np.invitation.as_mut() {
+        inv.used_at = Some(now.clone());
+    }
+    np.enrolment = Some(Enrolment {
+        id: handle.clone(),
+        secret_sha256: secret.sha256,
+        csr_pem: ca::csr_pem(req.csr),
+        contact: req.contact.map(str::to_owned),
+        description: req.description.map(str::to_owned),
+        submitted_at: now.clone(),
+        status: EnrolmentStatus::Pending,
+        reason: None,
+        serial: None,
+    });
+    let after = Record {
+        partner: Some(np),
+        certificates: before.certificates.clone(),
+    };
+    let reason = format!("enrolment {handle}; {}", checked.key);
+    let event = w
+        .append(
+            draft(&now, actor, "enrol", &id, Some(&reason)),
+            &before,
+            &after,
+        )
+        .await?;
+    w.commit().await?;
+    Ok(Enrolled {
+        outcome: done(event, after),
+        partner: id,
+        id: handle,
+        secret: secret.text,
+    })
+}
+
+/// The record and enrolment behind a status URL: its public `id` and its `secret`.
+///
+/// # Errors
+/// [`CommandError::NoEnrolment`] for an unknown id and for a wrong secret alike, so a guess learns
+/// nothing about which ids exist.
+pub async fn enrolment(
+    store: &mut Store,
+    id: &str,
+    secret: &str,
+) -> Result<(Record, Enrolment), CommandError> {
+    let presented = token::sha256_hex(secret);
+    let Some(partner) = store.partner_of_enrolment(id).await? else {
+        return Err(CommandError::NoEnrolment);
+    };
+    let record = store.record(&partner).await?;
+    let enrolment = record
+        .partner
+        .as_ref()
+        .and_then(|p| p.enrolment.clone())
+        .filter(|e| e.id == id && token::same(&e.secret_sha256, &presented))
+        .ok_or(CommandError::NoEnrolment)?;
+    Ok((record, enrolment))
+}
+
 /// Approves a pending registration, or a pending scope addition: grants the requested scopes.
 ///
 /// # Errors
-/// The partner has nothing pending, or `actor` asked for it.
+/// The partner has nothing pending, or `actor` asked for it, or it has a pending enrolment (that
+/// needs [`approve_issuing`]).
 pub async fn approve(store: &mut Store, actor: &str, id: &str) -> Result<Outcome, CommandError> {
+    approve_inner(store, None, actor, id).await
+}
+
+/// Approves like [`approve`]; when the partner has a pending enrolment request, also issues its
+/// certificate from the stored CSR (checked again, by the same function as `partner issue`), in
+/// the same event. The partner fetches it from the request's status URL.
+///
+/// # Errors
+/// As [`approve`] and [`issue`].
+pub async fn approve_issuing(
+    store: &mut Store,
+    policy: &Policy,
+    signer: &dyn Signer,
+    actor: &str,
+    id: &str,
+    days: u32,
+) -> Result<Outcome, CommandError> {
+    approve_inner(store, Some((policy, signer, days)), actor, id).await
+}
+
+async fn approve_inner(
+    store: &mut Store,
+    ca: Option<(&Policy, &dyn Signer, u32)>,
+    actor: &str,
+    id: &str,
+) -> Result<Outcome, CommandError> {
     need_actor(actor)?;
+    if let Some((policy, _, days)) = ca {
+        check_days(policy, days)?;
+    }
     let mut w = store.write().await?;
     let before = w.record(id).await?;
     let mut p = partner(&before, id)?.clone();
+    let enrolling = p
+        .enrolment
+        .as_ref()
+        .is_some_and(|e| e.status == EnrolmentStatus::Pending);
     match p.status {
         PartnerStatus::Pending => {}
-        PartnerStatus::Approved if !p.requested_scopes.is_empty() => {}
+        PartnerStatus::Approved if !p.requested_scopes.is_empty() || enrolling => {}
         PartnerStatus::Approved => return Err(CommandError::NothingPending(id.to_owned())),
         status => return Err(wrong(id, status, "pending")),
     }
@@ -222,15 +506,48 @@ pub async fn approve(store: &mut Store, actor: &str, id: &str) -> Result<Outcome
         p.status = PartnerStatus::Approved;
         p.approved_at = Some(now.clone());
     }
-    let after = Record {
-        partner: Some(p),
+    let mut after = Record {
+        partner: None,
         certificates: before.certificates.clone(),
     };
+    let mut chain_pem = None;
+    let mut reason = None;
+    if enrolling {
+        let Some((_, signer, days)) = ca else {
+            return Err(CommandError::EnrolmentNeedsCa(id.to_owned()));
+        };
+        let csr = p
+            .enrolment
+            .as_ref()
+            .map(|e| e.csr_pem.clone())
+            .unwrap_or_default();
+        let (cert, chain, key) = new_certificate(signer, &p, csr.as_bytes(), days, None)?;
+        reason = Some(format!("{key}; {days} days; serial {}", cert.serial));
+        if let Some(e) = p.enrolment.as_mut() {
+            e.status = EnrolmentStatus::Issued;
+            e.serial = Some(cert.serial.clone());
+        }
+        if p.first_issued_at.is_none() {
+            p.first_issued_at = Some(now.clone());
+        }
+        after.certificates.push(cert);
+        store::sort_certificates(&mut after.certificates);
+        chain_pem = Some(chain);
+    }
+    after.partner = Some(p);
     let event = w
-        .append(draft(&now, actor, "approve", id, None), &before, &after)
+        .append(
+            draft(&now, actor, "approve", id, reason.as_deref()),
+            &before,
+            &after,
+        )
         .await?;
     w.commit().await?;
-    Ok(done(event, after))
+    Ok(Outcome {
+        event,
+        record: after,
+        chain_pem,
+    })
 }
 
 /// Closes a pending registration (or withdraws a pending scope addition) without approval.
@@ -248,9 +565,18 @@ pub async fn reject(
     let mut w = store.write().await?;
     let before = w.record(id).await?;
     let mut p = partner(&before, id)?.clone();
+    let enrolment = p
+        .enrolment
+        .as_mut()
+        .filter(|e| e.status == EnrolmentStatus::Pending);
+    let enrolling = enrolment.is_some();
+    if let Some(e) = enrolment {
+        e.status = EnrolmentStatus::Rejected;
+        e.reason = Some(reason.to_owned());
+    }
     match p.status {
         PartnerStatus::Pending => p.status = PartnerStatus::Rejected,
-        PartnerStatus::Approved if !p.requested_scopes.is_empty() => {}
+        PartnerStatus::Approved if !p.requested_scopes.is_empty() || enrolling => {}
         PartnerStatus::Approved => return Err(CommandError::NothingPending(id.to_owned())),
         status => return Err(wrong(id, status, "pending")),
     }
@@ -328,22 +654,15 @@ async fn sign(
     renewal: Option<bool>,
 ) -> Result<Outcome, CommandError> {
     need_actor(actor)?;
-    if days == 0 {
-        return Err(CommandError::ValidityZero);
-    }
-    if days > policy.max_validity_days {
-        return Err(CommandError::ValidityTooLong {
-            days,
-            max: policy.max_validity_days,
-        });
-    }
+    check_days(policy, days)?;
     let mut w = store.write().await?;
     let before = w.record(id).await?;
     let p = partner(&before, id)?;
     if p.status != PartnerStatus::Approved {
         return Err(wrong(id, p.status, "approved"));
     }
-    let checked = ca::check_csr(csr, &p.identity)?;
+    // Checked before anything else is decided, so a refused CSR is refused for what it is.
+    ca::check_csr(csr, &p.identity)?;
     let now = now_rfc3339();
     let mut after = before.clone();
     let renews = match renewal {
@@ -368,15 +687,8 @@ async fn sign(
             Some(latest)
         }
     };
-    let params = ca::leaf_params(&p.id, &p.identity, days)?;
-    let der = signer.sign_certificate(&params, &checked.public_key)?;
-    let cert = certificate_of(&der, id, renews)?;
-    let chain_pem = format!(
-        "{}{}",
-        cert.pem,
-        ca::pem_of("CERTIFICATE", signer.certificate())
-    );
-    let reason = format!("{}; {} days; serial {}", checked.key, days, cert.serial);
+    let (cert, chain_pem, key) = new_certificate(signer, p, csr, days, renews)?;
+    let reason = format!("{key}; {days} days; serial {}", cert.serial);
     after.certificates.push(cert);
     store::sort_certificates(&mut after.certificates);
     if let Some(ap) = after.partner.as_mut() {
@@ -540,7 +852,117 @@ pub async fn scopes(
     Ok(done(event, after))
 }
 
+/// Grants a sandbox-only partner its scopes in production, when the evidence holds: an approver
+/// other than the owner and the inviter, a valid certificate that conforms (clientAuth, key
+/// policy, the registered identity, at least `min_days_left` days to run) and the sandbox usage
+/// `usage` reports. Every missing item is named; the evidence goes into the event.
+///
+/// # Errors
+/// [`CommandError::NotPromotable`] with everything missing; the partner is not approved or
+/// already in production; `actor` is the owner or the inviter.
+pub async fn promote(
+    store: &mut Store,
+    actor: &str,
+    id: &str,
+    min_days_left: u32,
+    usage: &dyn UsageEvidence,
+) -> Result<Outcome, CommandError> {
+    need_actor(actor)?;
+    let mut w = store.write().await?;
+    let before = w.record(id).await?;
+    let p = partner(&before, id)?;
+    if p.status != PartnerStatus::Approved {
+        return Err(wrong(id, p.status, "approved"));
+    }
+    if !p.sandbox_only {
+        return Err(CommandError::AlreadyProduction(id.to_owned()));
+    }
+    if actor == p.owner || actor == p.requested_by {
+        return Err(CommandError::PromoterIsOwner {
+            actor: actor.to_owned(),
+        });
+    }
+    let mut missing = Vec::new();
+    let mut evidence = Vec::new();
+    let latest = before
+        .certificates
+        .iter()
+        .rfind(|c| c.status == CertStatus::Valid);
+    match latest {
+        None => missing.push("a valid certificate".to_owned()),
+        Some(c) => match ca::conformance(&c.pem, &p.identity, min_days_left) {
+            Ok(summary) => evidence.push(format!("certificate {}: {summary}", c.serial)),
+            Err(problems) => missing.extend(
+                problems
+                    .into_iter()
+                    .map(|m| format!("certificate {}: {m}", c.serial)),
+            ),
+        },
+    }
+    match usage.check(p) {
+        Ok(summary) => evidence.push(summary),
+        Err(m) => missing.push(m),
+    }
+    if !missing.is_empty() {
+        return Err(CommandError::NotPromotable {
+            id: id.to_owned(),
+            missing,
+        });
+    }
+    let mut np = p.clone();
+    np.sandbox_only = false;
+    let after = Record {
+        partner: Some(np),
+        certificates: before.certificates.clone(),
+    };
+    let now = now_rfc3339();
+    let reason = evidence.join("; ");
+    let event = w
+        .append(
+            draft(&now, actor, "promote", id, Some(&reason)),
+            &before,
+            &after,
+        )
+        .await?;
+    w.commit().await?;
+    Ok(done(event, after))
+}
+
 // === helpers ===
+
+fn check_days(policy: &Policy, days: u32) -> Result<(), CommandError> {
+    if days == 0 {
+        return Err(CommandError::ValidityZero);
+    }
+    if days > policy.max_validity_days {
+        return Err(CommandError::ValidityTooLong {
+            days,
+            max: policy.max_validity_days,
+        });
+    }
+    Ok(())
+}
+
+/// Checks `csr` for `p` and signs it: the certificate, its PEM chain (leaf then CA) and the key's
+/// description for the event log.
+fn new_certificate(
+    signer: &dyn Signer,
+    p: &Partner,
+    csr: &[u8],
+    days: u32,
+    renews: Option<String>,
+) -> Result<(Certificate, String, String), CommandError> {
+    let checked = ca::check_csr(csr, &p.identity)?;
+    let params = ca::leaf_params(&p.id, &p.identity, days)?;
+    let der = signer.sign_certificate(&params, &checked.public_key)?;
+    let cert = certificate_of(&der, &p.id, renews)?;
+    let chain_pem = format!(
+        "{}{}",
+        cert.pem,
+        ca::pem_of("CERTIFICATE", signer.certificate())
+    );
+    Ok((cert, chain_pem, checked.key))
+}
 
 fn draft<'a>(
     time: &'a str,

@@ -23,6 +23,7 @@ use super::ca::{CaError, Signer};
 use super::commands::{now_rfc3339, parse_time};
 use super::registry::{CertStatus, PartnerStatus};
 use super::store::{Store, StoreError};
+use crate::config::model::sandbox_scope;
 pub use crate::config::published::DEFAULT_CRL_NEXT_UPDATE;
 use crate::config::published::{PublishedPartner, PublishedPartners, StateDir};
 
@@ -94,7 +95,13 @@ pub async fn publish(
                     id: p.id.clone(),
                     owner: p.owner.clone(),
                     identity: p.identity.clone(),
-                    scopes: p.scopes.clone(),
+                    // A sandbox-only grant is published as the scopes' sandbox twins: the
+                    // gateway's sandbox routes require exactly those, its production ones never.
+                    scopes: if p.sandbox_only {
+                        p.scopes.iter().map(|s| sandbox_scope(s)).collect()
+                    } else {
+                        p.scopes.clone()
+                    },
                 });
             }
         }

@@ -45,6 +45,55 @@ pub struct Partner {
     pub registered_at: String,
     pub approved_at: Option<String>,
     pub first_issued_at: Option<String>,
+    /// The enrolment invitation, for a partner created by `partner invite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation: Option<Invitation>,
+    /// The request the partner's developer submitted with the invitation's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolment: Option<Enrolment>,
+    /// The scopes are granted on sandbox routes only, until `partner promote`. Set for every
+    /// partner that came through an invitation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox_only: bool,
+}
+
+/// A one-time enrolment token's record. The token itself is never stored: whoever can read the
+/// registry (or its backups) must not be able to enrol in the partner's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// SHA-256 of the token, lower-case hex.
+    pub token_sha256: String,
+    /// RFC 3339; the token is refused from then on.
+    pub expires_at: String,
+    /// RFC 3339, set when the token was traded for an enrolment: it is never accepted again.
+    pub used_at: Option<String>,
+}
+
+/// A CSR submitted through the enrolment API, waiting for (or past) an approver's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolment {
+    /// Public handle of the request (hex), part of its status URL.
+    pub id: String,
+    /// SHA-256 of the status URL's secret, lower-case hex: only the submitter knows the secret.
+    pub secret_sha256: String,
+    pub csr_pem: String,
+    pub contact: Option<String>,
+    pub description: Option<String>,
+    /// RFC 3339.
+    pub submitted_at: String,
+    pub status: EnrolmentStatus,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// The serial of the certificate issued from it.
+    pub serial: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrolmentStatus {
+    Pending,
+    Rejected,
+    Issued,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +190,18 @@ impl PartnerStatus {
 impl fmt::Display for PartnerStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+// === impl EnrolmentStatus ===
+
+impl EnrolmentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Rejected => "rejected",
+            Self::Issued => "issued",
+        }
     }
 }
 

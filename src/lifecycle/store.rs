@@ -78,6 +78,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX certificates_partner ON certificates (partner);
     CREATE TABLE publication (id INT64 PRIMARY KEY, crl_number INT64 NOT NULL);
     INSERT INTO publication (id, crl_number) VALUES (1, 0);",
+    // 2: enrolment lookups, derived from the partners' records like the tables above.
+    "CREATE TABLE onboarding (
+        partner TEXT PRIMARY KEY,
+        token_sha256 TEXT,
+        enrolment_id TEXT
+    );
+    CREATE INDEX onboarding_enrolment ON onboarding (enrolment_id);",
 ];
 
 /// The bookkeeping table of [`MIGRATIONS`], created before the first one runs.
@@ -279,6 +286,21 @@ impl Store {
         load_all(&mut *self.pool.acquire().await?).await
     }
 
+    /// The partner whose enrolment has this public id.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn partner_of_enrolment(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT partner FROM onboarding WHERE enrolment_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get(0)?),
+            None => None,
+        })
+    }
+
     /// Every event, in order.
     ///
     /// # Errors
@@ -316,6 +338,9 @@ impl Store {
         sqlx::query("DELETE FROM partners")
             .execute(&mut *w.tx)
             .await?;
+        sqlx::query("DELETE FROM onboarding")
+            .execute(&mut *w.tx)
+            .await?;
         for e in &events {
             let after = Record::from_json(&e.after).map_err(|source| StoreError::Corrupt {
                 what: format!("events.id = {}", e.id),
@@ -345,6 +370,22 @@ impl Writer {
     /// The database failed or a row does not parse.
     pub async fn records(&mut self) -> Result<Vec<Record>, StoreError> {
         load_all(&mut self.tx).await
+    }
+
+    /// Every invitation's token hash with its partner. A presented token is compared with each
+    /// of them in constant time, rather than looked up by value.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn invitations(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT partner, token_sha256 FROM onboarding WHERE token_sha256 IS NOT NULL",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     /// Appends one event to the chain and replaces the partner's record with `after`.
@@ -484,7 +525,21 @@ async fn apply(conn: &mut AnyConnection, partner: &str, record: &Record) -> Resu
         .bind(partner)
         .execute(&mut *conn)
         .await?;
+    sqlx::query("DELETE FROM onboarding WHERE partner = ?")
+        .bind(partner)
+        .execute(&mut *conn)
+        .await?;
     if let Some(p) = &record.partner {
+        if p.invitation.is_some() || p.enrolment.is_some() {
+            sqlx::query(
+                "INSERT INTO onboarding (partner, token_sha256, enrolment_id) VALUES (?, ?, ?)",
+            )
+            .bind(&p.id)
+            .bind(p.invitation.as_ref().map(|i| &i.token_sha256))
+            .bind(p.enrolment.as_ref().map(|e| &e.id))
+            .execute(&mut *conn)
+            .await?;
+        }
         sqlx::query(
             "INSERT INTO partners (id, owner, status, identity_kind, identity_value, data) VALUES ($1, $2, $3, $4, $5, $6)",
         )

@@ -100,6 +100,29 @@ pub fn build(
     })
 }
 
+/// A TLS configuration serving the gateway's certificates (same SNI choice) that asks for no
+/// client certificate: for the enrolment API, whose callers have none yet. HTTP/1.1 only.
+///
+/// # Errors
+/// Every certificate/key problem, each naming its file.
+pub fn build_without_client_auth(
+    server: &model::Server,
+) -> Result<Arc<ServerConfig>, Vec<ServerTlsError>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let (resolver, _) = SniResolver::load(&server.certificates, &provider)?;
+    let versions: &[&rustls::SupportedProtocolVersion] = match server.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| vec![e.into()])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Picks the server certificate by SNI: exact name, then a `*.` wildcard one label up, then the
 /// first configured certificate.
 #[derive(Debug)]

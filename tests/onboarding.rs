@@ -1,0 +1,870 @@
+//! Self-service onboarding: invitations with one-time enrolment tokens, the enrolment API, and
+//! approval issuing the certificate from the submitted CSR. The `certgate` binary for every
+//! operator command and as the running gateway and API, `openssl` and `curl` on the partner's
+//! side, `sqlite3` to read what the registry keeps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use certgate::lifecycle::ca::{self, CsrError, FileSigner};
+use certgate::lifecycle::commands::{self, CommandError, Enrol, Policy, Register};
+use certgate::lifecycle::registry::{EnrolmentStatus, Identity};
+use certgate::lifecycle::store::Store;
+use certgate::lifecycle::StateDir;
+use common::*;
+use sha2::Digest as _;
+
+// === helpers ===
+
+struct Setup {
+    env: Env,
+    config: PathBuf,
+    state: PathBuf,
+    listen: SocketAddr,
+    api: SocketAddr,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The standard test configuration with a lifecycle state folder `state/` beside it and the
+/// enrolment API on a free port; `limits` are more `onboarding:` keys (indented by two).
+fn setup(upstream: SocketAddr, limits: &str) -> Setup {
+    let env = Env::new();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // A sandbox route (continuing the standard `routes:` list) on a sandbox upstream.
+    let extra = format!(
+        "  - name: sandbox-orders\n    path_prefix: /sandbox/orders\n    scope: orders:read\n    upstream: sandbox\n    environment: sandbox\n\
+         lifecycle:\n  state_dir: state\nonboarding:\n  listen: \"{api}\"\n{limits}"
+    );
+    let yaml = env
+        .config(upstream, &extra)
+        .replacen(
+            "upstreams:\n",
+            &format!(
+                "upstreams:\n  sandbox:\n    environment: sandbox\n    endpoints: [\"http://{upstream}\"]\n"
+            ),
+            1,
+        )
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"{listen}\""),
+            1,
+        );
+    let config = write_file(env.dir.path(), "certgate.yaml", &yaml);
+    let state = env.path("state");
+    Setup {
+        env,
+        config,
+        state,
+        listen,
+        api,
+    }
+}
+
+impl Setup {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "certgate {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn refused(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "certgate {args:?} should have been refused:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `partner invite ID … --json` by alice; returns the parsed answer.
+    fn invite(&self, id: &str) -> serde_json::Value {
+        let spiffe = format!("spiffe://partners.example.com/{id}");
+        let out = self.ok(&[
+            "partner",
+            "invite",
+            id,
+            "--owner",
+            "dev@initech.example",
+            "--scopes",
+            "orders:read",
+            "--spiffe",
+            &spiffe,
+            "--expires",
+            "72h",
+            "--json",
+            "--actor",
+            "alice",
+        ]);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// A P-256 key and CSR for `san` made by `openssl req`; returns (csr, key).
+    fn csr(&self, name: &str, san: &str) -> (PathBuf, PathBuf) {
+        let key = self.env.path(&format!("{name}-key.pem"));
+        let csr = self.env.path(&format!("{name}.csr"));
+        openssl_ok(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            path(&key),
+            "-out",
+            path(&csr),
+            "-subj",
+            "/O=partner",
+            "-addext",
+            &format!("subjectAltName={san}"),
+        ]);
+        (csr, key)
+    }
+
+    fn database(&self) -> PathBuf {
+        self.state.join("registry.sqlite")
+    }
+
+    /// The enrolment API's base URL, by the name the test server certificate carries.
+    fn api_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.api.port())
+    }
+
+    /// `curl` for a request to the enrolment API; `body` is sent as JSON when given.
+    fn curl_api(&self, method: &str, url: &str, body: Option<&[u8]>) -> Command {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+            .arg(self.env.path("ca.pem"))
+            .arg(url);
+        if let Some(body) = body {
+            let file = self.env.path(&format!("body-{}.json", free_port()));
+            std::fs::write(&file, body).unwrap();
+            cmd.args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(format!("@{}", file.display()));
+        }
+        cmd
+    }
+
+    /// One API call: (status, JSON body).
+    fn call(&self, method: &str, url: &str, body: Option<&[u8]>) -> (u16, serde_json::Value) {
+        answer(self.curl_api(method, url, body).output().unwrap())
+    }
+
+    fn submit(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let body = body.to_string();
+        self.call(
+            "POST",
+            &self.api_url("/v1/enrolments"),
+            Some(body.as_bytes()),
+        )
+    }
+}
+
+/// curl's output (`-w "\n%{http_code}"`) as (status, JSON body).
+fn answer(out: Output) -> (u16, serde_json::Value) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (code.parse().unwrap(), json)
+}
+
+/// A `certgate serve` process, killed on drop.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `certgate serve` and waits for the partner port and the enrolment API.
+fn serve(s: &Setup) -> Served {
+    let child = Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(["serve", "--config"])
+        .arg(&s.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let served = Served(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for addr in [s.listen, s.api] {
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "certgate did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    served
+}
+
+/// A submission for `token` with the CSR file at `csr`.
+fn submission(token: &str, csr: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "token": token,
+        "csr_pem": std::fs::read_to_string(csr).unwrap(),
+        "contact": "dev@initech.example",
+        "description": "order sync",
+    })
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn openssl_ok(args: &[&str]) -> String {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A registry with a CA in a temporary state folder, driven through the library's commands.
+struct Registry {
+    _dir: tempfile::TempDir,
+    store: Store,
+    signer: FileSigner,
+    policy: Policy,
+}
+
+async fn registry() -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::new(dir.path());
+    ca::init(&state, "test CA").unwrap();
+    let store = Store::create(&certgate::config::model::Database::Sqlite(state.database()))
+        .await
+        .unwrap();
+    let signer = FileSigner::load(&state).unwrap();
+    Registry {
+        _dir: dir,
+        store,
+        signer,
+        policy: Policy {
+            known_scopes: None,
+            yaml_identities: Default::default(),
+            max_validity_days: 90,
+        },
+    }
+}
+
+const INITECH: &str = "spiffe://partners.example.com/initech";
+
+impl Registry {
+    async fn invite(&mut self, id: &str, spiffe: &str, expires: Duration) -> String {
+        let scopes = ["orders:read".to_owned()];
+        let req = Register {
+            id,
+            owner: "dev@initech.example",
+            scopes: &scopes,
+            identity: Identity::Spiffe(spiffe.to_owned()),
+        };
+        commands::invite(&mut self.store, &self.policy, "alice", req, expires)
+            .await
+            .unwrap()
+            .token
+    }
+}
+
+/// A CSR for a SPIFFE ID, made with rcgen on a new P-256 key.
+fn rcgen_csr(spiffe: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe.try_into().unwrap())];
+    params
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+        .into_bytes()
+}
+
+fn enrol<'a>(token: &'a str, csr: &'a [u8]) -> Enrol<'a> {
+    Enrol {
+        token,
+        csr,
+        contact: Some("dev@initech.example"),
+        description: None,
+    }
+}
+
+// === tests ===
+
+#[test]
+fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
+    let up = std::thread::spawn(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let up = rt.block_on(Upstream::start());
+        (rt, up)
+    })
+    .join()
+    .unwrap();
+    let s = setup(up.1.addr, "");
+    s.ok(&["ca", "init"]);
+    let token = s.invite("initech")["token"].as_str().unwrap().to_owned();
+    let _served = serve(&s);
+
+    // Refusals first, each with its code; none spends the token.
+    let (ghost_csr, _) = s.csr("ghost", "URI:spiffe://partners.example.com/acme");
+    let (status, body) = s.submit(&submission(&token, &ghost_csr));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("csr_identity_mismatch")),
+        "{body}"
+    );
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("spiffe://partners.example.com/acme"));
+    let (status, body) = s.submit(&serde_json::json!({"token": token, "csr_pem": "hello"}));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("csr_unparseable")),
+        "{body}"
+    );
+    let (status, body) = s.call("POST", &s.api_url("/v1/enrolments"), Some(b"{\"token\": 1"));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let big = vec![b' '; 70 * 1024];
+    let (status, body) = s.call("POST", &s.api_url("/v1/enrolments"), Some(&big));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{body}"
+    );
+
+    let (csr, key) = s.csr("initech", "URI:spiffe://partners.example.com/initech");
+    let (status, body) = s.submit(&submission("not-a-token", &csr));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token")),
+        "{body}"
+    );
+    let (status, body) = s.submit(&submission(&token, &csr));
+    assert_eq!(status, 202, "{body}");
+    let status_url = body["status_url"].as_str().unwrap().to_owned();
+    assert!(
+        status_url.starts_with(&s.api_url("/v1/enrolments/")),
+        "{status_url}"
+    );
+    assert!(status_url.contains(body["id"].as_str().unwrap()));
+    let (status, body) = s.submit(&submission(&token, &csr));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("token_used")),
+        "{body}"
+    );
+
+    let (status, body) = s.call("GET", &status_url, None);
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("pending")),
+        "{body}"
+    );
+    let (wrong, _) = status_url.rsplit_once('/').unwrap();
+    let (status, body) = s.call("GET", &format!("{wrong}/guessed"), None);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+
+    s.ok(&["partner", "approve", "initech", "--actor", "bob"]);
+    let (status, body) = s.call("GET", &status_url, None);
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("issued")),
+        "{body}"
+    );
+    let cert = s.env.path("initech.pem");
+    std::fs::write(
+        &cert,
+        format!(
+            "{}{}",
+            body["certificate_pem"].as_str().unwrap(),
+            body["chain_pem"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let verified = openssl_ok(&[
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        path(&s.state.join("ca/ca.pem")),
+        path(&cert),
+    ]);
+    assert!(verified.contains(": OK"), "{verified}");
+
+    // The gateway picks up the published partner and serves the downloaded certificate, on
+    // sandbox routes only.
+    let call = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(s.env.path("ca.pem"))
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg(format!("https://localhost:{}{path}", s.listen.port()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let until_200 = |path: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while call(path) != "200" {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never served initech {path}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until_200("/sandbox/orders/7");
+    assert_eq!(call("/v1/orders/7"), "403", "production before promotion");
+    assert!(s
+        .ok(&["partner", "show", "initech"])
+        .contains("sandbox only until promoted"));
+
+    // Promotion: not by the inviter or the owner, and only with a conforming certificate.
+    let err = s.refused(&["partner", "promote", "initech", "--actor", "alice"]);
+    assert!(err.contains("cannot promote it"), "{err}");
+    let err = s.refused(&[
+        "partner",
+        "promote",
+        "initech",
+        "--actor",
+        "dev@initech.example",
+    ]);
+    assert!(err.contains("cannot promote it"), "{err}");
+    let err = s.refused(&[
+        "partner",
+        "promote",
+        "initech",
+        "--min-days",
+        "120",
+        "--actor",
+        "carol",
+    ]);
+    assert!(err.contains("promotion needs more than 120"), "{err}");
+    assert_eq!(call("/v1/orders/7"), "403");
+    s.ok(&["partner", "promote", "initech", "--actor", "carol"]);
+    until_200("/v1/orders/7");
+    assert_eq!(
+        call("/sandbox/orders/7"),
+        "200",
+        "production includes the sandbox"
+    );
+    let history = s.ok(&["partner", "history", "initech"]);
+    assert!(
+        history.contains("promote by carol: certificate"),
+        "{history}"
+    );
+    assert!(history.contains("clientAuth, ECDSA P-256"), "{history}");
+
+    let history = s.ok(&["partner", "history", "initech"]);
+    assert!(
+        history.contains("enrol by enrolment-api 127.0.0.1"),
+        "{history}"
+    );
+    assert!(history.contains("approve by bob"), "{history}");
+    s.ok(&["registry", "verify"]);
+}
+
+#[test]
+fn twenty_parallel_submissions_of_one_token_get_exactly_one_202() {
+    let s = setup(
+        SocketAddr::from(([127, 0, 0, 1], 9)),
+        "  per_address_per_minute: 100\n  per_token_per_minute: 100\n",
+    );
+    s.ok(&["ca", "init"]);
+    let token = s.invite("initech")["token"].as_str().unwrap().to_owned();
+    let _served = serve(&s);
+    let (csr, _) = s.csr("initech", "URI:spiffe://partners.example.com/initech");
+    let body = submission(&token, &csr).to_string();
+    let children: Vec<Child> = (0..20)
+        .map(|_| {
+            s.curl_api("POST", &s.api_url("/v1/enrolments"), Some(body.as_bytes()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let answers: Vec<(u16, serde_json::Value)> = children
+        .into_iter()
+        .map(|c| answer(c.wait_with_output().unwrap()))
+        .collect();
+    let accepted = answers.iter().filter(|(status, _)| *status == 202).count();
+    assert_eq!(accepted, 1, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(status, _)| *status != 202) {
+        assert_eq!(
+            (*status, body["error"].as_str()),
+            (409, Some("token_used")),
+            "{body}"
+        );
+    }
+    let history = s.ok(&["partner", "history", "initech"]);
+    assert_eq!(history.matches(" enrol by ").count(), 1, "{history}");
+}
+
+#[test]
+fn submissions_are_rate_limited_per_token_and_per_address() {
+    let s = setup(
+        SocketAddr::from(([127, 0, 0, 1], 9)),
+        "  per_address_per_minute: 4\n  per_token_per_minute: 2\n",
+    );
+    s.ok(&["ca", "init"]);
+    let token = s.invite("initech")["token"].as_str().unwrap().to_owned();
+    let _served = serve(&s);
+    let bad = serde_json::json!({"token": token, "csr_pem": "not a CSR"});
+    let code = |(status, body): (u16, serde_json::Value)| {
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    assert_eq!(code(s.submit(&bad)), (422, "csr_unparseable".into()));
+    assert_eq!(code(s.submit(&bad)), (422, "csr_unparseable".into()));
+    assert_eq!(code(s.submit(&bad)), (429, "rate_limited".into()));
+    let other = serde_json::json!({"token": "other", "csr_pem": "not a CSR"});
+    assert_eq!(code(s.submit(&other)), (401, "invalid_token".into()));
+    assert_eq!(code(s.submit(&other)), (429, "rate_limited".into()));
+}
+
+#[test]
+fn the_api_needs_the_lifecycle_and_every_error_code_is_documented() {
+    let env = Env::new();
+    let yaml = env.config(
+        SocketAddr::from(([127, 0, 0, 1], 9)),
+        "onboarding:\n  listen: \"127.0.0.1:0\"\n",
+    );
+    let config = write_file(env.dir.path(), "certgate.yaml", &yaml);
+    let out = Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("onboarding") && text.contains("add a `lifecycle:` section"),
+        "{text}"
+    );
+
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/onboarding.md"),
+    )
+    .unwrap();
+    for code in certgate::onboarding::Code::ALL {
+        assert!(
+            docs.contains(&format!(
+                "| `{}` | {} |",
+                code.as_str(),
+                code.status().as_u16()
+            )),
+            "docs/onboarding.md does not list `{}`",
+            code.as_str()
+        );
+    }
+}
+
+#[test]
+fn an_invitation_prints_a_one_time_token_and_the_registry_keeps_only_its_hash() {
+    let s = setup(SocketAddr::from(([127, 0, 0, 1], 9)), "");
+    s.ok(&["ca", "init"]);
+    let answer = s.invite("initech");
+
+    let keys: Vec<&String> = answer.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["expires_at", "partner", "token"], "{answer}");
+    assert_eq!(answer["partner"], "initech");
+    let token = answer["token"].as_str().unwrap();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .unwrap();
+    assert!(raw.len() * 8 >= 128, "{} random bits", raw.len() * 8);
+    let expires = time::OffsetDateTime::parse(
+        answer["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::hours(71) && left <= time::Duration::hours(72),
+        "{left}"
+    );
+
+    // The database holds the token's SHA-256 and never the token.
+    let dump = sqlite3(&s.database(), ".dump");
+    assert!(!dump.contains(token));
+    let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    assert!(dump.contains(&hash));
+
+    let history = s.ok(&["partner", "history", "initech"]);
+    assert!(history.contains("invite by alice"), "{history}");
+    assert!(s
+        .ok(&["partner", "show", "initech"])
+        .contains("invitation: open until"));
+    s.ok(&["registry", "verify"]);
+
+    // An invitation goes through the same checks as a registration.
+    let err = s.refused(&[
+        "partner",
+        "invite",
+        "hooli",
+        "--owner",
+        "dev@hooli.example",
+        "--scopes",
+        "nope:write",
+        "--cn",
+        "hooli",
+        "--actor",
+        "alice",
+    ]);
+    assert!(err.contains("unknown scope(s) `nope:write`"), "{err}");
+    let err = s.refused(&[
+        "partner",
+        "invite",
+        "hooli",
+        "--owner",
+        "dev@hooli.example",
+        "--scopes",
+        "orders:read",
+        "--cn",
+        "hooli",
+        "--expires",
+        "31d",
+        "--actor",
+        "alice",
+    ]);
+    assert!(err.contains("must expire within 720 hours"), "{err}");
+}
+
+#[tokio::test]
+async fn a_token_is_single_use_survives_a_refused_csr_and_expires() {
+    let mut r = registry().await;
+    let token = r
+        .invite("initech", INITECH, Duration::from_secs(3600))
+        .await;
+
+    let err = commands::enrol(&mut r.store, "api", enrol("not-the-token", b""))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::InvalidToken), "{err}");
+
+    // A CSR for someone else is refused by the same check as `partner issue`; the token stays.
+    let wrong = rcgen_csr("spiffe://partners.example.com/acme");
+    let err = commands::enrol(&mut r.store, "api", enrol(&token, &wrong))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Csr(CsrError::IdentityMismatch(_))),
+        "{err}"
+    );
+
+    let csr = rcgen_csr(INITECH);
+    let done = commands::enrol(&mut r.store, "api", enrol(&token, &csr))
+        .await
+        .unwrap();
+    assert_eq!(done.partner, "initech");
+    assert_eq!(done.outcome.event.action, "enrol");
+    let err = commands::enrol(&mut r.store, "api", enrol(&token, &csr))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::TokenUsed(ref id) if id == "initech"),
+        "{err}"
+    );
+
+    // The status secret opens the request; a wrong one is told apart from nothing.
+    let (_, e) = commands::enrolment(&mut r.store, &done.id, &done.secret)
+        .await
+        .unwrap();
+    assert_eq!(e.status, EnrolmentStatus::Pending);
+    let err = commands::enrolment(&mut r.store, &done.id, "guess")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::NoEnrolment));
+
+    let short = r
+        .invite(
+            "hooli",
+            "spiffe://partners.example.com/hooli",
+            Duration::from_secs(1),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let csr = rcgen_csr("spiffe://partners.example.com/hooli");
+    let err = commands::enrol(&mut r.store, "api", enrol(&short, &csr))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::TokenExpired { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn approving_an_enrolment_issues_from_its_csr_and_rejecting_gives_the_reason() {
+    let mut r = registry().await;
+    let token = r
+        .invite("initech", INITECH, Duration::from_secs(3600))
+        .await;
+    let csr = rcgen_csr(INITECH);
+    let done = commands::enrol(&mut r.store, "api", enrol(&token, &csr))
+        .await
+        .unwrap();
+
+    // Plain approval cannot leave the request behind, and the inviter cannot approve.
+    let err = commands::approve(&mut r.store, "bob", "initech")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::EnrolmentNeedsCa(_)), "{err}");
+    let err = commands::approve_issuing(&mut r.store, &r.policy, &r.signer, "alice", "initech", 30)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::SameActor { .. }), "{err}");
+
+    let approved =
+        commands::approve_issuing(&mut r.store, &r.policy, &r.signer, "bob", "initech", 30)
+            .await
+            .unwrap();
+    let chain = approved.chain_pem.unwrap();
+    let (record, e) = commands::enrolment(&mut r.store, &done.id, &done.secret)
+        .await
+        .unwrap();
+    assert_eq!(e.status, EnrolmentStatus::Issued);
+    let cert = &record.certificates[0];
+    assert_eq!(e.serial.as_deref(), Some(cert.serial.as_str()));
+    assert!(chain.starts_with(&cert.pem));
+    assert_eq!(record.partner.unwrap().scopes, ["orders:read"]);
+
+    let token = r
+        .invite(
+            "hooli",
+            "spiffe://partners.example.com/hooli",
+            Duration::from_secs(3600),
+        )
+        .await;
+    let csr = rcgen_csr("spiffe://partners.example.com/hooli");
+    let done = commands::enrol(&mut r.store, "api", enrol(&token, &csr))
+        .await
+        .unwrap();
+    commands::reject(&mut r.store, "bob", "hooli", "unknown company")
+        .await
+        .unwrap();
+    let (_, e) = commands::enrolment(&mut r.store, &done.id, &done.secret)
+        .await
+        .unwrap();
+    assert_eq!(e.status, EnrolmentStatus::Rejected);
+    assert_eq!(e.reason.as_deref(), Some("unknown company"));
+}
+
+#[test]
+fn environments_are_checked_where_they_are_written() {
+    let env = Env::new();
+    let check = |yaml: &str| {
+        let config = write_file(env.dir.path(), "certgate.yaml", yaml);
+        let out = Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let up = SocketAddr::from(([127, 0, 0, 1], 9));
+    let route = |env_line: &str, scope: &str| {
+        format!(
+            "  - name: sandbox-orders\n    path_prefix: /sandbox\n    scope: {scope}\n    upstream: orders\n{env_line}"
+        )
+    };
+
+    let (ok, text) = check(&env.config(up, &route("    environment: staging\n", "orders:read")));
+    assert!(
+        !ok && text.contains("unknown environment `staging`"),
+        "{text}"
+    );
+    let (ok, text) = check(&env.config(up, &route("    environment: sandbox\n", "orders:read")));
+    assert!(
+        !ok && text
+            .contains("a sandbox route cannot forward to upstream `orders`, which is production"),
+        "{text}"
+    );
+    let (ok, text) = check(&env.config(up, &route("", "orders:read@sandbox")));
+    assert!(!ok && text.contains("must not end in `@sandbox`"), "{text}");
+
+    // Production is the default, and a sandbox route on a sandbox upstream is valid.
+    let yaml = env
+        .config(up, &route("    environment: sandbox\n", "orders:read"))
+        .replace("upstream: orders\n    environment: sandbox", "upstream: sandbox\n    environment: sandbox")
+        .replacen(
+            "upstreams:\n",
+            "upstreams:\n  sandbox:\n    environment: sandbox\n    endpoints: [\"http://127.0.0.1:9\"]\n",
+            1,
+        );
+    let (ok, text) = check(&yaml);
+    assert!(ok, "{text}");
+}
