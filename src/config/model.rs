@@ -41,6 +41,25 @@ pub struct Config {
     /// The embedded CA and registry, when configured: its bundle and partners are merged into
     /// `trust_bundles` and `partners` by [`crate::config::load`].
     pub lifecycle: Option<Lifecycle>,
+    /// What the lifecycle registry published beside its partners, for the gateway's metrics.
+    /// Empty without `lifecycle`.
+    pub registry: RegistryFacts,
+}
+
+/// Facts from the lifecycle registry's published table that the partner table does not carry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryFacts {
+    /// Every valid certificate of a published partner.
+    pub certificates: Vec<RegisteredCertificate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredCertificate {
+    pub partner: String,
+    /// Upper-case hex, as [`crate::identity`] reads it from a presented certificate.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -85,6 +85,20 @@ pub struct PublishedPartner {
     pub owner: String,
     pub identity: Identity,
     pub scopes: Vec<String>,
+    /// The partner's valid certificates, so the gateway can export their expiry before any of
+    /// them is used. Absent in tables written before it was published.
+    #[serde(default)]
+    pub certificates: Vec<PublishedCertificate>,
+}
+
+/// A valid certificate of a published partner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedCertificate {
+    /// Upper-case hex of the DER INTEGER's content octets, as `openssl x509 -serial` prints it
+    /// and as the gateway reads it from a presented certificate.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 /// The one identity a partner's certificates must carry.
@@ -223,6 +237,18 @@ pub fn merge(config: &mut model::Config) -> Result<(), Problems> {
             .collect();
         scopes.sort();
         scopes.dedup();
+        config
+            .registry
+            .certificates
+            .extend(
+                p.certificates
+                    .into_iter()
+                    .map(|c| model::RegisteredCertificate {
+                        partner: p.id.clone(),
+                        serial: c.serial,
+                        not_after: c.not_after,
+                    }),
+            );
         config.partners.push(model::Partner {
             id: p.id,
             owner: p.owner,

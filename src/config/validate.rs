@@ -274,6 +274,7 @@ impl<'a> Validator<'a> {
             scopes: std::mem::take(&mut self.scopes),
             forward,
             lifecycle,
+            registry: model::RegistryFacts::default(),
         }
     }
 

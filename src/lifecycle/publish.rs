@@ -24,7 +24,9 @@ use super::commands::{now_rfc3339, parse_time};
 use super::registry::{CertStatus, PartnerStatus};
 use super::store::{Store, StoreError};
 pub use crate::config::published::DEFAULT_CRL_NEXT_UPDATE;
-use crate::config::published::{PublishedPartner, PublishedPartners, StateDir};
+use crate::config::published::{
+    PublishedCertificate, PublishedPartner, PublishedPartners, StateDir,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -90,11 +92,28 @@ pub async fn publish(
         }
         if let Some(p) = &r.partner {
             if p.status == PartnerStatus::Approved {
+                let certificates = r
+                    .certificates
+                    .iter()
+                    .filter(|c| c.status == CertStatus::Valid)
+                    .map(|c| {
+                        let bad = || PublishError::BadEntry {
+                            serial: c.serial.clone(),
+                        };
+                        let serial = hex::decode(&c.serial).map_err(|_| bad())?;
+                        let not_after = parse_time(&c.not_after).ok_or_else(bad)?;
+                        Ok(PublishedCertificate {
+                            serial: wire_serial(&serial),
+                            not_after: not_after.unix_timestamp(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, PublishError>>()?;
                 partners.push(PublishedPartner {
                     id: p.id.clone(),
                     owner: p.owner.clone(),
                     identity: p.identity.clone(),
                     scopes: p.scopes.clone(),
+                    certificates,
                 });
             }
         }
@@ -131,6 +150,18 @@ pub async fn publish(
         revoked,
         partners: table.partners.len(),
     })
+}
+
+/// A registry serial (big-endian bytes, leading zeros stripped) as a presented certificate
+/// shows it: the DER INTEGER's content octets, which gain a leading zero byte when the top bit
+/// is set, in upper-case hex.
+fn wire_serial(serial: &[u8]) -> String {
+    let sign = if serial.first().is_some_and(|b| b & 0x80 != 0) {
+        "00"
+    } else {
+        ""
+    };
+    format!("{sign}{}", hex::encode_upper(serial))
 }
 
 fn reason_code(name: &str) -> Option<RevocationReason> {
@@ -170,4 +201,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
         let _ = std::fs::remove_file(&tmp);
         err(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_serial_is_published_as_a_presented_certificate_shows_it() {
+        assert_eq!(wire_serial(&[0x8f, 0x01]), "008F01");
+        assert_eq!(wire_serial(&[0x12, 0xab]), "12AB");
+    }
 }

@@ -95,7 +95,7 @@ impl Gateway {
         let revocation = RevocationService::new(Registry::new(), metrics.revocation().clone());
         let snapshot = prepare_with(config, &revocation, &metrics).await?;
         metrics.loaded_now();
-        metrics.set_server_certificates(&snapshot.server_certificates);
+        publish_expiry(&metrics, &snapshot);
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -240,6 +240,21 @@ pub enum Drained {
 /// How long connections cut at `drain_timeout` get to drop what they hold and write their audit
 /// lines.
 const CUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Sets the expiry gauges of what a generation knows from configuration: the server certificates
+/// it serves and the lifecycle registry's valid partner certificates. Called when a generation is
+/// published (start-up and applied reloads), never per connection.
+fn publish_expiry(metrics: &Metrics, snapshot: &Snapshot) {
+    metrics.set_server_certificates(&snapshot.server_certificates);
+    metrics.set_registered_certificates(
+        snapshot
+            .config
+            .registry
+            .certificates
+            .iter()
+            .map(|c| (c.partner.as_str(), c.serial.as_str(), c.not_after)),
+    );
+}
 
 /// Builds a snapshot and loads its revocation sources once: everything `serve` needs before it
 /// may accept a connection, and everything `check` validates.
