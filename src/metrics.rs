@@ -41,12 +41,13 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::config::model::{Config, PartnerId, UpstreamId};
+use crate::config::model::{Config, PartnerId, ScopeId, UpstreamId};
 use crate::conn_refusal::ConnRefusal;
 use crate::policy::RouteId;
 use crate::revocation::RevocationCounters;
 use crate::tls::handshake::HandshakeFailure;
 use crate::tls::server::{ServedCertificate, DEFAULT_SNI};
+use crate::usage::{Accepted, Usage, UsageTable};
 
 /// Label value for a request that matched no route.
 pub const NO_ROUTE: &str = "none";
@@ -117,6 +118,8 @@ pub struct Metrics {
     reloads_rejected: IntCounter,
     last_reload_success: Gauge,
     ops: OpsMetrics,
+    /// Scope usage slots: process-lifetime like the counters, recorded through [`Handles`].
+    usage: Arc<Usage>,
 }
 
 /// Expiry gauges for what certgate knows from configuration rather than from traffic.
@@ -167,6 +170,8 @@ pub struct Handles {
     upstream_errors: Box<[[IntCounter; 3]]>,
     /// `reason * partners.len() + (partner + 1)`, resolved on first use.
     denials: Box<[OnceLock<IntCounter>]>,
+    /// Scope usage slots, by partner id.
+    usage: UsageTable,
 }
 
 // === impl Metrics ===
@@ -363,7 +368,13 @@ impl Metrics {
             reloads_rejected: reloads.with_label_values(&["rejected"]),
             last_reload_success,
             ops,
+            usage: Usage::new(),
         }))
+    }
+
+    /// The scope usage slots every generation records into.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.usage
     }
 
     /// The counters the revocation code of every generation shares.
@@ -701,6 +712,7 @@ impl Handles {
         Self {
             requests: cells(routes.len() * partners.len() * STATUS_CLASSES.len()),
             denials: cells(DENIAL_REASONS.len() * partners.len()),
+            usage: UsageTable::build(&metrics.usage, config),
             durations: routes
                 .iter()
                 .map(|r| metrics.request_duration.with_label_values(&[r.as_ref()]))
@@ -771,6 +783,11 @@ impl Handles {
             })
             .inc();
         }
+    }
+
+    /// Records a request of `partner` that policy accepted on a route needing `scope`.
+    pub fn accepted(&self, partner: PartnerId, scope: ScopeId) -> Option<Accepted> {
+        self.usage.accepted(partner, scope)
     }
 
     /// Observes the time to an upstream's response head.

@@ -23,6 +23,7 @@ struct Lab {
     env: Env,
     yaml: String,
     config: PathBuf,
+    state: PathBuf,
 }
 
 impl Lab {
@@ -30,7 +31,13 @@ impl Lab {
         let env = Env::new();
         let yaml = env.config(upstream, "lifecycle:\n  state_dir: state\n");
         let config = write_file(env.dir.path(), "certgate.yaml", &yaml);
-        let lab = Lab { env, yaml, config };
+        let state = env.path("state");
+        let lab = Lab {
+            env,
+            yaml,
+            config,
+            state,
+        };
         lab.ok(&["ca", "init"]);
         lab
     }
@@ -111,6 +118,27 @@ impl Lab {
         (cert, key)
     }
 
+    /// Calls the gateway as the partner holding `cert`/`key`; returns the status.
+    async fn call(
+        &self,
+        gw: &certgate::runtime::Gateway,
+        (cert, key): &(PathBuf, PathBuf),
+        req: http::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> u16 {
+        let leaf = leaf_from(cert, key);
+        self.env
+            .call_as(gw, &leaf, req)
+            .await
+            .unwrap()
+            .status
+            .as_u16()
+    }
+
+    fn usage(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.state.join("usage/scopes.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
     async fn gateway(&self) -> certgate::runtime::Gateway {
         self.env.start_with(&self.yaml, true).await
     }
@@ -128,6 +156,27 @@ fn openssl_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The leaf of a chain file as a client [`Leaf`].
+fn leaf_from(cert: &Path, key: &Path) -> Leaf {
+    use rustls::pki_types::pem::PemObject;
+    let chain_pem = std::fs::read_to_string(cert).unwrap();
+    let first = chain_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap()
+        .to_owned();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(first.as_bytes())
+        .unwrap()
+        .to_vec();
+    Leaf {
+        pem: first,
+        chain_pem,
+        key_pem: std::fs::read_to_string(key).unwrap(),
+        der,
+        serial: 0,
+    }
 }
 
 /// (serial as `openssl x509 -serial` prints it, notAfter in Unix seconds) of a chain's leaf.
@@ -200,4 +249,141 @@ async fn registry_certificates_are_in_the_expiry_gauge_before_any_traffic_and_fo
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     gw.shutdown().await;
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn post(path: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::post(path)
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_usage_from_real_traffic_persists_and_drives_the_unused_scope_report() {
+    let up = Upstream::start().await;
+    let lab = Lab::new(up.addr);
+    lab.onboard("initech", "orders:read,payments:write");
+    lab.onboard("hooli", "orders:read");
+    let initech = lab.issue("initech", "initech");
+    // Another gateway sharing the state folder recorded hooli's last use 40 days ago.
+    let long_ago = unix_now() - 40 * 24 * 3600;
+    std::fs::create_dir_all(lab.state.join("usage")).unwrap();
+    std::fs::write(
+        lab.state.join("usage/scopes.json"),
+        serde_json::json!({"partners": {"hooli": {
+            "first_call": long_ago, "last_call": long_ago, "scopes": {"orders:read": long_ago}
+        }}})
+        .to_string(),
+    )
+    .unwrap();
+
+    let started = unix_now();
+    let gw = lab.gateway().await;
+    assert_eq!(lab.call(&gw, &initech, get("/v1/orders/7")).await, 200);
+    // A request policy refuses is no use of a scope.
+    assert_eq!(lab.call(&gw, &initech, get("/v1/payments/1")).await, 405);
+    gw.flush_usage().await.unwrap();
+    let usage = lab.usage();
+    let initech_usage = &usage["partners"]["initech"];
+    let read = initech_usage["scopes"]["orders:read"].as_u64().unwrap();
+    assert!(read >= started, "{usage}");
+    assert!(
+        initech_usage["scopes"].get("payments:write").is_none(),
+        "{usage}"
+    );
+    let first_call = initech_usage["first_call"].as_u64().unwrap();
+    assert!(first_call >= started, "{usage}");
+    assert_eq!(
+        usage["partners"]["hooli"]["scopes"]["orders:read"], long_ago,
+        "{usage}"
+    );
+
+    // The last requests before a shutdown are flushed by it.
+    assert_eq!(lab.call(&gw, &initech, post("/v1/payments/1")).await, 200);
+    gw.shutdown().await;
+    let usage = lab.usage();
+    assert!(
+        usage["partners"]["initech"]["scopes"]["payments:write"]
+            .as_u64()
+            .unwrap()
+            >= started,
+        "{usage}"
+    );
+
+    // A restarted gateway keeps the first call it finds in the folder.
+    let gw = lab.gateway().await;
+    assert_eq!(lab.call(&gw, &initech, get("/v1/orders/8")).await, 200);
+    gw.flush_usage().await.unwrap();
+    let usage = lab.usage();
+    assert_eq!(
+        usage["partners"]["initech"]["first_call"], first_call,
+        "{usage}"
+    );
+    assert_eq!(usage["partners"]["hooli"]["last_call"], long_ago, "{usage}");
+    gw.shutdown().await;
+
+    // 30 days: hooli's stale scope, with the command that removes it; initech used both.
+    let report = lab.ok(&["partner", "report", "--unused-scopes", "--since", "30d"]);
+    assert!(
+        report.starts_with("scopes held but not used in the last 30 days: 1\n"),
+        "{report}"
+    );
+    let line = report.lines().nth(1).unwrap();
+    assert!(
+        line.starts_with("hooli\towner=api@hooli.example\tscope=orders:read\tlast_used=20"),
+        "{line}"
+    );
+    let command = line.split("remove: ").nth(1).unwrap();
+    assert_eq!(
+        command,
+        "certgate partner scopes hooli --remove orders:read --actor NAME"
+    );
+    let args: Vec<&str> = command
+        .strip_prefix("certgate ")
+        .unwrap()
+        .replace("NAME", "dave")
+        .leak()
+        .split(' ')
+        .collect();
+    lab.ok(&args);
+    let report = lab.ok(&["partner", "report", "--unused-scopes", "--since", "30d"]);
+    assert!(
+        report.starts_with("scopes held but not used in the last 30 days: 0\n"),
+        "{report}"
+    );
+
+    // A scope never used counts once its grant is older than the window: a fresh partner's is not.
+    lab.onboard("umbrella", "orders:read");
+    let report = lab.ok(&["partner", "report", "--unused-scopes", "--json"]);
+    let unused: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(unused, serde_json::json!([]), "{report}");
+    let report = lab.ok(&[
+        "partner",
+        "report",
+        "--unused-scopes",
+        "--since",
+        "0d",
+        "--json",
+    ]);
+    let unused: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let umbrella: Vec<_> = unused
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["partner"] == "umbrella")
+        .collect();
+    assert_eq!(umbrella.len(), 1, "{report}");
+    assert_eq!(umbrella[0]["scope"], "orders:read");
+    assert_eq!(umbrella[0]["last_used"], serde_json::Value::Null);
+    assert_eq!(
+        umbrella[0]["remove"],
+        "certgate partner scopes umbrella --remove orders:read --actor NAME"
+    );
 }

@@ -64,6 +64,12 @@ impl StateDir {
     pub fn partners(&self) -> PathBuf {
         self.published().join("partners.json")
     }
+
+    /// When each partner last used each scope: written by the gateways, read by
+    /// `partner report --unused-scopes`.
+    pub fn usage(&self) -> PathBuf {
+        self.root.join("usage").join("scopes.json")
+    }
 }
 
 /// The default `nextUpdate` distance of a signed CRL: a week. `certgate registry publish` (daily,

@@ -2,6 +2,7 @@
 //! generations, and drains on shutdown.
 
 mod reload;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use crate::control::{ReloadOutcome, Reloader};
@@ -57,6 +58,8 @@ pub struct Gateway {
     accept: JoinHandle<()>,
     reloader: Reloader,
     reload_task: JoinHandle<()>,
+    usage_stop: oneshot::Sender<()>,
+    usage_task: JoinHandle<()>,
 }
 
 /// Where a gateway's configuration came from, for reloads.
@@ -96,6 +99,7 @@ impl Gateway {
         let snapshot = prepare_with(config, &revocation, &metrics).await?;
         metrics.loaded_now();
         publish_expiry(&metrics, &snapshot);
+        usage::load(&snapshot, metrics.usage());
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -129,6 +133,8 @@ impl Gateway {
         }
         .spawn()
         .await;
+        let (usage_stop, usage_rx) = oneshot::channel();
+        let usage_task = usage::spawn(current.clone(), metrics.usage().clone(), usage_rx);
         let admin = admin::Server::spawn(
             admin_listener,
             admin::State::new(current.clone(), reloader.clone(), metrics.clone()),
@@ -153,6 +159,8 @@ impl Gateway {
             accept,
             reloader,
             reload_task,
+            usage_stop,
+            usage_task,
         })
     }
 
@@ -183,6 +191,18 @@ impl Gateway {
     /// The snapshot new connections are accepted under.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Writes the scope usage recorded so far into the state folder now, as the background task
+    /// does every [`crate::usage::FLUSH_INTERVAL`] and at shutdown. Returns the merged file, or
+    /// `None` without `lifecycle:`.
+    ///
+    /// # Errors
+    /// The usage file could not be read or written.
+    pub async fn flush_usage(
+        &self,
+    ) -> Result<Option<crate::usage::UsageFile>, crate::usage::UsageError> {
+        usage::flush(&self.current, self.metrics.usage()).await
     }
 
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
@@ -223,6 +243,9 @@ impl Gateway {
             }
         };
         let _ = self.reload_task.await;
+        // Every connection is done: the last flush sees every request.
+        let _ = self.usage_stop.send(());
+        let _ = self.usage_task.await;
         self.admin.stop().await;
         outcome
     }
