@@ -84,6 +84,11 @@ impl Lab {
 
     /// Issues `id` a certificate from a CSR `openssl req` makes; returns (chain, key).
     fn issue(&self, id: &str, name: &str) -> (PathBuf, PathBuf) {
+        self.issue_for(id, name, 90)
+    }
+
+    /// [`Lab::issue`] valid for `days`.
+    fn issue_for(&self, id: &str, name: &str, days: u32) -> (PathBuf, PathBuf) {
         let key = self.env.path(&format!("{name}-key.pem"));
         let csr = self.env.path(&format!("{name}.csr"));
         let cert = self.env.path(&format!("{name}.pem"));
@@ -112,6 +117,8 @@ impl Lab {
             path(&csr),
             "--out",
             path(&cert),
+            "--days",
+            &days.to_string(),
             "--actor",
             "carol",
         ]);
@@ -386,4 +393,134 @@ async fn scope_usage_from_real_traffic_persists_and_drives_the_unused_scope_repo
         umbrella[0]["remove"],
         "certgate partner scopes umbrella --remove orders:read --actor NAME"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_metrics_cover_lead_times_expiry_idle_partners_revocation_and_publishing() {
+    let up = Upstream::start().await;
+    let lab = Lab::new(up.addr);
+    lab.onboard("initech", "orders:read");
+    lab.onboard("hooli", "orders:read");
+    let initech = lab.issue_for("initech", "initech", 5);
+    lab.issue_for("hooli", "hooli", 20);
+    // As if both had been approved two months ago: the table is what the gateway knows.
+    let table_path = lab.state.join("published/partners.json");
+    let mut table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&table_path).unwrap()).unwrap();
+    let two_months_ago = unix_now() as i64 - 60 * 86_400;
+    for p in table["partners"].as_array_mut().unwrap() {
+        p["registered_at"] = (two_months_ago - 3600).into();
+        p["approved_at"] = two_months_ago.into();
+    }
+    std::fs::write(&table_path, table.to_string()).unwrap();
+
+    let gw = lab.gateway().await;
+    let admin = gw.admin_addr();
+    scrape_until(
+        admin,
+        &[
+            "certgate_onboarding_registered_to_approved_seconds_count 2",
+            "certgate_onboarding_registered_to_approved_seconds_sum 7200",
+            "certgate_onboarding_approved_to_issued_seconds_count 2",
+            "certgate_onboarding_issued_to_first_call_seconds_count 0",
+            "certgate_registry_certificates_expiring{within=\"7d\"} 1",
+            "certgate_registry_certificates_expiring{within=\"30d\"} 2",
+            "certgate_registry_publish_failures_total 0",
+        ],
+    )
+    .await;
+
+    // initech calls; hooli never does.
+    assert_eq!(lab.call(&gw, &initech, get("/v1/orders/1")).await, 200);
+    assert_eq!(lab.call(&gw, &initech, get("/v1/orders/2")).await, 200);
+    gw.flush_usage().await.unwrap();
+    let text = scrape_until(
+        admin,
+        &[
+            "certgate_onboarding_issued_to_first_call_seconds_count 1",
+            "certgate_partners_without_traffic 1",
+        ],
+    )
+    .await;
+    let first_call = text
+        .lines()
+        .find_map(|l| l.strip_prefix("certgate_onboarding_issued_to_first_call_seconds_sum "))
+        .unwrap();
+    assert!(first_call.parse::<f64>().unwrap() < 600.0, "{first_call}");
+
+    // Revoking every certificate of initech: observed once the gateway has applied it.
+    lab.ok(&[
+        "partner",
+        "revoke",
+        "initech",
+        "--reason",
+        "keyCompromise",
+        "--actor",
+        "carol",
+    ]);
+    scrape_until(
+        admin,
+        &["certgate_registry_certificates_expiring{within=\"7d\"} 0"],
+    )
+    .await;
+    gw.flush_usage().await.unwrap();
+    scrape_until(admin, &["certgate_time_to_revoke_seconds_count 1"]).await;
+    // Refused from now on, and observed once only. The last request came before the revoke
+    // command; the registry's revocation time has one-second resolution, so the observation is
+    // under a second.
+    let leaf = leaf_from(&initech.0, &initech.1);
+    let refused = lab.env.call_as(&gw, &leaf, get("/v1/orders/3")).await;
+    assert!(refused.unwrap_err().contains("CertificateRevoked"));
+    gw.flush_usage().await.unwrap();
+    scrape_until(
+        admin,
+        &[
+            "certgate_time_to_revoke_seconds_count 1",
+            "certgate_time_to_revoke_seconds_bucket{le=\"1\"} 1",
+        ],
+    )
+    .await;
+
+    // A change whose publication fails is counted through the state folder.
+    let crl = lab.state.join("published/crl.der");
+    let saved = std::fs::read(&crl).unwrap();
+    std::fs::remove_file(&crl).unwrap();
+    std::fs::create_dir_all(crl.join("blocker")).unwrap();
+    let out = lab.run(&[
+        "partner",
+        "scopes",
+        "hooli",
+        "--remove",
+        "orders:read",
+        "--actor",
+        "dave",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("publishing it failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.flush_usage().await.unwrap();
+    scrape_until(
+        admin,
+        &[
+            "certgate_registry_publish_failures_total 1",
+            "certgate_registry_publish_pending 1",
+        ],
+    )
+    .await;
+    std::fs::remove_dir_all(&crl).unwrap();
+    std::fs::write(&crl, saved).unwrap();
+    lab.ok(&["registry", "publish"]);
+    gw.flush_usage().await.unwrap();
+    scrape_until(
+        admin,
+        &[
+            "certgate_registry_publish_failures_total 1",
+            "certgate_registry_publish_pending 0",
+        ],
+    )
+    .await;
+    gw.shutdown().await;
 }

@@ -51,6 +51,26 @@ pub struct Config {
 pub struct RegistryFacts {
     /// Every valid certificate of a published partner.
     pub certificates: Vec<RegisteredCertificate>,
+    /// Every published partner's lifecycle times.
+    pub partners: Vec<RegisteredPartner>,
+    /// Partners left without a valid certificate by a revocation.
+    pub revocations: Vec<RegisteredRevocation>,
+}
+
+/// Lifecycle times of a published partner, Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredPartner {
+    pub id: String,
+    pub registered_at: Option<i64>,
+    pub approved_at: Option<i64>,
+    pub first_issued_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredRevocation {
+    pub partner: String,
+    /// Unix seconds of the partner's latest revocation.
+    pub revoked_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,8 @@ use super::registry::{CertStatus, PartnerStatus};
 use super::store::{Store, StoreError};
 pub use crate::config::published::DEFAULT_CRL_NEXT_UPDATE;
 use crate::config::published::{
-    PublishedCertificate, PublishedPartner, PublishedPartners, StateDir,
+    PublishStatus, PublishedCertificate, PublishedPartner, PublishedPartners, PublishedRevocation,
+    StateDir,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +53,39 @@ pub struct Publication {
     pub partners: usize,
 }
 
-/// Re-signs the CRL and rewrites the partner table from the registry as it stands.
+/// Re-signs the CRL and rewrites the partner table from the registry as it stands, and records
+/// the outcome in the state folder's publish status (a failure is counted there, so gateways and
+/// later commands see it after this process is gone).
 ///
 /// # Errors
 /// The registry, the signer or the file system failed; the previous files stay in place.
 pub async fn publish(
+    store: &mut Store,
+    signer: &dyn Signer,
+    state: &StateDir,
+    next_update: Duration,
+) -> Result<Publication, PublishError> {
+    let result = publish_files(store, signer, state, next_update).await;
+    let path = state.publish_status();
+    let mut status = PublishStatus::read(&path).unwrap_or_default();
+    match &result {
+        Ok(_) if !status.pending => return result,
+        Ok(_) => status.pending = false,
+        Err(e) => {
+            status.failures += 1;
+            status.pending = true;
+            status.last_failure = Some(now_rfc3339());
+            status.last_error = Some(crate::error_chain(e));
+        }
+    }
+    let json = serde_json::to_vec_pretty(&status).unwrap_or_default();
+    if let Err(e) = write_atomically(&path, &json) {
+        tracing::warn!(error = %crate::error_chain(&e), "cannot record the publish status");
+    }
+    result
+}
+
+async fn publish_files(
     store: &mut Store,
     signer: &dyn Signer,
     state: &StateDir,
@@ -68,7 +97,25 @@ pub async fn publish(
     let now = OffsetDateTime::now_utc();
     let mut revoked_certs = Vec::new();
     let mut partners = Vec::new();
+    let mut revocations = Vec::new();
+    let unix = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(parse_time)
+            .map(|t| t.unix_timestamp())
+    };
     for r in &records {
+        let latest_revocation = r
+            .certificates
+            .iter()
+            .filter_map(|c| c.revoked_at.as_deref().and_then(parse_time))
+            .max();
+        let any_valid = r.certificates.iter().any(|c| c.status == CertStatus::Valid);
+        if let (Some(at), false, Some(p)) = (latest_revocation, any_valid, &r.partner) {
+            revocations.push(PublishedRevocation {
+                partner: p.id.clone(),
+                revoked_at: at.unix_timestamp(),
+            });
+        }
         for c in r
             .certificates
             .iter()
@@ -114,6 +161,9 @@ pub async fn publish(
                     identity: p.identity.clone(),
                     scopes: p.scopes.clone(),
                     certificates,
+                    registered_at: parse_time(&p.registered_at).map(|t| t.unix_timestamp()),
+                    approved_at: unix(&p.approved_at),
+                    first_issued_at: unix(&p.first_issued_at),
                 });
             }
         }
@@ -133,6 +183,7 @@ pub async fn publish(
         crl_number,
         published_at: now_rfc3339(),
         partners,
+        revocations,
     };
     let json = serde_json::to_vec_pretty(&table).unwrap_or_default();
     std::fs::create_dir_all(state.published()).map_err(|source| PublishError::Write {

@@ -98,8 +98,8 @@ impl Gateway {
         let revocation = RevocationService::new(Registry::new(), metrics.revocation().clone());
         let snapshot = prepare_with(config, &revocation, &metrics).await?;
         metrics.loaded_now();
-        publish_expiry(&metrics, &snapshot);
         usage::load(&snapshot, metrics.usage());
+        publish_expiry(&metrics, &snapshot);
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -134,7 +134,7 @@ impl Gateway {
         .spawn()
         .await;
         let (usage_stop, usage_rx) = oneshot::channel();
-        let usage_task = usage::spawn(current.clone(), metrics.usage().clone(), usage_rx);
+        let usage_task = usage::spawn(current.clone(), metrics.clone(), usage_rx);
         let admin = admin::Server::spawn(
             admin_listener,
             admin::State::new(current.clone(), reloader.clone(), metrics.clone()),
@@ -202,7 +202,8 @@ impl Gateway {
     pub async fn flush_usage(
         &self,
     ) -> Result<Option<crate::usage::UsageFile>, crate::usage::UsageError> {
-        usage::flush(&self.current, self.metrics.usage()).await
+        self.metrics.observe_revocations(std::time::Duration::ZERO);
+        usage::flush(&self.current, &self.metrics).await
     }
 
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
@@ -277,6 +278,7 @@ fn publish_expiry(metrics: &Metrics, snapshot: &Snapshot) {
             .iter()
             .map(|c| (c.partner.as_str(), c.serial.as_str(), c.not_after)),
     );
+    metrics.set_registry(&snapshot.config.registry);
 }
 
 /// Builds a snapshot and loads its revocation sources once: everything `serve` needs before it
