@@ -15,6 +15,11 @@
 //! * `runtime`: the server certificates' expiry, set when a generation is published
 //!   ([`Metrics::set_server_certificates`]); the lifecycle registry's partner certificates, set
 //!   when it publishes ([`Metrics::set_registered_certificates`]).
+//! * lifecycle evidence: onboarding lead times and time to revoke from the registry facts of a
+//!   published generation ([`Metrics::set_registry`], [`Metrics::observe_revocations`]), the
+//!   issued → first call lead time when [`Handles::accepted`] sees a partner's first call, and
+//!   from the state folder at every usage flush (`runtime`): partners without traffic and the
+//!   registry's publish status.
 //! * Linux only: the standard `process_*` metrics (memory, CPU, file descriptors), read from
 //!   `/proc` at scrape time.
 //!
