@@ -99,7 +99,7 @@ impl Gateway {
         let snapshot = prepare_with(config, &revocation, &metrics).await?;
         metrics.loaded_now();
         usage::load(&snapshot, metrics.usage());
-        publish_expiry(&metrics, &snapshot);
+        export_generation_facts(&metrics, &snapshot);
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -265,10 +265,11 @@ pub enum Drained {
 /// lines.
 const CUT_GRACE: Duration = Duration::from_secs(2);
 
-/// Sets the expiry gauges of what a generation knows from configuration: the server certificates
-/// it serves and the lifecycle registry's valid partner certificates. Called when a generation is
-/// published (start-up and applied reloads), never per connection.
-fn publish_expiry(metrics: &Metrics, snapshot: &Snapshot) {
+/// Hands the metrics what a generation knows from configuration: the server certificates it
+/// serves, the lifecycle registry's valid partner certificates, and the registry's lifecycle
+/// times and revocations. Called when a generation is published (start-up and applied reloads),
+/// never per connection.
+fn export_generation_facts(metrics: &Metrics, snapshot: &Snapshot) {
     metrics.set_server_certificates(&snapshot.server_certificates);
     metrics.set_registered_certificates(
         snapshot
