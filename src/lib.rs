@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 
 /// An error and its sources as one line (`outer: cause: root cause`), for logs and diagnostics
 /// where the chain would otherwise be lost.

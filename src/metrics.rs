@@ -15,6 +15,11 @@
 //! * `runtime`: the server certificates' expiry, set when a generation is published
 //!   ([`Metrics::set_server_certificates`]); the lifecycle registry's partner certificates, set
 //!   when it publishes ([`Metrics::set_registered_certificates`]).
+//! * lifecycle evidence: onboarding lead times and time to revoke from the registry facts of a
+//!   published generation ([`Metrics::set_registry`], [`Metrics::observe_revocations`]), the
+//!   issued → first call lead time when [`Handles::accepted`] sees a partner's first call, and
+//!   from the state folder at every usage flush (`runtime`): partners without traffic and the
+//!   registry's publish status.
 //! * Linux only: the standard `process_*` metrics (memory, CPU, file descriptors), read from
 //!   `/proc` at scrape time.
 //!
@@ -41,12 +46,14 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::config::model::{Config, PartnerId, UpstreamId};
+use crate::config::model::{Config, PartnerId, RegistryFacts, ScopeId, UpstreamId};
+use crate::config::published::PublishStatus;
 use crate::conn_refusal::ConnRefusal;
 use crate::policy::RouteId;
 use crate::revocation::RevocationCounters;
 use crate::tls::handshake::HandshakeFailure;
 use crate::tls::server::{ServedCertificate, DEFAULT_SNI};
+use crate::usage::{Accepted, Usage, UsageTable};
 
 /// Label value for a request that matched no route.
 pub const NO_ROUTE: &str = "none";
@@ -84,6 +91,28 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "exchange"];
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Onboarding lead-time buckets, seconds: a minute to two months.
+const LEAD_TIME_BUCKETS: [f64; 12] = [
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    14_400.0,
+    43_200.0,
+    86_400.0,
+    259_200.0,
+    604_800.0,
+    1_209_600.0,
+    2_592_000.0,
+    5_184_000.0,
+];
+/// Time-to-revoke buckets, seconds (the registry's revocation time has one-second resolution).
+const REVOKE_BUCKETS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+/// `within` label values of `certgate_registry_certificates_expiring` and their seconds.
+const EXPIRY_WINDOWS: [(&str, i64); 2] = [("7d", 7 * 86_400), ("30d", 30 * 86_400)];
+/// A partner without accepted traffic for this long counts in `certgate_partners_without_traffic`.
+pub const IDLE_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+
 /// Handshake duration buckets, seconds.
 const HANDSHAKE_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -117,6 +146,30 @@ pub struct Metrics {
     reloads_rejected: IntCounter,
     last_reload_success: Gauge,
     ops: OpsMetrics,
+    /// Scope usage slots: process-lifetime like the counters, recorded through [`Handles`].
+    usage: Arc<Usage>,
+    lifecycle: LifecycleMetrics,
+}
+
+/// The partner lifecycle's evidence: onboarding lead times, time to revoke, certificates about to
+/// expire, idle partners and publication failures.
+struct LifecycleMetrics {
+    registered_to_approved: Histogram,
+    approved_to_issued: Histogram,
+    issued_to_first_call: Histogram,
+    time_to_revoke: Histogram,
+    /// In [`EXPIRY_WINDOWS`] order; set at scrape time from the registered certificates.
+    expiring: [IntGauge; 2],
+    partners_idle: IntGauge,
+    publish_failures: IntCounter,
+    publish_pending: IntGauge,
+    /// Partner id → which lead times this process has observed (bit 0: registered→approved,
+    /// bit 1: approved→issued), so each partner counts once per process.
+    onboarding_seen: DashMap<Box<str>, u8>,
+    /// Revocations (partner, time) taken in: `Some(when applied)` until observed, `None` after.
+    /// The first generation's revocations predate this process and are never observed.
+    revocations: DashMap<(Box<str>, i64), Option<std::time::Instant>>,
+    started: std::sync::atomic::AtomicBool,
 }
 
 /// Expiry gauges for what certgate knows from configuration rather than from traffic.
@@ -171,6 +224,10 @@ pub struct Handles {
     upstream_errors: Box<[[IntCounter; 3]]>,
     /// `reason * partners.len() + (partner + 1)`, resolved on first use.
     denials: Box<[OnceLock<IntCounter>]>,
+    /// Scope usage slots, by partner id.
+    usage: UsageTable,
+    /// When each partner's first certificate was issued (Unix seconds), by partner id.
+    issued_at: Box<[Option<i64>]>,
 }
 
 // === impl Metrics ===
@@ -344,6 +401,7 @@ impl Metrics {
             registry.register(c)?;
         }
         let ops = OpsMetrics::register(&registry)?;
+        let lifecycle = LifecycleMetrics::register(&registry)?;
         Ok(Arc::new(Self {
             registry,
             requests,
@@ -367,7 +425,14 @@ impl Metrics {
             reloads_rejected: reloads.with_label_values(&["rejected"]),
             last_reload_success,
             ops,
+            usage: Usage::new(),
+            lifecycle,
         }))
+    }
+
+    /// The scope usage slots every generation records into.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.usage
     }
 
     /// The counters the revocation code of every generation shares.
@@ -487,7 +552,16 @@ impl Metrics {
             !certs.is_empty()
         });
         self.cert_expiry.reset();
-        for c in self.ops.registered_certs.load().iter() {
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        let registered = self.ops.registered_certs.load();
+        for (gauge, (_, window)) in self.lifecycle.expiring.iter().zip(EXPIRY_WINDOWS) {
+            let n = registered
+                .iter()
+                .filter(|c| c.not_after <= now + window)
+                .count();
+            gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        for c in registered.iter() {
             self.cert_expiry
                 .with_label_values(&[c.partner.as_ref(), c.serial.as_ref()])
                 .set(c.not_after as f64);
@@ -574,6 +648,157 @@ impl Metrics {
             })
             .collect();
         self.ops.registered_certs.store(Arc::new(certs));
+    }
+}
+
+// === impl Metrics: lifecycle evidence ===
+
+impl Metrics {
+    /// Takes in what a newly published generation knows from the lifecycle registry: observes
+    /// the onboarding lead times of partners this process has not observed yet, and the time to
+    /// revoke of partners newly left without a valid certificate (revoke time → the last request
+    /// this process accepted from them, 0 when none came after). Called when a generation is
+    /// published, never per connection.
+    pub fn set_registry(&self, registry: &RegistryFacts) {
+        let l = &self.lifecycle;
+        for p in &registry.partners {
+            let mut seen = l.onboarding_seen.entry(p.id.as_str().into()).or_insert(0);
+            if *seen & 1 == 0 {
+                if let (Some(r), Some(a)) = (p.registered_at, p.approved_at) {
+                    l.registered_to_approved.observe((a - r).max(0) as f64);
+                    *seen |= 1;
+                }
+            }
+            if *seen & 2 == 0 {
+                if let (Some(a), Some(i)) = (p.approved_at, p.first_issued_at) {
+                    l.approved_to_issued.observe((i - a).max(0) as f64);
+                    *seen |= 2;
+                }
+            }
+        }
+        let first = !l.started.swap(true, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        for r in &registry.revocations {
+            l.revocations
+                .entry((Box::from(r.partner.as_str()), r.revoked_at))
+                .or_insert((!first).then_some(now));
+        }
+    }
+
+    /// Observes the time to revoke of revocations applied at least `settle` ago: by then the
+    /// partner's open connections have been cut, so its last accepted request is final.
+    pub fn observe_revocations(&self, settle: Duration) {
+        let l = &self.lifecycle;
+        for mut entry in l.revocations.iter_mut() {
+            let Some(applied) = *entry.value() else {
+                continue;
+            };
+            if applied.elapsed() < settle {
+                continue;
+            }
+            let (partner, revoked_at) = entry.key();
+            let last_ms = self
+                .usage
+                .last_call_ms(partner)
+                .and_then(|ms| i64::try_from(ms).ok())
+                .unwrap_or(0);
+            let after = (last_ms - revoked_at.saturating_mul(1000)).max(0);
+            l.time_to_revoke.observe(after as f64 / 1000.0);
+            *entry.value_mut() = None;
+        }
+    }
+
+    /// Sets the number of registry partners with no accepted request within [`IDLE_WINDOW`].
+    pub fn set_partners_without_traffic(&self, n: usize) {
+        self.lifecycle
+            .partners_idle
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Takes in the state folder's publish status: the failure counter moves up to its count
+    /// (never down: a removed file starts counting again from this process's value).
+    pub fn set_publish_status(&self, status: &PublishStatus) {
+        let l = &self.lifecycle;
+        let counted = l.publish_failures.get();
+        if status.failures > counted {
+            l.publish_failures.inc_by(status.failures - counted);
+        }
+        l.publish_pending.set(i64::from(status.pending));
+    }
+}
+
+// === impl LifecycleMetrics ===
+
+impl LifecycleMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let lead = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LEAD_TIME_BUCKETS.to_vec()))
+        };
+        let registered_to_approved = lead(
+            "certgate_onboarding_registered_to_approved_seconds",
+            "Registration to approval of registry partners, each partner observed once per gateway process when it loads the partner table.",
+        )?;
+        let approved_to_issued = lead(
+            "certgate_onboarding_approved_to_issued_seconds",
+            "Approval to first certificate of registry partners, each observed once per gateway process.",
+        )?;
+        let issued_to_first_call = lead(
+            "certgate_onboarding_issued_to_first_call_seconds",
+            "First certificate to first accepted request of registry partners, observed by the gateway that sees the first call.",
+        )?;
+        let time_to_revoke = Histogram::with_opts(
+            HistogramOpts::new(
+                "certgate_time_to_revoke_seconds",
+                "Revocation that left a partner without a valid certificate to the last request this gateway accepted from it (0 when none came after).",
+            )
+            .buckets(REVOKE_BUCKETS.to_vec()),
+        )?;
+        let expiring_vec = IntGaugeVec::new(
+            Opts::new(
+                "certgate_registry_certificates_expiring",
+                "Valid lifecycle registry certificates whose notAfter is within the window (expired ones included).",
+            ),
+            &["within"],
+        )?;
+        let expiring = EXPIRY_WINDOWS.map(|(w, _)| expiring_vec.with_label_values(&[w]));
+        let partners_idle = IntGauge::new(
+            "certgate_partners_without_traffic",
+            "Registry partners approved over 30 days ago with no accepted request in the last 30 days, from the usage records of every gateway sharing the state folder.",
+        )?;
+        let publish_failures = IntCounter::new(
+            "certgate_registry_publish_failures_total",
+            "Registry changes or republications whose CRL and partner table could not be written, as recorded in the state folder.",
+        )?;
+        let publish_pending = IntGauge::new(
+            "certgate_registry_publish_pending",
+            "1 when the latest publication failed: a recorded change (a revocation, say) is not in force yet; run `certgate registry publish`.",
+        )?;
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(registered_to_approved.clone()),
+            Box::new(approved_to_issued.clone()),
+            Box::new(issued_to_first_call.clone()),
+            Box::new(time_to_revoke.clone()),
+            Box::new(expiring_vec),
+            Box::new(partners_idle.clone()),
+            Box::new(publish_failures.clone()),
+            Box::new(publish_pending.clone()),
+        ];
+        for c in collectors {
+            registry.register(c)?;
+        }
+        Ok(Self {
+            registered_to_approved,
+            approved_to_issued,
+            issued_to_first_call,
+            time_to_revoke,
+            expiring,
+            partners_idle,
+            publish_failures,
+            publish_pending,
+            onboarding_seen: DashMap::new(),
+            revocations: DashMap::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 }
 
@@ -766,6 +991,20 @@ impl Handles {
         Self {
             requests: cells(routes.len() * partners.len() * STATUS_CLASSES.len()),
             denials: cells(DENIAL_REASONS.len() * partners.len()),
+            usage: UsageTable::build(&metrics.usage, config),
+            issued_at: {
+                let issued: std::collections::HashMap<&str, i64> = config
+                    .registry
+                    .partners
+                    .iter()
+                    .filter_map(|p| Some((p.id.as_str(), p.first_issued_at?)))
+                    .collect();
+                config
+                    .partners
+                    .iter()
+                    .map(|p| issued.get(p.id.as_str()).copied())
+                    .collect()
+            },
             durations: routes
                 .iter()
                 .map(|r| metrics.request_duration.with_label_values(&[r.as_ref()]))
@@ -836,6 +1075,23 @@ impl Handles {
             })
             .inc();
         }
+    }
+
+    /// Records a request of `partner` that policy accepted on a route needing `scope`.
+    /// The partner's first accepted call (as far as this process and the usage file know)
+    /// observes the issued → first call lead time.
+    pub fn accepted(&self, partner: PartnerId, scope: ScopeId) -> Option<Accepted> {
+        let accepted = self.usage.accepted(partner, scope)?;
+        if accepted.first {
+            if let Some(issued) = self.issued_at.get(partner.0).copied().flatten() {
+                let lead = i64::try_from(accepted.at).unwrap_or(i64::MAX) - issued;
+                self.metrics
+                    .lifecycle
+                    .issued_to_first_call
+                    .observe(lead.max(0) as f64);
+            }
+        }
+        Some(accepted)
     }
 
     /// Observes the time to an upstream's response head.

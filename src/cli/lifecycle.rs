@@ -178,11 +178,21 @@ pub enum PartnerCommand {
         #[command(flatten)]
         place: Place,
     },
-    /// Certificates due for renewal, with their owners.
+    /// Certificates due for renewal (--expiring), or scopes held but not used (--unused-scopes).
     Report {
         /// Valid certificates that expire within this many days (`30d` or `30`).
-        #[arg(long, value_parser = parse_days)]
-        expiring: u32,
+        #[arg(long, value_parser = parse_days, required_unless_present = "unused_scopes", conflicts_with = "unused_scopes")]
+        expiring: Option<u32>,
+        /// Scopes approved partners hold but have not used within --since, from the gateways'
+        /// usage records in the state folder.
+        #[arg(long)]
+        unused_scopes: bool,
+        /// The window of --unused-scopes (`30d` or `30`).
+        #[arg(long, value_parser = parse_days, default_value = "30d", requires = "unused_scopes")]
+        since: u32,
+        /// Print --unused-scopes as JSON.
+        #[arg(long, requires = "unused_scopes")]
+        json: bool,
         #[command(flatten)]
         place: Place,
     },
@@ -249,6 +259,8 @@ enum CliError {
     Ca(#[from] ca::CaError),
     #[error(transparent)]
     Store(#[from] crate::lifecycle::store::StoreError),
+    #[error(transparent)]
+    ScopeUsage(#[from] crate::usage::UsageError),
     #[error("the change was recorded, but publishing it failed; run `certgate registry publish`")]
     Publish(#[source] publish::PublishError),
     #[error("{}", path.display())]
@@ -338,7 +350,30 @@ async fn partner_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        P::Report { expiring, place } => {
+        P::Report {
+            unused_scopes: true,
+            since,
+            json,
+            place,
+            ..
+        } => {
+            let ctx = context(&place, false)?;
+            let mut store = Store::open(&ctx.database).await?;
+            let usage = crate::usage::UsageFile::read(&ctx.state.usage())?;
+            let now = time::OffsetDateTime::now_utc();
+            let unused = unused_scopes(
+                &mut store,
+                &usage,
+                now - time::Duration::days(i64::from(since)),
+            )
+            .await?;
+            print_unused(&unused, since, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        P::Report {
+            expiring, place, ..
+        } => {
+            let expiring = expiring.unwrap_or_default();
             let ctx = context(&place, false)?;
             let mut store = Store::open(&ctx.database).await?;
             let now = time::OffsetDateTime::now_utc();
@@ -765,6 +800,110 @@ fn parse_expiry(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// `30d` or `30`: a number of days.
+/// A scope a partner holds and has not used since the report's cutoff.
+#[derive(Debug, serde::Serialize)]
+struct UnusedScope {
+    partner: String,
+    owner: String,
+    scope: String,
+    /// RFC 3339; `None` when never used.
+    last_used: Option<String>,
+    /// When the scope was last granted (RFC 3339).
+    granted_at: String,
+    /// The command that removes it.
+    remove: String,
+}
+
+/// Every scope of an approved partner whose last use is before `cutoff`. A scope never used is
+/// listed once it was granted before `cutoff`: a partner that was just onboarded is not yet
+/// over-privileged.
+async fn unused_scopes(
+    store: &mut Store,
+    usage: &crate::usage::UsageFile,
+    cutoff: time::OffsetDateTime,
+) -> Result<Vec<UnusedScope>, CliError> {
+    // When each scope was last granted: the event that put it into the partner's scopes.
+    let mut granted: std::collections::HashMap<(String, String), String> =
+        std::collections::HashMap::new();
+    for e in store.events().await? {
+        let scopes = |json: &str| {
+            Record::from_json(json)
+                .ok()
+                .and_then(|r| r.partner)
+                .map(|p| p.scopes)
+                .unwrap_or_default()
+        };
+        let before = scopes(&e.before);
+        for s in scopes(&e.after) {
+            if !before.contains(&s) {
+                granted.insert((e.partner.clone(), s), e.time.clone());
+            }
+        }
+    }
+    let cutoff_unix = u64::try_from(cutoff.unix_timestamp()).unwrap_or(0);
+    let mut unused = Vec::new();
+    for r in store.records().await? {
+        let Some(p) = r.partner else { continue };
+        if p.status != registry::PartnerStatus::Approved {
+            continue;
+        }
+        for scope in &p.scopes {
+            let last = usage.last_used(&p.id, scope);
+            let granted_at = granted
+                .get(&(p.id.clone(), scope.clone()))
+                .cloned()
+                .unwrap_or_else(|| p.approved_at.clone().unwrap_or_default());
+            let stale = match last {
+                Some(t) => t < cutoff_unix,
+                None => commands::parse_time(&granted_at).is_none_or(|g| g <= cutoff),
+            };
+            if !stale {
+                continue;
+            }
+            unused.push(UnusedScope {
+                partner: p.id.clone(),
+                owner: p.owner.clone(),
+                scope: scope.clone(),
+                last_used: last
+                    .and_then(|t| i64::try_from(t).ok())
+                    .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                    .map(commands::format_time),
+                granted_at,
+                remove: format!(
+                    "certgate partner scopes {} --remove {scope} --actor NAME",
+                    p.id
+                ),
+            });
+        }
+    }
+    Ok(unused)
+}
+
+fn print_unused(unused: &[UnusedScope], since: u32, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(unused).unwrap_or_default()
+        );
+        return;
+    }
+    println!(
+        "scopes held but not used in the last {since} days: {}",
+        unused.len()
+    );
+    for u in unused {
+        println!(
+            "{}\towner={}\tscope={}\tlast_used={}\tgranted={}\tremove: {}",
+            u.partner,
+            u.owner,
+            u.scope,
+            u.last_used.as_deref().unwrap_or("never"),
+            u.granted_at,
+            u.remove,
+        );
+    }
+}
+
 fn parse_days(text: &str) -> Result<u32, String> {
     text.strip_suffix('d')
         .unwrap_or(text)

@@ -43,6 +43,45 @@ pub struct Config {
     pub lifecycle: Option<Lifecycle>,
     /// The enrolment API's listener, when configured (it needs `lifecycle`).
     pub onboarding: Option<Onboarding>,
+    /// What the lifecycle registry published beside its partners, for the gateway's metrics.
+    /// Empty without `lifecycle`.
+    pub registry: RegistryFacts,
+}
+
+/// Facts from the lifecycle registry's published table that the partner table does not carry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryFacts {
+    /// Every valid certificate of a published partner.
+    pub certificates: Vec<RegisteredCertificate>,
+    /// Every published partner's lifecycle times.
+    pub partners: Vec<RegisteredPartner>,
+    /// Partners left without a valid certificate by a revocation.
+    pub revocations: Vec<RegisteredRevocation>,
+}
+
+/// Lifecycle times of a published partner, Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredPartner {
+    pub id: String,
+    pub registered_at: Option<i64>,
+    pub approved_at: Option<i64>,
+    pub first_issued_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredRevocation {
+    pub partner: String,
+    /// Unix seconds of the partner's latest revocation.
+    pub revoked_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredCertificate {
+    pub partner: String,
+    /// Upper-case hex, as [`crate::identity`] reads it from a presented certificate.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 /// The enrolment API: a TLS listener with the gateway's server certificates, beside the partner

@@ -64,6 +64,18 @@ impl StateDir {
     pub fn partners(&self) -> PathBuf {
         self.published().join("partners.json")
     }
+
+    /// How publishing has gone: failures counted by every process that publishes, and whether
+    /// the last attempt failed. Written by the control plane, read by the gateways.
+    pub fn publish_status(&self) -> PathBuf {
+        self.root.join("publish-status.json")
+    }
+
+    /// When each partner last used each scope: written by the gateways, read by
+    /// `partner report --unused-scopes`.
+    pub fn usage(&self) -> PathBuf {
+        self.root.join("usage").join("scopes.json")
+    }
 }
 
 /// The default `nextUpdate` distance of a signed CRL: a week. `certgate registry publish` (daily,
@@ -77,6 +89,47 @@ pub struct PublishedPartners {
     pub crl_number: i64,
     pub published_at: String,
     pub partners: Vec<PublishedPartner>,
+    /// Partners (approved or offboarded) left without a valid certificate by a revocation, with
+    /// the time of their latest revocation: the gateway measures time to revoke against it.
+    #[serde(default)]
+    pub revocations: Vec<PublishedRevocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedRevocation {
+    pub partner: String,
+    /// Unix seconds (the registry's resolution).
+    pub revoked_at: i64,
+}
+
+/// `publish-status.json`: the control plane's record of publication failures. A CLI process
+/// lives for one command, so a failure it could only count in memory would be lost; this file
+/// is what `registry publish` and the gateways read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishStatus {
+    /// Publications that failed, ever (until the file is removed).
+    pub failures: u64,
+    /// Whether the latest publication failed: a recorded change is not yet in force.
+    pub pending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl PublishStatus {
+    /// Reads the file; a missing one means nothing failed.
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed; the message names it.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: not a publish status file: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +138,27 @@ pub struct PublishedPartner {
     pub owner: String,
     pub identity: Identity,
     pub scopes: Vec<String>,
+    /// The partner's valid certificates, so the gateway can export their expiry before any of
+    /// them is used. Absent in tables written before it was published.
+    #[serde(default)]
+    pub certificates: Vec<PublishedCertificate>,
+    /// Lifecycle times (Unix seconds), for the onboarding lead-time metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_issued_at: Option<i64>,
+}
+
+/// A valid certificate of a published partner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedCertificate {
+    /// Upper-case hex of the DER INTEGER's content octets, as `openssl x509 -serial` prints it
+    /// and as the gateway reads it from a presented certificate.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 /// The one identity a partner's certificates must carry.
@@ -187,6 +261,14 @@ pub fn merge(config: &mut model::Config) -> Result<(), Problems> {
         .enumerate()
         .map(|(i, s)| (s.clone(), ScopeId(i)))
         .collect();
+    config.registry.revocations = table
+        .revocations
+        .into_iter()
+        .map(|r| model::RegisteredRevocation {
+            partner: r.partner,
+            revoked_at: r.revoked_at,
+        })
+        .collect();
     for p in table.partners {
         if yaml_ids.contains(&p.id) {
             problems.push(Problem::in_file(
@@ -223,6 +305,24 @@ pub fn merge(config: &mut model::Config) -> Result<(), Problems> {
             .collect();
         scopes.sort();
         scopes.dedup();
+        config.registry.partners.push(model::RegisteredPartner {
+            id: p.id.clone(),
+            registered_at: p.registered_at,
+            approved_at: p.approved_at,
+            first_issued_at: p.first_issued_at,
+        });
+        config
+            .registry
+            .certificates
+            .extend(
+                p.certificates
+                    .into_iter()
+                    .map(|c| model::RegisteredCertificate {
+                        partner: p.id.clone(),
+                        serial: c.serial,
+                        not_after: c.not_after,
+                    }),
+            );
         config.partners.push(model::Partner {
             id: p.id,
             owner: p.owner,

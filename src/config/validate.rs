@@ -281,6 +281,7 @@ impl<'a> Validator<'a> {
             forward,
             lifecycle,
             onboarding,
+            registry: model::RegistryFacts::default(),
         }
     }
 

@@ -25,7 +25,10 @@ use super::registry::{CertStatus, PartnerStatus};
 use super::store::{Store, StoreError};
 use crate::config::model::sandbox_scope;
 pub use crate::config::published::DEFAULT_CRL_NEXT_UPDATE;
-use crate::config::published::{PublishedPartner, PublishedPartners, StateDir};
+use crate::config::published::{
+    PublishStatus, PublishedCertificate, PublishedPartner, PublishedPartners, PublishedRevocation,
+    StateDir,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -51,11 +54,39 @@ pub struct Publication {
     pub partners: usize,
 }
 
-/// Re-signs the CRL and rewrites the partner table from the registry as it stands.
+/// Re-signs the CRL and rewrites the partner table from the registry as it stands, and records
+/// the outcome in the state folder's publish status (a failure is counted there, so gateways and
+/// later commands see it after this process is gone).
 ///
 /// # Errors
 /// The registry, the signer or the file system failed; the previous files stay in place.
 pub async fn publish(
+    store: &mut Store,
+    signer: &dyn Signer,
+    state: &StateDir,
+    next_update: Duration,
+) -> Result<Publication, PublishError> {
+    let result = publish_files(store, signer, state, next_update).await;
+    let path = state.publish_status();
+    let mut status = PublishStatus::read(&path).unwrap_or_default();
+    match &result {
+        Ok(_) if !status.pending => return result,
+        Ok(_) => status.pending = false,
+        Err(e) => {
+            status.failures += 1;
+            status.pending = true;
+            status.last_failure = Some(now_rfc3339());
+            status.last_error = Some(crate::error_chain(e));
+        }
+    }
+    let json = serde_json::to_vec_pretty(&status).unwrap_or_default();
+    if let Err(e) = write_atomically(&path, &json) {
+        tracing::warn!(error = %crate::error_chain(&e), "cannot record the publish status");
+    }
+    result
+}
+
+async fn publish_files(
     store: &mut Store,
     signer: &dyn Signer,
     state: &StateDir,
@@ -67,7 +98,25 @@ pub async fn publish(
     let now = OffsetDateTime::now_utc();
     let mut revoked_certs = Vec::new();
     let mut partners = Vec::new();
+    let mut revocations = Vec::new();
+    let unix = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(parse_time)
+            .map(|t| t.unix_timestamp())
+    };
     for r in &records {
+        let latest_revocation = r
+            .certificates
+            .iter()
+            .filter_map(|c| c.revoked_at.as_deref().and_then(parse_time))
+            .max();
+        let any_valid = r.certificates.iter().any(|c| c.status == CertStatus::Valid);
+        if let (Some(at), false, Some(p)) = (latest_revocation, any_valid, &r.partner) {
+            revocations.push(PublishedRevocation {
+                partner: p.id.clone(),
+                revoked_at: at.unix_timestamp(),
+            });
+        }
         for c in r
             .certificates
             .iter()
@@ -91,6 +140,22 @@ pub async fn publish(
         }
         if let Some(p) = &r.partner {
             if p.status == PartnerStatus::Approved {
+                let certificates = r
+                    .certificates
+                    .iter()
+                    .filter(|c| c.status == CertStatus::Valid)
+                    .map(|c| {
+                        let bad = || PublishError::BadEntry {
+                            serial: c.serial.clone(),
+                        };
+                        let serial = hex::decode(&c.serial).map_err(|_| bad())?;
+                        let not_after = parse_time(&c.not_after).ok_or_else(bad)?;
+                        Ok(PublishedCertificate {
+                            serial: wire_serial(&serial),
+                            not_after: not_after.unix_timestamp(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, PublishError>>()?;
                 partners.push(PublishedPartner {
                     id: p.id.clone(),
                     owner: p.owner.clone(),
@@ -102,6 +167,10 @@ pub async fn publish(
                     } else {
                         p.scopes.clone()
                     },
+                    certificates,
+                    registered_at: parse_time(&p.registered_at).map(|t| t.unix_timestamp()),
+                    approved_at: unix(&p.approved_at),
+                    first_issued_at: unix(&p.first_issued_at),
                 });
             }
         }
@@ -121,6 +190,7 @@ pub async fn publish(
         crl_number,
         published_at: now_rfc3339(),
         partners,
+        revocations,
     };
     let json = serde_json::to_vec_pretty(&table).unwrap_or_default();
     std::fs::create_dir_all(state.published()).map_err(|source| PublishError::Write {
@@ -138,6 +208,18 @@ pub async fn publish(
         revoked,
         partners: table.partners.len(),
     })
+}
+
+/// A registry serial (big-endian bytes, leading zeros stripped) as a presented certificate
+/// shows it: the DER INTEGER's content octets, which gain a leading zero byte when the top bit
+/// is set, in upper-case hex.
+fn wire_serial(serial: &[u8]) -> String {
+    let sign = if serial.first().is_some_and(|b| b & 0x80 != 0) {
+        "00"
+    } else {
+        ""
+    };
+    format!("{sign}{}", hex::encode_upper(serial))
 }
 
 fn reason_code(name: &str) -> Option<RevocationReason> {
@@ -177,4 +259,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
         let _ = std::fs::remove_file(&tmp);
         err(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_serial_is_published_as_a_presented_certificate_shows_it() {
+        assert_eq!(wire_serial(&[0x8f, 0x01]), "008F01");
+        assert_eq!(wire_serial(&[0x12, 0xab]), "12AB");
+    }
 }

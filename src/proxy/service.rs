@@ -296,6 +296,8 @@ async fn decide_and_forward(
     };
     let route = &config.routes[route_id.0];
     *chosen = Some((route_id, route.upstream));
+    // Policy accepted it: the partner used the route's scope now.
+    snapshot.metrics.accepted(partner_id, route.scope);
     if let Some(limit) = route.max_body_bytes {
         // A declared Content-Length over the limit is refused before the upstream is contacted.
         if http_body::Body::size_hint(req.body()).lower() > limit {

@@ -2,6 +2,7 @@
 //! generations, and drains on shutdown.
 
 mod reload;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use crate::control::{ReloadOutcome, Reloader};
@@ -58,6 +59,8 @@ pub struct Gateway {
     accept: JoinHandle<()>,
     reloader: Reloader,
     reload_task: JoinHandle<()>,
+    usage_stop: oneshot::Sender<()>,
+    usage_task: JoinHandle<()>,
 }
 
 /// Where a gateway's configuration came from, for reloads.
@@ -100,7 +103,8 @@ impl Gateway {
         let revocation = RevocationService::new(Registry::new(), metrics.revocation().clone());
         let snapshot = prepare_with(config, &revocation, &metrics).await?;
         metrics.loaded_now();
-        metrics.set_server_certificates(&snapshot.server_certificates);
+        usage::load(&snapshot, metrics.usage());
+        export_generation_facts(&metrics, &snapshot);
         let addr = snapshot.config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -134,6 +138,8 @@ impl Gateway {
         }
         .spawn()
         .await;
+        let (usage_stop, usage_rx) = oneshot::channel();
+        let usage_task = usage::spawn(current.clone(), metrics.clone(), usage_rx);
         let admin = admin::Server::spawn(
             admin_listener,
             admin::State::new(
@@ -163,6 +169,8 @@ impl Gateway {
             accept,
             reloader,
             reload_task,
+            usage_stop,
+            usage_task,
         })
     }
 
@@ -193,6 +201,19 @@ impl Gateway {
     /// The snapshot new connections are accepted under.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Writes the scope usage recorded so far into the state folder now, as the background task
+    /// does every [`crate::usage::FLUSH_INTERVAL`] and at shutdown. Returns the merged file, or
+    /// `None` without `lifecycle:`.
+    ///
+    /// # Errors
+    /// The usage file could not be read or written.
+    pub async fn flush_usage(
+        &self,
+    ) -> Result<Option<crate::usage::UsageFile>, crate::usage::UsageError> {
+        self.metrics.observe_revocations(std::time::Duration::ZERO);
+        usage::flush(&self.current, &self.metrics).await
     }
 
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
@@ -233,6 +254,9 @@ impl Gateway {
             }
         };
         let _ = self.reload_task.await;
+        // Every connection is done: the last flush sees every request.
+        let _ = self.usage_stop.send(());
+        let _ = self.usage_task.await;
         self.admin.stop().await;
         outcome
     }
@@ -250,6 +274,23 @@ pub enum Drained {
 /// How long connections cut at `drain_timeout` get to drop what they hold and write their audit
 /// lines.
 const CUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Hands the metrics what a generation knows from configuration: the server certificates it
+/// serves, the lifecycle registry's valid partner certificates, and the registry's lifecycle
+/// times and revocations. Called when a generation is published (start-up and applied reloads),
+/// never per connection.
+fn export_generation_facts(metrics: &Metrics, snapshot: &Snapshot) {
+    metrics.set_server_certificates(&snapshot.server_certificates);
+    metrics.set_registered_certificates(
+        snapshot
+            .config
+            .registry
+            .certificates
+            .iter()
+            .map(|c| (c.partner.as_str(), c.serial.as_str(), c.not_after)),
+    );
+    metrics.set_registry(&snapshot.config.registry);
+}
 
 /// Builds a snapshot and loads its revocation sources once: everything `serve` needs before it
 /// may accept a connection, and everything `check` validates.

@@ -122,8 +122,7 @@ impl ReloadTask {
         let version = snapshot.config.version.clone();
         let changes = Box::new(ConfigChanges::between(&running.config, &snapshot.config));
         snapshot.revocation.start();
-        self.metrics
-            .set_server_certificates(&snapshot.server_certificates);
+        super::export_generation_facts(&self.metrics, &snapshot);
         // The old generation's bundle states that the new one does not share stop their tasks
         // once the last connection pinned to it closes.
         self.current.store(Arc::new(snapshot));
