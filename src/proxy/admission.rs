@@ -13,9 +13,9 @@ use rustls::server::danger::ClientCertVerifier as _;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::connection::identify;
-use super::refusal::Refusal;
 use crate::config::model::PartnerId;
 use crate::identity::{PartnerMatch, PeerIdentity};
+use crate::refusal::Refusal;
 use crate::snapshot::Snapshot;
 use crate::tls::handshake::HandshakeFailure;
 
@@ -56,7 +56,7 @@ impl Refused {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Handshake { kind, .. } => kind.as_str(),
-            Self::Request(refusal) => refusal.reason(),
+            Self::Request(refusal) => refusal.as_str(),
         }
     }
 }

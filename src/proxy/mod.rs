@@ -8,7 +8,6 @@ pub mod admission;
 pub mod connection;
 pub mod headers;
 pub mod listener;
-pub mod refusal;
 mod refused_handshake;
 pub mod service;
 pub mod tunnel;
