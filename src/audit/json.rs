@@ -17,7 +17,7 @@
 //! * A field whose name ends in `_ms` (`duration_ms`, `upstream_ms`) is written with exactly three
 //!   decimals: a reader wants microseconds, not `0.044663999999999995`.
 //! * A field named `timestamp`, `level`, `target` or `spans` is written as `fields.<name>`: the
-//!   old formatter wrote the key twice, and which of the two a reader kept depended on the reader.
+//!   tracing-subscriber writes the key twice, and which of the two a reader kept depended on the reader.
 //! * Records from the `log` crate are not renamed to their original target: certgate installs no
 //!   `log` bridge, so none arrive.
 
@@ -438,7 +438,7 @@ impl Visit for Fields<'_, '_, '_> {
     }
 
     /// `%` and `?` fields, and 128-bit integers and byte slices (tracing routes those here too):
-    /// a JSON string, as before.
+    /// a JSON string, as tracing-subscriber writes them.
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.field(field, |out| {
             out.write_char('"')?;
@@ -569,7 +569,7 @@ fn split(now: SystemTime) -> (i64, u32) {
         Err(e) => {
             let d = e.duration();
             let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            // Sub-microsecond remainders truncate towards the past, like the old formatter's
+            // Sub-microsecond remainders truncate towards the past, like tracing-subscriber's
             // nanoseconds ÷ 1000.
             match d.subsec_nanos() {
                 0 => (-secs, 0),

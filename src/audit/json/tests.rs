@@ -46,7 +46,7 @@ fn new_text(emit: impl FnOnce()) -> String {
     )
 }
 
-/// The text tracing-subscriber's JSON formatter, configured as certgate had it, writes.
+/// The text tracing-subscriber's JSON formatter, configured as a plain tracing setup has it, writes: the reference.
 fn old_text(emit: impl FnOnce()) -> String {
     capture(
         tracing_subscriber::fmt()
@@ -77,7 +77,7 @@ fn without_timestamp(text: &str) -> String {
     format!("{key}{}", &rest[end..])
 }
 
-/// Asserts the new formatter writes exactly what the old one did for `emit`.
+/// Asserts certgate's formatter writes exactly what tracing-subscriber's does for `emit`.
 fn same_as_before(emit: impl Fn()) -> Value {
     let new = new_text(&emit);
     let old = old_text(&emit);
@@ -240,7 +240,7 @@ fn message_level_and_target_are_top_level_keys() {
         .map(|k| k.as_str())
         .collect();
     assert!(keys.contains(&"timestamp"), "{keys:?}");
-    // An event without a message has no message key, as before.
+    // An event without a message has no message key, as in tracing-subscriber's.
     let bare = same_as_before(|| tracing::error!(n = 2));
     assert!(bare.get("message").is_none());
     assert_eq!(bare["level"], "ERROR");
@@ -413,7 +413,7 @@ fn spans_are_listed_as_before() {
         new["spans"],
         json!([{"conn.id": 3, "peer": "1.2.3.4:5", "name": "conn"}, {"name": "empty"}])
     );
-    // Outside any span there is no `spans` key, as before.
+    // Outside any span there is no `spans` key, as in tracing-subscriber's.
     assert!(new_line(|| tracing::info!("outside"))
         .get("spans")
         .is_none());
