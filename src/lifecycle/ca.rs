@@ -25,7 +25,7 @@ use super::StateDir;
 const CA_VALIDITY_DAYS: i64 = 10 * 365;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CaError {
+pub(crate) enum CaError {
     #[error("{}: already exists; refusing to overwrite a CA", .0.display())]
     Exists(PathBuf),
     #[error("{}: cannot write", path.display())]
@@ -50,7 +50,7 @@ pub enum CaError {
 
 /// Why a CSR was refused. Each names what the operator must ask the partner to change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CsrError {
+pub(crate) enum CsrError {
     #[error("not a PKCS#10 certificate signing request (PEM or DER)")]
     Parse,
     #[error("the CSR's signature does not verify: it was not made with the key it carries, or it was altered")]
@@ -65,7 +65,7 @@ pub enum CsrError {
 
 /// The CA operations the lifecycle needs. An HSM or KMS implementation signs with a key it never
 /// hands out; everything else (checks, serials, validity, the registry) stays the same.
-pub trait Signer: Send + Sync {
+pub(crate) trait Signer: Send + Sync {
     /// The CA certificate that issued certificates chain to.
     fn certificate(&self) -> &CertificateDer<'static>;
 
@@ -87,14 +87,14 @@ pub trait Signer: Send + Sync {
 }
 
 /// A CA whose key is a PKCS#8 PEM file.
-pub struct FileSigner {
+pub(crate) struct FileSigner {
     cert: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
 }
 
 /// A CSR whose signature verified and whose key is strong enough.
 #[derive(Debug)]
-pub struct CheckedCsr {
+pub(crate) struct CheckedCsr {
     pub public_key: SubjectPublicKeyInfo,
     /// `ECDSA P-256`, `RSA 3072`, …: for the event log.
     pub key: String,
@@ -107,7 +107,7 @@ impl FileSigner {
     ///
     /// # Errors
     /// A file is missing or does not hold a CA certificate and its key.
-    pub fn load(state: &StateDir) -> Result<Self, CaError> {
+    pub(crate) fn load(state: &StateDir) -> Result<Self, CaError> {
         let cert_path = state.ca_cert();
         let key_path = state.ca_key();
         let cert_pem = read(&cert_path)?;
@@ -191,7 +191,7 @@ impl Signer for FileSigner {
 ///
 /// # Errors
 /// Either file already exists, or writing failed.
-pub fn init(state: &StateDir, common_name: &str) -> Result<(), CaError> {
+pub(crate) fn init(state: &StateDir, common_name: &str) -> Result<(), CaError> {
     refuse_existing(state)?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Sign)?;
     let mut params = CertificateParams::default();
@@ -217,7 +217,7 @@ pub fn init(state: &StateDir, common_name: &str) -> Result<(), CaError> {
 ///
 /// # Errors
 /// Either target file exists, the inputs do not read, or the key does not match a CA certificate.
-pub fn import(state: &StateDir, cert: &Path, key: &Path) -> Result<(), CaError> {
+pub(crate) fn import(state: &StateDir, cert: &Path, key: &Path) -> Result<(), CaError> {
     refuse_existing(state)?;
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
@@ -294,7 +294,7 @@ fn read(path: &Path) -> Result<String, CaError> {
 ///
 /// # Errors
 /// The system's random source failed.
-pub fn random_serial() -> Result<SerialNumber, CaError> {
+pub(crate) fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];
     rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
@@ -307,7 +307,7 @@ pub fn random_serial() -> Result<SerialNumber, CaError> {
 }
 
 /// PEM text of one DER object.
-pub fn pem_of(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem_of(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
@@ -327,7 +327,7 @@ pub fn pem_of(label: &str, der: &[u8]) -> String {
 ///
 /// # Errors
 /// The first reason to refuse it.
-pub fn check_csr(bytes: &[u8], identity: &Identity) -> Result<CheckedCsr, CsrError> {
+pub(crate) fn check_csr(bytes: &[u8], identity: &Identity) -> Result<CheckedCsr, CsrError> {
     let der = match CertificateSigningRequestDer::from_pem_slice(bytes) {
         Ok(der) => der,
         Err(_) => CertificateSigningRequestDer::from(bytes.to_vec()),
@@ -450,7 +450,7 @@ fn check_names(csr: &X509CertificationRequest<'_>, identity: &Identity) -> Resul
 
 /// The parameters of a partner certificate: clientAuth only, the registered identity, a random
 /// serial, AKI and SKI, `days` of validity from now.
-pub fn leaf_params(
+pub(crate) fn leaf_params(
     partner_id: &str,
     identity: &Identity,
     days: u32,

@@ -20,11 +20,11 @@ use super::registry::{
 use super::store::{self, Draft, Store, StoreError};
 
 /// Longest validity `partner issue` grants unless configured otherwise, in days.
-pub use crate::config::published::DEFAULT_MAX_VALIDITY_DAYS;
+pub(crate) use crate::config::published::DEFAULT_MAX_VALIDITY_DAYS;
 
 /// What every command is checked against.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// The scopes the gateway's routes define; `None` skips the check (no config at hand).
     pub known_scopes: Option<BTreeSet<String>>,
     /// Identities the configuration's YAML `partners:` already claim, with the partner's ID: a
@@ -34,7 +34,7 @@ pub struct Policy {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     #[error("an actor is required for every change (--actor NAME)")]
     NoActor,
     #[error("invalid partner ID `{0}`: use lower-case letters, digits, `.`, `_` and `-`")]
@@ -92,7 +92,7 @@ pub enum CommandError {
 
 /// What a command did.
 #[derive(Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub event: Event,
     pub record: Record,
     /// For `issue` and `renew`: the new certificate and the CA certificate, PEM.
@@ -100,7 +100,7 @@ pub struct Outcome {
 }
 
 /// `partner register`.
-pub struct Register<'a> {
+pub(crate) struct Register<'a> {
     pub id: &'a str,
     pub owner: &'a str,
     pub scopes: &'a [String],
@@ -108,12 +108,12 @@ pub struct Register<'a> {
 }
 
 /// Current time, RFC 3339 UTC to the second: the registry's one time format.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     format_time(OffsetDateTime::now_utc())
 }
 
 /// Formats a time the way the registry stores it.
-pub fn format_time(t: OffsetDateTime) -> String {
+pub(crate) fn format_time(t: OffsetDateTime) -> String {
     t.replace_nanosecond(0)
         .unwrap_or(t)
         .format(&Rfc3339)
@@ -121,7 +121,7 @@ pub fn format_time(t: OffsetDateTime) -> String {
 }
 
 /// Parses a registry time.
-pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
+pub(crate) fn parse_time(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()
 }
 
@@ -129,7 +129,7 @@ pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
 ///
 /// # Errors
 /// See [`CommandError`]; nothing is written on error.
-pub async fn register(
+pub(crate) async fn register(
     store: &mut Store,
     policy: &Policy,
     actor: &str,
@@ -198,7 +198,11 @@ pub async fn register(
 ///
 /// # Errors
 /// The partner has nothing pending, or `actor` asked for it.
-pub async fn approve(store: &mut Store, actor: &str, id: &str) -> Result<Outcome, CommandError> {
+pub(crate) async fn approve(
+    store: &mut Store,
+    actor: &str,
+    id: &str,
+) -> Result<Outcome, CommandError> {
     need_actor(actor)?;
     let mut w = store.write().await?;
     let before = w.record(id).await?;
@@ -237,7 +241,7 @@ pub async fn approve(store: &mut Store, actor: &str, id: &str) -> Result<Outcome
 ///
 /// # Errors
 /// Nothing is pending, or no reason was given.
-pub async fn reject(
+pub(crate) async fn reject(
     store: &mut Store,
     actor: &str,
     id: &str,
@@ -275,7 +279,7 @@ pub async fn reject(
 ///
 /// # Errors
 /// The partner is not approved, the validity is too long, or the CSR is refused.
-pub async fn issue(
+pub(crate) async fn issue(
     store: &mut Store,
     policy: &Policy,
     signer: &dyn Signer,
@@ -293,7 +297,7 @@ pub async fn issue(
 /// # Errors
 /// As [`issue`]; and the partner must already hold a valid certificate.
 #[allow(clippy::too_many_arguments)]
-pub async fn renew(
+pub(crate) async fn renew(
     store: &mut Store,
     policy: &Policy,
     signer: &dyn Signer,
@@ -404,7 +408,7 @@ async fn sign(
 ///
 /// # Errors
 /// Unknown reason, or no such valid certificate.
-pub async fn revoke(
+pub(crate) async fn revoke(
     store: &mut Store,
     actor: &str,
     id: &str,
@@ -456,7 +460,7 @@ pub async fn revoke(
 ///
 /// # Errors
 /// The partner is already offboarded, or no reason was given.
-pub async fn offboard(
+pub(crate) async fn offboard(
     store: &mut Store,
     actor: &str,
     id: &str,
@@ -497,7 +501,7 @@ pub async fn offboard(
 ///
 /// # Errors
 /// Unknown scopes, nothing to change, or the partner is not approved.
-pub async fn scopes(
+pub(crate) async fn scopes(
     store: &mut Store,
     policy: &Policy,
     actor: &str,

@@ -13,10 +13,10 @@
 //! - [`ca`]: CSR checks and signing behind the [`ca::Signer`] trait.
 //! - [`publish`]: the files the gateway reads, written atomically.
 
-pub mod ca;
-pub mod commands;
-pub mod publish;
-pub mod registry;
-pub mod store;
+pub(crate) mod ca;
+pub(crate) mod commands;
+pub(crate) mod publish;
+pub(crate) mod registry;
+pub(crate) mod store;
 
-pub use crate::config::published::{Identity, StateDir, DEFAULT_BUNDLE};
+pub(crate) use crate::config::published::StateDir;

@@ -23,11 +23,11 @@ use super::ca::{CaError, Signer};
 use super::commands::{now_rfc3339, parse_time};
 use super::registry::{CertStatus, PartnerStatus};
 use super::store::{Store, StoreError};
-pub use crate::config::published::DEFAULT_CRL_NEXT_UPDATE;
+pub(crate) use crate::config::published::DEFAULT_CRL_NEXT_UPDATE;
 use crate::config::published::{PublishedPartner, PublishedPartners, StateDir};
 
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("signing the CRL failed")]
@@ -44,7 +44,7 @@ pub enum PublishError {
 
 /// What one publication wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Publication {
+pub(crate) struct Publication {
     pub crl_number: i64,
     pub revoked: usize,
     pub partners: usize,
@@ -54,7 +54,7 @@ pub struct Publication {
 ///
 /// # Errors
 /// The registry, the signer or the file system failed; the previous files stay in place.
-pub async fn publish(
+pub(crate) async fn publish(
     store: &mut Store,
     signer: &dyn Signer,
     state: &StateDir,
@@ -151,7 +151,7 @@ fn reason_code(name: &str) -> Option<RevocationReason> {
 ///
 /// # Errors
 /// Any step failed; `path` is unchanged.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
     let err = |source| PublishError::Write {
         path: path.to_owned(),
         source,

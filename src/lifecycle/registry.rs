@@ -9,15 +9,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::published::Identity;
+pub(crate) use crate::config::published::Identity;
 use sha2::{Digest, Sha256};
 
 /// The `prev_hash` of the first event.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PartnerStatus {
+pub(crate) enum PartnerStatus {
     /// Registered, waiting for a second person's approval.
     Pending,
     /// Approved: may be issued certificates, and is in the gateway's partner table.
@@ -29,7 +29,7 @@ pub enum PartnerStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Partner {
+pub(crate) struct Partner {
     pub id: String,
     /// The accountable owner (an e-mail address).
     pub owner: String,
@@ -49,13 +49,13 @@ pub struct Partner {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CertStatus {
+pub(crate) enum CertStatus {
     Valid,
     Revoked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Certificate {
+pub(crate) struct Certificate {
     /// Lower-case hex, no leading zero bytes.
     pub serial: String,
     pub partner: String,
@@ -76,14 +76,14 @@ pub struct Certificate {
 
 /// One partner and all its certificates: the unit an event changes and records.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     pub partner: Option<Partner>,
     pub certificates: Vec<Certificate>,
 }
 
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Event {
+pub(crate) struct Event {
     pub id: i64,
     /// RFC 3339, UTC.
     pub time: String,
@@ -101,7 +101,7 @@ pub struct Event {
 
 /// Where the chain breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChainBreak {
+pub(crate) enum ChainBreak {
     /// The event's own hash does not match its contents: the row was edited.
     Hash { id: i64 },
     /// The event does not point at the hash of the event before it: one was removed, inserted or
@@ -114,7 +114,7 @@ pub enum ChainBreak {
 }
 
 /// RFC 5280 reason codes accepted by `partner revoke`, by their CRL name.
-pub const REVOCATION_REASONS: &[&str] = &[
+pub(crate) const REVOCATION_REASONS: &[&str] = &[
     "unspecified",
     "keyCompromise",
     "caCompromise",
@@ -128,7 +128,7 @@ pub const REVOCATION_REASONS: &[&str] = &[
 // === impl PartnerStatus ===
 
 impl PartnerStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Approved => "approved",
@@ -147,7 +147,7 @@ impl fmt::Display for PartnerStatus {
 // === impl CertStatus ===
 
 impl CertStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Valid => "valid",
             Self::Revoked => "revoked",
@@ -159,14 +159,14 @@ impl CertStatus {
 
 impl Record {
     /// The record as stored in an event.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         // A record is plain strings, enums and lists: serialising it cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
 
     /// # Errors
     /// The text is not a record.
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+    pub(crate) fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
     }
 }
@@ -176,7 +176,7 @@ impl Record {
 impl Event {
     /// The SHA-256 of the event's canonical encoding: every field but `hash`, in a fixed order,
     /// each as an 8-byte big-endian length and its bytes, so no two different rows encode alike.
-    pub fn compute_hash(&self) -> String {
+    pub(crate) fn compute_hash(&self) -> String {
         let mut h = Sha256::new();
         let mut field = |bytes: &[u8]| {
             h.update((bytes.len() as u64).to_be_bytes());
@@ -202,7 +202,7 @@ impl Event {
 }
 
 /// Walks `events` (in id order) and returns the first break, if any.
-pub fn verify_chain<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<ChainBreak> {
+pub(crate) fn verify_chain<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<ChainBreak> {
     let mut prev = GENESIS.to_owned();
     for (expected, e) in (1..).zip(events) {
         if e.id != expected {
@@ -234,7 +234,7 @@ impl fmt::Display for ChainBreak {
 }
 
 /// Serial bytes as the registry writes them: lower-case hex without leading zero bytes.
-pub fn serial_hex(serial: &[u8]) -> String {
+pub(crate) fn serial_hex(serial: &[u8]) -> String {
     let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
     hex::encode(&serial[start..])
 }

@@ -60,7 +60,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("no registry at {}: run `certgate ca init --state DIR` first", .0.display())]
     Missing(PathBuf),
     #[error("cannot open the registry {}", path.display())]
@@ -84,18 +84,18 @@ pub enum StoreError {
 /// An open registry: a pool of one connection, so a CLI process holds one SQLite handle and a
 /// transaction owns its connection for as long as it runs.
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct Store {
     pool: SqlitePool,
 }
 
 /// The write lock, held until [`Writer::commit`] (or dropped: rolled back).
-pub struct Writer {
+pub(crate) struct Writer {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
 }
 
 /// An event as a command describes it; the writer numbers, chains and hashes it.
 #[derive(Debug, Clone)]
-pub struct Draft<'a> {
+pub(crate) struct Draft<'a> {
     pub time: &'a str,
     pub actor: &'a str,
     pub action: &'a str,
@@ -110,7 +110,7 @@ impl Store {
     ///
     /// # Errors
     /// The file cannot be created or migrated.
-    pub async fn create(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) async fn create(path: &Path) -> Result<Self, StoreError> {
         Self::connect(path, true).await
     }
 
@@ -118,7 +118,7 @@ impl Store {
     ///
     /// # Errors
     /// There is no registry at `path`, or it cannot be opened or migrated.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) async fn open(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
             return Err(StoreError::Missing(path.to_owned()));
         }
@@ -173,7 +173,7 @@ impl Store {
     ///
     /// # Errors
     /// The lock could not be had after several attempts, or the database failed.
-    pub async fn write(&mut self) -> Result<Writer, StoreError> {
+    pub(crate) async fn write(&mut self) -> Result<Writer, StoreError> {
         Ok(Writer {
             tx: begin_immediate(&self.pool).await?,
         })
@@ -183,7 +183,7 @@ impl Store {
     ///
     /// # Errors
     /// The database failed or a row does not parse.
-    pub async fn record(&mut self, partner: &str) -> Result<Record, StoreError> {
+    pub(crate) async fn record(&mut self, partner: &str) -> Result<Record, StoreError> {
         load_record(&mut *self.pool.acquire().await?, partner).await
     }
 
@@ -191,7 +191,7 @@ impl Store {
     ///
     /// # Errors
     /// The database failed or a row does not parse.
-    pub async fn records(&mut self) -> Result<Vec<Record>, StoreError> {
+    pub(crate) async fn records(&mut self) -> Result<Vec<Record>, StoreError> {
         load_all(&mut *self.pool.acquire().await?).await
     }
 
@@ -199,7 +199,7 @@ impl Store {
     ///
     /// # Errors
     /// The database failed.
-    pub async fn events(&mut self) -> Result<Vec<Event>, StoreError> {
+    pub(crate) async fn events(&mut self) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, time, actor, action, partner, reason, data_before, data_after, prev_hash, hash FROM events ORDER BY id",
         )
@@ -212,7 +212,7 @@ impl Store {
     ///
     /// # Errors
     /// The database failed.
-    pub async fn events_of(&mut self, partner: &str) -> Result<Vec<Event>, StoreError> {
+    pub(crate) async fn events_of(&mut self, partner: &str) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, time, actor, action, partner, reason, data_before, data_after, prev_hash, hash FROM events WHERE partner = ? ORDER BY id",
         )
@@ -227,7 +227,7 @@ impl Store {
     ///
     /// # Errors
     /// The database failed or an event's data does not parse.
-    pub async fn replay(&mut self) -> Result<usize, StoreError> {
+    pub(crate) async fn replay(&mut self) -> Result<usize, StoreError> {
         let events = self.events().await?;
         let mut w = self.write().await?;
         sqlx::query("DELETE FROM certificates")
@@ -255,7 +255,7 @@ impl Writer {
     ///
     /// # Errors
     /// The database failed or a row does not parse.
-    pub async fn record(&mut self, partner: &str) -> Result<Record, StoreError> {
+    pub(crate) async fn record(&mut self, partner: &str) -> Result<Record, StoreError> {
         load_record(&mut self.tx, partner).await
     }
 
@@ -263,7 +263,7 @@ impl Writer {
     ///
     /// # Errors
     /// The database failed or a row does not parse.
-    pub async fn records(&mut self) -> Result<Vec<Record>, StoreError> {
+    pub(crate) async fn records(&mut self) -> Result<Vec<Record>, StoreError> {
         load_all(&mut self.tx).await
     }
 
@@ -271,7 +271,7 @@ impl Writer {
     ///
     /// # Errors
     /// The database failed.
-    pub async fn append(
+    pub(crate) async fn append(
         &mut self,
         draft: Draft<'_>,
         before: &Record,
@@ -320,7 +320,7 @@ impl Writer {
     ///
     /// # Errors
     /// The database failed.
-    pub async fn next_crl_number(&mut self) -> Result<i64, StoreError> {
+    pub(crate) async fn next_crl_number(&mut self) -> Result<i64, StoreError> {
         sqlx::query("UPDATE publication SET crl_number = crl_number + 1 WHERE id = 1")
             .execute(&mut *self.tx)
             .await?;
@@ -335,7 +335,7 @@ impl Writer {
     ///
     /// # Errors
     /// The commit failed; nothing was changed.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
         Ok(())
     }
