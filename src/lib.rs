@@ -34,7 +34,7 @@ macro_rules! assert_all_lists_every_variant {
     }};
 }
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -78,7 +78,7 @@ pub struct ConnContext {
 /// Why a connection was closed under requests that may still be in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Cut {
+pub(crate) enum Cut {
     /// The gateway's `drain_timeout` passed.
     DrainTimeout = 1,
     /// The certificate was revoked and the grace period for in-flight requests passed.
@@ -142,7 +142,7 @@ impl ConnContext {
 }
 
 /// Serves one accepted TCP connection to the end.
-pub async fn serve(
+pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,

@@ -28,10 +28,10 @@ use crate::upstream::UpstreamFailure;
 
 /// Responses are either streamed from the upstream or a small JSON refusal, counted on the way
 /// out.
-pub type ProxyBody = CountOut<Either<FromUpstream, Full<Bytes>>, Exchange>;
+pub(crate) type ProxyBody = CountOut<Either<FromUpstream, Full<Bytes>>, Exchange>;
 
 /// Handles one request; never fails at the hyper level, so every outcome is an HTTP answer.
-pub async fn handle(
+pub(crate) async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -101,7 +101,7 @@ pub async fn handle(
 
 /// One request's facts, reported when its response body finishes.
 #[derive(Debug)]
-pub struct Exchange {
+pub(crate) struct Exchange {
     ctx: Arc<ConnContext>,
     started: Instant,
     method: Method,
