@@ -3,10 +3,10 @@
 //!
 //! * `old`: tracing-subscriber's JSON formatter as a plain tracing setup configures it
 //!   (`.json().flatten_event(true).with_current_span(false)`), as a tracing event;
-//! * `new`: [`certgate::audit::subscriber`] with `LogFormat::Json`, as a tracing event (what the
-//!   gateway falls back to when the JSON log is not installed);
-//! * `direct`: what the gateway does with the JSON log installed: each line written straight to
-//!   the writer, without tracing's dispatch.
+//! * `new`: certgate's JSON event formatter ([`certgate::audit::subscriber`] with
+//!   `LogFormat::Json`) on the same fields as a tracing event: what every other audit event costs;
+//! * `direct`: what the gateway does for the request line under its JSON log: the line written
+//!   straight to the writer, without tracing's event dispatch.
 //!
 //! All behind the same `EnvFilter` and writing into `io::sink`, so the difference is the
 //! formatting alone: no `write(2)`, no hand-off to the log thread. The client address and the

@@ -256,7 +256,7 @@ md.append("Round by round (1M-CRL rate ÷ the same round's rate), median (range)
           + ".  ")
 md.append("Start-up with the 1M-entry CRL (s, to accepting): "
           + ", ".join(f"{p} {v}" for p, v in summary["startup_secs_crl1m"].items()) + ".\n")
-md.append("| target (issue 5) | ratio | |")
+md.append("| target | ratio | |")
 md.append("|---|---|---|")
 for t, r, ok in targets:
     md.append(f"| {t} | {'–' if r is None else f'{r:.2f}×'} | {verdict(ok)} |")

@@ -50,8 +50,8 @@
 //! proxied request, mostly that formatter's serde maps and allocations, and this one allocates
 //! nothing (`benches/audit.rs` compares the two). A field named `timestamp`, `level`, `target` or
 //! `spans` appears as `fields.<name>` rather than as a second key of the same name. The request
-//! line skips tracing's dispatch altogether: it is written straight to the log writer
-//! (`audit/request.rs`), byte for byte the line the event would have been.
+//! line skips tracing's event dispatch: one function writes it straight to the log writer
+//! (`audit/request.rs`).
 //!
 //! # Log file and rotation
 //! `--log-file PATH` appends to `PATH` (created if missing) instead of writing to stdout. Lines
@@ -61,10 +61,12 @@
 
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::EnvFilter;
 
 mod json;
@@ -165,8 +167,7 @@ impl<W: Write> Write for Paced<W> {
     }
 }
 
-/// Makes [`subscriber`] the global default and, for JSON, has request lines written straight to
-/// the same `writer` ([`request`]). Tests capture audit lines through this.
+/// Makes [`subscriber`] the global default. Tests capture audit lines through this.
 ///
 /// Returns false, changing nothing, when a global subscriber was already set: a second call
 /// (tests, embedding) keeps the first.
@@ -174,16 +175,11 @@ pub fn install<W>(format: LogFormat, filter: EnvFilter, writer: W, ansi: bool) -
 where
     W: for<'a> MakeWriter<'a> + Clone + Send + Sync + 'static,
 {
-    let installed =
-        tracing::subscriber::set_global_default(subscriber(format, filter, writer.clone(), ansi))
-            .is_ok();
-    if installed && format == LogFormat::Json {
-        request::direct_to(writer);
-    }
-    installed
+    tracing::subscriber::set_global_default(subscriber(format, filter, writer, ansi)).is_ok()
 }
 
-/// The subscriber [`install`] sets, writing to `writer`; on its own, for a scope.
+/// The subscriber [`install`] sets, writing to `writer`; on its own, for a scope. The JSON one
+/// carries `writer` as a [`request::DirectSink`] too, so request lines reach it directly.
 pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
@@ -193,17 +189,37 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Json => Box::new(
-            builder
-                .fmt_fields(JsonFields::new())
-                .event_format(json::JsonLine)
-                .finish(),
-        ),
-        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+        LogFormat::Json => {
+            let writer = Shared(Arc::new(writer));
+            Box::new(
+                builder
+                    .with_writer(writer.clone())
+                    .fmt_fields(JsonFields::new())
+                    .event_format(json::JsonLine)
+                    .finish()
+                    .with(request::DirectSink::new(writer)),
+            )
+        }
+        LogFormat::Text => Box::new(builder.with_writer(writer).with_ansi(ansi).finish()),
+    }
+}
+
+/// One writer for both the JSON formatter and the request line's [`request::DirectSink`].
+struct Shared<W>(Arc<W>);
+
+impl<W> Clone for Shared<W> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for Shared<W> {
+    type Writer = W::Writer;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.0.make_writer()
     }
 }
 

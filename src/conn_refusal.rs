@@ -36,6 +36,9 @@ pub enum ConnRefusal {
 }
 
 impl ConnRefusal {
+    /// Every category, in metric-export order (each one's declaration order, which
+    /// `certgate_connection_refusals_total`'s counters are indexed by); a unit test fails when a
+    /// variant is missing.
     pub const ALL: [ConnRefusal; 6] = [
         Self::HeaderTooLarge,
         Self::HeaderTimeout,
@@ -44,6 +47,11 @@ impl ConnRefusal {
         Self::Http2Flood,
         Self::Stalled,
     ];
+
+    /// Position in [`ConnRefusal::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -107,11 +115,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reason_codes_are_distinct() {
-        let mut codes: Vec<_> = ConnRefusal::ALL.iter().map(|r| r.as_str()).collect();
-        codes.sort_unstable();
-        codes.dedup();
+    fn every_refusal_is_in_all_with_its_own_reason_code() {
+        let codes = assert_all_lists_every_variant!(ConnRefusal:
+            ConnRefusal::HeaderTooLarge,
+            ConnRefusal::HeaderTimeout,
+            ConnRefusal::BadRequest,
+            ConnRefusal::Http2ProtocolError,
+            ConnRefusal::Http2Flood,
+            ConnRefusal::Stalled,
+        );
         assert_eq!(codes.len(), ConnRefusal::ALL.len());
+        for (i, r) in ConnRefusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?} is out of place in ALL");
+        }
     }
 
     #[test]

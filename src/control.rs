@@ -27,7 +27,7 @@ impl ReloadOutcome {
 }
 
 /// One reload request: where its outcome goes.
-pub type ReloadRequest = oneshot::Sender<ReloadOutcome>;
+pub(crate) type ReloadRequest = oneshot::Sender<ReloadOutcome>;
 
 /// Asks the reload task for a reload. Cheap to clone; handed to the admin API and signal handlers.
 #[derive(Debug, Clone)]

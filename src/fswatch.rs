@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 /// What a file looks like now: where its path resolves to, and that file's identity and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileStamp {
+pub(crate) struct FileStamp {
     target: PathBuf,
     modified: Option<SystemTime>,
     len: u64,
@@ -22,7 +22,7 @@ impl FileStamp {
     ///
     /// # Errors
     /// The path does not resolve or cannot be stat'ed.
-    pub async fn of(path: &Path) -> std::io::Result<Self> {
+    pub(crate) async fn of(path: &Path) -> std::io::Result<Self> {
         let target = tokio::fs::canonicalize(path).await?;
         let meta = tokio::fs::metadata(&target).await?;
         #[cfg(unix)]

@@ -50,9 +50,11 @@ use crate::config::model::{Config, PartnerId, RegistryFacts, ScopeId, UpstreamId
 use crate::config::published::PublishStatus;
 use crate::conn_refusal::ConnRefusal;
 use crate::policy::RouteId;
-use crate::revocation::RevocationCounters;
+use crate::refusal::Refusal;
+use crate::revocation::{RevocationCounters, RevocationSource};
 use crate::tls::handshake::HandshakeFailure;
 use crate::tls::server::{ServedCertificate, DEFAULT_SNI};
+use crate::upstream::UpstreamErrorKind;
 use crate::usage::{Accepted, Usage, UsageTable};
 
 /// Label value for a request that matched no route.
@@ -67,25 +69,26 @@ pub const SEEN_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 /// `status_class` label values, indexed by `status / 100 - 2` (1xx counts as 2xx).
 const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
-/// `reason` label values of `certgate_policy_denials_total`: every refusal reason code except
-/// the upstream failures, which `certgate_upstream_errors_total` counts.
-pub const DENIAL_REASONS: [&str; 12] = [
-    "no_route",
-    "scope_denied",
-    "method_not_allowed",
-    "host_mismatch",
-    "bad_path",
-    "unknown_partner",
-    "certificate_revoked",
-    "revocation_unknown",
-    "bad_request",
-    "bad_host",
-    "upgrade_not_allowed",
-    "body_too_large",
-];
+/// The `result` of `certgate_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// A new generation was built and published.
+    Applied,
+    /// The new configuration was invalid; the old generation stays in service.
+    Rejected,
+}
 
-/// `kind` label values of `certgate_upstream_errors_total` (`UpstreamFailure::kind`).
-pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "exchange"];
+impl ReloadResult {
+    /// Every result, in declaration order; a unit test fails when a variant is missing.
+    pub const ALL: [Self; 2] = [Self::Applied, Self::Rejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+        }
+    }
+}
 
 /// Request and upstream latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -142,8 +145,8 @@ pub struct Metrics {
     /// In [`ConnRefusal::ALL`] order.
     connection_refusals: [IntCounter; ConnRefusal::ALL.len()],
     connection_limit_reached: IntCounter,
-    reloads_applied: IntCounter,
-    reloads_rejected: IntCounter,
+    /// In [`ReloadResult::ALL`] order.
+    reloads: [IntCounter; ReloadResult::ALL.len()],
     last_reload_success: Gauge,
     ops: OpsMetrics,
     /// Scope usage slots: process-lifetime like the counters, recorded through [`Handles`].
@@ -220,9 +223,10 @@ pub struct Handles {
     /// Per route slot (index 0 = `none`).
     durations: Box<[Histogram]>,
     upstream_durations: Box<[Histogram]>,
-    /// Per upstream × [`UPSTREAM_ERROR_KINDS`].
-    upstream_errors: Box<[[IntCounter; 3]]>,
-    /// `reason * partners.len() + (partner + 1)`, resolved on first use.
+    /// Per upstream × [`UpstreamErrorKind::ALL`].
+    upstream_errors: Box<[[IntCounter; UpstreamErrorKind::ALL.len()]]>,
+    /// `refusal * partners.len() + (partner + 1)`, where `refusal` is the position in
+    /// [`Refusal::ALL`], resolved on first use. Refusals sharing a reason code share its series.
     denials: Box<[OnceLock<IntCounter>]>,
     /// Scope usage slots, by partner id.
     usage: UsageTable,
@@ -270,7 +274,7 @@ impl Metrics {
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "certgate_upstream_errors_total",
-                "Upstream exchanges that failed, by upstream and kind (connect, timeout, exchange).",
+                "Upstream exchanges that failed, by upstream and kind (connect, timeout, exchange, client_body).",
             ),
             &["upstream", "kind"],
         )?;
@@ -421,8 +425,7 @@ impl Metrics {
             connections_active,
             connection_refusals,
             connection_limit_reached,
-            reloads_applied: reloads.with_label_values(&["applied"]),
-            reloads_rejected: reloads.with_label_values(&["rejected"]),
+            reloads: ReloadResult::ALL.map(|r| reloads.with_label_values(&[r.as_str()])),
             last_reload_success,
             ops,
             usage: Usage::new(),
@@ -462,15 +465,7 @@ impl Metrics {
 
     /// Counts a connection ended because its client crossed a limit or broke the protocol.
     pub fn connection_refused(&self, reason: ConnRefusal) {
-        let i = match reason {
-            ConnRefusal::HeaderTooLarge => 0,
-            ConnRefusal::HeaderTimeout => 1,
-            ConnRefusal::BadRequest => 2,
-            ConnRefusal::Http2ProtocolError => 3,
-            ConnRefusal::Http2Flood => 4,
-            ConnRefusal::Stalled => 5,
-        };
-        self.connection_refusals[i].inc();
+        self.connection_refusals[reason.index()].inc();
     }
 
     /// Counts the accept loop finding every connection permit taken.
@@ -512,12 +507,12 @@ impl Metrics {
     }
 
     pub fn reload_applied(&self) {
-        self.reloads_applied.inc();
+        self.reloads[ReloadResult::Applied as usize].inc();
         self.loaded_now();
     }
 
     pub fn reload_rejected(&self) {
-        self.reloads_rejected.inc();
+        self.reloads[ReloadResult::Rejected as usize].inc();
     }
 
     /// Sets the last-successful-load time to now (start-up and applied reloads).
@@ -945,7 +940,11 @@ impl RevocationSourceGauges {
         self.age.reset();
         self.next_update.reset();
         for s in crls {
-            let labels = [s.bundle.as_str(), "crl", s.source.as_str()];
+            let labels = [
+                s.bundle.as_str(),
+                RevocationSource::Crl.as_str(),
+                s.source.as_str(),
+            ];
             if let Some(success) = s.last_success {
                 self.age
                     .with_label_values(&labels)
@@ -979,47 +978,60 @@ impl Handles {
     /// Resolves the per-route, per-upstream handles of `config` (the request and denial matrices
     /// are resolved cell by cell on first use).
     pub fn build(metrics: &Arc<Metrics>, config: &Config) -> Self {
+        let issued: std::collections::HashMap<&str, i64> = config
+            .registry
+            .partners
+            .iter()
+            .filter_map(|p| Some((p.id.as_str(), p.first_issued_at?)))
+            .collect();
+        Self {
+            usage: UsageTable::build(&metrics.usage, config),
+            issued_at: config
+                .partners
+                .iter()
+                .map(|p| issued.get(p.id.as_str()).copied())
+                .collect(),
+            ..Self::named(
+                metrics,
+                config.routes.iter().map(|r| r.name.as_str()),
+                config.partners.iter().map(|p| p.id.as_str()),
+                config.upstreams.iter().map(|u| u.name.as_str()),
+            )
+        }
+    }
+
+    fn named<'a>(
+        metrics: &Arc<Metrics>,
+        routes: impl Iterator<Item = &'a str>,
+        partners: impl Iterator<Item = &'a str>,
+        upstreams: impl Iterator<Item = &'a str> + Clone,
+    ) -> Self {
         let routes: Box<[Box<str>]> = std::iter::once(NO_ROUTE)
-            .chain(config.routes.iter().map(|r| r.name.as_str()))
+            .chain(routes)
             .map(Box::from)
             .collect();
         let partners: Box<[Box<str>]> = std::iter::once(UNKNOWN_PARTNER)
-            .chain(config.partners.iter().map(|p| p.id.as_str()))
+            .chain(partners)
             .map(Box::from)
             .collect();
         let cells = |n: usize| (0..n).map(|_| OnceLock::new()).collect();
         Self {
             requests: cells(routes.len() * partners.len() * STATUS_CLASSES.len()),
-            denials: cells(DENIAL_REASONS.len() * partners.len()),
-            usage: UsageTable::build(&metrics.usage, config),
-            issued_at: {
-                let issued: std::collections::HashMap<&str, i64> = config
-                    .registry
-                    .partners
-                    .iter()
-                    .filter_map(|p| Some((p.id.as_str(), p.first_issued_at?)))
-                    .collect();
-                config
-                    .partners
-                    .iter()
-                    .map(|p| issued.get(p.id.as_str()).copied())
-                    .collect()
-            },
+            denials: cells(Refusal::ALL.len() * partners.len()),
+            usage: UsageTable::default(),
+            issued_at: Box::default(),
             durations: routes
                 .iter()
                 .map(|r| metrics.request_duration.with_label_values(&[r.as_ref()]))
                 .collect(),
-            upstream_durations: config
-                .upstreams
-                .iter()
-                .map(|u| metrics.upstream_duration.with_label_values(&[&u.name]))
+            upstream_durations: upstreams
+                .clone()
+                .map(|u| metrics.upstream_duration.with_label_values(&[u]))
                 .collect(),
-            upstream_errors: config
-                .upstreams
-                .iter()
+            upstream_errors: upstreams
                 .map(|u| {
-                    UPSTREAM_ERROR_KINDS
-                        .map(|k| metrics.upstream_errors.with_label_values(&[&u.name, k]))
+                    UpstreamErrorKind::ALL
+                        .map(|k| metrics.upstream_errors.with_label_values(&[u, k.as_str()]))
                 })
                 .collect(),
             routes,
@@ -1060,10 +1072,13 @@ impl Handles {
         }
     }
 
-    /// Counts a refusal under its reason code; upstream failures are not policy denials and are
-    /// ignored here.
-    pub fn denial(&self, reason: &'static str, partner: Option<PartnerId>) {
-        let Some(i) = DENIAL_REASONS.iter().position(|r| *r == reason) else {
+    /// Counts a refusal under its reason code; upstream failures are not policy denials
+    /// (`certgate_upstream_errors_total` counts them) and are ignored here.
+    pub fn denial(&self, refusal: Refusal, partner: Option<PartnerId>) {
+        if refusal.is_upstream_failure() {
+            return;
+        }
+        let Some(i) = Refusal::ALL.iter().position(|r| *r == refusal) else {
             return;
         };
         let p = partner.map_or(0, |p| p.0 + 1).min(self.partners.len() - 1);
@@ -1071,7 +1086,7 @@ impl Handles {
             slot.get_or_init(|| {
                 self.metrics
                     .denials
-                    .with_label_values(&[DENIAL_REASONS[i], &*self.partners[p]])
+                    .with_label_values(&[refusal.as_str(), &*self.partners[p]])
             })
             .inc();
         }
@@ -1101,13 +1116,10 @@ impl Handles {
         }
     }
 
-    /// Counts an upstream failure of `kind` (one of [`UPSTREAM_ERROR_KINDS`]).
-    pub fn upstream_error(&self, upstream: UpstreamId, kind: &'static str) {
-        let Some(k) = UPSTREAM_ERROR_KINDS.iter().position(|x| *x == kind) else {
-            return;
-        };
+    /// Counts an upstream failure of `kind`.
+    pub fn upstream_error(&self, upstream: UpstreamId, kind: UpstreamErrorKind) {
         if let Some(errors) = self.upstream_errors.get(upstream.0) {
-            errors[k].inc();
+            errors[kind.index()].inc();
         }
     }
 }
@@ -1187,6 +1199,79 @@ mod tests {
         assert!(m
             .encode(&ScrapeState::default())
             .contains("certgate_connection_limit_reached_total 0"));
+    }
+
+    #[test]
+    fn every_reload_result_is_in_all_and_exported_at_zero() {
+        let labels = assert_all_lists_every_variant!(ReloadResult:
+            ReloadResult::Applied,
+            ReloadResult::Rejected,
+        );
+        assert_eq!(labels.len(), ReloadResult::ALL.len());
+        let m = Metrics::new();
+        for (i, r) in ReloadResult::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} is out of place in ALL");
+            let line = format!(
+                "certgate_config_reloads_total{{result=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(m.encode(&ScrapeState::default()).contains(&line), "{r:?}");
+        }
+        m.reload_rejected();
+        assert!(m
+            .encode(&ScrapeState::default())
+            .contains("certgate_config_reloads_total{result=\"rejected\"} 1"));
+    }
+
+    #[test]
+    fn every_refusal_but_an_upstream_failure_is_counted_as_a_denial_under_its_reason() {
+        let m = Metrics::new();
+        let handles = Handles::named(
+            &m,
+            std::iter::empty(),
+            ["acme"].into_iter(),
+            ["orders"].into_iter(),
+        );
+        for r in Refusal::ALL {
+            let count = || m.denials.with_label_values(&[r.as_str(), "acme"]).get();
+            if r.is_upstream_failure() {
+                handles.denial(r, Some(PartnerId(0)));
+                continue;
+            }
+            let before = count();
+            handles.denial(r, Some(PartnerId(0)));
+            assert_eq!(count(), before + 1, "{r:?}");
+        }
+        let text = m.encode(&ScrapeState::default());
+        assert!(!text.contains("reason=\"upstream_"), "{text}");
+    }
+
+    #[test]
+    fn every_upstream_error_kind_is_exported_at_zero_and_counted_under_its_own_kind() {
+        let m = Metrics::new();
+        let handles = Handles::named(
+            &m,
+            std::iter::empty(),
+            std::iter::empty(),
+            ["orders"].into_iter(),
+        );
+        for k in UpstreamErrorKind::ALL {
+            let line = |n: u32| {
+                format!(
+                    "certgate_upstream_errors_total{{kind=\"{}\",upstream=\"orders\"}} {n}",
+                    k.as_str()
+                )
+            };
+            assert!(
+                m.encode(&ScrapeState::default()).contains(&line(0)),
+                "{k:?}"
+            );
+            handles.upstream_error(UpstreamId(0), k);
+            assert!(
+                m.encode(&ScrapeState::default()).contains(&line(1)),
+                "{k:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 /// `secs` since the Unix epoch as RFC 3339 UTC; a value beyond year 9999 is written as the
 /// seconds themselves rather than not at all.
-pub fn from_unix(secs: u64) -> String {
+pub(crate) fn from_unix(secs: u64) -> String {
     i64::try_from(secs)
         .ok()
         .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
@@ -20,7 +20,7 @@ pub fn from_unix(secs: u64) -> String {
 ///
 /// # Errors
 /// Those of the serializer.
-pub fn serialize<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&from_unix(*secs))
 }
 
@@ -28,7 +28,10 @@ pub fn serialize<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Err
 ///
 /// # Errors
 /// Those of the serializer.
-pub fn serialize_option<S: serde::Serializer>(secs: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_option<S: serde::Serializer>(
+    secs: &Option<u64>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match secs {
         Some(secs) => s.serialize_some(&from_unix(*secs)),
         None => s.serialize_none(),

@@ -1008,6 +1008,47 @@ async fn a_streamed_body_growing_past_the_limit_is_cut_and_the_upstream_never_se
 }
 
 #[tokio::test]
+async fn a_request_body_that_breaks_mid_stream_is_counted_as_a_client_body_upstream_error() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env.start(&body_limits(&env, &up)).await;
+    let (mut tls, _) = acme_conn(&env, &gw, b"http/1.1").await;
+    tls.write_all(
+        b"POST /v1/orders/count-body/broken HTTP/1.1\r\nHost: localhost\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    // The first chunk is on its way upstream before the framing breaks.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.count() == 0 {
+        assert!(Instant::now() < deadline, "the upstream was never asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tls.write_all(b"zz\r\nnot a chunk size\r\n").await.unwrap();
+    closed_within(&mut tls, Duration::from_secs(5))
+        .await
+        .expect("still open after 5s");
+    let bodies = up.bodies(1).await;
+    assert!(
+        bodies[0].is_err(),
+        "the upstream saw a complete body: {bodies:?}"
+    );
+
+    env.still_serves(&gw).await;
+    // The client broke its own body: the endpoint's health is not at stake, but the failed
+    // exchange is counted under its own kind.
+    settled(
+        &gw,
+        &[
+            r#"certgate_upstream_errors_total{kind="client_body",upstream="orders"} 1"#,
+            r#"certgate_upstream_errors_total{kind="exchange",upstream="orders"} 0"#,
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn bodies_within_the_limit_arrive_intact_and_a_route_may_raise_it() {
     let env = Env::new();
     let up = Upstream::start().await;

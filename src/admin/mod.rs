@@ -45,7 +45,7 @@ const MAX_CONNECTIONS: usize = 32;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the admin handlers read.
-pub struct State {
+pub(crate) struct State {
     current: Arc<ArcSwap<Snapshot>>,
     reloader: Reloader,
     metrics: Arc<Metrics>,
@@ -57,7 +57,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(
+    pub(crate) fn new(
         current: Arc<ArcSwap<Snapshot>>,
         reloader: Reloader,
         metrics: Arc<Metrics>,
@@ -76,7 +76,7 @@ impl State {
 
 /// The running admin listener.
 #[derive(Debug)]
-pub struct Server {
+pub(crate) struct Server {
     state: Arc<State>,
     task: JoinHandle<()>,
 }
@@ -91,18 +91,18 @@ impl std::fmt::Debug for State {
 
 impl Server {
     /// Serves the admin API on `listener` until [`Server::stop`].
-    pub fn spawn(listener: TcpListener, state: Arc<State>) -> Self {
+    pub(crate) fn spawn(listener: TcpListener, state: Arc<State>) -> Self {
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         Self { state, task }
     }
 
     /// From now on `/readyz` answers 503 (the gateway is draining).
-    pub fn draining(&self) {
+    pub(crate) fn draining(&self) {
         self.state.draining.store(true, Ordering::Relaxed);
     }
 
     /// Stops accepting and closes every admin connection.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
     }

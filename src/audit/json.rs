@@ -2,11 +2,11 @@
 //!
 //! tracing-subscriber's own JSON formatter drives a `serde_json` map serializer, formats the
 //! timestamp into a fresh `String` and goes through an `io::Write` adaptor for every token. At one
-//! audit line per request that was about 13 % of the gateway's CPU on the keep-alive path (issue
-//! 5). This formatter writes the same line, byte for byte apart from the timestamp's value, with no
+//! audit line per request that was about 13 % of the gateway's CPU on the keep-alive path. This
+//! formatter writes the same line, byte for byte apart from the timestamp's value, with no
 //! allocation: strings are escaped in runs, numbers go through `itoa`/`zmij` (the crates
-//! `serde_json` itself uses) and the timestamp's date and time of day are computed once per second
-//! per thread.
+//! `serde_json` itself uses) and the timestamp's date and time of day are rendered once per second
+//! per thread, from the `time` crate's calendar.
 //!
 //! Shape, in this order: `timestamp`, `level`, the event's fields in the order the macro lists
 //! them (`message` first, as tracing puts it there), `target`, then `spans` only when the event
@@ -17,13 +17,15 @@
 //! * A field whose name ends in `_ms` (`duration_ms`, `upstream_ms`) is written with exactly three
 //!   decimals: a reader wants microseconds, not `0.044663999999999995`.
 //! * A field named `timestamp`, `level`, `target` or `spans` is written as `fields.<name>`: the
-//!   old formatter wrote the key twice, and which of the two a reader kept depended on the reader.
+//!   tracing-subscriber writes the key twice, and which of the two a reader kept depended on the reader.
 //! * Records from the `log` crate are not renamed to their original target: certgate installs no
 //!   `log` bridge, so none arrive.
 
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -436,7 +438,7 @@ impl Visit for Fields<'_, '_, '_> {
     }
 
     /// `%` and `?` fields, and 128-bit integers and byte slices (tracing routes those here too):
-    /// a JSON string, as before.
+    /// a JSON string, as tracing-subscriber writes them.
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.field(field, |out| {
             out.write_char('"')?;
@@ -567,7 +569,7 @@ fn split(now: SystemTime) -> (i64, u32) {
         Err(e) => {
             let d = e.duration();
             let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            // Sub-microsecond remainders truncate towards the past, like the old formatter's
+            // Sub-microsecond remainders truncate towards the past, like tracing-subscriber's
             // nanoseconds ÷ 1000.
             match d.subsec_nanos() {
                 0 => (-secs, 0),
@@ -577,50 +579,43 @@ fn split(now: SystemTime) -> (i64, u32) {
     }
 }
 
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`), valid far beyond any clock certgate will see.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March first
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both fit: day in [1, 31], month in [1, 12].
-    (year, month as u32, day as u32)
+/// The calendar fields of a second since the epoch, from the `time` crate. Its `large-dates`
+/// range (years ±999 999) is far beyond any clock certgate will see; an instant outside it is
+/// written as the nearest end of that range rather than not at all.
+fn civil(secs: i64) -> PrimitiveDateTime {
+    match OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => PrimitiveDateTime::new(t.date(), t.time()),
+        Err(_) if secs < 0 => PrimitiveDateTime::MIN,
+        Err(_) => PrimitiveDateTime::MAX,
+    }
+}
+
+/// Writes `value` as exactly `out.len()` decimal digits, zero-padded.
+fn put_digits(out: &mut [u8], mut value: u32) {
+    for b in out.iter_mut().rev() {
+        // `value % 10` is a single digit.
+        *b = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` for a second since the epoch, or `None` outside years 0–9999.
 fn second_prefix(secs: i64) -> Option<[u8; 19]> {
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    if !(0..=9999).contains(&year) {
-        return None;
-    }
-    let sod = secs.rem_euclid(86_400);
-    let (hour, minute, second) = (sod / 3600, sod / 60 % 60, sod % 60);
+    let t = civil(secs);
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
     let mut p = *b"0000-00-00T00:00:00";
-    let digits = |p: &mut [u8], mut v: i64| {
-        for b in p.iter_mut().rev() {
-            // `v % 10` is in 0..10 for the non-negative values passed here.
-            *b = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    digits(&mut p[0..4], year);
-    digits(&mut p[5..7], i64::from(month));
-    digits(&mut p[8..10], i64::from(day));
-    digits(&mut p[11..13], hour);
-    digits(&mut p[14..16], minute);
-    digits(&mut p[17..19], second);
+    put_digits(&mut p[0..4], year);
+    put_digits(&mut p[5..7], u32::from(u8::from(t.month())));
+    put_digits(&mut p[8..10], u32::from(t.day()));
+    put_digits(&mut p[11..13], u32::from(t.hour()));
+    put_digits(&mut p[14..16], u32::from(t.minute()));
+    put_digits(&mut p[17..19], u32::from(t.second()));
     Some(p)
 }
 
 thread_local! {
-    /// The last second this thread formatted and its `YYYY-MM-DDTHH:MM:SS`: lines come many per
-    /// second, so the calendar arithmetic runs about once a second per thread.
+    /// The last second this thread rendered and its `YYYY-MM-DDTHH:MM:SS`: lines come many per
+    /// second, so the calendar is consulted about once a second per thread.
     static LAST_SECOND: Cell<(i64, [u8; 19])> =
         const { Cell::new((0, *b"1970-01-01T00:00:00")) };
 }
@@ -647,12 +642,7 @@ fn write_timestamp<W: fmt::Write + ?Sized>(out: &mut W, now: SystemTime) -> fmt:
     };
     let mut line = *b"0000-00-00T00:00:00.000000Z";
     line[..19].copy_from_slice(&prefix);
-    let mut v = micros;
-    for b in line[20..26].iter_mut().rev() {
-        // `v % 10` is a single digit.
-        *b = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
+    put_digits(&mut line[20..26], micros);
     out.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)
 }
 
@@ -662,8 +652,8 @@ fn write_timestamp_slow<W: fmt::Write + ?Sized>(
     secs: i64,
     micros: u32,
 ) -> fmt::Result {
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
+    let t = civil(secs);
+    let year = t.year();
     if year > 9999 {
         write!(out, "+{year}")?;
     } else {
@@ -671,10 +661,12 @@ fn write_timestamp_slow<W: fmt::Write + ?Sized>(
     }
     write!(
         out,
-        "-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
+        "-{:02}-{:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
 }
 

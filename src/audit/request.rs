@@ -1,22 +1,23 @@
 //! The request audit line: one per answered request, the log line certgate writes most.
 //!
-//! As a tracing event, each of its twenty-one fields costs a dynamic visit, a key lookup and an
-//! escape check on every request: about 6 800 instructions a line, 13 % of a proxied keep-alive
-//! request. So where the JSON log is installed ([`super::install`]), each line is
-//! written straight to the log writer instead, its keys as constants, with the same primitives
-//! certgate's JSON formatter uses.
+//! As a tracing event, each of its twenty-one fields would cost a dynamic visit, a key lookup and
+//! an escape check on every request. So under certgate's JSON log ([`super::subscriber`]) the
+//! line is written by one function, `json::request_line`, straight to the log writer, its keys as
+//! constants: the JSON subscriber carries its writer as a [`DirectSink`] layer, which the line
+//! finds through the current dispatcher. That function is the only writer of the JSON request
+//! line; the tests compare it with what tracing-subscriber's own JSON formatter writes for
+//! [`RequestLine::event`].
 //!
-//! The text log, a subscriber set for a scope (tests, benchmarks) and no subscriber at all still
-//! get an ordinary `tracing::info!` with every field. Both ways write the same line; the tests
-//! compare them byte for byte. The direct line never lists `spans`: certgate opens none, and at
-//! `debug` a dependency's span around the response body says nothing about the request.
+//! Any other subscriber (the text log, a plain tracing-subscriber setup) gets
+//! [`RequestLine::event`], an ordinary `tracing::info!` with every field, formatted its own way.
+//! The direct line never lists `spans`: certgate opens none, and at `debug` a dependency's span
+//! around the response body says nothing about the request.
 //!
 //! The connection's seven fields are written anew on every line rather than rendered once per
 //! connection: a rendered copy would save about 1 % of a request's instructions but hold about
 //! 300 bytes for every idle connection, and idle connections are what a gateway holds most of.
 
 use std::io::Write as _;
-use std::sync::OnceLock;
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -53,22 +54,32 @@ pub struct RequestLine<'a> {
     pub duration_ms: f64,
 }
 
-/// Takes one whole line; where [`super::install`] put the JSON log.
+/// A layer that records nothing: it carries the JSON log's writer, so a request line written
+/// under that subscriber goes straight to it (found with `Dispatch::downcast_ref`).
+pub struct DirectSink(LineSink);
+
+/// Takes one whole line.
 type LineSink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
-static DIRECT: OnceLock<LineSink> = OnceLock::new();
+impl DirectSink {
+    pub(super) fn new<W>(writer: W) -> Self
+    where
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
+        Self(Box::new(move |line| {
+            // The log writer only fails once its thread has gone, when the process is ending;
+            // tracing-subscriber drops the line then too.
+            let _ = writer.make_writer().write_all(line);
+        }))
+    }
+}
 
-/// Sends request lines straight to `writer` from now on. Only the first call counts, as only the
-/// first global subscriber does.
-pub(super) fn direct_to<W>(writer: W)
-where
-    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
-{
-    let _ = DIRECT.set(Box::new(move |line| {
-        // The log writer only fails once its thread has gone, when the process is ending;
-        // tracing-subscriber drops the line then too.
-        let _ = writer.make_writer().write_all(line);
-    }));
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DirectSink {}
+
+impl std::fmt::Debug for DirectSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectSink").finish_non_exhaustive()
+    }
 }
 
 thread_local! {
@@ -77,35 +88,49 @@ thread_local! {
 }
 
 impl RequestLine<'_> {
-    /// Writes the line, unless the filter (`RUST_LOG`) turns the `certgate::audit` target off.
+    /// Writes the line, unless the filter (`RUST_LOG`) turns the `certgate::audit` target off:
+    /// directly under certgate's JSON log, else as [`Self::event`].
     pub fn emit(&self) {
         if !tracing::enabled!(target: "certgate::audit", tracing::Level::INFO) {
             return;
         }
-        match DIRECT.get() {
-            Some(sink) if self.write_direct(sink) => {}
-            _ => self.event(),
+        // No tracing call may happen inside `get_default`: the dispatcher is taken meanwhile.
+        let direct = tracing::dispatcher::get_default(|d| match d.downcast_ref::<DirectSink>() {
+            Some(sink) => {
+                self.write_direct(sink);
+                true
+            }
+            None => false,
+        });
+        if !direct {
+            self.event();
         }
     }
 
-    /// False when the line could not be written here (the thread's buffer is busy or gone), so the
-    /// caller sends it as an event instead.
-    fn write_direct(&self, sink: &LineSink) -> bool {
-        LINE.try_with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else {
-                return false;
-            };
+    /// Renders the line into the thread's buffer (a fresh one if that is busy or gone) and hands
+    /// it to `sink`.
+    fn write_direct(&self, sink: &DirectSink) {
+        let write = |line: &mut String| {
             line.clear();
-            if json::request_line(&mut line, self).is_ok() {
-                sink(line.as_bytes());
+            if json::request_line(line, self).is_ok() {
+                (sink.0)(line.as_bytes());
             }
-            true
-        })
-        .unwrap_or(false)
+        };
+        let reused = LINE.try_with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                write(&mut line);
+                true
+            }
+            Err(_) => false,
+        });
+        if reused != Ok(true) {
+            write(&mut String::new());
+        }
     }
 
-    /// The line as a tracing event, for whatever subscriber is current: what [`Self::emit`] falls
-    /// back to, and what the benchmarks and tests compare the direct line with.
+    /// The line as a tracing event, for any subscriber other than certgate's JSON log (the text
+    /// log formats it its own way); the tests and benchmarks also hand it to tracing-subscriber's
+    /// JSON formatter, the reference the direct line is compared with.
     pub fn event(&self) {
         let c = &self.conn;
         tracing::info!(

@@ -14,7 +14,7 @@ use crate::config::model::{BundleId, Config};
 use crate::config::{self};
 use crate::identity::PeerIdentity;
 use crate::proxy::admission::{self, Admission, Refused};
-use crate::proxy::refusal::Refusal;
+use crate::refusal::Refusal;
 use crate::revocation::ocsp::OcspStatus;
 use crate::revocation::{issuer_and_serial, Registry, Verdict};
 use crate::runtime::{self, Snapshot};
@@ -260,7 +260,7 @@ fn why(
                 "no valid revocation answer, and the bundle's OCSP mode is hard_fail{}",
                 said(Status::Unknown)
             ),
-            other => format!("every request is refused with {}", other.reason()),
+            other => format!("every request is refused with {}", other.as_str()),
         },
     }
 }

@@ -38,7 +38,7 @@ pub struct RequestFacts<'a> {
 pub struct RouteId(pub usize);
 
 /// Why a request is refused. Each variant maps to exactly one status and reason code in
-/// `proxy::refusal`.
+/// `crate::refusal`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Denial {
     #[error("no route matches the request")]

@@ -13,15 +13,15 @@ use rustls::server::danger::ClientCertVerifier as _;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::connection::identify;
-use super::refusal::Refusal;
 use crate::config::model::PartnerId;
 use crate::identity::{PartnerMatch, PeerIdentity};
+use crate::refusal::Refusal;
 use crate::snapshot::Snapshot;
 use crate::tls::handshake::HandshakeFailure;
 
 /// The gateway's verdict on one chain.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// The leaf's identity, as a connection reads it.
     pub identity: PeerIdentity,
     /// The partner the identity maps to, whether or not it is let in.
@@ -32,7 +32,7 @@ pub struct Admission {
 
 /// Where and why a chain is refused.
 #[derive(Debug)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// In the TLS handshake: the client gets an alert, the audit line is `handshake_refused`.
     Handshake {
         kind: HandshakeFailure,
@@ -44,7 +44,7 @@ pub enum Refused {
 
 /// Why a chain could not even be judged.
 #[derive(Debug, thiserror::Error)]
-pub enum AdmissionError {
+pub(crate) enum AdmissionError {
     #[error("no certificate to judge")]
     Empty,
     #[error("the certificate cannot be read: {0}")]
@@ -53,10 +53,10 @@ pub enum AdmissionError {
 
 impl Refused {
     /// The reason code the gateway's audit line and metrics use for this refusal.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::Handshake { kind, .. } => kind.as_str(),
-            Self::Request(refusal) => refusal.reason(),
+            Self::Request(refusal) => refusal.as_str(),
         }
     }
 }
@@ -66,7 +66,7 @@ impl Refused {
 ///
 /// # Errors
 /// An empty chain, or a leaf whose identity cannot be parsed once it verified.
-pub async fn admit(
+pub(crate) async fn admit(
     snapshot: &Snapshot,
     chain: &[CertificateDer<'_>],
 ) -> Result<Admission, AdmissionError> {

@@ -25,7 +25,6 @@ use tokio_rustls::server::TlsStream;
 use super::activity::{Activity, LastSeen, Tracked};
 use super::headers::ConnectionHeaders;
 use super::listener::Phase;
-use super::refusal::Refusal;
 use super::service;
 use super::tunnel::{self, Counted, PendingTunnel, Side, Traffic, TunnelEnd};
 use super::wake_gate::WakeGate;
@@ -33,6 +32,7 @@ use crate::audit;
 use crate::config::model::PartnerId;
 use crate::conn_refusal::ConnRefusal;
 use crate::identity::{PartnerMatch, PeerIdentity};
+use crate::refusal::Refusal;
 use crate::revocation::{self, Revocation, RevokedSignal};
 use crate::snapshot::Snapshot;
 use crate::tls::handshake;
@@ -78,7 +78,7 @@ pub struct ConnContext {
 /// Why a connection was closed under requests that may still be in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Cut {
+pub(crate) enum Cut {
     /// The gateway's `drain_timeout` passed.
     DrainTimeout = 1,
     /// The certificate was revoked and the grace period for in-flight requests passed.
@@ -142,7 +142,7 @@ impl ConnContext {
 }
 
 /// Serves one accepted TCP connection to the end.
-pub async fn serve(
+pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
@@ -313,7 +313,7 @@ impl Supervisor {
             client.addr = &*ctx.peer_text,
             partner = ctx.partner_id(),
             subject = %ctx.identity.subject,
-            refused = ctx.refuse.map(Refusal::reason),
+            refused = ctx.refuse.map(Refusal::as_str),
             "connection established"
         );
         let supervisor = Self {

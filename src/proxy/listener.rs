@@ -14,7 +14,7 @@ use crate::snapshot::Snapshot;
 /// Where the gateway is in its life; every connection watches it. Ordered: a gateway only moves
 /// forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
+pub(crate) enum Phase {
     Serving,
     /// Shutting down: no new connections; open ones finish their in-flight requests and close,
     /// and tunnels close at once.
@@ -24,14 +24,14 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn stopping(self) -> bool {
+    pub(crate) fn stopping(self) -> bool {
         self != Self::Serving
     }
 }
 
 /// Accepts partner connections until `shutdown` leaves [`Phase::Serving`]. Each connection holds one permit of
 /// `permits` (`limit` of them) for its whole life, so the caller drains by acquiring them all back.
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     current: Arc<ArcSwap<Snapshot>>,
     permits: Arc<Semaphore>,

@@ -3,13 +3,12 @@
 //! Parses no configuration or certificate files and builds no TLS configuration: it runs on what
 //! a [`crate::snapshot::Snapshot`] holds.
 
-pub mod activity;
-pub mod admission;
-pub mod connection;
+pub(crate) mod activity;
+pub(crate) mod admission;
+pub(crate) mod connection;
 pub mod headers;
-pub mod listener;
-pub mod refusal;
+pub(crate) mod listener;
 mod refused_handshake;
-pub mod service;
+pub(crate) mod service;
 pub mod tunnel;
-pub mod wake_gate;
+pub(crate) mod wake_gate;

@@ -18,20 +18,20 @@ use hyper::body::Incoming;
 
 use super::connection::ConnContext;
 use super::headers;
-use super::refusal::Refusal;
 use super::tunnel::{PendingTunnel, TunnelMeta};
 use crate::audit::request::RequestLine;
 use crate::config::model::UpstreamId;
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
+use crate::refusal::Refusal;
 use crate::upstream::body::{BodyError, CountIn, CountOut, FromUpstream, OnFinish};
 use crate::upstream::UpstreamFailure;
 
 /// Responses are either streamed from the upstream or a small JSON refusal, counted on the way
 /// out.
-pub type ProxyBody = CountOut<Either<FromUpstream, Full<Bytes>>, Exchange>;
+pub(crate) type ProxyBody = CountOut<Either<FromUpstream, Full<Bytes>>, Exchange>;
 
 /// Handles one request; never fails at the hyper level, so every outcome is an HTTP answer.
-pub async fn handle(
+pub(crate) async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -71,7 +71,7 @@ pub async fn handle(
                 upstream,
             }) => {
                 let partner = ctx.partner.map(|(p, _)| p);
-                ctx.snapshot.metrics.denial(refusal.reason(), partner);
+                ctx.snapshot.metrics.denial(refusal, partner);
                 (
                     refusal.response(allow).map(Either::Right),
                     route,
@@ -101,7 +101,7 @@ pub async fn handle(
 
 /// One request's facts, reported when its response body finishes.
 #[derive(Debug)]
-pub struct Exchange {
+pub(crate) struct Exchange {
     ctx: Arc<ConnContext>,
     started: Instant,
     method: Method,
@@ -128,7 +128,7 @@ impl OnFinish for Exchange {
         RequestLine {
             conn: ctx.audit_fields(),
             denied,
-            reason: self.refusal.map_or("ok", Refusal::reason),
+            reason: self.refusal.map_or("ok", Refusal::as_str),
             route,
             upstream,
             method: self.method.as_str(),
@@ -359,7 +359,7 @@ async fn decide_and_forward(
     let (mut response, client_upgrade) = match result {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(upstream = %upstream.name, kind = e.kind(), error = %crate::error_chain(&e), "upstream request failed");
+            tracing::warn!(upstream = %upstream.name, kind = e.kind().as_str(), error = %crate::error_chain(&e), "upstream request failed");
             snapshot.metrics.upstream_error(route.upstream, e.kind());
             let refusal = match e {
                 UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,

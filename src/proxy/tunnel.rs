@@ -47,6 +47,7 @@ pub enum TunnelEnd {
 }
 
 impl TunnelEnd {
+    /// Every end; a unit test fails when a variant is missing.
     pub const ALL: [Self; 7] = [
         Self::ClientClosed,
         Self::UpstreamClosed,
@@ -230,10 +231,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_end_has_its_own_reason_code() {
-        let mut codes: Vec<_> = TunnelEnd::ALL.iter().map(|e| e.as_str()).collect();
-        codes.sort_unstable();
-        codes.dedup();
+    fn every_end_is_in_all_with_its_own_reason_code() {
+        let codes = assert_all_lists_every_variant!(TunnelEnd:
+            TunnelEnd::ClientClosed,
+            TunnelEnd::UpstreamClosed,
+            TunnelEnd::Error,
+            TunnelEnd::IdleTimeout,
+            TunnelEnd::CertificateRevoked,
+            TunnelEnd::Drain,
+            TunnelEnd::UpgradeFailed,
+        );
         assert_eq!(codes.len(), TunnelEnd::ALL.len());
     }
 

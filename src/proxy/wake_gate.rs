@@ -17,7 +17,7 @@ use futures_util::task::AtomicWaker;
 
 /// One per connection task; [`WakeGate::gated`] wraps each loop iteration's group of rare futures.
 #[derive(Debug)]
-pub struct WakeGate {
+pub(crate) struct WakeGate {
     shared: Arc<Shared>,
     /// `shared` as a `Waker`, built once.
     waker: Waker,
@@ -31,7 +31,7 @@ struct Shared {
 
 /// A future polled on its first poll and afterwards only when its own waker fired.
 #[derive(Debug)]
-pub struct Gated<'g, F> {
+pub(crate) struct Gated<'g, F> {
     gate: &'g WakeGate,
     inner: F,
     polled: bool,
@@ -40,7 +40,7 @@ pub struct Gated<'g, F> {
 // === impl WakeGate ===
 
 impl WakeGate {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let shared = Arc::new(Shared::default());
         Self {
             waker: Waker::from(shared.clone()),
@@ -51,7 +51,7 @@ impl WakeGate {
     /// Wraps `inner` (pinned by the caller, e.g. with `std::pin::pin!`). A new future must be
     /// polled once to register its wakers, so the first poll goes through whatever the gate's
     /// state.
-    pub fn gated<F: Future + Unpin>(&self, inner: F) -> Gated<'_, F> {
+    pub(crate) fn gated<F: Future + Unpin>(&self, inner: F) -> Gated<'_, F> {
         Gated {
             gate: self,
             inner,

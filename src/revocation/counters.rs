@@ -9,8 +9,8 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 /// CRL and OCSP check outcomes, counted where the revocation code decides.
 #[derive(Debug)]
 pub struct RevocationCounters {
-    /// [`RevocationSource`] × [`RevocationResult`].
-    counters: [[IntCounter; 5]; 2],
+    /// [`RevocationSource::ALL`] × [`RevocationResult::ALL`].
+    counters: [[IntCounter; RevocationResult::ALL.len()]; RevocationSource::ALL.len()],
     /// `certgate_revocation_source_failures_total{bundle, kind}`.
     source_failures: IntCounterVec,
 }
@@ -30,6 +30,45 @@ pub enum RevocationResult {
     CacheHit = 4,
 }
 
+// === impl RevocationSource ===
+
+impl RevocationSource {
+    /// Every source, in discriminant order; a unit test fails when a variant is missing.
+    pub const ALL: [Self; 2] = [Self::Crl, Self::Ocsp];
+
+    /// The `source` (checks) and `kind` (source failures) label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Crl => "crl",
+            Self::Ocsp => "ocsp",
+        }
+    }
+}
+
+// === impl RevocationResult ===
+
+impl RevocationResult {
+    /// Every result, in discriminant order; a unit test fails when a variant is missing.
+    pub const ALL: [Self; 5] = [
+        Self::Good,
+        Self::Revoked,
+        Self::Unknown,
+        Self::Error,
+        Self::CacheHit,
+    ];
+
+    /// The `result` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Good => "good",
+            Self::Revoked => "revoked",
+            Self::Unknown => "unknown",
+            Self::Error => "error",
+            Self::CacheHit => "cache_hit",
+        }
+    }
+}
+
 // === impl RevocationCounters ===
 
 impl RevocationCounters {
@@ -41,24 +80,17 @@ impl RevocationCounters {
             &["source", "result"],
         )
         .expect("valid metric definition");
-        Arc::new(Self {
-            counters: std::array::from_fn(|s| {
-                std::array::from_fn(|r| vec.with_label_values(&[&s.to_string(), &r.to_string()]))
-            }),
-            source_failures: Self::source_failures_vec().expect("valid metric definition"),
-        })
+        Arc::new(Self::registered(
+            &vec,
+            Self::source_failures_vec().expect("valid metric definition"),
+        ))
     }
 
     /// Counters on `checks` (`source` × `result` labels), registered by the caller.
     pub fn registered(checks: &IntCounterVec, source_failures: IntCounterVec) -> Self {
         Self {
-            counters: std::array::from_fn(|s| {
-                std::array::from_fn(|r| {
-                    checks.with_label_values(&[
-                        ["crl", "ocsp"][s],
-                        ["good", "revoked", "unknown", "error", "cache_hit"][r],
-                    ])
-                })
+            counters: RevocationSource::ALL.map(|s| {
+                RevocationResult::ALL.map(|r| checks.with_label_values(&[s.as_str(), r.as_str()]))
             }),
             source_failures,
         }
@@ -77,14 +109,59 @@ impl RevocationCounters {
     /// The failure counter of one bundle's CRL sources or OCSP responder. Label values come from
     /// the configuration (bundle names) and [`RevocationSource`].
     pub fn source_failures(&self, bundle: &str, kind: RevocationSource) -> IntCounter {
-        let kind = match kind {
-            RevocationSource::Crl => "crl",
-            RevocationSource::Ocsp => "ocsp",
-        };
-        self.source_failures.with_label_values(&[bundle, kind])
+        self.source_failures
+            .with_label_values(&[bundle, kind.as_str()])
     }
 
     pub fn count(&self, source: RevocationSource, result: RevocationResult) {
         self.counters[source as usize][result as usize].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_and_result_is_in_all_in_place_with_its_own_label() {
+        let sources = assert_all_lists_every_variant!(RevocationSource:
+            RevocationSource::Crl,
+            RevocationSource::Ocsp,
+        );
+        assert_eq!(sources.len(), RevocationSource::ALL.len());
+        for (i, s) in RevocationSource::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i, "{s:?} is out of place in ALL");
+        }
+        let results = assert_all_lists_every_variant!(RevocationResult:
+            RevocationResult::Good,
+            RevocationResult::Revoked,
+            RevocationResult::Unknown,
+            RevocationResult::Error,
+            RevocationResult::CacheHit,
+        );
+        assert_eq!(results.len(), RevocationResult::ALL.len());
+        for (i, r) in RevocationResult::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} is out of place in ALL");
+        }
+    }
+
+    #[test]
+    fn each_check_is_counted_under_its_own_labels() {
+        let checks =
+            IntCounterVec::new(Opts::new("checks", "test"), &["source", "result"]).unwrap();
+        let counters = RevocationCounters::registered(
+            &checks,
+            RevocationCounters::source_failures_vec().unwrap(),
+        );
+        for s in RevocationSource::ALL {
+            for r in RevocationResult::ALL {
+                counters.count(s, r);
+                assert_eq!(
+                    checks.with_label_values(&[s.as_str(), r.as_str()]).get(),
+                    1,
+                    "{s:?} {r:?}"
+                );
+            }
+        }
     }
 }

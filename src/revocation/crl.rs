@@ -19,9 +19,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 use x509_parser::time::ASN1Time;
 
-use super::der::{
-    expect_tlv, read_tlv, strip_leading_zeros, TAG_CONTEXT_0, TAG_INTEGER, TAG_SEQUENCE,
-};
+use super::der::{cert_issuer_and_serial, is_one_tlv, strip_leading_zeros};
 use super::signed::{split_signed, split_spki, verify, SignatureError, Signed, Spki};
 
 /// Why a CRL was refused. The caller wraps it with the source it came from.
@@ -466,17 +464,8 @@ impl Eq for InlineSerial {}
 /// handshake for each certificate of the chain, after webpki has validated the encoding; `None` means
 /// the bytes are not a certificate (treat as a verification failure).
 pub fn issuer_and_serial(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (cert, _) = expect_tlv(cert_der, TAG_SEQUENCE)?;
-    let (tbs, _) = expect_tlv(cert.content, TAG_SEQUENCE)?;
-    let mut rest = tbs.content;
-    let (first, after) = read_tlv(rest)?;
-    if first.tag == TAG_CONTEXT_0 {
-        rest = after;
-    }
-    let (serial, rest) = expect_tlv(rest, TAG_INTEGER)?;
-    let (_signature_alg, rest) = expect_tlv(rest, TAG_SEQUENCE)?;
-    let (issuer, _) = expect_tlv(rest, TAG_SEQUENCE)?;
-    Some((issuer.whole, strip_leading_zeros(serial.content)))
+    let (issuer, serial) = cert_issuer_and_serial(cert_der)?;
+    Some((issuer, strip_leading_zeros(serial)))
 }
 
 /// Whether `raw` is exactly one complete TLV.
@@ -486,7 +475,7 @@ pub fn issuer_and_serial(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
 /// become a lookup key: [`issuer_and_serial`] reads the whole TLV from a certificate, so a CRL
 /// filed under the truncated bytes would silently never apply. Callers refuse such Names.
 pub fn is_whole_tlv(raw: &[u8]) -> bool {
-    read_tlv(raw).is_some_and(|(_, rest)| rest.is_empty())
+    is_one_tlv(raw)
 }
 
 /// Splits `CertificateList` into its signed parts: the shape of any signed structure, without

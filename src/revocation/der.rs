@@ -1,67 +1,57 @@
-//! A minimal, allocation-free DER reader.
+//! The certificate fields the handshake path reads without x509-parser: the issuer Name and serial
+//! number that key revocation lookups, read with the `der` crate's `SliceReader` (no allocation),
+//! the same reader `signed.rs` splits CRLs and OCSP responses with.
 //!
-//! Only what the handshake path needs: read one TLV at a time, single-byte tags, definite lengths
-//! up to four length bytes, to find a certificate's issuer and serial. It is used on certificates
-//! that webpki has already validated, so it is lenient about non-minimal encodings and strict
-//! about anything that would make it read out of bounds. Signed structures (CRLs, OCSP responses)
-//! are split by `signed.rs` with the `der` crate.
+//! Used on certificates webpki has already validated: bytes after a complete certificate, and
+//! fields after the issuer, are not looked at.
 
-/// `SEQUENCE` (constructed).
-pub(crate) const TAG_SEQUENCE: u8 = 0x30;
-/// `INTEGER`.
-pub(crate) const TAG_INTEGER: u8 = 0x02;
-/// `[0] EXPLICIT` (constructed, context-specific 0): the certificate's version field.
-pub(crate) const TAG_CONTEXT_0: u8 = 0xa0;
+use der::{Decode, Header, Reader, SliceReader, Tag, TagNumber};
 
-/// One decoded TLV.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Tlv<'a> {
-    pub(crate) tag: u8,
-    /// The value bytes, without tag and length.
-    pub(crate) content: &'a [u8],
-    /// The whole encoding, tag and length included.
-    pub(crate) whole: &'a [u8],
+/// The raw issuer Name (its whole TLV) and the serial INTEGER's content bytes of a DER
+/// certificate; `None` when the bytes do not start with one.
+pub(crate) fn cert_issuer_and_serial(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut reader = SliceReader::new(cert_der).ok()?;
+    reader
+        .sequence(|cert| {
+            let fields = cert.sequence(|tbs| {
+                let version = Tag::ContextSpecific {
+                    constructed: true,
+                    number: TagNumber::N0,
+                };
+                if tbs.peek_tag()? == version {
+                    tbs.tlv_bytes()?;
+                }
+                let serial = Header::decode(tbs)?;
+                serial.tag.assert_eq(Tag::Integer)?;
+                let serial = tbs.read_slice(serial.length)?;
+                let signature_alg = tbs.peek_header()?;
+                signature_alg.tag.assert_eq(Tag::Sequence)?;
+                tbs.tlv_bytes()?;
+                let issuer = tbs.peek_header()?;
+                issuer.tag.assert_eq(Tag::Sequence)?;
+                let issuer = tbs.tlv_bytes()?;
+                skip_rest(tbs)?;
+                Ok((issuer, serial))
+            })?;
+            skip_rest(cert)?;
+            Ok(fields)
+        })
+        .ok()
 }
 
-/// Reads one TLV from the front of `input`; returns it and the bytes after it.
-///
-/// `None` for truncated input, high-tag-number tags, indefinite lengths and lengths over 4 bytes.
-pub(crate) fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    if tag & 0x1f == 0x1f {
-        return None;
-    }
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let (len_bytes, after) = rest.split_at_checked(n)?;
-        rest = after;
-        len_bytes
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
-    };
-    let header = input.len() - rest.len();
-    let (content, after) = rest.split_at_checked(len)?;
-    let whole = input.get(..header + len)?;
-    Some((
-        Tlv {
-            tag,
-            content,
-            whole,
-        },
-        after,
-    ))
+/// Whether `raw` is exactly one complete TLV.
+pub(crate) fn is_one_tlv(raw: &[u8]) -> bool {
+    SliceReader::new(raw)
+        .and_then(|mut r| {
+            let tlv = r.tlv_bytes()?;
+            r.finish(tlv)
+        })
+        .is_ok()
 }
 
-/// Reads one TLV and requires its tag to be `tag`.
-pub(crate) fn expect_tlv(input: &[u8], tag: u8) -> Option<(Tlv<'_>, &[u8])> {
-    let (tlv, rest) = read_tlv(input)?;
-    (tlv.tag == tag).then_some((tlv, rest))
+fn skip_rest<'a, R: Reader<'a>>(r: &mut R) -> der::Result<()> {
+    let rest = r.remaining_len();
+    r.read_slice(rest).map(|_| ())
 }
 
 /// Strips leading zero bytes, so the same serial number compares equal however it was padded.
@@ -79,31 +69,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_short_and_long_lengths() {
-        let short = [0x02, 0x01, 0x05, 0xff];
-        let (tlv, rest) = read_tlv(&short).unwrap();
-        assert_eq!(
-            (tlv.tag, tlv.content, tlv.whole, rest),
-            (2, &[5u8][..], &short[..3], &[0xffu8][..])
-        );
-
+    fn one_tlv_with_short_and_long_lengths() {
+        assert!(is_one_tlv(&[0x02, 0x01, 0x05]));
+        assert!(!is_one_tlv(&[0x02, 0x01, 0x05, 0xff]), "trailing byte");
         let mut long = vec![0x04, 0x82, 0x01, 0x00];
         long.extend(std::iter::repeat_n(7u8, 256));
-        let (tlv, rest) = read_tlv(&long).unwrap();
-        assert_eq!(tlv.content.len(), 256);
-        assert_eq!(tlv.whole.len(), 260);
-        assert!(rest.is_empty());
+        assert!(is_one_tlv(&long));
     }
 
     #[test]
-    fn rejects_truncated_and_odd_encodings() {
-        assert!(read_tlv(&[]).is_none());
-        assert!(read_tlv(&[0x30]).is_none());
-        assert!(read_tlv(&[0x30, 0x03, 0x01]).is_none());
-        assert!(read_tlv(&[0x30, 0x80, 0x00, 0x00]).is_none());
-        assert!(read_tlv(&[0x1f, 0x01, 0x00]).is_none());
-        assert!(read_tlv(&[0x30, 0x85, 0, 0, 0, 0, 1]).is_none());
-        assert!(read_tlv(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());
+    fn truncated_and_odd_encodings_are_not_one_tlv() {
+        assert!(!is_one_tlv(&[]));
+        assert!(!is_one_tlv(&[0x30]));
+        assert!(!is_one_tlv(&[0x30, 0x03, 0x01]));
+        assert!(!is_one_tlv(&[0x30, 0x80, 0x00, 0x00]), "indefinite length");
+        assert!(!is_one_tlv(&[0x1f, 0x01, 0x00]), "high tag number");
+        assert!(!is_one_tlv(&[0x30, 0x85, 0, 0, 0, 0, 1]));
+        assert!(!is_one_tlv(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]));
+    }
+
+    #[test]
+    fn a_certificates_issuer_and_serial_are_read_as_x509_parser_reads_them() {
+        let ca = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["leaf.example".into()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from(vec![0x00, 0x80, 0x01]));
+        let cert = params.self_signed(&ca).unwrap();
+        let der = cert.der().to_vec();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let (issuer, serial) = cert_issuer_and_serial(&der).unwrap();
+        assert_eq!(issuer, parsed.issuer().as_raw());
+        assert_eq!(serial, parsed.raw_serial());
+        // Trailing bytes after the certificate are not looked at; a truncated one is refused.
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert_eq!(cert_issuer_and_serial(&trailing), Some((issuer, serial)));
+        assert_eq!(cert_issuer_and_serial(&der[..der.len() - 1]), None);
+        assert_eq!(cert_issuer_and_serial(&[0x02, 0x01, 0x05]), None);
     }
 
     #[test]

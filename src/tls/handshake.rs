@@ -53,8 +53,8 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
-    /// Every category, in metric-export order. [`HandshakeFailure::index`] is each one's position
-    /// here; a test checks the two agree, so a new variant cannot go unexported.
+    /// Every category, in metric-export order: declaration order, which is each one's
+    /// [`HandshakeFailure::index`]. A unit test fails when a variant is missing or out of place.
     pub const ALL: [HandshakeFailure; 17] = [
         Self::NoClientCert,
         Self::UnknownCa,
@@ -100,25 +100,7 @@ impl HandshakeFailure {
 
     /// Position in [`HandshakeFailure::ALL`].
     pub fn index(self) -> usize {
-        match self {
-            Self::NoClientCert => 0,
-            Self::UnknownCa => 1,
-            Self::Expired => 2,
-            Self::BadEku => 3,
-            Self::Revoked => 4,
-            Self::RevocationUnknown => 5,
-            Self::ProtocolError => 6,
-            Self::Timeout => 7,
-            Self::ChainTooLong => 8,
-            Self::CaAsLeaf => 9,
-            Self::LeafAsCa => 10,
-            Self::PathLen => 11,
-            Self::NameConstraints => 12,
-            Self::BadSignature => 13,
-            Self::UnsupportedAlgorithm => 14,
-            Self::BadEncoding => 15,
-            Self::BadChain => 16,
-        }
+        self as usize
     }
 
     /// One sentence for the audit line's `error` field and the user docs.
@@ -335,5 +317,37 @@ where
             },
             io: None,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_is_in_all_in_place_with_its_own_reason_code() {
+        let codes = assert_all_lists_every_variant!(HandshakeFailure:
+            HandshakeFailure::NoClientCert,
+            HandshakeFailure::UnknownCa,
+            HandshakeFailure::Expired,
+            HandshakeFailure::BadEku,
+            HandshakeFailure::Revoked,
+            HandshakeFailure::RevocationUnknown,
+            HandshakeFailure::ProtocolError,
+            HandshakeFailure::Timeout,
+            HandshakeFailure::ChainTooLong,
+            HandshakeFailure::CaAsLeaf,
+            HandshakeFailure::LeafAsCa,
+            HandshakeFailure::PathLen,
+            HandshakeFailure::NameConstraints,
+            HandshakeFailure::BadSignature,
+            HandshakeFailure::UnsupportedAlgorithm,
+            HandshakeFailure::BadEncoding,
+            HandshakeFailure::BadChain,
+        );
+        assert_eq!(codes.len(), HandshakeFailure::ALL.len());
+        for (i, f) in HandshakeFailure::ALL.iter().enumerate() {
+            assert_eq!(f.index(), i, "{f:?} is out of place in ALL");
+        }
     }
 }

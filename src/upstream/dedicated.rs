@@ -269,7 +269,7 @@ mod tests {
         let Err(failure) = Dedicated::default().open(&upstream, endpoint).await else {
             panic!("connected to a closed port");
         };
-        assert_eq!(failure.kind(), "connect");
+        assert_eq!(failure.kind(), super::super::UpstreamErrorKind::Connect);
         let logged = crate::error_chain(&failure);
         assert!(
             logged.contains(&format!("endpoint 127.0.0.1:{port}")),

@@ -71,6 +71,41 @@ pub enum UpstreamFailure {
     ClientBody(#[source] BoxError),
 }
 
+/// The category of an [`UpstreamFailure`]: the `kind` label of `certgate_upstream_errors_total`
+/// and the `kind` field of the `upstream request failed` log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Exchange,
+    ClientBody,
+}
+
+impl UpstreamErrorKind {
+    /// Every kind, in declaration order (each one's [`UpstreamErrorKind::index`]); a unit test
+    /// fails when a variant is missing.
+    pub const ALL: [Self; 4] = [
+        Self::Connect,
+        Self::Timeout,
+        Self::Exchange,
+        Self::ClientBody,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Exchange => "exchange",
+            Self::ClientBody => "client_body",
+        }
+    }
+
+    /// Position in [`UpstreamErrorKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The endpoint a failed connect was to, above the OS's reason: what the log needs and the client's
 /// answer never shows.
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +125,12 @@ impl UpstreamFailure {
         }))
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> UpstreamErrorKind {
         match self {
-            Self::Connect(_) => "connect",
-            Self::Timeout(_) => "timeout",
-            Self::Exchange(_) => "exchange",
-            Self::ClientBody(_) => "client_body",
+            Self::Connect(_) => UpstreamErrorKind::Connect,
+            Self::Timeout(_) => UpstreamErrorKind::Timeout,
+            Self::Exchange(_) => UpstreamErrorKind::Exchange,
+            Self::ClientBody(_) => UpstreamErrorKind::ClientBody,
         }
     }
 }
@@ -366,4 +401,23 @@ fn tls_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tls)
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_in_all_in_place_with_its_own_label() {
+        let labels = assert_all_lists_every_variant!(UpstreamErrorKind:
+            UpstreamErrorKind::Connect,
+            UpstreamErrorKind::Timeout,
+            UpstreamErrorKind::Exchange,
+            UpstreamErrorKind::ClientBody,
+        );
+        assert_eq!(labels.len(), UpstreamErrorKind::ALL.len());
+        for (i, k) in UpstreamErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?} is out of place in ALL");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The one place where a refusal becomes a wire response: status, stable reason code, JSON body.
 //!
 //! The match below is exhaustive on purpose: a new refusal does not compile until it has a status
-//! and a reason code. Bodies never carry certificate or upstream details that would help an
+//! and a reason code, and a unit test fails until [`Refusal::ALL`] lists it, from which the
+//! metrics take their label set. Bodies never carry certificate or upstream details that would help an
 //! attacker; those go to the audit log.
 
 use bytes::Bytes;
@@ -40,6 +41,27 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal. Reason codes may repeat (two refusals can look the same to a client).
+    pub const ALL: [Refusal; 17] = [
+        Self::Policy(Denial::NoRoute),
+        Self::Policy(Denial::ScopeDenied),
+        Self::Policy(Denial::MethodNotAllowed),
+        Self::Policy(Denial::HostMismatch),
+        Self::Policy(Denial::BadPath),
+        Self::UnknownPartner,
+        Self::WrongTrustBundle,
+        Self::CertificateRevoked,
+        Self::RevocationUnknown,
+        Self::BadRequest,
+        Self::BadHost,
+        Self::BadTransferEncoding,
+        Self::UpgradeNotAllowed,
+        Self::BodyTooLarge,
+        Self::UpstreamUnavailable,
+        Self::UpstreamTimeout,
+        Self::UpstreamError,
+    ];
+
     pub fn status(self) -> StatusCode {
         self.parts().0
     }
@@ -59,7 +81,7 @@ impl Refusal {
     }
 
     /// The stable reason code: logged, counted and returned to the client.
-    pub fn reason(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         self.parts().1
     }
 
@@ -185,14 +207,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_refusal_has_a_distinct_meaning_and_valid_json() {
-        let all = [
+    fn all_lists_every_refusal() {
+        let codes = assert_all_lists_every_variant!(Refusal:
             Refusal::Policy(Denial::NoRoute),
             Refusal::Policy(Denial::ScopeDenied),
             Refusal::Policy(Denial::MethodNotAllowed),
             Refusal::Policy(Denial::HostMismatch),
             Refusal::Policy(Denial::BadPath),
             Refusal::UnknownPartner,
+            Refusal::WrongTrustBundle,
             Refusal::CertificateRevoked,
             Refusal::RevocationUnknown,
             Refusal::BadRequest,
@@ -202,19 +225,21 @@ mod tests {
             Refusal::BodyTooLarge,
             Refusal::UpstreamUnavailable,
             Refusal::UpstreamTimeout,
-        ];
-        for r in all {
-            // Every refusal but an upstream failure is counted as a denial under its reason.
-            assert_eq!(
-                crate::metrics::DENIAL_REASONS.contains(&r.reason()),
-                !r.is_upstream_failure(),
-                "{r:?}"
-            );
+            Refusal::UpstreamError,
+        );
+        // Two pairs share a code on purpose: a wrong trust bundle is an unknown partner to the
+        // client, a bad transfer encoding a bad request.
+        assert_eq!(codes.len(), Refusal::ALL.len() - 2);
+    }
+
+    #[test]
+    fn every_refusal_has_a_status_and_valid_json() {
+        for r in Refusal::ALL {
             let resp = r.response(None);
             assert_eq!(resp.status(), r.status());
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
             let json: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
-            assert_eq!(json["error"], r.reason());
+            assert_eq!(json["error"], r.as_str());
             assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
         assert_eq!(
