@@ -159,7 +159,7 @@ impl Dedicated {
             match self.send_on_kept(req).await {
                 Ok(response) => return Ok(response),
                 // Not written at all: safe to send on a new connection whatever the method.
-                Err(Retry::Unsent(req)) => req,
+                Err(Retry::Unsent(req)) => *req,
                 // hyper gives the request back only when none of it was written; once written,
                 // its body is consumed and it cannot be sent again from here.
                 Err(Retry::Failed(error)) => return Err(classify(error)),
@@ -202,7 +202,7 @@ impl Dedicated {
         })
         .await;
         result.map_err(|mut e| match e.take_message() {
-            Some(req) => Retry::Unsent(req),
+            Some(req) => Retry::Unsent(Box::new(req)),
             None => {
                 *lock(&self.kept) = None;
                 Retry::Failed(Some(e.into_error()))
@@ -212,7 +212,7 @@ impl Dedicated {
 }
 
 enum Retry {
-    Unsent(Request<UpstreamBody>),
+    Unsent(Box<Request<UpstreamBody>>),
     Failed(Option<hyper::Error>),
 }
 
