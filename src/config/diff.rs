@@ -5,6 +5,8 @@
 //! Items are compared by what they mean, not by index: scope, bundle and upstream references are
 //! resolved to names first, so adding a scope elsewhere does not make every partner "changed".
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::config::model::{Config, Partner, Route, TrustBundle};
@@ -68,18 +70,18 @@ impl Changes {
     }
 }
 
+/// Matches items by name through a hash index of each side: a registry publishes tens of
+/// thousands of partners, and a linear search per item would make every reload quadratic.
 fn changes<T>(
     old: &[T],
     new: &[T],
     name: impl Fn(&T) -> &String,
     same: impl Fn(&T, &T) -> bool,
 ) -> Changes {
-    let find = |list: &'_ [T], wanted: &str| -> Option<usize> {
-        list.iter().position(|item| name(item) == wanted)
-    };
+    let (old_index, new_index) = (by_name(old, &name), by_name(new, &name));
     let mut out = Changes::default();
     for item in new {
-        match find(old, name(item)).and_then(|i| old.get(i)) {
+        match old_index.get(name(item).as_str()).and_then(|&i| old.get(i)) {
             None => out.added.push(name(item).clone()),
             Some(before) if !same(before, item) => out.changed.push(name(item).clone()),
             Some(_) => {}
@@ -87,10 +89,20 @@ fn changes<T>(
     }
     out.removed = old
         .iter()
-        .filter(|item| find(new, name(item)).is_none())
+        .filter(|item| !new_index.contains_key(name(item).as_str()))
         .map(|item| name(item).clone())
         .collect();
     out
+}
+
+/// Each name's position in `list`; the first of two items with one name wins, as a search in file
+/// order would find.
+fn by_name<'a, T>(list: &'a [T], name: &impl Fn(&T) -> &String) -> HashMap<&'a str, usize> {
+    let mut index = HashMap::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        index.entry(name(item).as_str()).or_insert(i);
+    }
+    index
 }
 
 fn scope_names<'c>(config: &'c Config, scopes: &[crate::config::model::ScopeId]) -> Vec<&'c str> {

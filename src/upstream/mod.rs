@@ -4,6 +4,10 @@
 //! ([`dedicated`], speaking HTTP/1.1 through [`h1`]).
 
 pub mod body;
+#[cfg(not(feature = "hyper-dedicated"))]
+pub mod dedicated;
+#[cfg(feature = "hyper-dedicated")]
+#[path = "dedicated_hyper.rs"]
 pub mod dedicated;
 pub mod h1;
 
