@@ -191,10 +191,15 @@ EOF
     # intermediate's with 0, 10 000 and 1 000 000 entries, the latter two listing `revoked`.
     "$LOADGEN" gen-crl --issuer-cert root.pem --issuer-key root.key --count 0 --out root.crl >/dev/null
     "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 0 --out inter-0.crl >/dev/null
-    "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 9999 --revoke 4a1002 --out inter-10k.crl >/dev/null
-    "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 999999 --revoke 4a1002 --out inter-1m.crl \
-        | tee -a "$OUT/gen-crl.json" >&2
-    for c in 0 10k 1m; do
+    # The idle test needs no CRL: skip the large ones there.
+    local sizes="0"
+    if [ "$IDLE_ONLY" = 0 ]; then
+        sizes="0 10k 1m"
+        "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 9999 --revoke 4a1002 --out inter-10k.crl >/dev/null
+        "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 999999 --revoke 4a1002 --out inter-1m.crl \
+            | tee -a "$OUT/gen-crl.json" >&2
+    fi
+    for c in $sizes; do
         cat root.crl "inter-$c.crl" > "crl-$c.pem"
         openssl crl -in "inter-$c.crl" -CAfile cas.pem -noout 2>&1 | grep -q "verify OK"
     done
@@ -277,6 +282,10 @@ $crl_yaml
   limits:
     max_connections: 30000
     idle_timeout: 75s
+    # An idle HTTP/1.1 connection closes at the shorter of this and idle_timeout (hyper's header
+    # read timer runs between requests): 75 s like the others' keep-alive timeouts, so the idle
+    # test's connections outlive a slow opening phase on a loaded machine.
+    header_read_timeout: 75s
 admin:
   listen: "127.0.0.1:$ADMIN_PORT"
 upstreams:
