@@ -2,9 +2,9 @@
 # certgate vs nginx vs HAProxy doing the same mTLS reverse-proxy job on this machine, in one run.
 #
 #   benches/compare.sh [--quick] [--rounds N] [--duration S] [--warmup S]
-#                      [--peers "certgate nginx haproxy nginx-minlog"]
+#                      [--peers "certgate nginx haproxy nginx-minlog nginx-min"]
 #                      [--idle-conns N] [--no-build] [--baseline PATH] [--variants "ecdsa-none rsa-none ..."]
-#                      [--keepalive-only] [--certgate PATH]
+#                      [--keepalive-only] [--idle-only] [--storm] [--storm-only] [--certgate PATH]
 #
 # --certgate PATH measures that certgate binary instead of building one. Either way the binary is
 # copied into the results first: `cargo bench --no-run --bench loadgen` (the load generator's build)
@@ -15,6 +15,9 @@
 # keep-alive and the ECDSA handshake run on ecdsa-none). --idle-conns 0 skips the idle test.
 # --keepalive-only runs just the keep-alive rows (implies --variants ecdsa-none --idle-conns 0): more
 # and longer rounds in the same time, for a change that only touches the per-request path.
+# --idle-only runs just the idle-memory test (no rounds). --storm adds the reconnect storm to each
+# round (on the 1M-entry CRL variant): 64 keep-alive connections send while --storm-conns (5 000) new
+# connections arrive, each a full mTLS handshake and one request; --storm-only runs just that.
 #
 # The same job for every gateway includes the audit trail: certgate writes one JSON line per request
 # naming the partner's certificate (subject, serial, fingerprint), the route, the status, the byte
@@ -22,6 +25,9 @@
 # where they have the value (their fingerprint is SHA-1; partner comes from a map of the subject
 # CN). Peer "nginx-minlog" is nginx with a minimal access log (`reused=... status=...`, no identity):
 # not the same job, it runs the keep-alive rows only, as a reference for what the audit line costs.
+# Peer "nginx-min" is nginx doing the least it can: `access_log off` and no identity or forwarding
+# headers sent upstream; keep-alive rows only, the floor certgate is compared with besides the
+# same-job peers.
 #
 # Needs: root (apt-get for nginx/haproxy/openssl/curl/python3 if missing), a Rust toolchain, 2+ cores.
 # Loopback only. Every process it starts is stopped by its PID (also on error, via a trap).
@@ -38,8 +44,11 @@ COMMAND="benches/compare.sh${*:+ $*}"
 ROUNDS=3
 DURATION=5
 WARMUP=1
-PEERS="certgate nginx haproxy nginx-minlog"
+PEERS="certgate nginx haproxy nginx-minlog nginx-min"
 IDLE_CONNS=10000
+IDLE_ONLY=0
+STORM=0
+STORM_CONNS=5000
 BUILD=1
 QUICK=0
 KEEPALIVE_ONLY=0
@@ -59,7 +68,11 @@ while [ $# -gt 0 ]; do
         --baseline) BASELINE=$(realpath "$2"); PEERS="$PEERS baseline"; shift ;;
         --variants) VARIANTS=$2; shift ;;
         --keepalive-only) KEEPALIVE_ONLY=1; VARIANTS=ecdsa-none; IDLE_CONNS=0 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --idle-only) IDLE_ONLY=1 ;;
+        --storm) STORM=1 ;;
+        --storm-only) STORM=1; KEEPALIVE_ONLY=1; VARIANTS=ecdsa-1m; IDLE_CONNS=0 ;;
+        --storm-conns) STORM_CONNS=$2; shift ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -178,10 +191,15 @@ EOF
     # intermediate's with 0, 10 000 and 1 000 000 entries, the latter two listing `revoked`.
     "$LOADGEN" gen-crl --issuer-cert root.pem --issuer-key root.key --count 0 --out root.crl >/dev/null
     "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 0 --out inter-0.crl >/dev/null
-    "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 9999 --revoke 4a1002 --out inter-10k.crl >/dev/null
-    "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 999999 --revoke 4a1002 --out inter-1m.crl \
-        | tee -a "$OUT/gen-crl.json" >&2
-    for c in 0 10k 1m; do
+    # The idle test needs no CRL: skip the large ones there.
+    local sizes="0"
+    if [ "$IDLE_ONLY" = 0 ]; then
+        sizes="0 10k 1m"
+        "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 9999 --revoke 4a1002 --out inter-10k.crl >/dev/null
+        "$LOADGEN" gen-crl --issuer-cert inter.pem --issuer-key inter.key --count 999999 --revoke 4a1002 --out inter-1m.crl \
+            | tee -a "$OUT/gen-crl.json" >&2
+    fi
+    for c in $sizes; do
         cat root.crl "inter-$c.crl" > "crl-$c.pem"
         openssl crl -in "inter-$c.crl" -CAfile cas.pem -noout 2>&1 | grep -q "verify OK"
     done
@@ -264,6 +282,10 @@ $crl_yaml
   limits:
     max_connections: 30000
     idle_timeout: 75s
+    # An idle HTTP/1.1 connection closes at the shorter of this and idle_timeout (hyper's header
+    # read timer runs between requests): 75 s like the others' keep-alive timeouts, so the idle
+    # test's connections outlive a slow opening phase on a loaded machine.
+    header_read_timeout: 75s
 admin:
   listen: "127.0.0.1:$ADMIN_PORT"
 upstreams:
@@ -295,10 +317,19 @@ EOF
 NGINX_AUDIT_FORMAT='{"timestamp":"$time_iso8601","level":"INFO","message":"request answered","event":"request","decision":"allow","reason":"ok","conn.id":$connection,"client.addr":"$remote_addr:$remote_port","sni":"$ssl_server_name","partner":"$partner","cert.subject":"$ssl_client_s_dn","cert.serial":"$ssl_client_serial","cert.sha1":"$ssl_client_fingerprint","route":"all","upstream":"$upstream_addr","http.method":"$request_method","http.path":"$uri","http.status":$status,"bytes.in":$request_length,"bytes.out":$bytes_sent,"upstream_ms":"$upstream_header_time","duration_ms":$request_time,"reused":"$ssl_session_reused","target":"audit"}'
 HAPROXY_AUDIT_FORMAT='{"timestamp":"%trg","level":"INFO","message":"request answered","event":"request","decision":"allow","reason":"ok","conn.id":%rt,"client.addr":"%ci:%cp","sni":"%[ssl_fc_sni]","partner":"%[ssl_c_s_dn(cn),map_str(PARTNERS_MAP,unknown)]","cert.subject":%{+Q}[ssl_c_s_dn],"cert.serial":"%[ssl_c_serial,hex]","cert.sha1":"%[ssl_c_sha1,hex]","route":"all","upstream":"%b","http.method":"%HM","http.path":%{+Q}HP,"http.status":%ST,"bytes.in":%U,"bytes.out":%B,"upstream_ms":%Tr,"duration_ms":%Ta,"reused":%[ssl_fc_is_resumed],"target":"audit"}'
 
-write_nginx() { # variant dir [minlog]
+write_nginx() { # variant dir [minlog|min]
     local v=$1 d=$2 key=${1%%-*} crl=${1#*-}
-    local crl_line="" log_format
-    if [ "${3:-}" = minlog ]; then
+    local crl_line="" log_format access_log identity_headers
+    access_log="access_log $d/logs/access.log bench buffer=64k flush=1s;"
+    identity_headers='proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header Client-Cert $ssl_client_escaped_cert;'
+    if [ "${3:-}" = min ]; then
+        # The least nginx can do: no log, no identity or forwarding headers upstream.
+        log_format=""
+        access_log="access_log off;"
+        identity_headers=""
+    elif [ "${3:-}" = minlog ]; then
         log_format="log_format bench 'reused=\$ssl_session_reused status=\$status proto=\$ssl_protocol';"
     else
         # A partner is named by its certificate's subject, as in certgate's partners list.
@@ -316,7 +347,7 @@ error_log $d/logs/error.log warn;
 events { worker_connections 16000; }
 http {
     $log_format
-    access_log $d/logs/access.log bench buffer=64k flush=1s;
+    $access_log
     client_body_temp_path $d/tmp;
     proxy_temp_path $d/tmp;
     fastcgi_temp_path $d/tmp;
@@ -345,9 +376,7 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto https;
-            proxy_set_header Client-Cert \$ssl_client_escaped_cert;
+            $identity_headers
         }
     }
 }
@@ -404,7 +433,7 @@ start_gw() { # peer variant
             taskset -c "$GW_CORE" "$bin" --threads 1 --log-format json serve --config "$d/certgate.yaml" \
                 >>"$GW_LOG" 2>&1 &
             GW_PID=$! ;;
-        nginx|nginx-minlog)
+        nginx|nginx-minlog|nginx-min)
             write_nginx "$v" "$d" "${peer#nginx-}"
             taskset -c "$GW_CORE" nginx -p "$d" -c "$d/nginx.conf" -g 'daemon off;' >>"$GW_LOG" 2>&1 &
             GW_PID=$! ;;
@@ -421,7 +450,7 @@ start_gw() { # peer variant
     fi
     GW_START_SECS=$(python3 -c "print(round($(date +%s.%N)-$t0,2))")
     WATCH=$GW_PID
-    if [ "${peer%-minlog}" = nginx ]; then
+    if [ "${peer%%-*}" = nginx ]; then
         # The master plus its (single) worker; the worker does the work.
         for _ in $(seq 50); do
             kids=$(pgrep -P "$GW_PID" | tr '\n' ',' | sed 's/,$//')
@@ -484,6 +513,23 @@ print(f"    {sys.argv[1]:9} {sys.argv[2]:14} {r['rps']:9.0f}/s p50 {r['latency_m
 EOF
 }
 
+run_storm() { # peer round: the reconnect storm on the running gateway
+    local peer=$1 round=$2 out
+    out=$(lg storm --connections 64 --storm "$STORM_CONNS" --storm-concurrency 128 \
+        --storm-limit-secs 120 --duration "$DURATION" --warmup "$WARMUP" \
+        --addr "127.0.0.1:$GW_PORT" --watch-pid "$WATCH" --label "$peer/storm" "${TLS_ARGS[@]}")
+    record "$peer" storm "$round" "$out"
+    python3 - "$peer" "$out" <<'EOF' >&2
+import json, sys
+r = json.loads(sys.argv[2])
+b, d = r["keepalive_before"], r["keepalive_during"]
+print(f"    {sys.argv[1]:9} storm {r['storm_served']}/{r['params']['storm']} served in {r['storm_secs']:.2f} s, "
+      f"{r['storm_failed']} failed, {r['storm_unfinished']} unfinished; keep-alive p99 {b['latency_ms']['p99']:.2f} ms "
+      f"before, {d['latency_ms']['p99']:.2f} ms during ({b['rps']:.0f} -> {d['rps']:.0f} req/s); "
+      f"peak RSS {r['watched_rss_kb_peak']/1024:.1f} MiB")
+EOF
+}
+
 server_side_full_handshakes() { # peer round: how the gateway's own log confirms full handshakes
     local peer=$1 d="$W/$1-rsa-none" j
     case "$peer" in
@@ -510,7 +556,10 @@ EOF
 
 # --- the run -------------------------------------------------------------------------------------
 read -r -a PEER_LIST <<< "$PEERS"
+# The reference peers (not the same job) run the keep-alive rows only.
+reference_peer() { [ "$1" = nginx-minlog ] || [ "$1" = nginx-min ]; }
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ "$IDLE_ONLY" = 1 ] && ROUNDS=0
 for round in $(seq "$ROUNDS"); do
     # Rotate the peer order each round so no peer always runs first (or right after a compile).
     n=${#PEER_LIST[@]}
@@ -524,8 +573,7 @@ for round in $(seq "$ROUNDS"); do
     record upstream ka-h1 "$round" "$out"
     for peer in "${order[@]}"; do
         for v in $VARIANTS; do
-            # The reference peer runs the keep-alive rows only (see the top of this file).
-            [ "$peer" = nginx-minlog ] && [ "$v" != ecdsa-none ] && continue
+            reference_peer "$peer" && [ "$v" != ecdsa-none ] && continue
             start_gw "$peer" "$v"
             log "  $peer $v (up in ${GW_START_SECS}s)"
             check_peer "$peer" "$v" "$round"
@@ -533,14 +581,21 @@ for round in $(seq "$ROUNDS"); do
                 ecdsa-none)
                     run_lg "$peer" ka-h1 "$round" keepalive --connections 64 --proto http1
                     run_lg "$peer" ka-h2 "$round" keepalive --connections 64 --proto h2
-                    if [ "$KEEPALIVE_ONLY" = 0 ] && [ "$peer" != nginx-minlog ]; then
+                    if [ "$KEEPALIVE_ONLY" = 0 ] && ! reference_peer "$peer"; then
                         run_lg "$peer" hs-ecdsa "$round" handshake --concurrency 16
                     fi ;;
                 rsa-none)
                     run_lg "$peer" hs-rsa "$round" handshake --concurrency 16 ;;
                 ecdsa-0) run_lg "$peer" hs-crl0 "$round" handshake --concurrency 16 ;;
                 ecdsa-10k) run_lg "$peer" hs-crl10k "$round" handshake --concurrency 16 ;;
-                ecdsa-1m) run_lg "$peer" hs-crl1m "$round" handshake --concurrency 16 ;;
+                ecdsa-1m)
+                    [ "$KEEPALIVE_ONLY" = 0 ] && run_lg "$peer" hs-crl1m "$round" handshake --concurrency 16
+                    if [ "$STORM" = 1 ]; then
+                        # A fresh gateway for the storm: the handshake row above leaves nothing behind.
+                        stop_gw
+                        start_gw "$peer" "$v"
+                        run_storm "$peer" "$round"
+                    fi ;;
             esac
             stop_gw
             # After the stop, so nginx has flushed its buffered access log.
@@ -550,18 +605,20 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # Memory per idle connection: a fresh gateway, IDLE_CONNS connections with one request each, held.
+# Held 3 s after the last one opened: certgate parks an HTTP/1.1 connection (frees its HTTP buffers)
+# after 1-2 s without a request, and the measurement should see idle connections, not fresh ones.
 for peer in "${PEER_LIST[@]}"; do
     [ "$IDLE_CONNS" -gt 0 ] || break
-    [ "$peer" = nginx-minlog ] && continue
+    reference_peer "$peer" && continue
     start_gw "$peer" ecdsa-none
     sleep 0.5
     n_idle=$IDLE_CONNS
     # See maxconn in write_haproxy: HAProxy cannot hold 10 000 under a 20 000-descriptor limit.
     [ "$peer" = haproxy ] && [ "$n_idle" -gt 9900 ] && n_idle=9900
-    out=$(lg idle --connections "$n_idle" --concurrency 32 --settle-secs 2 --duration 90 \
+    out=$(lg idle --connections "$n_idle" --concurrency 32 --settle-secs 3 --duration 90 \
         --addr "127.0.0.1:$GW_PORT" --watch-pid "$WATCH" --label "$peer/idle" "${TLS_ARGS[@]}")
     record "$peer" idle 1 "$out"
-    log "  $peer idle: $(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['connections_held'], 'held,', round(r['rss_bytes_per_conn']), 'B RSS/conn,', r['rss_kb_after']//1024, 'MiB total')" "$out")"
+    log "  $peer idle: $(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['connections_held'], 'held,', round(r['rss_bytes_per_conn']), 'B RSS/conn,', r['rss_kb_after']//1024, 'MiB total, probe alive', r['probe_alive_of_16'], 'of 16')" "$out")"
     stop_gw
 done
 log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

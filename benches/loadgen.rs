@@ -9,6 +9,10 @@
 //! * `handshake`: C workers, each opening a new connection per request (full handshake each time);
 //! * `idle`: open N connections (one request each, so the peer really proxies on them), hold them,
 //!   and report how much the watched processes' memory grew per connection;
+//! * `storm`: N keep-alive connections send back to back; after a window without a storm, M new
+//!   connections arrive as fast as the load generator can open them (full handshake, one request,
+//!   close). Reports the time until all M are served, failures, and the keep-alive latency before
+//!   and during the storm;
 //! * `gen-crl`: write a CRL with any number of revoked serials (the 1M-entry CRL in seconds).
 //!
 //! Every load is bounded by `--duration` and `--max-requests`. `--watch-pid` makes the JSON carry
@@ -89,6 +93,27 @@ enum Mode {
         /// How long to hold the connections before measuring.
         #[arg(long, default_value = "2")]
         settle_secs: f64,
+    },
+    /// Keep-alive connections sending while a storm of new connections arrives.
+    ///
+    /// `--duration` is the window before the storm (the keep-alive latency to compare with);
+    /// the storm itself ends when all `--storm` connections are served or failed, or after
+    /// `--storm-limit-secs`.
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        /// Keep-alive connections sending throughout.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// New connections in the storm, each a full handshake and one request.
+        #[arg(long, default_value_t = 5000)]
+        storm: usize,
+        /// Storm connections being set up at once.
+        #[arg(long, default_value_t = 128)]
+        storm_concurrency: usize,
+        /// The storm's bound: connections not served by then count as unfinished.
+        #[arg(long, default_value = "120")]
+        storm_limit_secs: f64,
     },
     /// Write a CRL signed by `--issuer-cert`/`--issuer-key` listing `--count` synthetic serials
     /// plus every `--revoke` serial.
@@ -312,6 +337,22 @@ async fn run(mode: Mode) -> anyhow::Result<Value> {
             let run = Arc::new(Run::new(common, Proto::Http1)?);
             idle(run, connections, concurrency, settle_secs).await
         }
+        Mode::Storm {
+            common,
+            connections,
+            storm,
+            storm_concurrency,
+            storm_limit_secs,
+        } => {
+            let run = Arc::new(Run::new(common, Proto::Http1)?);
+            let shape = StormShape {
+                connections,
+                storm,
+                concurrency: storm_concurrency.max(1),
+                limit: Duration::from_secs_f64(storm_limit_secs),
+            };
+            storm_run(run, shape).await
+        }
         Mode::GenCrl { .. } => unreachable!("handled in main"),
     }
 }
@@ -445,7 +486,7 @@ impl Run {
     /// One GET on a raw HTTP/1.1 keep-alive connection: the pre-encoded request, then the response
     /// head parsed with httparse and a `Content-Length` body read to its end. `Err` means the
     /// connection is no longer usable (also after `Connection: close`, as hyper's client would).
-    async fn raw_request(&self, conn: &mut RawConn) -> Result<(), ()> {
+    async fn raw_request(&self, conn: &mut RawConn) -> Result<u16, ()> {
         let broken = || {
             self.errors.http.fetch_add(1, Ordering::Relaxed);
             Err(())
@@ -477,7 +518,7 @@ impl Run {
         if head.status != 200 {
             self.errors.status.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(head.status)
     }
 
     fn error_json(&self) -> Value {
@@ -593,7 +634,7 @@ enum KeepAliveConn {
 impl Run {
     async fn keepalive_request(&self, conn: &mut KeepAliveConn) -> Result<(), ()> {
         match conn {
-            KeepAliveConn::H1(raw) => self.raw_request(raw).await,
+            KeepAliveConn::H1(raw) => self.raw_request(raw).await.map(|_| ()),
             KeepAliveConn::H2(sender) => self.request(sender).await,
         }
     }
@@ -778,6 +819,214 @@ async fn idle(
         "full_handshakes": run.full_handshakes.load(Ordering::Relaxed),
         "resumed_handshakes": run.resumed_handshakes.load(Ordering::Relaxed),
     }))
+}
+
+/// The storm scenario's shape (see `Mode::Storm`).
+struct StormShape {
+    connections: usize,
+    storm: usize,
+    concurrency: usize,
+    limit: Duration,
+}
+
+/// Where the storm scenario is: keep-alive latencies are kept apart by phase.
+const WARMING: u8 = 0;
+const BEFORE: u8 = 1;
+const DURING: u8 = 2;
+const AFTER: u8 = 3;
+
+async fn storm_run(run: Arc<Run>, shape: StormShape) -> anyhow::Result<Value> {
+    let phase = Arc::new(std::sync::atomic::AtomicU8::new(WARMING));
+    let mut conns = Vec::with_capacity(shape.connections);
+    for _ in 0..shape.connections {
+        if let Some(io) = run.open().await {
+            conns.push(RawConn::new(io));
+        }
+    }
+    let ka_connections = conns.len();
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (run, phase) = (run.clone(), phase.clone());
+            tokio::spawn(async move {
+                let (mut before, mut during) = (Vec::with_capacity(1 << 16), Vec::new());
+                let mut failed = 0u64;
+                while !run.stopped() {
+                    let started = Instant::now();
+                    let ok = matches!(run.raw_request(&mut conn).await, Ok(200));
+                    let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+                    match (ok, phase.load(Ordering::Relaxed)) {
+                        (true, BEFORE) => before.push(us),
+                        (true, DURING) => during.push(us),
+                        (true, _) => {}
+                        (false, _) => {
+                            failed += 1;
+                            match run.open().await {
+                                Some(io) => conn = RawConn::new(io),
+                                None => tokio::time::sleep(Duration::from_millis(10)).await,
+                            }
+                        }
+                    }
+                }
+                let _ = conn.io.shutdown().await;
+                (before, during, failed)
+            })
+        })
+        .collect();
+    let pids = run.common.watch_pid.clone();
+    tokio::time::sleep(Duration::from_secs_f64(run.common.warmup)).await;
+
+    // The window before the storm.
+    phase.store(BEFORE, Ordering::Relaxed);
+    let before_window = Span::start(&pids);
+    let end = Instant::now() + Duration::from_secs_f64(run.common.duration);
+    let mut rss_before = 0;
+    while Instant::now() < end {
+        rss_before = rss_before.max(Watch::rss_kb(&pids));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before_window = before_window.end(&pids);
+
+    // The storm: every opener takes the next connection until all are taken.
+    phase.store(DURING, Ordering::Relaxed);
+    let storm_window = Span::start(&pids);
+    let started = Instant::now();
+    let deadline = started + shape.limit;
+    let remaining = Arc::new(AtomicU64::new(shape.storm as u64));
+    let served = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let last_done = Arc::new(tokio::sync::Mutex::new(started));
+    let mut openers = Vec::with_capacity(shape.concurrency);
+    for _ in 0..shape.concurrency {
+        let (run, remaining, served, failed, last_done) = (
+            run.clone(),
+            remaining.clone(),
+            served.clone(),
+            failed.clone(),
+            last_done.clone(),
+        );
+        openers.push(tokio::spawn(async move {
+            while Instant::now() < deadline
+                && remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                let ok = match tokio::time::timeout_at(deadline.into(), run.open()).await {
+                    Ok(Some(io)) => {
+                        let mut conn = RawConn::new(io);
+                        let answered =
+                            tokio::time::timeout_at(deadline.into(), run.raw_request(&mut conn))
+                                .await;
+                        let _ = conn.io.shutdown().await;
+                        matches!(answered, Ok(Ok(200)))
+                    }
+                    _ => false,
+                };
+                (if ok { &served } else { &failed }).fetch_add(1, Ordering::Relaxed);
+                *last_done.lock().await = Instant::now();
+            }
+        }));
+    }
+    let mut rss_storm = 0;
+    let mut sampler = tokio::time::interval(Duration::from_millis(100));
+    let mut openers_done = futures_util::future::join_all(openers);
+    loop {
+        tokio::select! {
+            _ = &mut openers_done => break,
+            _ = sampler.tick() => rss_storm = rss_storm.max(Watch::rss_kb(&pids)),
+        }
+    }
+    rss_storm = rss_storm.max(Watch::rss_kb(&pids));
+    let storm_secs = last_done.lock().await.duration_since(started).as_secs_f64();
+    let storm_window = storm_window.end(&pids);
+    phase.store(AFTER, Ordering::Relaxed);
+    run.stop.store(true, Ordering::Relaxed);
+
+    let (mut before, mut during, mut ka_failed) = (Vec::new(), Vec::new(), 0);
+    for w in workers {
+        if let Ok(Ok((b, d, f))) = tokio::time::timeout(Duration::from_secs(5), w).await {
+            before.extend(b);
+            during.extend(d);
+            ka_failed += f;
+        }
+    }
+    let served = served.load(Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
+    Ok(json!({
+        "mode": "storm",
+        "label": run.common.label,
+        "addr": run.common.addr.to_string(),
+        "params": {
+            "keepalive_connections": ka_connections,
+            "storm": shape.storm,
+            "storm_concurrency": shape.concurrency,
+            "storm_limit_secs": shape.limit.as_secs_f64(),
+        },
+        "storm_secs": storm_secs,
+        "storm_served": served,
+        "storm_failed": failed,
+        "storm_unfinished": (shape.storm as u64).saturating_sub(served + failed),
+        "storm_per_sec": served as f64 / storm_secs.max(1e-9),
+        "keepalive_before": latency_json(before, before_window.secs),
+        "keepalive_during": latency_json(during, storm_window.secs),
+        "keepalive_failed": ka_failed,
+        "watched_rss_kb_peak_before": rss_before,
+        "watched_rss_kb_peak": rss_storm,
+        "watched_cpu_us_before": before_window.watched_cpu_us,
+        "watched_cpu_us_storm": storm_window.watched_cpu_us,
+        "loadgen_cpu_util_storm": storm_window.self_cpu_us as f64 / 1e6 / storm_window.secs.max(1e-9),
+        "errors": run.error_json(),
+        "full_handshakes": run.full_handshakes.load(Ordering::Relaxed),
+        "resumed_handshakes": run.resumed_handshakes.load(Ordering::Relaxed),
+    }))
+}
+
+/// CPU time of this process and the watched ones over a stretch of the run.
+struct Span {
+    started: Instant,
+    self_cpu_us: u64,
+    watched_cpu_us: u64,
+    secs: f64,
+}
+
+impl Span {
+    fn start(pids: &[u32]) -> Self {
+        Self {
+            started: Instant::now(),
+            self_cpu_us: cpu_us(None),
+            watched_cpu_us: pids.iter().map(|p| cpu_us(Some(*p))).sum(),
+            secs: 0.0,
+        }
+    }
+
+    fn end(self, pids: &[u32]) -> Self {
+        let watched: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
+        Self {
+            secs: self.started.elapsed().as_secs_f64(),
+            self_cpu_us: cpu_us(None).saturating_sub(self.self_cpu_us),
+            watched_cpu_us: watched.saturating_sub(self.watched_cpu_us),
+            started: self.started,
+        }
+    }
+}
+
+/// Count, rate and percentiles of a set of request latencies (µs).
+fn latency_json(mut lat: Vec<u32>, secs: f64) -> Value {
+    lat.sort_unstable();
+    let n = lat.len();
+    let pct = |p: f64| -> f64 {
+        if n == 0 {
+            return 0.0;
+        }
+        let i = ((p / 100.0) * n as f64).ceil() as usize;
+        f64::from(lat[i.clamp(1, n) - 1]) / 1000.0
+    };
+    json!({
+        "requests": n,
+        "secs": secs,
+        "rps": n as f64 / secs.max(1e-9),
+        "latency_ms": { "p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0), "max": pct(100.0) },
+    })
 }
 
 /// What the measured window saw besides latencies.

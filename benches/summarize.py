@@ -99,6 +99,19 @@ METRICS = [
     ("handshakes/s CRL 10k", "hs-crl10k", rps, "/s", "higher"),
     ("handshakes/s CRL 1M", "hs-crl1m", rps, "/s", "higher"),
     ("handshake proxy CPU CRL 1M", "hs-crl1m", cpu, "µs", "lower"),
+    ("storm (1M CRL): time to serve every new connection", "storm", lambda r: r["storm_secs"], "s", "lower"),
+    ("storm: new connections failed or unfinished", "storm",
+     lambda r: r["storm_failed"] + r["storm_unfinished"], "n", "lower"),
+    ("storm: keep-alive p99 before the storm", "storm", lambda r: r["keepalive_before"]["latency_ms"]["p99"],
+     "ms", "lower"),
+    ("storm: keep-alive p99 during the storm", "storm", lambda r: r["keepalive_during"]["latency_ms"]["p99"],
+     "ms", "lower"),
+    ("storm: keep-alive p99 during ÷ before", "storm",
+     lambda r: (r["keepalive_during"]["latency_ms"]["p99"] / r["keepalive_before"]["latency_ms"]["p99"])
+     if r["keepalive_before"]["latency_ms"]["p99"] else None, "×", "lower"),
+    ("storm: keep-alive req/s during the storm", "storm", lambda r: r["keepalive_during"]["rps"], "req/s",
+     "higher"),
+    ("storm: peak RSS", "storm", lambda r: r["watched_rss_kb_peak"] / 1024, "MiB", "lower"),
 ]
 
 
@@ -117,7 +130,7 @@ def fmt(v, unit):
         return "–"
     if unit in ("req/s", "/s"):
         return f"{v:,.0f}"
-    if unit == "B":
+    if unit in ("B", "n"):
         return f"{v:,.0f}"
     if unit == "%":
         return f"{v:.0f}"
@@ -200,6 +213,17 @@ if "nginx-minlog" in others:
     r = ratio("keep-alive h1 64c req/s", "nginx-minlog")
     targets.append(("(reference) keep-alive req/s ≥ 1.2× nginx-minlog, which skips the audit line", r,
                     r is not None and r >= 1.2))
+if "nginx-min" in others:
+    r = ratio("keep-alive h1 64c req/s", "nginx-min")
+    targets.append(("(minimum job) keep-alive req/s ≥ 1.2× nginx-min: no log, no identity headers", r,
+                    r is not None and r >= 1.2))
+if "nginx" in others and by.get(("certgate", "storm")):
+    r = ratio("storm (1M CRL): time to serve every new connection", "nginx")
+    targets.append(("storm: time to serve every new connection ≤ 0.5× nginx", r, r is not None and r <= 0.5))
+    r = ratio("storm: keep-alive p99 during the storm", "nginx")
+    targets.append(("storm: keep-alive p99 during the storm ≤ nginx", r, r is not None and r <= 1.0))
+    r = med("certgate", "storm", lambda x: x["storm_failed"] + x["storm_unfinished"])
+    targets.append(("storm: every new connection served (0 failed or unfinished)", r, r == 0))
 for o in others:
     r = ratio("keep-alive h1 p99", o)
     targets.append((f"keep-alive p99 no worse than {o}", r, r is not None and r <= 1.0))
@@ -228,6 +252,9 @@ md = []
 md.append(f"Date: {date} · machine: {machine} · command: `{args.command}`\n")
 md.append("Medians over rounds; ratios are certgate ÷ peer from the same run (for latency, CPU and memory "
           "lower is better, so a ratio < 1 favours certgate).\n")
+if "nginx-min" in peers:
+    md.append("nginx-min is nginx doing the least it can (access_log off, no identity or forwarding headers "
+              "upstream): not the same job, keep-alive rows only, the floor to compare with.\n")
 if "nginx-minlog" in peers:
     md.append("nginx and HAProxy write the same audit line per request as certgate (partner, certificate, "
               "route, status, bytes, timings); nginx-minlog is nginx with a minimal access log instead, "

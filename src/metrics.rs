@@ -142,6 +142,7 @@ pub struct Metrics {
     /// Partner id → recently seen certificates.
     seen_certs: DashMap<Box<str>, Vec<SeenCert>>,
     connections_active: IntGauge,
+    connections_parked: IntGauge,
     /// In [`ConnRefusal::ALL`] order.
     connection_refusals: [IntCounter; ConnRefusal::ALL.len()],
     connection_limit_reached: IntCounter,
@@ -204,7 +205,8 @@ struct SeenCert {
     last_seen: u64,
 }
 
-/// Decrements `certgate_connections_active` when dropped.
+/// Decrements its gauge (`certgate_connections_active` or `certgate_connections_parked`) when
+/// dropped.
 #[derive(Debug)]
 pub struct ConnectionGuard(IntGauge);
 
@@ -349,6 +351,10 @@ impl Metrics {
             "certgate_connections_active",
             "Partner connections open (handshake included).",
         )?;
+        let connections_parked = IntGauge::new(
+            "certgate_connections_parked",
+            "HTTP/1.1 partner connections parked while idle: their HTTP connection and its buffers freed, the TLS stream kept.",
+        )?;
         let refusal_vec = IntCounterVec::new(
             Opts::new(
                 "certgate_connection_refusals_total",
@@ -395,6 +401,7 @@ impl Metrics {
             Box::new(ocsp_cache_entries.clone()),
             Box::new(cert_expiry.clone()),
             Box::new(connections_active.clone()),
+            Box::new(connections_parked.clone()),
             Box::new(refusal_vec),
             Box::new(connection_limit_reached.clone()),
             Box::new(reloads.clone()),
@@ -423,6 +430,7 @@ impl Metrics {
             cert_expiry,
             seen_certs: DashMap::new(),
             connections_active,
+            connections_parked,
             connection_refusals,
             connection_limit_reached,
             reloads: ReloadResult::ALL.map(|r| reloads.with_label_values(&[r.as_str()])),
@@ -457,6 +465,12 @@ impl Metrics {
     pub fn connection(&self) -> ConnectionGuard {
         self.connections_active.inc();
         ConnectionGuard(self.connections_active.clone())
+    }
+
+    /// Counts a parked connection until the guard drops.
+    pub fn parked(&self) -> ConnectionGuard {
+        self.connections_parked.inc();
+        ConnectionGuard(self.connections_parked.clone())
     }
 
     pub fn connections_active(&self) -> i64 {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
@@ -54,7 +55,10 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
     /// HTTP/1.1 and HTTP/2 server settings, chosen per connection by ALPN.
-    pub http1: auto::Builder<TokioExecutor>,
+    /// Serves connections that did not negotiate `h2`. hyper's own HTTP/1.1 server rather than
+    /// the auto one, because only its connection can be taken apart to park an idle connection
+    /// (see `proxy::connection`).
+    pub http1: http1::Builder,
     pub http2: auto::Builder<TokioExecutor>,
     /// This generation's metric handles, indexed by the route, partner and upstream ids above.
     pub metrics: Arc<Handles>,
@@ -160,33 +164,36 @@ fn empty_revocation(registry: Arc<Registry>) -> Result<Revocation, Vec<BuildErro
 
 /// The HTTP/1.1 and HTTP/2 builders, chosen per connection by ALPN.
 ///
-/// `serve_connection_with_upgrades` sniffs the client's preface and ignores `http1_only` and
-/// `http2_only`: a client that negotiated `http/1.1` may still speak HTTP/2 and the reverse. So
-/// each builder carries every limit for both protocols, or such a client would be served with
-/// hyper's defaults (for HTTP/1.1 over an `h2` connection: no header read timeout at all).
-fn http_builders(config: &Config) -> (auto::Builder<TokioExecutor>, auto::Builder<TokioExecutor>) {
+/// `serve_connection_with_upgrades` sniffs the client's preface and ignores `http2_only`: a client
+/// that negotiated `h2` may still speak HTTP/1.1. So the HTTP/2 builder carries every limit for
+/// both protocols, or such a client would be served with hyper's defaults (for HTTP/1.1 over an
+/// `h2` connection: no header read timeout at all). A connection that did not negotiate `h2` is
+/// served HTTP/1.1 only, with the same HTTP/1.1 limits.
+fn http_builders(config: &Config) -> (http1::Builder, auto::Builder<TokioExecutor>) {
     let limits = &config.server.limits;
-    let configure = |mut builder: auto::Builder<TokioExecutor>| {
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .max_headers(limits.max_headers)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_pending_accept_reset_streams(20)
-            .max_local_error_reset_streams(64)
-            .keep_alive_interval(limits.idle_timeout / 2)
-            .keep_alive_timeout(std::time::Duration::from_secs(20));
-        builder
-    };
-    (
-        configure(auto::Builder::new(TokioExecutor::new()).http1_only()),
-        configure(auto::Builder::new(TokioExecutor::new()).http2_only()),
-    )
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+    http2
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    http2
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(64)
+        .keep_alive_interval(limits.idle_timeout / 2)
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    (http1, http2)
 }

@@ -2,11 +2,12 @@
 //! the connection's supervisor reads from those counts.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::connection::ConnContext;
@@ -30,6 +31,9 @@ pub struct Activity {
     reads_when_handled: AtomicU64,
     /// Responses whose body has not ended yet (handed to hyper, still streaming).
     responses: AtomicUsize,
+    /// Something was handed to the transport that a flush has not yet confirmed written: until
+    /// then hyper may still hold bytes of a response, and its connection must not be taken apart.
+    unflushed: AtomicBool,
 }
 
 impl Activity {
@@ -71,6 +75,16 @@ impl Activity {
 
     pub(super) fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether a write was started that no flush has confirmed since.
+    pub(super) fn unflushed(&self) -> bool {
+        self.unflushed.load(Ordering::Relaxed)
+    }
+
+    /// How many requests' handlers have returned.
+    pub(super) fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
     }
 
     /// Every event that makes the connection not idle: bytes moved, a request finished.
@@ -158,6 +172,19 @@ impl Dated {
 pub(super) struct Tracked<T> {
     pub(super) inner: T,
     pub(super) ctx: Arc<ConnContext>,
+    /// Bytes already read from `inner` and not yet parsed, handed back by a parked HTTP/1.1
+    /// connection; read before `inner` and not counted again as activity.
+    pub(super) unread: Bytes,
+}
+
+impl<T> Tracked<T> {
+    pub(super) fn new(inner: T, ctx: Arc<ConnContext>) -> Self {
+        Self {
+            inner,
+            ctx,
+            unread: Bytes::new(),
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -166,6 +193,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -181,6 +213,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.ctx.activity.unflushed.store(true, Ordering::Relaxed);
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.ctx.activity.io_progress();
@@ -193,6 +226,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.ctx.activity.unflushed.store(true, Ordering::Relaxed);
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.ctx.activity.io_progress();
@@ -205,7 +239,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            self.ctx.activity.unflushed.store(false, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

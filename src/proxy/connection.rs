@@ -41,6 +41,13 @@ use crate::upstream::dedicated::Dedicated;
 /// How long in-flight requests may run on a connection whose certificate was just revoked.
 const REVOKED_GRACE: Duration = Duration::from_millis(750);
 
+/// How long an HTTP/1.1 connection has had nothing to do before it is parked: hyper's connection
+/// is taken apart, which frees its read and write buffers (8 KiB each) and its state, and only the
+/// TLS stream is kept, waiting for the partner's next bytes. Most partner connections spend most of
+/// their life idle; a partner sending requests back to back never waits this long, so it never
+/// pays for rebuilding the connection.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// What every request on a connection shares: decided once, right after the handshake.
 #[derive(Debug)]
 pub struct ConnContext {
@@ -150,11 +157,14 @@ pub(crate) async fn serve(
     phase: watch::Receiver<Phase>,
 ) {
     let _active = snapshot.metrics.metrics().connection();
-    let Some(tls) = tls_handshake(tcp, peer, id, &snapshot).await else {
+    // The handshake and the identity check are boxed: the task holds its future for the
+    // connection's whole life, at the size of its largest state, and these two are large and
+    // over within the first milliseconds.
+    let Some(tls) = Box::pin(tls_handshake(tcp, peer, id, &snapshot)).await else {
         return;
     };
-    let Some((mut supervisor, tls)) = Supervisor::establish(tls, peer, id, snapshot, phase).await
-    else {
+    let established = Box::pin(Supervisor::establish(tls, peer, id, snapshot, phase)).await;
+    let Some((mut supervisor, tls)) = established else {
         return;
     };
     if supervisor.serve_http(tls).await {
@@ -205,9 +215,12 @@ struct Supervisor {
     /// `certificate_revoked` answer.
     watch_revoked: bool,
     idle: Duration,
-    /// The idle check's period: half the idle timeout, so a connection is closed within
-    /// 1.5 × `idle_timeout` at worst.
+    /// Half the idle timeout: an idle connection gives up its upstream connection after one
+    /// quiet tick, and is closed within 1.5 × `idle_timeout` at worst. The idle check runs this
+    /// often, or every [`PARK_AFTER`] on an active HTTP/1.1 connection.
     tick: Duration,
+    /// HTTP/1.1: an idle connection is parked.
+    parks: bool,
 }
 
 /// Everything that can happen to a connection while it serves HTTP.
@@ -220,6 +233,8 @@ enum Event {
     /// The grace period after a revocation is over.
     HardStop,
     IdleCheck,
+    /// Bytes (or the end of the stream) arrived on a parked connection.
+    Readable,
 }
 
 /// Everything that can happen to a tunnel.
@@ -241,6 +256,10 @@ enum Step {
     Stop,
     /// The connection is over by itself (possibly upgraded).
     Ended,
+    /// Take the idle HTTP/1.1 connection apart and wait for the partner's next bytes.
+    Park,
+    /// Serve HTTP again on a parked connection.
+    Resume,
 }
 
 /// The HTTP phase's own state.
@@ -249,6 +268,11 @@ struct HttpState {
     closing: bool,
     /// The certificate was revoked: in-flight requests have until `hard_stop`.
     revoked: bool,
+    /// The HTTP/1.1 connection is parked: hyper's connection and its buffers are gone, only
+    /// the TLS stream is kept.
+    parked: bool,
+    /// Parking waits until this many requests have been answered.
+    park_after_handled: u64,
     hard_stop: Pin<Box<tokio::time::Sleep>>,
     idle_check: Pin<Box<tokio::time::Sleep>>,
     seen: LastSeen,
@@ -325,6 +349,7 @@ impl Supervisor {
             seen_phase: Phase::Serving,
             idle,
             tick: (idle / 2).max(Duration::from_millis(50)),
+            parks: !h2,
         };
         Some((supervisor, tls))
     }
@@ -334,49 +359,151 @@ impl Supervisor {
     async fn serve_http(&mut self, tls: TlsStream<TcpStream>) -> bool {
         let ctx = self.ctx.clone();
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let builder = if h2 {
-            &ctx.snapshot.http2
-        } else {
-            &ctx.snapshot.http1
-        };
         let svc_ctx = ctx.clone();
         let svc = service_fn(move |req| service::handle(svc_ctx.clone(), req));
-        let io = Tracked {
-            inner: tls,
-            ctx: ctx.clone(),
-        };
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        tokio::pin!(conn);
+        let io = Tracked::new(tls, ctx.clone());
         let mut http = HttpState {
             closing: false,
             revoked: false,
+            parked: false,
+            park_after_handled: 0,
             hard_stop: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            idle_check: Box::pin(tokio::time::sleep(self.tick)),
+            idle_check: Box::pin(tokio::time::sleep(self.active_tick())),
             seen: LastSeen::new(&ctx.activity, Instant::now()),
         };
         // Shutdown, revocation and the timers are polled only when one of them woke the task, not
         // on each of the few wakes per request the connection and its upstream make.
         let gate = WakeGate::new();
+        if h2 {
+            // Boxed like the HTTP/1.1 one below: the task's future is as large as its largest
+            // state, and most connections never are in this one.
+            let mut conn = Box::pin(
+                ctx.snapshot
+                    .http2
+                    .serve_connection_with_upgrades(TokioIo::new(io), svc),
+            );
+            loop {
+                let event = self.next_http_event(conn.as_mut(), &gate, &mut http).await;
+                match self.on_http_event(event, &mut http) {
+                    Step::Wait | Step::Park | Step::Resume => {}
+                    Step::Close => conn.as_mut().graceful_shutdown(),
+                    Step::Stop => return false,
+                    Step::Ended => return true,
+                }
+            }
+        }
+        let (mut io, mut svc) = (io, svc);
         loop {
-            let event = self.next_http_event(conn.as_mut(), &gate, &mut http).await;
-            match self.on_http_event(event, &mut http) {
-                Step::Wait => {}
-                Step::Close => conn.as_mut().graceful_shutdown(),
-                Step::Stop => return false,
-                Step::Ended => return true,
+            // Boxed, so that a parked connection's task holds none of it.
+            let mut conn = Box::new(
+                ctx.snapshot
+                    .http1
+                    .serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades(),
+            );
+            if http.closing {
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+            let parts = loop {
+                let event = self
+                    .next_http_event(Pin::new(&mut *conn), &gate, &mut http)
+                    .await;
+                match self.on_http_event(event, &mut http) {
+                    Step::Wait | Step::Resume => {}
+                    Step::Close => Pin::new(&mut *conn).graceful_shutdown(),
+                    Step::Stop => return false,
+                    Step::Ended => return true,
+                    Step::Park => match conn.into_parts() {
+                        Some(parts) => break parts,
+                        // Only an upgraded connection has no parts, and it has ended.
+                        None => return true,
+                    },
+                }
+            };
+            let mut tracked = parts.io.into_inner();
+            svc = parts.service;
+            if !parts.read_buf.is_empty() {
+                // Bytes of a request head hyper had read: serve them at once, and do not park
+                // again before a request is answered, so a trickle of bytes cannot restart the
+                // header read timeout forever.
+                tracked.unread = parts.read_buf;
+                http.park_after_handled = ctx.activity.handled() + 1;
+            } else {
+                let session = tracked.inner.get_ref().1;
+                if session.wants_read() && !session.wants_write() {
+                    if let Some(ended) = self.park(&tracked, &gate, &mut http).await {
+                        return ended;
+                    }
+                }
+            }
+            if http.parked {
+                http.parked = false;
+                let next = Instant::now() + self.active_tick();
+                http.idle_check.as_mut().reset(next.into());
+            }
+            io = tracked;
+        }
+    }
+
+    /// Waits, with no HTTP connection, for the partner's next bytes or for something that ends
+    /// the connection. `Some` when the connection is over (as [`Self::serve_http`] returns);
+    /// `None` to serve HTTP again, closing at once when `http.closing` says so.
+    async fn park(
+        &mut self,
+        io: &Tracked<TlsStream<TcpStream>>,
+        gate: &WakeGate,
+        http: &mut HttpState,
+    ) -> Option<bool> {
+        let _parked = self.ctx.snapshot.metrics.metrics().parked();
+        http.parked = true;
+        let now = Instant::now();
+        let next = now + self.parked_tick(http, now);
+        http.idle_check.as_mut().reset(next.into());
+        loop {
+            let event = self.next_parked_event(io, gate, http).await;
+            match self.on_http_event(event, http) {
+                Step::Wait | Step::Park => {}
+                Step::Resume | Step::Close => return None,
+                Step::Stop => return Some(false),
+                Step::Ended => return Some(true),
             }
         }
     }
 
+    /// How long until the next idle check on an active connection: HTTP/1.1 connections are
+    /// checked often enough to be parked soon after they go quiet.
+    fn active_tick(&self) -> Duration {
+        if self.parks {
+            self.tick.min(PARK_AFTER)
+        } else {
+            self.tick
+        }
+    }
+
+    /// How long until the next idle check on a parked connection: the usual tick, or sooner
+    /// when the header read timeout, which hyper would have enforced on the idle connection, is
+    /// due first.
+    fn parked_tick(&self, http: &HttpState, now: Instant) -> Duration {
+        let idle_for = http
+            .seen
+            .idle_for(&self.ctx.activity, now)
+            .unwrap_or_default();
+        let header_timeout = self.ctx.snapshot.config.server.limits.header_read_timeout;
+        self.tick
+            .min(header_timeout.saturating_sub(idle_for))
+            .max(Duration::from_millis(50))
+    }
+
     /// Waits for the next event, driving the connection's dedicated upstream connection meanwhile.
-    async fn next_http_event<C>(
+    async fn next_http_event<C, E>(
         &mut self,
         mut conn: Pin<&mut C>,
         gate: &WakeGate,
         http: &mut HttpState,
     ) -> Event
     where
-        C: std::future::Future<Output = Result<(), Box<dyn StdError + Send + Sync>>>,
+        C: std::future::Future<Output = Result<(), E>>,
+        E: Into<Box<dyn StdError + Send + Sync>>,
     {
         let Self {
             ctx,
@@ -388,19 +515,53 @@ impl Supervisor {
         } = self;
         let dedicated = ctx.dedicated.as_ref();
         loop {
-            let rare = std::pin::pin!(async {
-                tokio::select! {
-                    biased;
-                    () = revoked.revoked(), if *watch_revoked && !http.revoked => Event::Revoked,
-                    p = next_phase(phase, *seen_phase), if *seen_phase < Phase::Cut => Event::Phase(p),
-                    () = &mut http.hard_stop, if http.revoked => Event::HardStop,
-                    () = &mut http.idle_check => Event::IdleCheck,
-                }
-            });
+            let rare = std::pin::pin!(rare_event(
+                revoked,
+                phase,
+                *seen_phase,
+                *watch_revoked,
+                http
+            ));
             tokio::select! {
                 biased;
                 () = std::future::poll_fn(|cx| dedicated.map_or(Poll::Pending, |d| d.poll_drive(cx))), if dedicated.is_some() => continue,
-                result = conn.as_mut() => return Event::Ended(result),
+                result = conn.as_mut() => return Event::Ended(result.map_err(Into::into)),
+                event = gate.gated(rare) => return event,
+            }
+        }
+    }
+
+    /// [`Self::next_http_event`] for a parked connection: its partner's next bytes take the
+    /// place of the HTTP connection.
+    async fn next_parked_event(
+        &mut self,
+        io: &Tracked<TlsStream<TcpStream>>,
+        gate: &WakeGate,
+        http: &mut HttpState,
+    ) -> Event {
+        let Self {
+            ctx,
+            revoked,
+            phase,
+            seen_phase,
+            watch_revoked,
+            ..
+        } = self;
+        let dedicated = ctx.dedicated.as_ref();
+        let tcp = io.inner.get_ref().0;
+        loop {
+            let rare = std::pin::pin!(rare_event(
+                revoked,
+                phase,
+                *seen_phase,
+                *watch_revoked,
+                http
+            ));
+            tokio::select! {
+                biased;
+                () = std::future::poll_fn(|cx| dedicated.map_or(Poll::Pending, |d| d.poll_drive(cx))), if dedicated.is_some() => continue,
+                // An error or the end of the stream included: serving HTTP again reports it.
+                _ = tcp.readable() => return Event::Readable,
                 event = gate.gated(rare) => return event,
             }
         }
@@ -413,6 +574,7 @@ impl Supervisor {
             Event::Phase(phase) => self.on_phase(phase, http),
             Event::HardStop => self.on_hard_stop(),
             Event::IdleCheck => self.on_idle_check(http),
+            Event::Readable => Step::Resume,
         }
     }
 
@@ -462,8 +624,13 @@ impl Supervisor {
     fn on_idle_check(&self, http: &mut HttpState) -> Step {
         let ctx = &self.ctx;
         let now = Instant::now();
-        http.idle_check.as_mut().reset((now + self.tick).into());
         http.seen.observe(&ctx.activity, now);
+        let next = if http.parked {
+            self.parked_tick(http, now)
+        } else {
+            self.active_tick()
+        };
+        http.idle_check.as_mut().reset((now + next).into());
         let busy = http.closing || ctx.activity.busy();
         if busy && http.seen.stalled_for(now) >= self.idle {
             // A response nobody reads, or a request that stopped arriving: graceful shutdown
@@ -488,12 +655,26 @@ impl Supervisor {
         {
             dedicated.release();
         }
-        if idle_for < self.idle {
-            return Step::Wait;
+        // hyper closes an HTTP/1.1 connection on which no request head arrives within the
+        // header read timeout, an idle keep-alive one included; a parked connection keeps that.
+        let header_timeout = ctx.snapshot.config.server.limits.header_read_timeout;
+        if idle_for >= self.idle || (http.parked && idle_for >= header_timeout) {
+            tracing::debug!(conn.id = ctx.id, "closing idle connection");
+            http.closing = true;
+            return Step::Close;
         }
-        tracing::debug!(conn.id = ctx.id, "closing idle connection");
-        http.closing = true;
-        Step::Close
+        let parkable = self.parks
+            && !http.parked
+            && quiet
+            && idle_for >= PARK_AFTER
+            && !ctx.activity.unflushed()
+            && !ctx.activity.read_since_handled()
+            && ctx.activity.handled() >= http.park_after_handled;
+        if parkable {
+            Step::Park
+        } else {
+            Step::Wait
+        }
     }
 
     /// Splices the upgraded partner connection to the upgraded upstream connection until either
@@ -583,6 +764,23 @@ impl Supervisor {
                 return ended;
             }
         }
+    }
+}
+
+/// Shutdown, revocation and the connection's timers: the events that rarely happen.
+async fn rare_event(
+    revoked: &mut RevokedSignal,
+    phase: &mut watch::Receiver<Phase>,
+    seen_phase: Phase,
+    watch_revoked: bool,
+    http: &mut HttpState,
+) -> Event {
+    tokio::select! {
+        biased;
+        () = revoked.revoked(), if watch_revoked && !http.revoked => Event::Revoked,
+        p = next_phase(phase, seen_phase), if seen_phase < Phase::Cut => Event::Phase(p),
+        () = &mut http.hard_stop, if http.revoked => Event::HardStop,
+        () = &mut http.idle_check => Event::IdleCheck,
     }
 }
 
