@@ -131,8 +131,8 @@ fn the_images_health_check_asks_the_admin_listener_its_config_names() {
     let cmd = exec_form(&stage, "CMD");
     let config = &cmd[cmd.iter().position(|a| a == "--config").unwrap() + 1];
     let root = image_etc(&stage);
-    let yaml: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(in_image(&root.root, config)).unwrap())
+    let yaml: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(in_image(&root.root, config)).unwrap())
             .unwrap();
     assert_eq!(yaml["admin"]["listen"].as_str(), Some(admin.as_str()));
 }
