@@ -634,11 +634,12 @@ async fn dashboard_and_alerts_name_only_metrics_certgate_exports() {
         .collect();
 
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let alerts: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(root.join("alerts.yaml")).unwrap()).unwrap();
+    let alerts: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(root.join("alerts.yaml")).unwrap())
+            .unwrap();
     let mut expressions = Vec::new();
-    for group in alerts["groups"].as_sequence().unwrap() {
-        for rule in group["rules"].as_sequence().unwrap() {
+    for group in alerts["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
             let name = rule["alert"].as_str().unwrap();
             assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}");
             assert!(rule["labels"]["severity"].as_str().is_some(), "{name}");

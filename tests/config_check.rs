@@ -1096,3 +1096,122 @@ fn a_route_that_lists_connect_is_refused_at_the_method() {
         problem.message
     );
 }
+
+// --- what the parser itself refuses ---
+
+#[test]
+fn a_key_written_twice_in_one_mapping_is_refused_naming_both_places() {
+    let text = MINIMAL.replace("    owner: team\n", "    owner: team\n    owner: other\n");
+    let problem = only_problem(&text);
+    assert_eq!(
+        problem.to_string(),
+        format!(
+            "/etc/certgate/certgate.yaml:{}:5: partners[0].owner: duplicate key; \
+             first written at line {} column 5",
+            line_of(&text, "owner: other"),
+            line_of(&text, "owner: team")
+        )
+    );
+}
+
+#[test]
+fn a_missing_field_is_placed_at_the_mapping_that_lacks_it() {
+    let text = MINIMAL.replace("ocsp: { mode: soft_fail }", "ocsp: { timeout: 1s }");
+    let problem = only_problem(&text);
+    assert_eq!(
+        yaml_place(&problem),
+        (
+            line_of(&text, "ocsp:"),
+            9,
+            "server.client_auth.trust_bundles[0].ocsp"
+        )
+    );
+    assert_eq!(problem.message, "missing field `mode`");
+
+    let text = MINIMAL.replace("  listen: \"0.0.0.0:8443\"\n", "");
+    let problem = only_problem(&text);
+    assert_eq!(yaml_place(&problem), (1, 1, "server"));
+    assert_eq!(problem.message, "missing field `listen`");
+}
+
+#[test]
+fn yaml_1_1_booleans_merge_keys_tags_and_empty_values_are_refused_where_written() {
+    let cases = [
+        (
+            MINIMAL.replace("upstreams:\n", "admin:\n  allow_remote: yes\nupstreams:\n"),
+            "allow_remote: yes",
+            "admin.allow_remote",
+            "invalid boolean",
+        ),
+        (
+            MINIMAL.replace("    owner: team\n", "    <<: { owner: team }\n"),
+            "<<:",
+            "partners[0].<<",
+            "merge keys (`<<`) are not supported",
+        ),
+        (
+            MINIMAL.replace("    owner: team\n", "    owner: !secret team\n"),
+            "owner: !secret",
+            "partners[0].owner",
+            "unsupported tag `!secret`",
+        ),
+        (
+            MINIMAL.replace("    owner: team\n", "    owner:\n"),
+            "owner:",
+            "partners[0].owner",
+            "empty value: expected text",
+        ),
+        (
+            MINIMAL.replace(
+                "upstreams:\n",
+                "  limits:\n    max_connections: lots\nupstreams:\n",
+            ),
+            "max_connections: lots",
+            "server.limits.max_connections",
+            "invalid value: expected a whole number, 0 or more",
+        ),
+        (
+            format!("{MINIMAL}---\nserver: {{}}\n"),
+            "server: {}",
+            "",
+            "a second YAML document",
+        ),
+    ];
+    for (text, line, field, message) in cases {
+        let problem = only_problem(&text);
+        let (at, _, named) = yaml_place(&problem);
+        assert_eq!((at, named), (line_of(&text, line), field), "{problem}");
+        assert!(problem.message.contains(message), "{problem}");
+    }
+}
+
+#[test]
+fn aliases_resolve_but_an_alias_bomb_is_refused_by_the_parser_budget() {
+    let text = MINIMAL
+        .replace("      - name: ca\n", "      - name: &bundle ca\n")
+        .replace("    trust_bundle: ca\n", "    trust_bundle: *bundle\n");
+    assert_eq!(check(&text).unwrap().partners[0].trust_bundle, BundleId(0));
+
+    // Each alias of a scalar costs little, but 60,000 of them are no configuration.
+    let aliases = ", *h".repeat(60_000);
+    let text = clean().replace(
+        "upstreams:\n",
+        &format!("forward:\n  strip_headers: [&h X-A{aliases}]\nupstreams:\n"),
+    );
+    let problem = only_problem(&text);
+    let (line, _, field) = yaml_place(&problem);
+    assert_eq!(
+        (line, field),
+        (
+            line_of(&text, "strip_headers"),
+            "forward.strip_headers[50001]"
+        )
+    );
+    assert!(
+        problem
+            .message
+            .starts_with("more than 50000 aliases: over a parser limit"),
+        "{}",
+        problem.message
+    );
+}

@@ -131,8 +131,8 @@ fn the_images_health_check_asks_the_admin_listener_its_config_names() {
     let cmd = exec_form(&stage, "CMD");
     let config = &cmd[cmd.iter().position(|a| a == "--config").unwrap() + 1];
     let root = image_etc(&stage);
-    let yaml: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(in_image(&root.root, config)).unwrap())
+    let yaml: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(in_image(&root.root, config)).unwrap())
             .unwrap();
     assert_eq!(yaml["admin"]["listen"].as_str(), Some(admin.as_str()));
 }
@@ -288,13 +288,13 @@ fn the_man_page_renders_with_every_subcommand() {
 /// `deploy/kubernetes/rules.py --write` regenerates it from config/alerts.yaml.
 #[test]
 fn the_kubernetes_prometheus_rule_holds_exactly_the_projects_alert_rules() {
-    let read = |rel: &str| -> serde_yaml::Value {
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join(rel)).unwrap()).unwrap()
+    let read = |rel: &str| -> serde_json::Value {
+        serde_saphyr::from_str(&std::fs::read_to_string(repo().join(rel)).unwrap()).unwrap()
     };
     let alerts = read("config/alerts.yaml");
     let rule = read("deploy/kubernetes/base/prometheusrule.yaml");
     assert_eq!(rule["kind"].as_str(), Some("PrometheusRule"));
-    let groups = alerts["groups"].as_sequence().unwrap();
+    let groups = alerts["groups"].as_array().unwrap();
     assert!(!groups.is_empty());
     assert_eq!(
         &rule["spec"]["groups"], &alerts["groups"],
@@ -307,7 +307,7 @@ fn the_kubernetes_prometheus_rule_holds_exactly_the_projects_alert_rules() {
 /// mirroring the control plane's Service.
 #[test]
 fn the_kubernetes_config_map_holds_a_valid_configuration() {
-    let manifest: serde_yaml::Value = serde_yaml::from_str(
+    let manifest: serde_json::Value = serde_saphyr::from_str(
         &std::fs::read_to_string(repo().join("deploy/kubernetes/base/config.yaml")).unwrap(),
     )
     .unwrap();

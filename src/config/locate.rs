@@ -1,23 +1,31 @@
 //! Where each value sits in the YAML text.
 //!
-//! serde_yaml only reports positions for errors it finds while deserialising. Problems found later
-//! (an unknown upstream, a duplicate identity) would otherwise name a field but no line, and an
-//! operator with a 500-line file needs the line. So the text is parsed a second time with
-//! yaml-rust2's event parser, which carries a marker on every event, and each dotted path
+//! The deserialiser reports a position only for the error it stops at. Problems found later (an
+//! unknown upstream, a duplicate identity) would otherwise name a field but no line, and an
+//! operator with a 500-line file needs the line. So the events of the same parser the deserialiser
+//! runs on (granit-parser, through serde-saphyr) are walked once more, and each dotted path
 //! (`routes[1].upstream`, `upstreams.orders.endpoints[0]`) is mapped to where its key and value
-//! start. The paths use serde_yaml's own notation, so a shape error and a semantic error name the
-//! same field the same way.
+//! start. One scanner counts lines and columns for both, so a shape error and a semantic error are
+//! placed by the same rules, and the index can name the field at a shape error's position.
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use serde_saphyr::granit_parser::{Event, Marker, Parser};
 
-/// A 1-based line and column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A 1-based line and column (columns count characters, not bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Pos {
     pub(crate) line: usize,
     pub(crate) column: usize,
+}
+
+/// What kind of node a path holds, to say what was found where something else was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Node {
+    Scalar,
+    Sequence,
+    Mapping,
+    Alias,
 }
 
 /// The positions recorded for one path.
@@ -27,14 +35,18 @@ struct Entry {
     key: Option<Pos>,
     /// Where the value starts (for a block mapping or sequence: its first entry).
     value: Pos,
+    node: Node,
 }
 
 /// Dotted path → positions, built once per parse.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     entries: HashMap<String, Entry>,
-    /// Mapping keys written twice in one mapping: serde keeps the last silently, which would hide
-    /// an upstream or a section, so validation reports them.
+    /// Key position → the path of the mapping holding the key, and the key's own path.
+    keys_at: HashMap<Pos, (String, String)>,
+    /// Value position → its path; where several values start at one place, the deepest.
+    values_at: HashMap<Pos, String>,
+    /// Mapping keys written twice in one mapping, so a refusal can say where the first one is.
     duplicates: Vec<Duplicate>,
 }
 
@@ -66,19 +78,17 @@ enum Frame {
     },
 }
 
-/// Receives yaml-rust2 events and fills an [`Index`].
+/// Receives parser events and fills an [`Index`].
 #[derive(Debug, Default)]
 struct Builder {
     stack: Vec<Frame>,
     index: Index,
-    /// Only the first document is indexed: serde_yaml refuses a file with more than one.
-    done: bool,
 }
 
 // === impl Pos ===
 
 impl Pos {
-    /// yaml-rust2 markers count lines from 1 and columns from 0.
+    /// Parser markers count lines from 1 and columns from 0.
     fn from_marker(mark: Marker) -> Self {
         Self {
             line: mark.line(),
@@ -87,18 +97,45 @@ impl Pos {
     }
 }
 
+// === impl Node ===
+
+impl Node {
+    /// As said in a message: "invalid type: sequence, expected …".
+    pub(crate) fn described(self) -> &'static str {
+        match self {
+            Node::Scalar => "scalar",
+            Node::Sequence => "sequence",
+            Node::Mapping => "mapping",
+            Node::Alias => "alias",
+        }
+    }
+}
+
 // === impl Index ===
 
 impl Index {
-    /// Indexes `text`. YAML that does not parse yields an empty index: serde_yaml has already
-    /// reported the syntax error with its position, and nothing else can be located anyway.
+    /// Indexes the first document of `text`, which the deserialiser has accepted: its nesting
+    /// and size budgets bound this walk too, and the parser's own nesting limits apply again. A
+    /// syntax error ends the walk and keeps what came before it.
     pub(crate) fn build(text: &str) -> Self {
+        Self::build_until(text, None)
+    }
+
+    /// Like [`Index::build`], but stops after the node at `stop`: where a shape error was
+    /// reported, nothing past it was read or checked, and nothing past it is needed to name it.
+    pub(crate) fn build_until(text: &str, stop: Option<Pos>) -> Self {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        match parser.load(&mut builder, false) {
-            Ok(()) => builder.index,
-            Err(_) => Index::default(),
+        while let Some(Ok((event, span))) = parser.next_event() {
+            let pos = Pos::from_marker(span.start);
+            if stop.is_some_and(|stop| pos > stop) {
+                break;
+            }
+            if !builder.on_event(event, pos) {
+                break;
+            }
         }
+        builder.index
     }
 
     /// Where the value at `path` starts, if that exact path exists.
@@ -134,8 +171,29 @@ impl Index {
         None
     }
 
-    pub(crate) fn duplicates(&self) -> &[Duplicate] {
-        &self.duplicates
+    /// The duplicate whose second occurrence is at `again`.
+    pub(crate) fn duplicate_at(&self, again: Pos) -> Option<&Duplicate> {
+        self.duplicates.iter().find(|d| d.again == again)
+    }
+
+    /// The path of the key written at `pos`.
+    pub(crate) fn key_at(&self, pos: Pos) -> Option<&str> {
+        self.keys_at.get(&pos).map(|(_, key)| key.as_str())
+    }
+
+    /// The path of the mapping that holds the key written at `pos`.
+    pub(crate) fn mapping_of_key_at(&self, pos: Pos) -> Option<&str> {
+        self.keys_at.get(&pos).map(|(mapping, _)| mapping.as_str())
+    }
+
+    /// The path of the (deepest) value starting at `pos`.
+    pub(crate) fn value_at(&self, pos: Pos) -> Option<&str> {
+        self.values_at.get(&pos).map(String::as_str)
+    }
+
+    /// What kind of node the value at `path` is.
+    pub(crate) fn node(&self, path: &str) -> Option<Node> {
+        self.entries.get(path).map(|e| e.node)
     }
 }
 
@@ -159,32 +217,29 @@ fn child_key(parent: &str, key: &str) -> String {
 // === impl Builder ===
 
 impl Builder {
+    /// Records a value at `path`; the deepest path wins a shared start position.
+    fn record(&mut self, path: &str, entry: Entry) {
+        let deeper = match self.index.values_at.get(&entry.value) {
+            Some(known) => known.len() < path.len(),
+            None => true,
+        };
+        if deeper {
+            self.index.values_at.insert(entry.value, path.to_owned());
+        }
+        // The first occurrence of a duplicated key keeps its positions.
+        self.index.entries.entry(path.to_owned()).or_insert(entry);
+    }
+
     /// Decides what a node starting at `pos` is: a key of the enclosing mapping (returns `None`)
     /// or a value, whose path is returned after recording its positions.
-    fn place_node(&mut self, scalar: Option<&str>, pos: Pos) -> Option<String> {
-        match self.stack.last_mut() {
-            None => {
-                self.index.entries.insert(
-                    String::new(),
-                    Entry {
-                        key: None,
-                        value: pos,
-                    },
-                );
-                Some(String::new())
-            }
-            Some(Frame::ComplexKey { .. }) => None,
+    fn place_node(&mut self, scalar: Option<&str>, pos: Pos, node: Node) -> Option<String> {
+        let (path, key) = match self.stack.last_mut() {
+            None => (String::new(), None),
+            Some(Frame::ComplexKey { .. }) => return None,
             Some(Frame::Sequence { path, next }) => {
                 let child = format!("{path}[{next}]");
                 *next += 1;
-                self.index.entries.insert(
-                    child.clone(),
-                    Entry {
-                        key: None,
-                        value: pos,
-                    },
-                );
-                Some(child)
+                (child, None)
             }
             Some(Frame::Mapping {
                 path,
@@ -194,36 +249,32 @@ impl Builder {
                 None => {
                     // A key. Non-scalar keys cannot be named in a dotted path.
                     let key = scalar.unwrap_or("?").to_owned();
-                    if keys.is_empty() {
-                        // yaml-rust2 marks a block mapping's start after its first key (at the
-                        // colon); the key itself is where an operator sees the mapping begin.
-                        if let Some(entry) = self.index.entries.get_mut(path.as_str()) {
-                            entry.value = entry.value.min(pos);
-                        }
-                    }
+                    let key_path = child_key(path, &key);
                     if let Some(first) = keys.get(&key) {
                         self.index.duplicates.push(Duplicate {
-                            path: child_key(path, &key),
+                            path: key_path.clone(),
                             first: *first,
                             again: pos,
                         });
                     } else {
                         keys.insert(key.clone(), pos);
                     }
+                    self.index.keys_at.insert(pos, (path.clone(), key_path));
                     *pending_key = Some((key, pos));
-                    None
+                    return None;
                 }
-                Some((key, key_pos)) => {
-                    let child = child_key(path, &key);
-                    // The first occurrence of a duplicated key keeps its positions.
-                    self.index.entries.entry(child.clone()).or_insert(Entry {
-                        key: Some(key_pos),
-                        value: pos,
-                    });
-                    Some(child)
-                }
+                Some((key, key_pos)) => (child_key(path, &key), Some(key_pos)),
             },
-        }
+        };
+        self.record(
+            &path,
+            Entry {
+                key,
+                value: pos,
+                node,
+            },
+        );
+        Some(path)
     }
 
     fn open(&mut self, pos: Pos, mapping: bool) {
@@ -231,7 +282,12 @@ impl Builder {
             *depth += 1;
             return;
         }
-        let frame = match self.place_node(None, pos) {
+        let node = if mapping {
+            Node::Mapping
+        } else {
+            Node::Sequence
+        };
+        let frame = match self.place_node(None, pos, node) {
             Some(path) if mapping => Frame::Mapping {
                 path,
                 pending_key: None,
@@ -255,31 +311,24 @@ impl Builder {
         }
         self.stack.pop();
     }
-}
 
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        if self.done {
-            return;
-        }
-        let pos = Pos::from_marker(mark);
-        match ev {
-            Event::Scalar(value, ..) => {
-                if !matches!(self.stack.last(), Some(Frame::ComplexKey { .. })) {
-                    self.place_node(Some(&value), pos);
-                }
+    /// Takes one event; `false` once the first document has ended.
+    fn on_event(&mut self, event: Event<'_>, pos: Pos) -> bool {
+        let in_complex_key = matches!(self.stack.last(), Some(Frame::ComplexKey { .. }));
+        match event {
+            Event::Scalar(value, ..) if !in_complex_key => {
+                self.place_node(Some(&value), pos, Node::Scalar);
             }
-            Event::Alias(_) => {
-                if !matches!(self.stack.last(), Some(Frame::ComplexKey { .. })) {
-                    self.place_node(None, pos);
-                }
+            Event::Alias(_) | Event::UnresolvedAlias(_) if !in_complex_key => {
+                self.place_node(None, pos, Node::Alias);
             }
             Event::MappingStart(..) => self.open(pos, true),
             Event::SequenceStart(..) => self.open(pos, false),
             Event::MappingEnd | Event::SequenceEnd => self.close(),
-            Event::DocumentEnd => self.done = true,
-            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart => {}
+            Event::DocumentEnd => return false,
+            _ => {}
         }
+        true
     }
 }
 
@@ -338,7 +387,7 @@ partners:
     #[test]
     fn duplicate_keys_are_recorded() {
         let index = Index::build("a: 1\nb: 2\na: 3\n");
-        let dup = &index.duplicates()[0];
+        let dup = index.duplicate_at(at(3, 1).unwrap()).unwrap();
         assert_eq!(dup.path, "a");
         assert_eq!(
             (dup.first, dup.again),
@@ -354,8 +403,34 @@ partners:
     }
 
     #[test]
-    fn broken_yaml_gives_an_empty_index() {
-        let index = Index::build("a: [1, 2\n");
-        assert_eq!(index.locate("a"), None);
+    fn broken_yaml_keeps_what_was_read_before_the_error() {
+        let index = Index::build("a: 1\nb: [1, 2\n");
+        assert_eq!(index.value("a"), at(1, 4));
+        assert_eq!(index.locate("c"), at(1, 1));
+    }
+
+    #[test]
+    fn a_position_names_the_key_value_or_mapping_written_there() {
+        let index = Index::build(TEXT);
+        let pos = |line, column| Pos { line, column };
+        assert_eq!(index.key_at(pos(10, 5)), Some("routes[1].upstream"));
+        assert_eq!(index.mapping_of_key_at(pos(10, 5)), Some("routes[1]"));
+        assert_eq!(index.value_at(pos(10, 15)), Some("routes[1].upstream"));
+        // A list item's mapping starts where its first key does: the deepest value is named.
+        assert_eq!(index.value_at(pos(9, 5)), Some("routes[1]"));
+        assert_eq!(
+            index.node("upstreams.orders.endpoints"),
+            Some(Node::Sequence)
+        );
+        assert_eq!(index.node("routes[1]"), Some(Node::Mapping));
+        assert_eq!(index.node("routes[1].name"), Some(Node::Scalar));
+    }
+
+    #[test]
+    fn an_index_built_until_a_position_stops_there() {
+        let index = Index::build_until(TEXT, Some(Pos { line: 9, column: 5 }));
+        assert_eq!(index.value("routes[0].upstream"), at(8, 15));
+        assert_eq!(index.value("routes[1].name"), None);
+        assert_eq!(index.value("partners"), None);
     }
 }

@@ -16,6 +16,7 @@ pub mod published;
 pub mod schema;
 mod validate;
 pub mod watch;
+mod yaml;
 
 /// Where a problem is.
 #[derive(Debug, Clone, PartialEq, Eq)]

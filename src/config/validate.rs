@@ -103,10 +103,7 @@ pub(super) fn parse_checked(text: &str, source: &Path) -> Result<Checked, Proble
 
 /// The model and the validator that built it (which knows where everything was written).
 fn validated<'a>(text: &str, source: &'a Path) -> Result<(model::Config, Validator<'a>), Problems> {
-    let file: schema::File = match serde_yaml::from_str(text) {
-        Ok(file) => file,
-        Err(err) => return Err(Problems::from(shape_problem(&err, text, source))),
-    };
+    let file = super::yaml::read(text, source).map_err(Problems::from)?;
     let mut v = Validator::new(text, source);
     let config = v.config(file, text);
     if v.problems.is_empty() {
@@ -119,54 +116,6 @@ fn validated<'a>(text: &str, source: &'a Path) -> Result<(model::Config, Validat
             Place::File(_) | Place::None => (1, 0, 0),
         });
         Err(Problems::new(v.problems))
-    }
-}
-
-/// Turns a serde_yaml error (syntax, or a value of the wrong shape) into a problem, moving the
-/// position and the field path out of the message into the [`Place`].
-fn shape_problem(err: &serde_yaml::Error, text: &str, file: &Path) -> Problem {
-    let mut message = err.to_string();
-    let Some(location) = err.location() else {
-        return Problem {
-            place: Place::File(file.to_owned()),
-            message,
-        };
-    };
-    let at = format!(" at line {} column {}", location.line(), location.column());
-    message = message.replacen(&at, "", 1);
-
-    let mut field = String::new();
-    if let Some((prefix, rest)) = message.split_once(": ") {
-        // serde_yaml prefixes shape errors with the path (`routes[0]: missing field ...`); syntax
-        // and type messages have spaces before their first colon (`invalid type: ...`).
-        if !prefix.is_empty() && !prefix.contains(char::is_whitespace) {
-            field = prefix.to_owned();
-            message = rest.to_owned();
-        }
-    }
-    // Name the typo itself, not only the mapping it appears in.
-    if let Some(name) = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
-    {
-        field = if field.is_empty() || field == "." {
-            name.to_owned()
-        } else {
-            format!("{field}.{name}")
-        };
-    }
-    let unknown_field = message.starts_with("unknown field `");
-    if let Some(hint) = super::indent::hint(text, location.line(), unknown_field) {
-        message = format!("{hint} (parser: {message})");
-    }
-    Problem {
-        place: Place::Yaml {
-            file: file.to_owned(),
-            line: location.line(),
-            column: location.column(),
-            field,
-        },
-        message,
     }
 }
 
@@ -235,19 +184,6 @@ impl<'a> Validator<'a> {
     }
 
     fn config(&mut self, file: schema::File, text: &str) -> model::Config {
-        for dup in self.index.duplicates().to_vec() {
-            let first = format!("line {} column {}", dup.first.line, dup.first.column);
-            self.problems.push(Problem {
-                place: Place::Yaml {
-                    file: self.file.to_owned(),
-                    line: dup.again.line,
-                    column: dup.again.column,
-                    field: dup.path,
-                },
-                message: format!("duplicate key; first written at {first}"),
-            });
-        }
-
         let allow_missing_eku = file.server.client_auth.allow_missing_eku.unwrap_or(false);
         let lifecycle = self.lifecycle(file.lifecycle);
         let (trust_bundles, bundle_ids) =

@@ -74,7 +74,10 @@ fn string_value(value: &Any<'_>) -> Option<String> {
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))
                 .collect();
-            (value.data.len() % 2 == 0)
+            value
+                .data
+                .len()
+                .is_multiple_of(2)
                 .then(|| String::from_utf16(&units).ok())
                 .flatten()
         }
@@ -84,7 +87,7 @@ fn string_value(value: &Any<'_>) -> Option<String> {
                 .chunks_exact(4)
                 .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
                 .collect();
-            chars.filter(|_| value.data.len() % 4 == 0)
+            chars.filter(|_| value.data.len().is_multiple_of(4))
         }
         _ => None,
     }
