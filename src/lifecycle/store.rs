@@ -291,7 +291,7 @@ impl Store {
     /// # Errors
     /// The database failed.
     pub async fn partner_of_enrolment(&mut self, id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT partner FROM onboarding WHERE enrolment_id = ?")
+        let row = sqlx::query("SELECT partner FROM onboarding WHERE enrolment_id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -525,14 +525,14 @@ async fn apply(conn: &mut AnyConnection, partner: &str, record: &Record) -> Resu
         .bind(partner)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM onboarding WHERE partner = ?")
+    sqlx::query("DELETE FROM onboarding WHERE partner = $1")
         .bind(partner)
         .execute(&mut *conn)
         .await?;
     if let Some(p) = &record.partner {
         if p.invitation.is_some() || p.enrolment.is_some() {
             sqlx::query(
-                "INSERT INTO onboarding (partner, token_sha256, enrolment_id) VALUES (?, ?, ?)",
+                "INSERT INTO onboarding (partner, token_sha256, enrolment_id) VALUES ($1, $2, $3)",
             )
             .bind(&p.id)
             .bind(p.invitation.as_ref().map(|i| &i.token_sha256))
