@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::CertificateError;
 use rustls_pki_types::UnixTime;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_rustls::server::TlsStream;
 
 use super::activity::{Activity, LastSeen, Tracked};
@@ -80,7 +82,19 @@ pub struct ConnContext {
     /// the tunnel once hyper lets go of the transport. Locked once per upgrade and once at the
     /// connection's end, never per request.
     tunnel: tokio::sync::Mutex<Option<PendingTunnel>>,
+    /// Wakes HTTP/2 stream handlers when the supervisor cuts the connection. They run on tasks
+    /// of their own, which dropping the connection does not end: each drops its request (and
+    /// writes its audit line) when this fires.
+    cut_signal: tokio::sync::Notify,
+    /// The connection's place under `max_connections`. Held by the context, so HTTP/2 stream
+    /// tasks hold it too: a drain waiting for every permit waits for their audit lines as well.
+    _permit: OwnedSemaphorePermit,
 }
+
+/// An HTTP/2 stream's answer when its connection was cut first: hyper resets the stream.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection was cut before the request was answered")]
+pub(crate) struct ConnectionCut;
 
 /// Why a connection was closed under requests that may still be in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +118,27 @@ impl ConnContext {
     /// Records why the supervisor is about to drop the connection with requests in flight.
     fn cut(&self, why: Cut) {
         self.cut.store(why as u8, Ordering::Relaxed);
+        self.cut_signal.notify_waiters();
+    }
+
+    /// Runs an HTTP/2 stream's handler until it answers or the connection is cut. On a cut the
+    /// handler is dropped here, on its own task, so its request is audited before the stream
+    /// task (and with it this context and its permit) goes away.
+    async fn until_cut(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<service::ProxyBody>, ConnectionCut> {
+        let cut = self.cut_signal.notified();
+        tokio::pin!(cut);
+        cut.as_mut().enable();
+        if self.cut.load(Ordering::Relaxed) != 0 {
+            return Err(ConnectionCut);
+        }
+        tokio::select! {
+            biased;
+            answer = service::handle(self.clone(), req) => Ok(answer.unwrap_or_else(|never| match never {})),
+            () = cut => Err(ConnectionCut),
+        }
     }
 
     /// The reason code for a request that got no answer: why the connection was cut, or
@@ -155,6 +190,7 @@ pub(crate) async fn serve(
     id: u64,
     snapshot: Arc<Snapshot>,
     phase: watch::Receiver<Phase>,
+    permit: OwnedSemaphorePermit,
 ) {
     let _active = snapshot.metrics.metrics().connection();
     // The handshake and the identity check are boxed: the task holds its future for the
@@ -163,7 +199,10 @@ pub(crate) async fn serve(
     let Some(tls) = Box::pin(tls_handshake(tcp, peer, id, &snapshot)).await else {
         return;
     };
-    let established = Box::pin(Supervisor::establish(tls, peer, id, snapshot, phase)).await;
+    let established = Box::pin(Supervisor::establish(
+        tls, peer, id, snapshot, phase, permit,
+    ))
+    .await;
     let Some((mut supervisor, tls)) = established else {
         return;
     };
@@ -287,6 +326,7 @@ impl Supervisor {
         id: u64,
         snapshot: Arc<Snapshot>,
         phase: watch::Receiver<Phase>,
+        permit: OwnedSemaphorePermit,
     ) -> Option<(Self, TlsStream<TcpStream>)> {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let (_, session) = tls.get_ref();
@@ -325,6 +365,8 @@ impl Supervisor {
             revoked: revoked.clone(),
             cut: AtomicU8::new(0),
             tunnel: tokio::sync::Mutex::new(None),
+            cut_signal: tokio::sync::Notify::new(),
+            _permit: permit,
         });
         if ctx.refuse.is_none() {
             if let Some(partner) = ctx.partner_id() {
@@ -377,10 +419,13 @@ impl Supervisor {
         if h2 {
             // Boxed like the HTTP/1.1 one below: the task's future is as large as its largest
             // state, and most connections never are in this one.
+            let h2_ctx = ctx.clone();
+            let streams = service_fn(move |req| h2_ctx.clone().until_cut(req));
+            drop(svc);
             let mut conn = Box::pin(
                 ctx.snapshot
                     .http2
-                    .serve_connection_with_upgrades(TokioIo::new(io), svc),
+                    .serve_connection_with_upgrades(TokioIo::new(io), streams),
             );
             loop {
                 let event = self.next_http_event(conn.as_mut(), &gate, &mut http).await;

@@ -83,10 +83,7 @@ pub(crate) async fn accept_loop(
         let snapshot = current.load_full();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            connection::serve(tcp, peer, id, snapshot, shutdown).await;
-            drop(permit);
-        });
+        tokio::spawn(connection::serve(tcp, peer, id, snapshot, shutdown, permit));
     }
 }
 
