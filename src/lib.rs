@@ -46,6 +46,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod metrics;
 pub mod onboarding;
+pub(crate) mod plain_http;
 pub mod policy;
 pub mod proxy;
 pub(crate) mod refusal;

@@ -15,10 +15,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
@@ -238,35 +237,12 @@ async fn poll_loop(
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // Dropping the set (when this task is aborted) aborts every connection with it.
-    let mut connections = JoinSet::new();
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "control plane accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        while connections.try_join_next().is_some() {}
-        let state = state.clone();
-        connections.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(client.addr = %peer, error = %e, "feed connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
+    let limits = crate::plain_http::Limits {
+        name: "feed",
+        max_connections: MAX_CONNECTIONS,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+    };
+    crate::plain_http::serve(listener, limits, move |req| handle(state.clone(), req)).await;
 }
 
 async fn handle(
