@@ -9,7 +9,7 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -95,25 +95,8 @@ impl Cluster {
         }
     }
 
-    /// `certgate ARGS --config <control plane's config>`.
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_certgate"))
-            .args(args)
-            .arg("--config")
-            .arg(&self.control_config)
-            .output()
-            .unwrap()
-    }
-
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "certgate {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::cli::ok(&self.control_config, args)
     }
 
     /// Starts `certgate control-plane` and waits until it is ready.

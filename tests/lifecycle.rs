@@ -84,35 +84,17 @@ fn setup(upstream: SocketAddr, backend: Backend) -> Setup {
 impl Setup {
     /// Runs `certgate ARGS --config CONFIG`.
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_certgate"))
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap()
+        common::cli::run(&self.config, args)
     }
 
     /// Runs a command that must succeed; returns its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "certgate {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::cli::ok(&self.config, args)
     }
 
     /// Runs a command that must fail; returns its stderr.
     fn refused(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            !out.status.success(),
-            "certgate {args:?} should have been refused:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        common::cli::refused(&self.config, args)
     }
 
     fn ca_pem(&self) -> PathBuf {

@@ -10,6 +10,7 @@
     clippy::expect_used
 )]
 
+pub mod cli;
 pub mod openssl;
 pub mod pki;
 pub mod postgres;
