@@ -146,28 +146,7 @@ impl Cluster {
         let key = self.env.path(&format!("{id}-key.pem"));
         let csr = self.env.path(&format!("{id}.csr"));
         let cert = self.env.path(&format!("{id}.pem"));
-        let out = Command::new("openssl")
-            .args([
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-subj", "/O=partner", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&csr)
-            .arg("-addext")
-            .arg(format!("subjectAltName=URI:{spiffe}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::openssl::partner_csr(&key, &csr, &format!("URI:{spiffe}"));
         self.ok(&[
             "partner",
             "issue",
@@ -199,27 +178,6 @@ fn serve(gw: &Gateway) -> Process {
         std::thread::sleep(Duration::from_millis(50));
     }
     process
-}
-
-/// A client leaf from the PEM files the partner holds.
-fn leaf_from(cert: &Path, key: &Path) -> Leaf {
-    let chain_pem = std::fs::read_to_string(cert).unwrap();
-    let first = chain_pem
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .next()
-        .unwrap()
-        .to_owned();
-    use rustls::pki_types::pem::PemObject;
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(first.as_bytes())
-        .unwrap()
-        .to_vec();
-    Leaf {
-        pem: first,
-        chain_pem,
-        key_pem: std::fs::read_to_string(key).unwrap(),
-        der,
-        serial: 0,
-    }
 }
 
 /// Plain HTTP GET: (status, ETag, body).
@@ -319,7 +277,7 @@ async fn a_revoke_on_the_control_plane_cuts_keep_alive_connections_on_two_gatewa
     }
 
     let (cert, key) = cluster.onboard("initech");
-    let leaf = leaf_from(&cert, &key);
+    let leaf = common::pki::leaf_from_files(&cert, &key);
     for gw in &gateways {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -500,7 +458,7 @@ async fn a_gateway_keeps_its_last_copy_while_the_control_plane_is_down_and_says_
     let gw = cluster.gateway("gw");
     let _served = serve(&gw);
     let (cert, key) = cluster.onboard("initech");
-    let leaf = leaf_from(&cert, &key);
+    let leaf = common::pki::leaf_from_files(&cert, &key);
     let serves = || async {
         call(
             gw.listen,

@@ -143,23 +143,7 @@ impl Setup {
     fn csr(&self, name: &str, san: &str) -> (PathBuf, PathBuf) {
         let key = self.env.path(&format!("{name}-key.pem"));
         let csr = self.env.path(&format!("{name}.csr"));
-        openssl_ok(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            path(&key),
-            "-out",
-            path(&csr),
-            "-subj",
-            "/O=partner",
-            "-addext",
-            &format!("subjectAltName={san}"),
-        ]);
+        common::openssl::partner_csr(&key, &csr, san);
         (csr, key)
     }
 
@@ -259,27 +243,6 @@ fn serve(s: &Setup) -> Served {
         std::thread::sleep(Duration::from_millis(50));
     }
     Served(child)
-}
-
-/// A client leaf made from the PEM files the partner holds.
-fn leaf_from(cert: &Path, key: &Path) -> Leaf {
-    let chain_pem = std::fs::read_to_string(cert).unwrap();
-    let first = chain_pem
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .next()
-        .unwrap()
-        .to_owned();
-    use rustls::pki_types::pem::PemObject;
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(first.as_bytes())
-        .unwrap()
-        .to_vec();
-    Leaf {
-        pem: first,
-        chain_pem,
-        key_pem: std::fs::read_to_string(key).unwrap(),
-        der,
-        serial: 0,
-    }
 }
 
 async fn curl_status(s: &Setup, cert: &Path, key: &Path) -> Result<String, String> {
@@ -460,7 +423,7 @@ async fn a_partner_onboarded_through_the_lifecycle_is_served_and_revoking_cuts_i
     assert_eq!(up.count(), seen);
 
     // An open keep-alive connection, sending in a loop.
-    let leaf = leaf_from(&cert, &key);
+    let leaf = common::pki::leaf_from_files(&cert, &key);
     let tls = connect(s.listen, "localhost", s.env.tls_config_for(&leaf))
         .await
         .unwrap();

@@ -80,23 +80,11 @@ impl Lab {
         let key = self.env.path(&format!("{name}-key.pem"));
         let csr = self.env.path(&format!("{name}.csr"));
         let cert = self.env.path(&format!("{name}.pem"));
-        openssl_ok(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            path(&key),
-            "-out",
-            path(&csr),
-            "-subj",
-            "/O=partner",
-            "-addext",
-            &format!("subjectAltName=URI:spiffe://partners.example.com/{id}"),
-        ]);
+        common::openssl::partner_csr(
+            &key,
+            &csr,
+            &format!("URI:spiffe://partners.example.com/{id}"),
+        );
         self.ok(&[
             "partner",
             "issue",
@@ -120,7 +108,7 @@ impl Lab {
         (cert, key): &(PathBuf, PathBuf),
         req: http::Request<http_body_util::Full<bytes::Bytes>>,
     ) -> u16 {
-        let leaf = leaf_from(cert, key);
+        let leaf = common::pki::leaf_from_files(cert, key);
         self.env
             .call_as(gw, &leaf, req)
             .await
@@ -151,27 +139,6 @@ fn openssl_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The leaf of a chain file as a client [`Leaf`].
-fn leaf_from(cert: &Path, key: &Path) -> Leaf {
-    use rustls::pki_types::pem::PemObject;
-    let chain_pem = std::fs::read_to_string(cert).unwrap();
-    let first = chain_pem
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .next()
-        .unwrap()
-        .to_owned();
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(first.as_bytes())
-        .unwrap()
-        .to_vec();
-    Leaf {
-        pem: first,
-        chain_pem,
-        key_pem: std::fs::read_to_string(key).unwrap(),
-        der,
-        serial: 0,
-    }
 }
 
 /// (serial as `openssl x509 -serial` prints it, notAfter in Unix seconds) of a chain's leaf.
@@ -456,7 +423,7 @@ async fn lifecycle_metrics_cover_lead_times_expiry_idle_partners_revocation_and_
     // Refused from now on, and observed once only. The last request came before the revoke
     // command; the registry's revocation time has one-second resolution, so the observation is
     // under a second.
-    let leaf = leaf_from(&initech.0, &initech.1);
+    let leaf = common::pki::leaf_from_files(&initech.0, &initech.1);
     let refused = lab.env.call_as(&gw, &leaf, get("/v1/orders/3")).await;
     assert!(refused.unwrap_err().contains("CertificateRevoked"));
     gw.flush_usage().await.unwrap();

@@ -110,23 +110,7 @@ impl Setup {
     fn csr(&self, name: &str, san: &str) -> (PathBuf, PathBuf) {
         let key = self.env.path(&format!("{name}-key.pem"));
         let csr = self.env.path(&format!("{name}.csr"));
-        openssl_ok(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            path(&key),
-            "-out",
-            path(&csr),
-            "-subj",
-            "/O=partner",
-            "-addext",
-            &format!("subjectAltName={san}"),
-        ]);
+        common::openssl::partner_csr(&key, &csr, san);
         (csr, key)
     }
 

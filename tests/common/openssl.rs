@@ -34,10 +34,9 @@ pub fn openssl(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `openssl req` in `dir` with a fresh P-256 key written to `key_file` and the subject `/CN={cn}`;
-/// `args` say what to make of it (`-x509 …` or `-new …`) and where to write it.
-fn req_with_new_p256_key(dir: &Path, key_file: &str, cn: &str, args: &[&str]) {
-    let subject = format!("/CN={cn}");
+/// `openssl req` in `dir` with a fresh P-256 key written to `key_file` and `subject` (e.g.
+/// `/CN=…`); `args` say what to make of it (`-x509 …` or `-new …`) and where to write it.
+fn req_with_new_p256_key(dir: &Path, key_file: &str, subject: &str, args: &[&str]) {
     let mut all = vec![
         "req",
         "-newkey",
@@ -48,10 +47,24 @@ fn req_with_new_p256_key(dir: &Path, key_file: &str, cn: &str, args: &[&str]) {
         "-keyout",
         key_file,
         "-subj",
-        &subject,
+        subject,
     ];
     all.extend_from_slice(args);
     openssl(dir, &all);
+}
+
+/// What a partner does before enrolling: a fresh P-256 key written to `key` and a CSR for it
+/// written to `csr`, with the subject `/O=partner` and `san` (e.g. `URI:spiffe://…`) as its
+/// subjectAltName. The key never leaves the partner's files.
+pub fn partner_csr(key: &Path, csr: &Path, san: &str) {
+    let dir = csr.parent().unwrap();
+    let san = format!("subjectAltName={san}");
+    req_with_new_p256_key(
+        dir,
+        key.to_str().unwrap(),
+        "/O=partner",
+        &["-new", "-out", csr.to_str().unwrap(), "-addext", &san],
+    );
 }
 
 /// A number for the next file written into a CA's folder, unique in this test binary.
@@ -125,7 +138,7 @@ impl OpenSslCa {
         req_with_new_p256_key(
             ca.dir(),
             "ca.key",
-            cn,
+            &format!("/CN={cn}"),
             &[
                 "-x509",
                 "-out",
@@ -203,7 +216,7 @@ impl OpenSslCa {
         req_with_new_p256_key(
             self.dir(),
             &key,
-            &format!("leaf{n}"),
+            &format!("/CN=leaf{n}"),
             &["-new", "-out", &csr],
         );
         openssl(

@@ -208,3 +208,25 @@ impl Leaf {
         hex::encode(sha2::Sha256::digest(&self.der))
     }
 }
+
+/// A client leaf made from the PEM files a partner holds: `cert` (its certificate, then the
+/// chain the issuer sent with it) and `key`. Its serial is not read (0).
+pub fn leaf_from_files(cert: &std::path::Path, key: &std::path::Path) -> Leaf {
+    use rustls::pki_types::pem::PemObject;
+    let chain_pem = std::fs::read_to_string(cert).unwrap();
+    let first = chain_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap()
+        .to_owned();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(first.as_bytes())
+        .unwrap()
+        .to_vec();
+    Leaf {
+        pem: first,
+        chain_pem,
+        key_pem: std::fs::read_to_string(key).unwrap(),
+        der,
+        serial: 0,
+    }
+}
