@@ -2,7 +2,12 @@
 # The gateway with a large lifecycle registry against the same gateway with a small one, side by
 # side, on one release binary:
 #
-#   benches/registry-scale.sh CERTGATE_BINARY LOADGEN_BINARY
+#   benches/registry-scale.sh CERTGATE_BINARY [LOADGEN_BINARY]
+#
+# Build the binary with the `measure` profile (`cargo build --profile measure`, then
+# target/measure/certgate): optimised like a release, without the release's fat LTO. Without
+# LOADGEN_BINARY (or with `-`) the handshake and keep-alive rates are skipped; everything else
+# is measured.
 #
 # Two state folders share one CA and the same 10 partners, onboarded with the real CLI (register,
 # approve, issue from an openssl CSR); the large one also holds PARTNERS (default 100 000)
@@ -14,13 +19,16 @@
 #   - handshake and keep-alive rates (loadgen, one partner per window, rotating through the 10),
 #     small and large interleaved, ROUNDS rounds, with the gateway's CPU per request;
 #   - `certgate partner revoke` to the close of an open keep-alive connection of that partner
-#     (CUTS runs each, a different partner every run).
+#     (CUTS runs each, a different partner every run), and the revoke command's own wall time;
+#   - `registry publish` (wall time, maximum RSS), and the gateway's reload of the partner table
+#     each publication causes (`reload.elapsed_ms` of its "configuration reloaded" lines).
 # Loopback only; ports GW_PORT/UP_PORT/ADMIN_PORT (defaults 28443/28080/29901, away from
 # compare.sh's). Every process started is stopped by its PID. Output under target/bench-results/.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$(realpath "$1")
-LOADGEN=$(realpath "$2")
+LOADGEN=${2:--}
+[ "$LOADGEN" = - ] || LOADGEN=$(realpath "$LOADGEN")
 N=${PARTNERS:-100000}
 ROUNDS=${ROUNDS:-3}
 CUTS=${CUTS:-5}
@@ -31,8 +39,9 @@ P=$OUT/pki
 mkdir -p "$P"
 PIDS=()
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done' EXIT
+trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done' EXIT
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
 for tool in nginx openssl curl python3 /usr/bin/time; do
     command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
 done
@@ -145,19 +154,24 @@ with db:
 EOF
 log "generated in $(python3 -c "print(round($(date +%s.%N)-$t0,1))") s"
 cg registry verify --config "$LARGE" | tail -1 >&2
-cg registry publish --config "$LARGE" >/dev/null
+for name in small large; do
+    /usr/bin/time -v "$BIN" registry publish --config "$OUT/$name.yaml" > /dev/null 2> "$OUT/publish-$name.txt"
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, a, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + a[i]; print s }' "$OUT/publish-$name.txt")
+    rss=$(awk -F': ' '/Maximum resident/ { print $2 }' "$OUT/publish-$name.txt")
+    log "registry publish ($name): ${wall} s, max RSS ${rss} kB (load $(load1))"
+done
 python3 -c "import json,sys; print('published partners:', len(json.load(open(sys.argv[1]))['partners']))" \
     "$OUT/state-large/published/partners.json" >&2
 
 # --- load time and memory ------------------------------------------------------------------------
 {
-    echo "registry,check_wall_s,check_max_rss_kb"
+    echo "registry,check_wall_s,check_max_rss_kb,load1"
     for r in 1 2 3; do
         for name in small large; do
             /usr/bin/time -v "$BIN" check --config "$OUT/$name.yaml" > /dev/null 2> "$OUT/time-$name.txt" || true
             wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, a, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + a[i]; print s }' "$OUT/time-$name.txt")
             rss=$(awk -F': ' '/Maximum resident/ { print $2 }' "$OUT/time-$name.txt")
-            echo "$name,$wall,$rss"
+            echo "$name,$wall,$rss,$(load1)"
         done
     done
 } | tee "$OUT/check.csv" >&2
@@ -170,7 +184,7 @@ serve() { # name → sets GW
 lg() { taskset -c 1 "$LOADGEN" "$@"; }
 
 # --- start-up, rates -----------------------------------------------------------------------------
-echo "registry,round,ready_s,rss_kb,mode,partner,rate,gw_cpu_us_per_req" > "$OUT/rates.csv"
+echo "registry,round,ready_s,rss_kb,mode,partner,rate,gw_cpu_us_per_req,load1" > "$OUT/rates.csv"
 for round in $(seq 1 "$ROUNDS"); do
     for name in small large; do
         t0=$(date +%s.%N)
@@ -178,7 +192,9 @@ for round in $(seq 1 "$ROUNDS"); do
         ready
         t=$(python3 -c "print(round($(date +%s.%N)-$t0,3))")
         rss=$(awk '/VmRSS/ { print $2 }' "/proc/$GW/status")
+        [ "$LOADGEN" = - ] && echo "$name,$round,$t,$rss,-,-,-,-,$(load1)" | tee -a "$OUT/rates.csv" >&2
         for mode in handshake keepalive; do
+            [ "$LOADGEN" = - ] && break
             if [ "$mode" = handshake ]; then
                 pn=$(( (round * 2) % 10 + 1 )) extra=(--concurrency 16)
             else
@@ -190,7 +206,7 @@ for round in $(seq 1 "$ROUNDS"); do
             echo "$j" >> "$OUT/loadgen.jsonl"
             rate=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(round(d['rps']))" "$j")
             cpu=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(round(d['watched_cpu_us_per_req'] or 0, 1))" "$j")
-            echo "$name,$round,$t,$rss,$mode,p$pn,$rate,$cpu" | tee -a "$OUT/rates.csv" >&2
+            echo "$name,$round,$t,$rss,$mode,p$pn,$rate,$cpu,$(load1)" | tee -a "$OUT/rates.csv" >&2
         done
         stop "$GW"
     done
@@ -218,18 +234,30 @@ except (ssl.SSLError, OSError):
     pass
 cut = time.monotonic() - t0
 cli.wait()
-print(f"{cut:.3f}")
+print(f"{cut:.3f},{time.monotonic() - t0:.3f}")
 EOF
 }
-echo "registry,partner,revoke_to_cut_s" > "$OUT/cut.csv"
+echo "registry,partner,revoke_to_cut_s,revoke_cli_s,load1" > "$OUT/cut.csv"
+echo "registry,reload_elapsed_ms" > "$OUT/reload.csv"
 for name in small large; do
     serve "$name"
     ready
     for k in $(seq 1 "$CUTS"); do
         pn=$((10 - CUTS + k))
         c=$(cut_once "$name" "p$pn")
-        echo "$name,p$pn,$c" | tee -a "$OUT/cut.csv" >&2
+        echo "$name,p$pn,$c,$(load1)" | tee -a "$OUT/cut.csv" >&2
     done
+    # One more publication without a change, then the reloads: one per revoke, one for it.
+    t0=$(date +%s.%N)
+    cg registry publish --config "$OUT/$name.yaml" > /dev/null
+    log "registry publish ($name, gateway running): $(python3 -c "print(round($(date +%s.%N)-$t0,2))") s"
+    for _ in $(seq 100); do
+        [ "$(grep -c 'configuration reloaded' "$OUT/gw-$name.log")" -gt "$CUTS" ] && break
+        sleep 0.1
+    done
+    ms=$(grep 'configuration reloaded' "$OUT/gw-$name.log" | grep -o 'reload.elapsed_ms[^0-9]*[0-9]*' | grep -o '[0-9]*$' | paste -sd' ')
+    echo "$name,$ms" | tee -a "$OUT/reload.csv" >&2
+    log "load: $(uptime)"
     stop "$GW"
 done
 log "load: $(uptime)"

@@ -310,6 +310,13 @@ macro_rules! on_both_backends {
             }
 
             #[test]
+            fn a_revocation_is_in_force_even_when_the_partner_table_cannot_be_written() {
+                super::a_revocation_is_in_force_even_when_the_partner_table_cannot_be_written(
+                    $backend,
+                );
+            }
+
+            #[test]
             fn the_expiring_report_lists_certificates_due_with_their_owners_until_renewed() {
                 super::the_expiring_report_lists_certificates_due_with_their_owners_until_renewed(
                     $backend,
@@ -998,6 +1005,94 @@ fn a_renewed_certificate_overlaps_the_old_one_and_offboarding_retires_everything
         reuse.contains("already taken (status offboarded)"),
         "{reuse}"
     );
+}
+
+/// The number `openssl crl` reads from the published CRL's CRLNumber extension.
+fn crl_number_on_disk(s: &Setup) -> u64 {
+    let text = openssl_ok(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        path(&s.state.join("published/crl.der")),
+        "-noout",
+        "-text",
+    ]);
+    let mut lines = text.lines();
+    lines.find(|l| l.contains("X509v3 CRL Number"));
+    let number = lines.next().unwrap_or_default().trim();
+    number
+        .parse()
+        .unwrap_or_else(|_| panic!("no CRL number in {text}"))
+}
+
+fn a_revocation_is_in_force_even_when_the_partner_table_cannot_be_written(backend: Backend) {
+    let s = setup("127.0.0.1:9".parse().unwrap(), backend);
+    s.ok(&["ca", "init"]);
+    s.onboard("initech");
+    let (cert, _) = s.issue("initech", "initech");
+    assert!(s.openssl_verify(&cert).status.success());
+    let before = crl_number_on_disk(&s);
+
+    // A directory where the partner table goes: its rename fails, the CRL's does not.
+    let table = s.state.join("published/partners.json");
+    std::fs::remove_file(&table).unwrap();
+    std::fs::create_dir_all(table.join("blocker")).unwrap();
+    let out = s.run(&[
+        "partner",
+        "revoke",
+        "initech",
+        "--reason",
+        "keyCompromise",
+        "--actor",
+        "carol",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("publishing it failed"), "{stderr}");
+    let number = crl_number_on_disk(&s);
+    assert_eq!(number, before + 1);
+    assert!(
+        stderr.contains(&format!(
+            "CRL #{number} is published, but the partner table is not"
+        )),
+        "{stderr}"
+    );
+    // The CRL on disk revokes the certificate: openssl refuses it, naming the revocation.
+    let verify = s.openssl_verify(&cert);
+    assert!(!verify.status.success());
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("revoked")
+            || String::from_utf8_lossy(&verify.stderr).contains("revoked")
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.state.join("publish-status.json")).unwrap())
+            .unwrap();
+    assert_eq!(status["pending"], true, "{status}");
+    assert_eq!(status["failures"], 1, "{status}");
+
+    // The failed publication's CRL number stays spent: the retry signs the next one.
+    std::fs::remove_dir_all(&table).unwrap();
+    let published = s.ok(&["registry", "publish"]);
+    assert!(
+        published.contains(&format!("published CRL #{} (1 revoked)", number + 1)),
+        "{published}"
+    );
+    assert_eq!(crl_number_on_disk(&s), number + 1);
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
+    assert_eq!(written["crl_number"], number + 1);
+    assert_eq!(written["partners"][0]["id"], "initech", "{written}");
+    assert_eq!(
+        written["partners"][0]["certificates"],
+        serde_json::json!([]),
+        "{written}"
+    );
+    assert_eq!(written["revocations"][0]["partner"], "initech", "{written}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.state.join("publish-status.json")).unwrap())
+            .unwrap();
+    assert_eq!(status["pending"], false, "{status}");
 }
 
 fn the_expiring_report_lists_certificates_due_with_their_owners_until_renewed(backend: Backend) {

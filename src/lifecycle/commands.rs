@@ -293,13 +293,8 @@ async fn new_partner(
             status: p.status,
         });
     }
-    for other in w.records().await? {
-        if let Some(p) = other.partner {
-            let live = matches!(p.status, PartnerStatus::Pending | PartnerStatus::Approved);
-            if live && p.identity == identity {
-                return Err(CommandError::IdentityClaimed { identity, by: p.id });
-            }
-        }
+    if let Some(by) = w.live_holder(&identity).await? {
+        return Err(CommandError::IdentityClaimed { identity, by });
     }
     let now = now_rfc3339();
     let action = if invitation.is_some() {

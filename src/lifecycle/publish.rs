@@ -6,11 +6,20 @@
 //! never half of one. Publishing takes the registry's write lock, so concurrent CLI processes
 //! publish one after the other and the last file written reflects the last change.
 //!
+//! The CRL goes first, built from the revoked rows of the certificates table alone: a gateway
+//! polls it every 200 ms and cuts a revoked certificate's connections as soon as it changes, so
+//! a revocation takes effect without waiting for the partner table, whose size grows with every
+//! registered partner. The table follows under the same lock. Neither order leaks access: the
+//! table only adds or removes partners and scopes, and a new certificate is handed out only
+//! after both files are in place.
+//!
 //! [`merge`] is the gateway's side: it turns the published files into one more trust bundle and
 //! more partners of the validated configuration, so the snapshot build treats them exactly like
 //! YAML ones and the hot path never sees the registry.
+//!
+//! [`merge`]: crate::config::published::merge
 
-use std::io::Write as _;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,8 +30,8 @@ use time::OffsetDateTime;
 
 use super::ca::{CaError, Signer};
 use super::commands::{now_rfc3339, parse_time};
-use super::registry::{CertStatus, PartnerStatus};
-use super::store::{Store, StoreError};
+use super::registry::PartnerStatus;
+use super::store::{RevokedCertificate, Store, StoreError, Writer};
 use crate::config::model::sandbox_scope;
 pub use crate::config::published::DEFAULT_CRL_NEXT_UPDATE;
 use crate::config::published::{
@@ -44,6 +53,13 @@ pub enum PublishError {
     },
     #[error("certificate {serial}: invalid serial or revocation time in the registry")]
     BadEntry { serial: String },
+    /// The revocations are in force; partner and scope changes are not yet.
+    #[error("CRL #{crl_number} is published, but the partner table is not")]
+    PartnerTable {
+        crl_number: i64,
+        #[source]
+        source: Box<PublishError>,
+    },
 }
 
 /// What one publication wrote.
@@ -59,7 +75,8 @@ pub struct Publication {
 /// later commands see it after this process is gone).
 ///
 /// # Errors
-/// The registry, the signer or the file system failed; the previous files stay in place.
+/// The registry, the signer or the file system failed. A file that was not written keeps its
+/// previous content; [`PublishError::PartnerTable`] says the CRL was written all the same.
 pub async fn publish(
     store: &mut Store,
     signer: &dyn Signer,
@@ -86,6 +103,12 @@ pub async fn publish(
     result
 }
 
+/// The CRL, then the partner table, under one hold of the write lock.
+///
+/// The CRL number is spent once its CRL is on disk: the transaction that took it commits even
+/// when the table fails, so the next publication signs a larger one. (The table's reads cannot
+/// spoil that transaction: a row that does not parse fails in this process, not in the
+/// database.)
 async fn publish_files(
     store: &mut Store,
     signer: &dyn Signer,
@@ -93,35 +116,39 @@ async fn publish_files(
     next_update: Duration,
 ) -> Result<Publication, PublishError> {
     let mut w = store.write().await?;
-    let records = w.records().await?;
     let crl_number = w.next_crl_number().await?;
+    let revoked = w.revoked_certificates().await?;
     let now = OffsetDateTime::now_utc();
-    let mut revoked_certs = Vec::new();
-    let mut partners = Vec::new();
-    let mut revocations = Vec::new();
-    let unix = |t: &Option<String>| {
-        t.as_deref()
-            .and_then(parse_time)
-            .map(|t| t.unix_timestamp())
-    };
-    for r in &records {
-        let latest_revocation = r
-            .certificates
-            .iter()
-            .filter_map(|c| c.revoked_at.as_deref().and_then(parse_time))
-            .max();
-        let any_valid = r.certificates.iter().any(|c| c.status == CertStatus::Valid);
-        if let (Some(at), false, Some(p)) = (latest_revocation, any_valid, &r.partner) {
-            revocations.push(PublishedRevocation {
-                partner: p.id.clone(),
-                revoked_at: at.unix_timestamp(),
-            });
-        }
-        for c in r
-            .certificates
-            .iter()
-            .filter(|c| c.status == CertStatus::Revoked)
-        {
+    let crl = sign_crl(signer, crl_number, &revoked, now, next_update)?;
+    std::fs::create_dir_all(state.published()).map_err(|source| PublishError::Write {
+        path: state.published(),
+        source,
+    })?;
+    write_atomically(&state.crl(), &crl)?;
+    let table = publish_table(&mut w, state, crl_number, &revoked).await;
+    // Nothing in the registry changed but the CRL number, which must stay taken.
+    w.commit().await?;
+    let partners = table.map_err(|source| PublishError::PartnerTable {
+        crl_number,
+        source: Box::new(source),
+    })?;
+    Ok(Publication {
+        crl_number,
+        revoked: revoked.len(),
+        partners,
+    })
+}
+
+fn sign_crl(
+    signer: &dyn Signer,
+    crl_number: i64,
+    revoked: &[RevokedCertificate],
+    now: OffsetDateTime,
+    next_update: Duration,
+) -> Result<Vec<u8>, PublishError> {
+    let revoked_certs = revoked
+        .iter()
+        .map(|c| {
             let bad = || PublishError::BadEntry {
                 serial: c.serial.clone(),
             };
@@ -131,51 +158,14 @@ async fn publish_files(
                 .as_deref()
                 .and_then(parse_time)
                 .ok_or_else(bad)?;
-            revoked_certs.push(RevokedCertParams {
+            Ok(RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&serial),
                 revocation_time: at,
-                reason_code: c.revocation_reason.as_deref().and_then(reason_code),
+                reason_code: c.reason.as_deref().and_then(reason_code),
                 invalidity_date: None,
-            });
-        }
-        if let Some(p) = &r.partner {
-            if p.status == PartnerStatus::Approved {
-                let certificates = r
-                    .certificates
-                    .iter()
-                    .filter(|c| c.status == CertStatus::Valid)
-                    .map(|c| {
-                        let bad = || PublishError::BadEntry {
-                            serial: c.serial.clone(),
-                        };
-                        let serial = hex::decode(&c.serial).map_err(|_| bad())?;
-                        let not_after = parse_time(&c.not_after).ok_or_else(bad)?;
-                        Ok(PublishedCertificate {
-                            serial: wire_serial(&serial),
-                            not_after: not_after.unix_timestamp(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, PublishError>>()?;
-                partners.push(PublishedPartner {
-                    id: p.id.clone(),
-                    owner: p.owner.clone(),
-                    identity: p.identity.clone(),
-                    // A sandbox-only grant is published as the scopes' sandbox twins: the
-                    // gateway's sandbox routes require exactly those, its production ones never.
-                    scopes: if p.sandbox_only {
-                        p.scopes.iter().map(|s| sandbox_scope(s)).collect()
-                    } else {
-                        p.scopes.clone()
-                    },
-                    certificates,
-                    registered_at: parse_time(&p.registered_at).map(|t| t.unix_timestamp()),
-                    approved_at: unix(&p.approved_at),
-                    first_issued_at: unix(&p.first_issued_at),
-                });
-            }
-        }
-    }
-    let revoked = revoked_certs.len();
+            })
+        })
+        .collect::<Result<Vec<_>, PublishError>>()?;
     let next = time::Duration::try_from(next_update).unwrap_or(time::Duration::days(7));
     let params = CertificateRevocationListParams {
         this_update: now - time::Duration::minutes(1),
@@ -185,29 +175,92 @@ async fn publish_files(
         revoked_certs,
         key_identifier_method: KeyIdMethod::Sha256,
     };
-    let crl = signer.sign_crl(&params).map_err(PublishError::Sign)?;
+    signer.sign_crl(&params).map_err(PublishError::Sign)
+}
+
+/// Writes the approved partners with their valid certificates, and the partners a revocation
+/// left without one; returns how many partners the table holds. Three queries (approved
+/// partners, valid certificates, and the revoked ones already read for the CRL), whatever the
+/// registry's size.
+async fn publish_table(
+    w: &mut Writer,
+    state: &StateDir,
+    crl_number: i64,
+    revoked: &[RevokedCertificate],
+) -> Result<usize, PublishError> {
+    let approved = w.partners_with(PartnerStatus::Approved).await?;
+    let valid = w.valid_certificates().await?;
+    let mut certificates: HashMap<&str, Vec<PublishedCertificate>> = HashMap::new();
+    for c in &valid {
+        let bad = || PublishError::BadEntry {
+            serial: c.serial.clone(),
+        };
+        let serial = hex::decode(&c.serial).map_err(|_| bad())?;
+        let not_after = parse_time(&c.not_after).ok_or_else(bad)?;
+        certificates
+            .entry(c.partner.as_str())
+            .or_default()
+            .push(PublishedCertificate {
+                serial: wire_serial(&serial),
+                not_after: not_after.unix_timestamp(),
+            });
+    }
+    let unix = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(parse_time)
+            .map(|t| t.unix_timestamp())
+    };
+    let partners: Vec<PublishedPartner> = approved
+        .into_iter()
+        .map(|p| PublishedPartner {
+            certificates: certificates.remove(p.id.as_str()).unwrap_or_default(),
+            // A sandbox-only grant is published as the scopes' sandbox twins: the gateway's
+            // sandbox routes require exactly those, its production ones never.
+            scopes: if p.sandbox_only {
+                p.scopes.iter().map(|s| sandbox_scope(s)).collect()
+            } else {
+                p.scopes
+            },
+            registered_at: parse_time(&p.registered_at).map(|t| t.unix_timestamp()),
+            approved_at: unix(&p.approved_at),
+            first_issued_at: unix(&p.first_issued_at),
+            id: p.id,
+            owner: p.owner,
+            identity: p.identity,
+        })
+        .collect();
+    // Partners left without a valid certificate, with the time of their latest revocation.
+    let with_valid: HashSet<&str> = valid.iter().map(|c| c.partner.as_str()).collect();
+    let mut latest: HashMap<&str, OffsetDateTime> = HashMap::new();
+    for c in revoked {
+        let Some(at) = c.revoked_at.as_deref().and_then(parse_time) else {
+            continue;
+        };
+        if with_valid.contains(c.partner.as_str()) {
+            continue;
+        }
+        let entry = latest.entry(c.partner.as_str()).or_insert(at);
+        *entry = (*entry).max(at);
+    }
+    let mut revocations: Vec<PublishedRevocation> = latest
+        .into_iter()
+        .map(|(partner, at)| PublishedRevocation {
+            partner: partner.to_owned(),
+            revoked_at: at.unix_timestamp(),
+        })
+        .collect();
+    revocations.sort_by(|a, b| a.partner.cmp(&b.partner));
     let table = PublishedPartners {
         crl_number,
         published_at: now_rfc3339(),
         partners,
         revocations,
     };
-    let json = serde_json::to_vec_pretty(&table).unwrap_or_default();
-    std::fs::create_dir_all(state.published()).map_err(|source| PublishError::Write {
-        path: state.published(),
-        source,
+    write_atomically_with(&state.partners(), |out| {
+        serde_json::to_writer_pretty(&mut *out, &table)?;
+        Ok(())
     })?;
-    // The partner table first: a partner that the new CRL cuts is then already out of the table,
-    // and a new partner's certificate cannot be issued before it is in.
-    write_atomically(&state.partners(), &json)?;
-    write_atomically(&state.crl(), &crl)?;
-    // The lock is held until both files are in place; nothing in the registry changed.
-    w.commit().await?;
-    Ok(Publication {
-        crl_number,
-        revoked,
-        partners: table.partners.len(),
-    })
+    Ok(table.partners.len())
 }
 
 /// A registry serial (big-endian bytes, leading zeros stripped) as a presented certificate
@@ -241,6 +294,18 @@ fn reason_code(name: &str) -> Option<RevocationReason> {
 /// # Errors
 /// Any step failed; `path` is unchanged.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
+    write_atomically_with(path, |out| out.write_all(bytes))
+}
+
+/// [`write_atomically`] for content written in pieces (through a buffer), so a large file is
+/// never held in memory whole.
+///
+/// # Errors
+/// `write` or any other step failed; `path` is unchanged.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), PublishError> {
     let err = |source| PublishError::Write {
         path: path.to_owned(),
         source,
@@ -250,15 +315,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(err)?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(err)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let written = std::fs::File::create(&tmp).and_then(|file| {
+        let mut out = std::io::BufWriter::new(file);
+        write(&mut out)?;
+        let file = out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        file.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);
-        err(e)
-    })
+        return Err(err(e));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,14 +15,18 @@
 //! incremented under the same lock, so it never repeats. `events.id` is the primary key on both,
 //! so even a writer that skipped the lock could not fork the chain: its insert would fail.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use futures_util::TryStreamExt as _;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions as _, Executor as _, Row};
 
-use super::registry::{Certificate, Event, Partner, Record, GENESIS};
+use super::registry::{
+    CertStatus, Certificate, Event, Identity, Partner, PartnerStatus, Record, GENESIS,
+};
 use crate::config::model::Database;
 
 /// How long one attempt waits for another writer's lock before SQLite reports busy.
@@ -85,6 +89,10 @@ const MIGRATIONS: &[&str] = &[
         enrolment_id TEXT
     );
     CREATE INDEX onboarding_enrolment ON onboarding (enrolment_id);",
+    // 3: what a registration and a publication look up, so neither reads every row: the holder
+    // of an identity, and the revoked certificates the CRL lists.
+    "CREATE INDEX partners_identity ON partners (identity_kind, identity_value);
+    CREATE INDEX certificates_status ON certificates (status);",
 ];
 
 /// The bookkeeping table of [`MIGRATIONS`], created before the first one runs.
@@ -143,6 +151,29 @@ pub struct Draft<'a> {
     pub action: &'a str,
     pub partner: &'a str,
     pub reason: Option<&'a str>,
+}
+
+/// A revoked certificate as the CRL lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    pub partner: String,
+    /// Lower-case hex, as [`Certificate::serial`].
+    pub serial: String,
+    pub reason: Option<String>,
+    /// RFC 3339.
+    pub revoked_at: Option<String>,
+}
+
+/// A valid certificate as the partner table lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidCertificate {
+    pub partner: String,
+    /// Lower-case hex, as [`Certificate::serial`].
+    pub serial: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
 }
 
 // === impl Store ===
@@ -370,6 +401,105 @@ impl Writer {
     /// The database failed or a row does not parse.
     pub async fn records(&mut self) -> Result<Vec<Record>, StoreError> {
         load_all(&mut self.tx).await
+    }
+
+    /// The pending or approved partner whose identity is `identity`, if any: registration keeps
+    /// live identities unique, and asks this instead of reading every record.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn live_holder(&mut self, identity: &Identity) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id FROM partners WHERE identity_kind = $1 AND identity_value = $2 AND status IN ($3, $4) ORDER BY id LIMIT 1",
+        )
+        .bind(identity.kind())
+        .bind(identity.value())
+        .bind(PartnerStatus::Pending.as_str())
+        .bind(PartnerStatus::Approved.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get(0)?),
+            None => None,
+        })
+    }
+
+    /// Every revoked certificate, by serial: all a CRL needs, read from the certificates table
+    /// alone (the revocation time is the only field taken from a row's JSON).
+    ///
+    /// # Errors
+    /// The database failed or a row does not parse.
+    pub async fn revoked_certificates(&mut self) -> Result<Vec<RevokedCertificate>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct RevokedAt {
+            revoked_at: Option<String>,
+        }
+        let mut rows = sqlx::query(
+            "SELECT serial, partner, revocation_reason, data FROM certificates WHERE status = $1",
+        )
+        .bind(CertStatus::Revoked.as_str())
+        .fetch(&mut *self.tx);
+        let mut revoked = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let serial: String = row.try_get(0)?;
+            let data: String = row.try_get(3)?;
+            let RevokedAt { revoked_at } =
+                parse(&data, || format!("certificates.serial = {serial}"))?;
+            revoked.push(RevokedCertificate {
+                partner: row.try_get(1)?,
+                serial,
+                reason: row.try_get(2)?,
+                revoked_at,
+            });
+        }
+        revoked.sort_by(|a, b| a.serial.cmp(&b.serial));
+        Ok(revoked)
+    }
+
+    /// Every valid certificate, by partner and then in issue order, from the table's columns.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn valid_certificates(&mut self) -> Result<Vec<ValidCertificate>, StoreError> {
+        let mut rows = sqlx::query(
+            "SELECT partner, serial, not_before, not_after FROM certificates WHERE status = $1",
+        )
+        .bind(CertStatus::Valid.as_str())
+        .fetch(&mut *self.tx);
+        let mut valid = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            valid.push(ValidCertificate {
+                partner: row.try_get(0)?,
+                serial: row.try_get(1)?,
+                not_before: row.try_get(2)?,
+                not_after: row.try_get(3)?,
+            });
+        }
+        valid.sort_by(|a, b| {
+            (&a.partner, &a.not_before, &a.serial).cmp(&(&b.partner, &b.not_before, &b.serial))
+        });
+        Ok(valid)
+    }
+
+    /// Every partner with status `status`, by ID.
+    ///
+    /// # Errors
+    /// The database failed or a row does not parse.
+    pub async fn partners_with(
+        &mut self,
+        status: PartnerStatus,
+    ) -> Result<Vec<Partner>, StoreError> {
+        let mut rows = sqlx::query("SELECT id, data FROM partners WHERE status = $1")
+            .bind(status.as_str())
+            .fetch(&mut *self.tx);
+        let mut partners = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let id: String = row.try_get(0)?;
+            let data: String = row.try_get(1)?;
+            partners.push(parse::<Partner>(&data, || format!("partners.id = {id}"))?);
+        }
+        partners.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(partners)
     }
 
     /// Every invitation's token hash with its partner. A presented token is compared with each
@@ -609,18 +739,45 @@ async fn load_events(conn: &mut AnyConnection) -> Result<Vec<Event>, StoreError>
     rows.iter().map(event_of).collect()
 }
 
+/// Two queries, not one per partner: a registry of 100 000 partners is read in one pass over
+/// each table. Records come back in ID order (byte order, whatever the database's collation).
 async fn load_all(conn: &mut AnyConnection) -> Result<Vec<Record>, StoreError> {
-    let ids: Vec<String> = sqlx::query("SELECT id FROM partners ORDER BY id")
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    let mut records = Vec::with_capacity(ids.len());
-    for id in ids {
-        records.push(load_record(conn, &id).await?);
+    let mut by_id: BTreeMap<String, Record> = BTreeMap::new();
+    {
+        let mut rows = sqlx::query("SELECT id, data FROM partners").fetch(&mut *conn);
+        while let Some(row) = rows.try_next().await? {
+            let id: String = row.try_get(0)?;
+            let data: String = row.try_get(1)?;
+            let partner = parse::<Partner>(&data, || format!("partners.id = {id}"))?;
+            by_id.insert(
+                id,
+                Record {
+                    partner: Some(partner),
+                    certificates: Vec::new(),
+                },
+            );
+        }
     }
-    Ok(records)
+    let mut rows = sqlx::query("SELECT serial, partner, data FROM certificates").fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await? {
+        let partner: String = row.try_get(1)?;
+        // As for one record: only the certificates of partners that exist.
+        let Some(record) = by_id.get_mut(&partner) else {
+            continue;
+        };
+        let serial: String = row.try_get(0)?;
+        let data: String = row.try_get(2)?;
+        record.certificates.push(parse::<Certificate>(&data, || {
+            format!("certificates.serial = {serial}")
+        })?);
+    }
+    Ok(by_id
+        .into_values()
+        .map(|mut r| {
+            sort_certificates(&mut r.certificates);
+            r
+        })
+        .collect())
 }
 
 /// Certificates in issue order (oldest first), so a record compares equal however it was built.

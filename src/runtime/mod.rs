@@ -319,6 +319,15 @@ pub async fn prepare_with(
 ) -> Result<Snapshot, StartError> {
     let snapshot =
         Snapshot::build(Arc::new(config), revocation, metrics).map_err(StartError::Build)?;
+    load_revocation(snapshot).await
+}
+
+/// Loads the CRL sources of the bundle states `snapshot` created (shared ones keep what they
+/// have): the async half of [`prepare_with`], after the snapshot is built.
+///
+/// # Errors
+/// Every CRL file that failed to load.
+async fn load_revocation(snapshot: Snapshot) -> Result<Snapshot, StartError> {
     let (fatal, transient): (Vec<_>, Vec<_>) = snapshot
         .revocation
         .load()

@@ -7,12 +7,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
-use super::{prepare_with, Snapshot, StartError};
+use super::{load_revocation, Snapshot, StartError};
 use crate::config::diff::ConfigChanges;
 use crate::config::{self, watch::Watcher};
 use crate::control::{ReloadOutcome, ReloadRequest, Reloader};
@@ -71,12 +71,15 @@ impl ReloadTask {
     }
 
     async fn reload_once(&mut self, watcher: &mut Watcher) -> ReloadOutcome {
+        let started = Instant::now();
         let outcome = self.try_reload().await;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &outcome {
             ReloadOutcome::Applied { version, changes } => {
                 self.metrics.reload_applied();
                 tracing::info!(
                     config.version = %version,
+                    reload.elapsed_ms = elapsed_ms,
                     partners = %changes.partners.summary(),
                     routes = %changes.routes.summary(),
                     bundles = %changes.bundles.summary(),
@@ -96,22 +99,33 @@ impl ReloadTask {
     }
 
     async fn try_reload(&mut self) -> ReloadOutcome {
-        let Some(path) = &self.source else {
+        let Some(path) = self.source.clone() else {
             return ReloadOutcome::rejected("the gateway was started without a configuration file");
         };
-        let config = match config::load(path) {
-            Ok(c) => c,
-            Err(problems) => {
-                return ReloadOutcome::Rejected {
-                    problems: problems.iter().map(ToString::to_string).collect(),
-                }
-            }
-        };
         let running = self.current.load_full();
-        for warning in restart_only_changes(&running, &config) {
-            tracing::warn!("{warning}");
-        }
-        let snapshot = match prepare_with(config, &self.revocation, &self.metrics).await {
+        let revocation = self.revocation.clone();
+        let metrics = self.metrics.clone();
+        // Reading the configuration and compiling a snapshot are synchronous and grow with the
+        // partner table (seconds for a registry of 100 000 partners): on a blocking thread, so the
+        // async threads go on serving, polling CRLs and cutting revoked connections meanwhile.
+        let built = tokio::task::spawn_blocking(move || {
+            let config = config::load(&path)
+                .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+            for warning in restart_only_changes(&running, &config) {
+                tracing::warn!("{warning}");
+            }
+            let snapshot = Snapshot::build(Arc::new(config), &revocation, &metrics)
+                .map_err(|e| problems_of(&StartError::Build(e)))?;
+            let changes = Box::new(ConfigChanges::between(&running.config, &snapshot.config));
+            Ok::<_, Vec<String>>((snapshot, changes))
+        })
+        .await;
+        let (snapshot, changes) = match built {
+            Ok(Ok(built)) => built,
+            Ok(Err(problems)) => return ReloadOutcome::Rejected { problems },
+            Err(e) => return ReloadOutcome::rejected(&format!("the reload task failed: {e}")),
+        };
+        let snapshot = match load_revocation(snapshot).await {
             Ok(s) => s,
             Err(e) => {
                 return ReloadOutcome::Rejected {
@@ -120,7 +134,6 @@ impl ReloadTask {
             }
         };
         let version = snapshot.config.version.clone();
-        let changes = Box::new(ConfigChanges::between(&running.config, &snapshot.config));
         snapshot.revocation.start();
         super::export_generation_facts(&self.metrics, &snapshot);
         // The old generation's bundle states that the new one does not share stop their tasks
