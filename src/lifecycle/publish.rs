@@ -6,6 +6,11 @@
 //! never half of one. Publishing takes the registry's write lock, so concurrent CLI processes
 //! publish one after the other and the last file written reflects the last change.
 //!
+//! The registry keeps the same publication (CA certificate, partner table, CRL) in the
+//! transaction that takes its CRL number. Control-plane replicas sharing a PostgreSQL registry
+//! serve it from there: a change made in one replica's pod reaches the gateways of all, and one
+//! CRL number always names the same bytes.
+//!
 //! [`merge`] is the gateway's side: it turns the published files into one more trust bundle and
 //! more partners of the validated configuration, so the snapshot build treats them exactly like
 //! YAML ones and the hot path never sees the registry.
@@ -22,7 +27,7 @@ use time::OffsetDateTime;
 use super::ca::{CaError, Signer};
 use super::commands::{now_rfc3339, parse_time};
 use super::registry::{CertStatus, PartnerStatus};
-use super::store::{Store, StoreError};
+use super::store::{Store, StoreError, StoredPublication};
 use crate::config::model::sandbox_scope;
 pub use crate::config::published::DEFAULT_CRL_NEXT_UPDATE;
 use crate::config::published::{
@@ -38,6 +43,12 @@ pub enum PublishError {
     Sign(#[source] CaError),
     #[error("{}: cannot write", path.display())]
     Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: cannot read", path.display())]
+    Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -193,6 +204,19 @@ async fn publish_files(
         revocations,
     };
     let json = serde_json::to_vec_pretty(&table).unwrap_or_default();
+    // The registry keeps the publication too, numbered in this transaction: control-plane
+    // replicas on a shared database serve it from there, whichever replica made the change.
+    let ca_pem = std::fs::read(state.ca_cert()).map_err(|source| PublishError::Read {
+        path: state.ca_cert(),
+        source,
+    })?;
+    w.store_publication(&StoredPublication {
+        crl_number,
+        ca_pem,
+        partners: json.clone(),
+        crl: crl.clone(),
+    })
+    .await?;
     std::fs::create_dir_all(state.published()).map_err(|source| PublishError::Write {
         path: state.published(),
         source,
