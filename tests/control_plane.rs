@@ -396,3 +396,99 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Behind a load balancer the three files may come from two replicas a moment apart: a partner
+/// table of the new generation with the CRL of the old one. The mirror writes nothing until all
+/// three name one generation, so its copy never claims a generation whose CRL it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_never_torn_between_two_generations() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let up = Upstream::start().await;
+    let cluster = Cluster::new(up.addr);
+    cluster.ok(&["ca", "init"]);
+    let old = cluster.env.path("old-state");
+    copy_dir(&cluster.env.path("control-state"), &old);
+    cluster.ok(&["registry", "publish"]);
+    let new = cluster.env.path("control-state");
+    let generation_of = |dir: &Path| {
+        json(&std::fs::read(dir.join("published/partners.json")).unwrap())["crl_number"]
+            .as_i64()
+            .unwrap()
+    };
+    let (g_old, g_new) = (generation_of(&old), generation_of(&new));
+    assert!(g_old < g_new);
+
+    // A feed whose CRL lags one generation behind until `caught_up`.
+    let caught_up = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed = listener.local_addr().unwrap();
+    let (old_dir, new_dir, flag) = (old.clone(), new.clone(), caught_up.clone());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (old_dir, new_dir, flag) = (old_dir.clone(), new_dir.clone(), flag.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let lagging = !flag.load(Ordering::SeqCst);
+                        let (dir, g) = match req.uri().path() {
+                            "/crl/lifecycle.crl" if lagging => (&old_dir, g_old),
+                            _ => (&new_dir, g_new),
+                        };
+                        let file = match req.uri().path() {
+                            "/ca.pem" => dir.join("ca/ca.pem"),
+                            "/partners.json" => dir.join("published/partners.json"),
+                            _ => dir.join("published/crl.der"),
+                        };
+                        let body = std::fs::read(file).unwrap();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("x-certgate-generation", g.to_string())
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+
+    let copy = cluster.env.path("gw-state");
+    let source = certgate::config::model::Endpoint {
+        tls: false,
+        authority: feed.to_string(),
+    };
+    let mut mirror = certgate::feed::mirror::Mirror::new(
+        &source,
+        "lifecycle",
+        certgate::lifecycle::StateDir::new(&copy),
+    );
+    let torn = mirror
+        .sync()
+        .await
+        .expect_err("a torn publication was taken");
+    assert!(
+        certgate::error_chain(&torn).contains(&format!("generation {g_old}, but {g_new}")),
+        "{}",
+        certgate::error_chain(&torn)
+    );
+    assert!(!copy.join("published").exists() && !copy.join("ca").exists());
+    assert!(!mirror.has_copy());
+    assert_eq!(mirror.status().get().generation, None);
+
+    caught_up.store(true, Ordering::SeqCst);
+    assert_eq!(mirror.sync().await.unwrap(), g_new);
+    for file in ["ca/ca.pem", "published/partners.json", "published/crl.der"] {
+        assert_eq!(
+            std::fs::read(copy.join(file)).unwrap(),
+            std::fs::read(new.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
