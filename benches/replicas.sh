@@ -420,6 +420,8 @@ EOF
 for l in sys.stdin:
     e = json.loads(l)
     print("gw2 log:", e["timestamp"], e["message"][:40])' | tee -a "$OUT/readiness.txt" >&2
+    echo "requests answered by the restarted gw2 (one is the readiness check's): $(grep -c '"request answered"' "$OUT/gw2-restarted.log")" |
+        tee -a "$OUT/readiness.txt" >&2
 }
 
 if [[ " $PHASES " == *" cuts "* ]]; then
