@@ -455,3 +455,47 @@ async fn a_replica_and_a_connection_lost_mid_approval_lose_and_duplicate_no_even
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A replica that cannot read the registry keeps its publication but reports not ready, so a
+/// Service stops sending it gateways it would hold on an old generation; it is ready again as
+/// soon as it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_read_the_registry_is_not_ready_until_it_can() {
+    let up = Upstream::start().await;
+    let r = Replicas::new(up.addr);
+    let _a = start_control_plane(&r.a.config, r.a.feed).await;
+    let g = generation(r.a.feed).await.unwrap();
+
+    r.pg.psql("ALTER TABLE published RENAME TO published_away");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (status, _, body) = get_http(r.a.feed, "/readyz", None).await;
+        if status == 503 {
+            break json(&body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready without its registry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("registry")),
+        "{body}"
+    );
+    // Still serving its last publication to gateways already on it.
+    assert_eq!(generation(r.a.feed).await, Some(g));
+    assert_eq!(get_http(r.a.feed, "/partners.json", None).await.0, 200);
+
+    r.pg.psql("ALTER TABLE published_away RENAME TO published");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get_http(r.a.feed, "/readyz", None).await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again with its registry back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
