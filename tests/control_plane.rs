@@ -7,32 +7,15 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::feed::*;
 use common::*;
-use http_body_util::BodyExt;
 
 // === helpers ===
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A child process, killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The control plane's configuration and state folder, and gateway configurations that mirror
 /// it, all in one temp dir with the test PKI (server certificate, YAML partner CA).
@@ -41,14 +24,6 @@ struct Cluster {
     upstream: SocketAddr,
     feed: SocketAddr,
     control_config: PathBuf,
-}
-
-/// A gateway's ports and configuration.
-struct Gateway {
-    listen: SocketAddr,
-    admin: SocketAddr,
-    config: PathBuf,
-    state: PathBuf,
 }
 
 impl Cluster {
@@ -67,32 +42,7 @@ impl Cluster {
 
     /// A gateway configuration named `name`, mirroring the feed into `<name>-state`.
     fn gateway(&self, name: &str) -> Gateway {
-        let listen = free_addr();
-        let admin = free_addr();
-        let lifecycle = format!(
-            "lifecycle:\n  state_dir: {name}-state\n  source: http://{}\n",
-            self.feed
-        );
-        let yaml = self
-            .env
-            .config(self.upstream, &lifecycle)
-            .replacen(
-                "listen: \"127.0.0.1:0\"",
-                &format!("listen: \"{listen}\""),
-                1,
-            )
-            .replacen(
-                "listen: \"127.0.0.1:0\"",
-                &format!("listen: \"{admin}\""),
-                1,
-            );
-        let config = write_file(self.env.dir.path(), &format!("{name}.yaml"), &yaml);
-        Gateway {
-            listen,
-            admin,
-            config,
-            state: self.env.path(&format!("{name}-state")),
-        }
+        Gateway::new(&self.env, self.upstream, name, self.feed)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -101,160 +51,13 @@ impl Cluster {
 
     /// Starts `certgate control-plane` and waits until it is ready.
     async fn start_control_plane(&self) -> Process {
-        let child = Command::new(env!("CARGO_BIN_EXE_certgate"))
-            .args(["control-plane", "--config"])
-            .arg(&self.control_config)
-            .args(["--listen", &self.feed.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let process = Process(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::net::TcpStream::connect(self.feed).is_ok()
-                && get_http(self.feed, "/readyz", None).await.0 == 200
-            {
-                return process;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the control plane did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        start_control_plane(&self.control_config, self.feed).await
     }
 
-    /// Registers and approves `id` with a SPIFFE identity, then issues it a certificate for a
-    /// key made by `openssl`; returns (certificate chain, key).
+    /// See [`onboard`].
     fn onboard(&self, id: &str) -> (PathBuf, PathBuf) {
-        let spiffe = format!("spiffe://partners.example.com/{id}");
-        self.ok(&[
-            "partner",
-            "register",
-            id,
-            "--owner",
-            "ops@example.com",
-            "--scopes",
-            "orders:read",
-            "--spiffe",
-            &spiffe,
-            "--actor",
-            "alice",
-        ]);
-        self.ok(&["partner", "approve", id, "--actor", "bob"]);
-        let key = self.env.path(&format!("{id}-key.pem"));
-        let csr = self.env.path(&format!("{id}.csr"));
-        let cert = self.env.path(&format!("{id}.pem"));
-        common::openssl::partner_csr(&key, &csr, &format!("URI:{spiffe}"));
-        self.ok(&[
-            "partner",
-            "issue",
-            id,
-            "--csr",
-            csr.to_str().unwrap(),
-            "--out",
-            cert.to_str().unwrap(),
-            "--actor",
-            "carol",
-        ]);
-        (cert, key)
+        onboard(&self.env, &self.control_config, id)
     }
-}
-
-/// Starts `certgate serve` for `gw` and waits until its partner port accepts.
-fn serve(gw: &Gateway) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_certgate"))
-        .args(["serve", "--config"])
-        .arg(&gw.config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let process = Process(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(gw.listen).is_err() {
-        assert!(Instant::now() < deadline, "certgate serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    process
-}
-
-/// Plain HTTP GET: (status, ETag, body).
-async fn get_http(
-    addr: SocketAddr,
-    path: &str,
-    if_none_match: Option<&str>,
-) -> (u16, Option<String>, Vec<u8>) {
-    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, None, Vec::new());
-    };
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::get(path).header("host", "localhost");
-    if let Some(tag) = if_none_match {
-        req = req.header("if-none-match", tag);
-    }
-    let Ok(resp) = sender
-        .send_request(
-            req.body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-    else {
-        return (0, None, Vec::new());
-    };
-    let status = resp.status().as_u16();
-    let etag = resp
-        .headers()
-        .get("etag")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, etag, body)
-}
-
-fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body).unwrap()
-}
-
-/// A keep-alive connection to `gw` as `leaf`, sending every 10 ms until it is refused or cut.
-/// Resolves to (requests served, when it ended, why).
-async fn keep_alive(
-    env: &Env,
-    gw: &Gateway,
-    leaf: &Leaf,
-) -> tokio::task::JoinHandle<(usize, Instant, String)> {
-    let tls = connect(gw.listen, "localhost", env.tls_config_for(leaf))
-        .await
-        .unwrap();
-    let mut sender = handshake_http(tls).await.unwrap();
-    tokio::spawn(async move {
-        let mut served = 0;
-        loop {
-            match sender.send(get("/v1/orders/1")).await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-                    if status != 200 {
-                        let body = body.map(|b| String::from_utf8_lossy(&b).into_owned());
-                        return (served, Instant::now(), format!("status {status} {body:?}"));
-                    }
-                    served += 1;
-                }
-                Err(e) => return (served, Instant::now(), e.to_string()),
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
 }
 
 // === tests ===
@@ -266,7 +69,7 @@ async fn a_revoke_on_the_control_plane_cuts_keep_alive_connections_on_two_gatewa
     cluster.ok(&["ca", "init"]);
     let _control = cluster.start_control_plane().await;
     let gateways = [cluster.gateway("gw1"), cluster.gateway("gw2")];
-    let _served: Vec<Process> = gateways.iter().map(serve).collect();
+    let _served: Vec<Process> = gateways.iter().map(Gateway::serve).collect();
 
     // The gateways copied the CA and the empty partner table into their own state folders.
     for gw in &gateways {
@@ -309,8 +112,8 @@ async fn a_revoke_on_the_control_plane_cuts_keep_alive_connections_on_two_gatewa
         get_http(feed, &format!("/generation?after={generation}"), None).await
     });
     let clients = [
-        keep_alive(&cluster.env, &gateways[0], &leaf).await,
-        keep_alive(&cluster.env, &gateways[1], &leaf).await,
+        keep_alive(&cluster.env, gateways[0].listen, &leaf).await,
+        keep_alive(&cluster.env, gateways[1].listen, &leaf).await,
     ];
     assert!(
         eventually(Duration::from_secs(5), || up.count() >= 10).await,
@@ -456,7 +259,7 @@ async fn a_gateway_keeps_its_last_copy_while_the_control_plane_is_down_and_says_
     cluster.ok(&["ca", "init"]);
     let control = cluster.start_control_plane().await;
     let gw = cluster.gateway("gw");
-    let _served = serve(&gw);
+    let _served = gw.serve();
     let (cert, key) = cluster.onboard("initech");
     let leaf = common::pki::leaf_from_files(&cert, &key);
     let serves = || async {
@@ -526,7 +329,7 @@ async fn a_gateway_never_steps_back_to_an_older_generation() {
         .as_i64()
         .unwrap();
     let gw = cluster.gateway("gw");
-    let _served = serve(&gw);
+    let _served = gw.serve();
     let copy = gw.state.join("published/crl.der");
     let held = std::fs::read(&copy).unwrap();
     assert_eq!(
@@ -591,5 +394,101 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
         }
+    }
+}
+
+/// Behind a load balancer the three files may come from two replicas a moment apart: a partner
+/// table of the new generation with the CRL of the old one. The mirror writes nothing until all
+/// three name one generation, so its copy never claims a generation whose CRL it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_never_torn_between_two_generations() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let up = Upstream::start().await;
+    let cluster = Cluster::new(up.addr);
+    cluster.ok(&["ca", "init"]);
+    let old = cluster.env.path("old-state");
+    copy_dir(&cluster.env.path("control-state"), &old);
+    cluster.ok(&["registry", "publish"]);
+    let new = cluster.env.path("control-state");
+    let generation_of = |dir: &Path| {
+        json(&std::fs::read(dir.join("published/partners.json")).unwrap())["crl_number"]
+            .as_i64()
+            .unwrap()
+    };
+    let (g_old, g_new) = (generation_of(&old), generation_of(&new));
+    assert!(g_old < g_new);
+
+    // A feed whose CRL lags one generation behind until `caught_up`.
+    let caught_up = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed = listener.local_addr().unwrap();
+    let (old_dir, new_dir, flag) = (old.clone(), new.clone(), caught_up.clone());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (old_dir, new_dir, flag) = (old_dir.clone(), new_dir.clone(), flag.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let lagging = !flag.load(Ordering::SeqCst);
+                        let (dir, g) = match req.uri().path() {
+                            "/crl/lifecycle.crl" if lagging => (&old_dir, g_old),
+                            _ => (&new_dir, g_new),
+                        };
+                        let file = match req.uri().path() {
+                            "/ca.pem" => dir.join("ca/ca.pem"),
+                            "/partners.json" => dir.join("published/partners.json"),
+                            _ => dir.join("published/crl.der"),
+                        };
+                        let body = std::fs::read(file).unwrap();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("x-certgate-generation", g.to_string())
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+
+    let copy = cluster.env.path("gw-state");
+    let source = certgate::config::model::Endpoint {
+        tls: false,
+        authority: feed.to_string(),
+    };
+    let mut mirror = certgate::feed::mirror::Mirror::new(
+        &source,
+        "lifecycle",
+        certgate::lifecycle::StateDir::new(&copy),
+    );
+    let torn = mirror
+        .sync()
+        .await
+        .expect_err("a torn publication was taken");
+    assert!(
+        certgate::error_chain(&torn).contains(&format!("generation {g_old}, but {g_new}")),
+        "{}",
+        certgate::error_chain(&torn)
+    );
+    assert!(!copy.join("published").exists() && !copy.join("ca").exists());
+    assert!(!mirror.has_copy());
+    assert_eq!(mirror.status().get().generation, None);
+
+    caught_up.store(true, Ordering::SeqCst);
+    assert_eq!(mirror.sync().await.unwrap(), g_new);
+    for file in ["ca/ca.pem", "published/partners.json", "published/crl.der"] {
+        assert_eq!(
+            std::fs::read(copy.join(file)).unwrap(),
+            std::fs::read(new.join(file)).unwrap(),
+            "{file}"
+        );
     }
 }

@@ -17,7 +17,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::audit::{self, LogFormat};
 use crate::config::{self, model::Config, published::StateDir};
 use crate::feed::mirror::Mirror;
-use crate::feed::server::ControlPlane;
+use crate::feed::server::{ControlPlane, Source};
+use crate::lifecycle::store::Store;
 use crate::revocation::Registry;
 use crate::runtime::{self, Drained, Gateway, StartError};
 
@@ -377,8 +378,15 @@ async fn control_plane(path: &Path, listen: SocketAddr) -> anyhow::Result<ExitCo
         );
         return Ok(ExitCode::FAILURE);
     };
-    let state = StateDir::new(&lifecycle.state_dir);
-    let server = match ControlPlane::start(listen, state, &lifecycle.bundle).await {
+    // A shared database holds every publication, whichever replica made it; a SQLite registry
+    // has one control plane, which serves its state folder.
+    let source = match lifecycle.database {
+        Some(database @ crate::config::model::Database::Postgres(_)) => {
+            Source::Registry(open_registry(&database).await)
+        }
+        _ => Source::Folder(StateDir::new(&lifecycle.state_dir)),
+    };
+    let server = match ControlPlane::start(listen, source, &lifecycle.bundle).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {}", crate::error_chain(&e));
@@ -389,6 +397,25 @@ async fn control_plane(path: &Path, listen: SocketAddr) -> anyhow::Result<ExitCo
     tracing::info!("control plane stopping");
     server.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the registry, retrying every second while it cannot be (the database starting, or
+/// `ca init` not run yet): the control plane has nothing to serve before.
+async fn open_registry(database: &crate::config::model::Database) -> Store {
+    let mut reported = None;
+    loop {
+        match Store::open(database).await {
+            Ok(store) => return store,
+            Err(e) => {
+                let text = crate::error_chain(&e);
+                if reported.as_ref() != Some(&text) {
+                    tracing::warn!(error = %text, "control plane cannot open the registry: retrying");
+                    reported = Some(text);
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 async fn serve(path: &Path, config: Config, mirror: Option<Mirror>) -> anyhow::Result<ExitCode> {

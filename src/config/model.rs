@@ -175,7 +175,11 @@ pub struct Lifecycle {
     pub source: Option<Endpoint>,
 }
 
-/// The registry's database, from `lifecycle.database`.
+/// The environment variable that, when set and not empty, replaces `lifecycle.database` (same
+/// syntax).
+pub const DATABASE_ENV: &str = "CERTGATE_LIFECYCLE_DATABASE";
+
+/// The registry's database, from `lifecycle.database` or [`DATABASE_ENV`].
 ///
 /// `Debug` and `Display` never show a password: the value ends up in error messages and logs.
 #[derive(Clone, PartialEq, Eq)]

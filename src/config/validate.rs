@@ -381,10 +381,15 @@ impl<'a> Validator<'a> {
             l.max_validity_days,
             super::published::DEFAULT_MAX_VALIDITY_DAYS,
         );
-        let database = l
-            .database
-            .as_deref()
-            .and_then(|text| self.database("lifecycle.database", text));
+        // The environment wins, so a URL with a password can come from a Secret while the
+        // rest of the file stays a ConfigMap.
+        let database = match std::env::var(model::DATABASE_ENV) {
+            Ok(text) if !text.is_empty() => self.database(model::DATABASE_ENV, &text),
+            _ => l
+                .database
+                .as_deref()
+                .and_then(|text| self.database("lifecycle.database", text)),
+        };
         let source = l
             .source
             .as_deref()

@@ -1,9 +1,10 @@
 //! A gateway's copy of the control plane's publication (`lifecycle.source`).
 //!
 //! The mirror long-polls `/generation`; when the generation differs from the copy's, it fetches
-//! the CA certificate, the partner table and the CRL with `If-None-Match` and writes each changed
-//! file into the gateway's state folder (temporary name, then rename, in the publisher's order:
-//! CA, partners, CRL). From there the configuration watcher reloads the partner table and the CRL
+//! the CA certificate, the partner table and the CRL with `If-None-Match`, and only when all
+//! three answers name the same generation (behind a load balancer they may come from replicas
+//! a moment apart) writes each changed file into the gateway's state folder (temporary name,
+//! then rename, in the publisher's order: CA, partners, CRL). From there the configuration watcher reloads the partner table and the CRL
 //! poller swaps the CRL and cuts revoked connections, as for a local registry.
 //!
 //! When the control plane cannot be reached, the files stay as they are: the gateway keeps
@@ -56,6 +57,12 @@ pub enum MirrorError {
     },
     #[error("{url}: generation {served} is older than the copy's {held}; keeping the copy")]
     Older { url: String, served: i64, held: i64 },
+    #[error("{url}: generation {served}, but {first} for the files before it (replicas a moment apart); fetching again")]
+    Torn {
+        url: String,
+        served: i64,
+        first: i64,
+    },
     #[error(transparent)]
     Write(#[from] PublishError),
 }
@@ -160,28 +167,47 @@ impl Mirror {
             (PARTNERS_PATH.to_owned(), self.state.partners()),
             (self.crl_path.clone(), self.state.crl()),
         ];
+        // Fetch all three before writing any: a CRL older than the partner table it came with
+        // could lack a revocation, and the copy would then claim a generation it does not hold.
+        let mut first: Option<i64> = None;
+        let mut fetched = Vec::with_capacity(targets.len());
         for (i, (path, file)) in targets.into_iter().enumerate() {
             let url = format!("{}{path}", self.base);
-            let Some(bytes) = self.fetch(&url, self.etags[i].as_deref()).await? else {
+            let (generation, bytes) = self.fetch(&url, self.etags[i].as_deref()).await?;
+            match (first, generation) {
+                (Some(first), Some(served)) if served != first => {
+                    return Err(MirrorError::Torn { url, served, first })
+                }
+                (None, Some(_)) => first = generation,
+                _ => {}
+            }
+            fetched.push((i, url, file, bytes));
+        }
+        let mut generation = self.generation;
+        for (i, url, _, bytes) in &fetched {
+            let (1, Some(bytes)) = (i, bytes) else {
                 continue;
             };
-            if i == 1 {
-                let table: PublishedPartners =
-                    serde_json::from_slice(&bytes).map_err(|source| MirrorError::BadPartners {
-                        url: url.clone(),
-                        source,
-                    })?;
-                // Never replace a copy by an older one (another replica, not yet caught up):
-                // the older CRL could lack a revocation the copy has.
-                if let Some(held) = self.generation.filter(|held| table.crl_number < *held) {
-                    return Err(MirrorError::Older {
-                        url,
-                        served: table.crl_number,
-                        held,
-                    });
-                }
-                self.generation = Some(table.crl_number);
+            let table: PublishedPartners =
+                serde_json::from_slice(bytes).map_err(|source| MirrorError::BadPartners {
+                    url: url.clone(),
+                    source,
+                })?;
+            // Never replace a copy by an older one (another replica, not yet caught up):
+            // the older CRL could lack a revocation the copy has.
+            if let Some(held) = self.generation.filter(|held| table.crl_number < *held) {
+                return Err(MirrorError::Older {
+                    url: url.clone(),
+                    served: table.crl_number,
+                    held,
+                });
             }
+            generation = Some(table.crl_number);
+        }
+        for (i, _, file, bytes) in fetched {
+            let Some(bytes) = bytes else {
+                continue;
+            };
             if let Some(dir) = file.parent() {
                 std::fs::create_dir_all(dir).map_err(|source| PublishError::Write {
                     path: dir.to_owned(),
@@ -191,6 +217,7 @@ impl Mirror {
             write_atomically(&file, &bytes)?;
             self.etags[i] = Some(etag(&bytes));
         }
+        self.generation = generation;
         Ok(self.generation.unwrap_or(0))
     }
 
@@ -262,9 +289,14 @@ impl Mirror {
             })
     }
 
-    /// `None`: 304, the local copy is current.
-    async fn fetch(&self, url: &str, etag: Option<&str>) -> Result<Option<Bytes>, MirrorError> {
-        self.get(url, etag, FETCH_TIMEOUT).await
+    /// The generation the answer names (`x-certgate-generation`), and the body; `None` for a
+    /// 304: the local copy is current.
+    async fn fetch(
+        &self,
+        url: &str,
+        etag: Option<&str>,
+    ) -> Result<(Option<i64>, Option<Bytes>), MirrorError> {
+        self.exchange(url, etag, FETCH_TIMEOUT).await
     }
 
     async fn get(
@@ -273,6 +305,15 @@ impl Mirror {
         etag: Option<&str>,
         timeout: Duration,
     ) -> Result<Option<Bytes>, MirrorError> {
+        Ok(self.exchange(url, etag, timeout).await?.1)
+    }
+
+    async fn exchange(
+        &self,
+        url: &str,
+        etag: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(Option<i64>, Option<Bytes>), MirrorError> {
         let request_error = |detail: String| MirrorError::Request {
             url: url.to_owned(),
             detail,
@@ -293,8 +334,13 @@ impl Mirror {
                 .request(request)
                 .await
                 .map_err(|e| request_error(crate::error_chain(&e)))?;
+            let generation = response
+                .headers()
+                .get(super::GENERATION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i64>().ok());
             match response.status() {
-                StatusCode::NOT_MODIFIED => return Ok(None),
+                StatusCode::NOT_MODIFIED => return Ok((generation, None)),
                 StatusCode::OK => {}
                 status => {
                     return Err(MirrorError::Status {
@@ -307,7 +353,7 @@ impl Mirror {
                 .collect()
                 .await
                 .map_err(|e| request_error(e.to_string()))?;
-            Ok(Some(body.to_bytes()))
+            Ok((generation, Some(body.to_bytes())))
         };
         tokio::time::timeout(timeout, exchange)
             .await

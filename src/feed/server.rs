@@ -1,10 +1,20 @@
-//! `certgate control-plane`: serves a lifecycle state folder's published files and the change
-//! feed to gateways.
+//! `certgate control-plane`: serves the lifecycle's publications and the change feed to gateways.
 //!
-//! A poller reads the folder every [`POLL`]; whenever the files change and the partner table and
-//! the CRL name the same CRL number, it takes them as the next publication, held in memory and
-//! served from there (a request never reads a file). A half-written pair (the publisher renames
-//! the partner table first, then the CRL) is skipped until the second file lands.
+//! Where a publication comes from is the [`Source`]:
+//!
+//! - a state folder ([`Source::Folder`], the embedded SQLite registry, one replica): a poller
+//!   reads the folder every [`POLL`]; whenever the files change and the partner table and the CRL
+//!   name the same CRL number, it takes them as the next publication. A half-written pair (the
+//!   publisher renames the partner table first, then the CRL) is skipped until the second file
+//!   lands.
+//! - the registry's database ([`Source::Registry`], PostgreSQL shared by several replicas): every
+//!   publication is stored in the transaction that allocates its CRL number, so a poller asks for
+//!   that number every [`REGISTRY_POLL`] and loads the row when it moved. Whichever replica (or
+//!   CLI in whichever pod) made a change, every replica serves the same bytes under the same
+//!   generation, and a gateway that fails over from one replica to another gets 304s.
+//!
+//! Either way the publication is held in memory and served from there (a request never reads a
+//! file or the database). When the source fails, the last publication stays in service.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,9 +34,13 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use super::{crl_path, etag, CA_PATH, GENERATION_PATH, LONG_POLL, PARTNERS_PATH};
 use crate::config::published::{PublishedPartners, StateDir};
 use crate::fswatch::FileStamp;
+use crate::lifecycle::store::{Store, StoreError, StoredPublication};
 
 /// How often the state folder is looked at. A revocation reaches the feed at most this late.
 pub const POLL: Duration = Duration::from_millis(100);
+/// How often the registry's database is asked for the last publication's number: one row by
+/// its key, five times a second per replica. A revocation reaches the feed at most this late.
+pub const REGISTRY_POLL: Duration = Duration::from_millis(200);
 /// Connections served at once: one long poll per gateway, plus file fetches.
 const MAX_CONNECTIONS: usize = 1024;
 /// Deadline for a request's head.
@@ -51,16 +65,31 @@ pub enum ReadError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: not a partner table", path.display())]
+    /// `place`: a file's path, or the registry's publication row.
+    #[error("{place}: not a partner table")]
     Partners {
-        path: std::path::PathBuf,
+        place: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{}: not a DER CRL with a CRL number", path.display())]
-    Crl { path: std::path::PathBuf },
+    #[error("{place}: not a DER CRL with a CRL number")]
+    Crl { place: String },
+    #[error("the registry cannot be read")]
+    Registry(#[from] StoreError),
+    #[error("the registry holds no publication yet: run `certgate registry publish`")]
+    NotPublished,
     #[error("the partner table names CRL number {partners}, the CRL is number {crl}: publication in progress")]
     Mismatch { partners: i64, crl: i64 },
+}
+
+/// Where the control plane reads the publications it serves.
+#[derive(Debug)]
+pub enum Source {
+    /// The published files of a state folder.
+    Folder(StateDir),
+    /// The publication stored in the registry's database (opened by the caller: opening it is a
+    /// future that cannot move to the spawned poller).
+    Registry(Store),
 }
 
 /// One publication, as served.
@@ -85,6 +114,11 @@ struct State {
     crl_path: String,
     current: watch::Receiver<Option<Arc<Publication>>>,
     last_error: watch::Receiver<Option<String>>,
+    /// Not ready while the source fails, even with a publication in service. For the registry:
+    /// a replica that lost the database would hold gateways on a generation the others have
+    /// passed, so it leaves the Service until it reads again. (A folder's failure is a
+    /// publication in progress, over in a moment.)
+    unready_on_error: bool,
 }
 
 /// A running control-plane feed.
@@ -98,13 +132,14 @@ pub struct ControlPlane {
 // === impl ControlPlane ===
 
 impl ControlPlane {
-    /// Binds `listen` and serves `state`'s publications, the CRL under `/crl/<bundle>.crl`.
+    /// Binds `listen` and serves the publications of `source`, the CRL under
+    /// `/crl/<bundle>.crl`.
     ///
     /// # Errors
     /// The address cannot be bound.
     pub async fn start(
         listen: SocketAddr,
-        state: StateDir,
+        source: Source,
         bundle: &str,
     ) -> Result<Self, ServeError> {
         let bind = |source| ServeError::Bind {
@@ -115,11 +150,16 @@ impl ControlPlane {
         let local_addr = listener.local_addr().map_err(bind)?;
         let (publish, current) = watch::channel(None);
         let (error_tx, last_error) = watch::channel(None);
-        let poll = tokio::spawn(poll_loop(state, publish, error_tx));
+        let unready_on_error = matches!(source, Source::Registry(_));
+        let poll = match source {
+            Source::Folder(state) => tokio::spawn(poll_loop(state, publish, error_tx)),
+            Source::Registry(store) => tokio::spawn(registry_loop(store, publish, error_tx)),
+        };
         let state = Arc::new(State {
             crl_path: crl_path(bundle),
             current,
             last_error,
+            unready_on_error,
         });
         let accept = tokio::spawn(accept_loop(listener, state));
         tracing::info!(listen = %local_addr, "control plane feed is serving");
@@ -154,12 +194,39 @@ pub fn read(state: &StateDir) -> Result<Publication, ReadError> {
     let ca = load(state.ca_cert())?;
     let partners = load(state.partners())?;
     let crl = load(state.crl())?;
+    let place = |p: std::path::PathBuf| p.display().to_string();
+    assemble(
+        ca,
+        partners,
+        crl,
+        || place(state.partners()),
+        || place(state.crl()),
+    )
+}
+
+/// A publication stored in the registry, checked as the files are.
+///
+/// # Errors
+/// The row's partner table or CRL is malformed, or they name different CRL numbers.
+pub fn from_registry(stored: StoredPublication) -> Result<Publication, ReadError> {
+    let place = || format!("the registry's publication #{}", stored.crl_number);
+    assemble(stored.ca_pem, stored.partners, stored.crl, place, place)
+}
+
+/// The three files as one publication, when the partner table and the CRL name one CRL number.
+fn assemble(
+    ca: Vec<u8>,
+    partners: Vec<u8>,
+    crl: Vec<u8>,
+    partners_place: impl FnOnce() -> String,
+    crl_place: impl FnOnce() -> String,
+) -> Result<Publication, ReadError> {
     let table: PublishedPartners =
         serde_json::from_slice(&partners).map_err(|source| ReadError::Partners {
-            path: state.partners(),
+            place: partners_place(),
             source,
         })?;
-    let crl_number = crl_number(&crl).ok_or_else(|| ReadError::Crl { path: state.crl() })?;
+    let crl_number = crl_number(&crl).ok_or_else(|| ReadError::Crl { place: crl_place() })?;
     if crl_number != table.crl_number {
         return Err(ReadError::Mismatch {
             partners: table.crl_number,
@@ -236,6 +303,54 @@ async fn poll_loop(
     }
 }
 
+/// Follows the registry's stored publication. The pool replaces a lost connection on the next
+/// query, so a database that comes back is read again without reopening the store.
+async fn registry_loop(
+    mut store: Store,
+    publish: watch::Sender<Option<Arc<Publication>>>,
+    last_error: watch::Sender<Option<String>>,
+) {
+    loop {
+        match registry_tick(&mut store, &publish).await {
+            Ok(()) => {
+                if last_error.borrow().is_some() {
+                    tracing::info!("control plane reads the registry again");
+                    last_error.send_replace(None);
+                }
+            }
+            Err(e) => {
+                let text = crate::error_chain(&e);
+                if last_error.borrow().as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "control plane cannot read the registry: serving the last publication");
+                }
+                last_error.send_replace(Some(text));
+            }
+        }
+        tokio::time::sleep(REGISTRY_POLL).await;
+    }
+}
+
+async fn registry_tick(
+    store: &mut Store,
+    publish: &watch::Sender<Option<Arc<Publication>>>,
+) -> Result<(), ReadError> {
+    let served = publish.borrow().as_ref().map(|p| p.generation);
+    let Some(number) = store.publication_number().await? else {
+        return Err(ReadError::NotPublished);
+    };
+    if served == Some(number) {
+        return Ok(());
+    }
+    let stored = store.publication().await?.ok_or(ReadError::NotPublished)?;
+    let publication = from_registry(stored)?;
+    tracing::info!(
+        generation = publication.generation,
+        "control plane publishes a new generation"
+    );
+    publish.send_replace(Some(Arc::new(publication)));
+    Ok(())
+}
+
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     let limits = crate::plain_http::Limits {
         name: "feed",
@@ -277,11 +392,15 @@ async fn handle(
     let current = state.current.borrow().clone();
     let response = match (path, current) {
         ("/healthz", _) => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        ("/readyz", Some(p)) => json(
-            StatusCode::OK,
-            &serde_json::json!({"ready": true, "generation": p.generation}),
-        ),
-        ("/readyz", None) => {
+        ("/readyz", Some(p))
+            if !(state.unready_on_error && state.last_error.borrow().is_some()) =>
+        {
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"ready": true, "generation": p.generation}),
+            )
+        }
+        ("/readyz", _) => {
             let reason = state
                 .last_error
                 .borrow()

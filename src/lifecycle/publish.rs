@@ -13,6 +13,11 @@
 //! table only adds or removes partners and scopes, and a new certificate is handed out only
 //! after both files are in place.
 //!
+//! The registry keeps the same publication (CA certificate, partner table, CRL) in the
+//! transaction that takes its CRL number. Control-plane replicas sharing a PostgreSQL registry
+//! serve it from there: a change made in one replica's pod reaches the gateways of all, and one
+//! CRL number always names the same bytes.
+//!
 //! [`merge`] is the gateway's side: it turns the published files into one more trust bundle and
 //! more partners of the validated configuration, so the snapshot build treats them exactly like
 //! YAML ones and the hot path never sees the registry.
@@ -31,7 +36,7 @@ use time::OffsetDateTime;
 use super::ca::{CaError, Signer};
 use super::commands::{now_rfc3339, parse_time};
 use super::registry::PartnerStatus;
-use super::store::{RevokedCertificate, Store, StoreError, Writer};
+use super::store::{RevokedCertificate, Store, StoreError, StoredPublication, Writer};
 use crate::config::model::sandbox_scope;
 pub use crate::config::published::DEFAULT_CRL_NEXT_UPDATE;
 use crate::config::published::{
@@ -47,6 +52,12 @@ pub enum PublishError {
     Sign(#[source] CaError),
     #[error("{}: cannot write", path.display())]
     Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: cannot read", path.display())]
+    Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -125,7 +136,7 @@ async fn publish_files(
         source,
     })?;
     write_atomically(&state.crl(), &crl)?;
-    let table = publish_table(&mut w, state, crl_number, &revoked).await;
+    let table = publish_table(&mut w, state, crl_number, &revoked, &crl).await;
     // Nothing in the registry changed but the CRL number, which must stay taken.
     w.commit().await?;
     let partners = table.map_err(|source| PublishError::PartnerTable {
@@ -187,6 +198,7 @@ async fn publish_table(
     state: &StateDir,
     crl_number: i64,
     revoked: &[RevokedCertificate],
+    crl: &[u8],
 ) -> Result<usize, PublishError> {
     let approved = w.partners_with(PartnerStatus::Approved).await?;
     let valid = w.valid_certificates().await?;
@@ -256,10 +268,21 @@ async fn publish_table(
         partners,
         revocations,
     };
-    write_atomically_with(&state.partners(), |out| {
-        serde_json::to_writer_pretty(&mut *out, &table)?;
-        Ok(())
+    let json = serde_json::to_vec_pretty(&table).unwrap_or_default();
+    // The registry keeps the publication too, numbered in this transaction: control-plane
+    // replicas on a shared database serve it from there, whichever replica made the change.
+    let ca_pem = std::fs::read(state.ca_cert()).map_err(|source| PublishError::Read {
+        path: state.ca_cert(),
+        source,
     })?;
+    w.store_publication(&StoredPublication {
+        crl_number,
+        ca_pem,
+        partners: json.clone(),
+        crl: crl.to_vec(),
+    })
+    .await?;
+    write_atomically(&state.partners(), &json)?;
     Ok(table.partners.len())
 }
 

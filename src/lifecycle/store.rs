@@ -93,6 +93,15 @@ const MIGRATIONS: &[&str] = &[
     // of an identity, and the revoked certificates the CRL lists.
     "CREATE INDEX partners_identity ON partners (identity_kind, identity_value);
     CREATE INDEX certificates_status ON certificates (status);",
+    // 4: the last publication itself, written in the transaction that numbers its CRL, so every
+    // control-plane replica serves the same bytes for the same generation.
+    "CREATE TABLE published (
+        id INT64 PRIMARY KEY,
+        crl_number INT64 NOT NULL,
+        ca_pem TEXT NOT NULL,
+        partners TEXT NOT NULL,
+        crl_base64 TEXT NOT NULL
+    );",
 ];
 
 /// The bookkeeping table of [`MIGRATIONS`], created before the first one runs.
@@ -115,6 +124,8 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("the registry stayed locked by other writers")]
     Busy(#[source] sqlx::Error),
+    #[error("the stored publication of CRL number {crl_number} is not text and base64 where it should be")]
+    BadPublication { crl_number: i64 },
     #[error("registry row {what} does not hold a valid record")]
     Corrupt {
         what: String,
@@ -134,6 +145,18 @@ pub struct Store {
 /// The write lock, held until [`Writer::commit`] (or dropped: rolled back).
 pub struct Writer {
     tx: sqlx::Transaction<'static, Any>,
+}
+
+/// One publication as the registry keeps it: the files a gateway mirrors, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPublication {
+    pub crl_number: i64,
+    /// The CA certificate file (`ca/ca.pem`).
+    pub ca_pem: Vec<u8>,
+    /// The partner table (`published/partners.json`).
+    pub partners: Vec<u8>,
+    /// The signed CRL (DER).
+    pub crl: Vec<u8>,
 }
 
 /// What differs between the two databases; everything else is shared.
@@ -330,6 +353,47 @@ impl Store {
             Some(row) => Some(row.try_get(0)?),
             None => None,
         })
+    }
+
+    /// The CRL number of the last stored publication: one row read by its key, cheap enough
+    /// for every control-plane replica to ask a few times a second. `None` before the first.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn publication_number(&mut self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT crl_number FROM published WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get(0)?),
+            None => None,
+        })
+    }
+
+    /// The last stored publication, `None` before the first.
+    ///
+    /// # Errors
+    /// The database failed or the row does not hold a publication.
+    pub async fn publication(&mut self) -> Result<Option<StoredPublication>, StoreError> {
+        use base64::Engine as _;
+        let row = sqlx::query(
+            "SELECT crl_number, ca_pem, partners, crl_base64 FROM published WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let crl_number: i64 = row.try_get(0)?;
+        let crl = base64::engine::general_purpose::STANDARD
+            .decode(row.try_get::<String, _>(3)?)
+            .map_err(|_| StoreError::BadPublication { crl_number })?;
+        Ok(Some(StoredPublication {
+            crl_number,
+            ca_pem: row.try_get::<String, _>(1)?.into_bytes(),
+            partners: row.try_get::<String, _>(2)?.into_bytes(),
+            crl,
+        }))
     }
 
     /// Every event, in order.
@@ -580,6 +644,35 @@ impl Writer {
             .await?
             .try_get(0)?;
         Ok(n)
+    }
+
+    /// Replaces the stored publication with `p`, in this transaction: it becomes visible to the
+    /// control-plane replicas with the CRL number it carries, or not at all.
+    ///
+    /// # Errors
+    /// The database failed, or a file is not UTF-8 text where text is stored.
+    pub async fn store_publication(&mut self, p: &StoredPublication) -> Result<(), StoreError> {
+        use base64::Engine as _;
+        let text = |bytes: &[u8]| {
+            String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::BadPublication {
+                crl_number: p.crl_number,
+            })
+        };
+        let ca_pem = text(&p.ca_pem)?;
+        let partners = text(&p.partners)?;
+        sqlx::query("DELETE FROM published WHERE id = 1")
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO published (id, crl_number, ca_pem, partners, crl_base64) VALUES (1, $1, $2, $3, $4)",
+        )
+        .bind(p.crl_number)
+        .bind(ca_pem)
+        .bind(partners)
+        .bind(base64::engine::general_purpose::STANDARD.encode(&p.crl))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     /// Makes the change durable and releases the lock.

@@ -11,6 +11,7 @@
 )]
 
 pub mod cli;
+pub mod feed;
 pub mod openssl;
 pub mod pki;
 pub mod postgres;

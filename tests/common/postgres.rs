@@ -56,6 +56,20 @@ impl PgDatabase {
     pub fn psql(&self, sql: &str) -> String {
         server().sql(&self.url, sql)
     }
+
+    /// An interactive `psql` session on this database, fed through its stdin and named
+    /// `application_name` in `pg_stat_activity`: a transaction a test holds open while other
+    /// processes wait on it. The caller kills it.
+    pub fn session(&self, application_name: &str) -> std::process::Child {
+        Command::new(&server().psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.url])
+            .env("PGAPPNAME", application_name)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", server().psql.display()))
+    }
 }
 
 impl Drop for PgDatabase {
