@@ -6,7 +6,8 @@
 #
 # PKI_DIR: the `work/pki` folder a run of benches/compare.sh left under target/bench-results/.
 # For each binary: the gateway runs under `valgrind --tool=callgrind` uninstrumented, a
-# loadgen drives 16 HTTP/1.1 keep-alive connections through it to a plain nginx upstream, and
+# loadgen drives 16 keep-alive connections through it to a plain nginx upstream (HTTP/1.1, or
+# HTTP/2 with PROTO=h2, one stream in flight per connection unless STREAMS=N), and
 # instrumentation is switched on for a fixed window once the connections are warm. The gateway's own
 # `certgate_requests_total` before and after the window gives the request count, so
 #   instructions/request = Ir collected ÷ requests in the window
@@ -20,6 +21,8 @@ shift
 BINS=()
 for b in "$@"; do BINS+=("$(realpath "$b")"); done
 WINDOW=${WINDOW:-8}
+PROTO=${PROTO:-http1}
+STREAMS=${STREAMS:-1}
 OUT=$ROOT/target/bench-results/instructions-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 PIDS=()
@@ -40,7 +43,7 @@ requests() {
         awk '/^certgate_requests_total/ { s += $NF } END { printf "%d\n", s }'
 }
 load() { # seconds
-    taskset -c 1 "$LOADGEN" keepalive --connections 16 --addr "127.0.0.1:$GW_PORT" --ca "$P/cas.pem" \
+    taskset -c 1 "$LOADGEN" keepalive --connections 16 --proto "$PROTO" --streams "$STREAMS" --addr "127.0.0.1:$GW_PORT" --ca "$P/cas.pem" \
         --cert "$P/partner-chain.pem" --key "$P/partner.key" --duration "$1" --warmup 0.1 --label load
 }
 
