@@ -6,10 +6,14 @@
 #
 # PKI_DIR: the `work/pki` folder a run of benches/compare.sh left under target/bench-results/.
 # For each binary: the gateway runs under `valgrind --tool=callgrind` uninstrumented, a
-# loadgen drives 16 HTTP/1.1 keep-alive connections through it to a plain nginx upstream, and
-# instrumentation is switched on for a fixed window once the connections are warm. The gateway's own
-# `certgate_requests_total` before and after the window gives the request count, so
+# loadgen drives 16 keep-alive connections through it to a plain nginx upstream (HTTP/1.1, or
+# HTTP/2 with PROTO=h2, one stream in flight per connection unless STREAMS=N), and
+# instrumentation is switched on for a fixed window once the connections are warm. The requests in
+# the window are the calls callgrind counted to the function that ends each request (its audit
+# line and metrics), so
 #   instructions/request = Ir collected ÷ requests in the window
+# (the gateway's `certgate_requests_total` before and after the window, also shown, drifts from
+# that on a loaded machine: switching instrumentation on and off takes effect late there)
 # (user-space instructions only: the kernel's share of a request is not in it). A second pass runs
 # the same load under `strace -c -f` and reports system calls per request by name.
 # Loopback only; every process started is stopped by its PID. Output under target/bench-results/.
@@ -20,6 +24,8 @@ shift
 BINS=()
 for b in "$@"; do BINS+=("$(realpath "$b")"); done
 WINDOW=${WINDOW:-8}
+PROTO=${PROTO:-http1}
+STREAMS=${STREAMS:-1}
 OUT=$ROOT/target/bench-results/instructions-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 PIDS=()
@@ -40,8 +46,27 @@ requests() {
         awk '/^certgate_requests_total/ { s += $NF } END { printf "%d\n", s }'
 }
 load() { # seconds
-    taskset -c 1 "$LOADGEN" keepalive --connections 16 --addr "127.0.0.1:$GW_PORT" --ca "$P/cas.pem" \
+    taskset -c 1 "$LOADGEN" keepalive --connections 16 --proto "$PROTO" --streams "$STREAMS" --addr "127.0.0.1:$GW_PORT" --ca "$P/cas.pem" \
         --cert "$P/partner-chain.pem" --key "$P/partner.key" --duration "$1" --warmup 0.1 --label load
+}
+
+# Calls into the function whose name contains $2, summed over a callgrind output file (whose
+# names are compressed: "(id) name" the first time, "(id)" after).
+calls_to() {
+    python3 - "$1" "$2" <<'PY'
+import re, sys
+names, calls, callee = {}, 0, ""
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+    if m:
+        if m.group(3) is not None:
+            names[m.group(2)] = m.group(3)
+        if m.group(1) == "cfn":
+            callee = names.get(m.group(2), "")
+    elif line.startswith("calls=") and sys.argv[2] in callee:
+        calls += int(line[6:].split()[0])
+print(calls)
+PY
 }
 
 printf '%s\n' "binary,instructions_per_request,requests_in_window,syscalls_per_request" > "$OUT/summary.csv"
@@ -62,11 +87,13 @@ for bin in "${BINS[@]}"; do
     r2=$(requests)
     wait "$LG" || true
     stop "$GW"
-    cg="$OUT/callgrind-$(basename "$bin").out"
+    run=$((${run:-0} + 1))
+    cg="$OUT/callgrind-$run-$(basename "$bin").out"
     cat "$OUT"/callgrind.* > "$cg"
     rm -f "$OUT"/callgrind.*
     ir=$(awk '/^totals:/ { print $2; exit }' "$cg")
-    n=$((r2 - r1))
+    n=$(calls_to "$cg" 'Exchange as certgate::upstream::body::OnFinish>::finish')
+    echo "run $run: $n requests counted by callgrind, $((r2 - r1)) by the metrics" >&2
     ipr=$(python3 -c "print(round($ir / max($n, 1)))")
     # 2. System calls.
     taskset -c 0 strace -f -c -o "$OUT/strace.txt" "$bin" --threads 1 serve --config "$OUT/certgate.yaml" \

@@ -1,6 +1,6 @@
 //! How partner connections map onto upstream connections: an HTTP/1.1 partner connection keeps
-//! one upstream connection of its own across requests, and recovers when the upstream closes it,
-//! times out or fails.
+//! one upstream connection of its own across requests, an HTTP/2 one one per stream in flight (up
+//! to a cap), and both recover when the upstream closes one, times out or fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, get, handshake_http, read, Env, Sender};
+use bytes::Bytes;
+use common::{connect, eventually, get, handshake_http, read, Env, Sender};
+use http::Request;
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -294,4 +297,132 @@ async fn an_upstream_that_goes_away_and_comes_back_is_reached_again() {
     });
     assert!(ok(&mut sender, "/v1/orders/x").await);
     back.abort();
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+async fn h2_partner(env: &Env, gw: &certgate::runtime::Gateway) -> H2Sender {
+    let client = env.client(Some(&env.acme()), &[b"h2"]);
+    let tls = connect(gw.local_addr(), "localhost", client).await.unwrap();
+    match handshake_http(tls).await.unwrap() {
+        Sender::H2(sender) => sender,
+        Sender::H1(_) => panic!("h2 was not negotiated"),
+    }
+}
+
+fn h2_get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("https://localhost{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+async fn h2_ok(sender: &H2Sender, path: &str) -> bool {
+    let answer = read(sender.clone().send_request(h2_get(path)).await.unwrap()).await;
+    answer.status == 200 && answer.body == "ok"
+}
+
+/// `n` requests in flight at once on one HTTP/2 connection, each answered after `ms`.
+async fn h2_concurrent(sender: &H2Sender, n: usize, ms: u64) {
+    let path = format!("/v1/orders/delay/{ms}");
+    let answers = futures_util::future::join_all((0..n).map(|_| h2_ok(sender, &path))).await;
+    assert!(answers.iter().all(|ok| *ok), "{answers:?}");
+}
+
+#[tokio::test]
+async fn an_http2_partner_connection_keeps_one_upstream_connection_per_stream_in_flight() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::KeepOpen).await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+
+    // The first request goes through the shared pool; the rest, one at a time, over one upstream
+    // connection of the partner connection's own.
+    let sender = h2_partner(&env, &gw).await;
+    for i in 0..20 {
+        assert!(h2_ok(&sender, "/v1/orders/x").await, "request {i}");
+    }
+    assert_eq!(up.accepted(), 2, "20 requests, one stream at a time");
+
+    // Four streams at once need four; four more at once reuse them.
+    h2_concurrent(&sender, 4, 300).await;
+    assert_eq!(up.accepted(), 5);
+    h2_concurrent(&sender, 4, 300).await;
+    assert_eq!(
+        up.accepted(),
+        5,
+        "the partner's own connections were reused"
+    );
+    assert_eq!(up.answered(), 28);
+
+    // They are the partner connection's: closing it closes them, the pooled one stays.
+    drop(sender);
+    assert!(
+        eventually(Duration::from_secs(5), || up.open() == 1).await,
+        "{} upstream connections still open",
+        up.open()
+    );
+}
+
+#[tokio::test]
+async fn an_http2_partner_connection_owns_at_most_eight_upstream_connections() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::KeepOpen).await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+
+    let sender = h2_partner(&env, &gw).await;
+    assert!(h2_ok(&sender, "/v1/orders/x").await);
+    // Twelve streams at once: eight over the partner's own connections, four through the pool.
+    h2_concurrent(&sender, 12, 500).await;
+    let accepted = up.accepted();
+    drop(sender);
+    // Closing the partner connection closes its own; the pool's stay open.
+    assert!(
+        eventually(Duration::from_secs(5), || up.open() == accepted - 8).await,
+        "{accepted} accepted, {} still open: the partner owned more or fewer than 8",
+        up.open()
+    );
+}
+
+#[tokio::test]
+async fn a_reset_http2_stream_does_not_leave_its_upstream_connection_for_reuse() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::KeepOpen).await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+
+    let sender = h2_partner(&env, &gw).await;
+    assert!(h2_ok(&sender, "/v1/orders/x").await);
+    assert!(h2_ok(&sender, "/v1/orders/x").await);
+    assert_eq!((up.accepted(), up.open()), (2, 2));
+
+    // Half the body, then the partner resets the stream: the rest of that response is still on
+    // its way, so the upstream connection is closed, not kept.
+    let response = sender
+        .clone()
+        .send_request(h2_get("/v1/orders/pause/300"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    assert!(
+        eventually(Duration::from_secs(5), || up.open() == 1).await,
+        "the cut response's upstream connection is still open"
+    );
+    // The next request gets a new connection and its own answer, not the rest of the last one.
+    assert!(h2_ok(&sender, "/v1/orders/x").await);
+    assert_eq!(up.accepted(), 3);
+}
+
+#[tokio::test]
+async fn an_upstream_idle_close_is_recovered_from_on_http2_too() {
+    let env = Env::new();
+    let up = CountingUpstream::start(After::SilentClose).await;
+    let gw = env.start(&env.config(up.addr, "")).await;
+
+    let sender = h2_partner(&env, &gw).await;
+    for i in 0..3 {
+        assert!(h2_ok(&sender, "/v1/orders/x").await, "request {i}");
+        // Past the upstream's close: the gateway's kept connection is dead by now.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(up.accepted(), 3);
+    assert_eq!(up.answered(), 3);
 }

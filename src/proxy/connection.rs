@@ -68,7 +68,7 @@ pub struct ConnContext {
     pub refuse: Option<Refusal>,
     pub headers: ConnectionHeaders,
     pub activity: Activity,
-    /// HTTP/1.1 connections forward over an upstream connection of their own.
+    /// The upstream connections this connection forwards over, its own rather than the pool's.
     pub dedicated: Option<Dedicated>,
     /// Fires when the certificate is revoked while the connection is open. Every request reads
     /// it before forwarding, so from the moment a new CRL or OCSP answer signals the connection
@@ -361,7 +361,7 @@ impl Supervisor {
             refuse,
             headers,
             activity: Activity::default(),
-            dedicated: (!h2).then(Dedicated::default),
+            dedicated: Dedicated::for_connection(h2),
             revoked: revoked.clone(),
             cut: AtomicU8::new(0),
             tunnel: tokio::sync::Mutex::new(None),

@@ -323,11 +323,11 @@ async fn decide_and_forward(
         }
     };
     let upstream = &snapshot.upstreams[route.upstream.0];
-    // Only HTTP/1.x requests: they come one at a time. (ALPN does not settle it: a client may
-    // speak HTTP/2 with prior knowledge on a connection that negotiated nothing.)
-    let dedicated = ctx.dedicated.as_ref().filter(|d| {
-        !upgrade && upstream.dedicable() && req.version() < Version::HTTP_2 && d.engage()
-    });
+    let claim = ctx
+        .dedicated
+        .as_ref()
+        .filter(|_| !upgrade && upstream.dedicable())
+        .and_then(|d| Some((d, d.claim(route.upstream, upstream)?)));
 
     let mut req = req.map(|body| CountIn::new(body, bytes_in.clone(), route.max_body_bytes));
     // The upstream gets the host policy checked, as its only `Host`: from :authority for an
@@ -339,10 +339,10 @@ async fn decide_and_forward(
         .rewrite_request(req.headers_mut(), &config.forward, upgrade);
 
     let sent = Instant::now();
-    let result = if let Some(dedicated) = dedicated {
+    let result = if let Some((dedicated, claim)) = claim {
         *req.uri_mut() = Uri::from(path_and_query);
         dedicated
-            .send(upstream, route.upstream, req)
+            .send(claim, upstream, req)
             .await
             .map(|response| (response.map(FromUpstream::Dedicated), None))
     } else {

@@ -63,11 +63,25 @@ fn lock(kept: &Mutex<Option<Kept>>) -> MutexGuard<'_, Option<Kept>> {
     kept.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A request's right to the partner connection's own upstream connection.
+#[derive(Debug)]
+pub struct Claim {
+    upstream: UpstreamId,
+}
+
 impl Dedicated {
-    /// Whether this request should use the connection's own upstream connection: false for the
-    /// connection's first request, which the pool serves, true from the second on.
-    pub fn engage(&self) -> bool {
-        self.engaged.swap(true, Ordering::Relaxed)
+    /// An upstream connection of its own for an HTTP/1.1 partner connection; HTTP/2 partner
+    /// connections use the pool.
+    pub fn for_connection(h2: bool) -> Option<Self> {
+        (!h2).then(Self::default)
+    }
+
+    /// Whether this request should use the connection's own upstream connection: not the
+    /// connection's first request, which the pool serves, every one from the second on.
+    pub fn claim(&self, id: UpstreamId, _upstream: &Upstream) -> Option<Claim> {
+        self.engaged
+            .swap(true, Ordering::Relaxed)
+            .then_some(Claim { upstream: id })
     }
 
     /// Closes the kept upstream connection of an idle partner connection.
@@ -94,10 +108,11 @@ impl Dedicated {
     /// Connect failures, timeouts and broken exchanges, classified.
     pub async fn send(
         &self,
+        claim: Claim,
         upstream: &Upstream,
-        id: UpstreamId,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<DedicatedBody>, UpstreamFailure> {
+        let id = claim.upstream;
         let kept_endpoint = self.ready_for(id, upstream).await;
         let endpoint = kept_endpoint.unwrap_or_else(|| upstream.pick());
         if !req.headers().contains_key(header::HOST) {
