@@ -624,3 +624,94 @@ fn approvals_in_the_portal_land_in_the_event_log_with_their_actor() {
         "the token is never logged"
     );
 }
+
+/// The whole self-service path in Debian's Chromium (tests/browser/portal.py): invite (CLI) →
+/// enrol in the browser with an `openssl req` CSR → approve in the approver's view → download →
+/// curl through the gateway to a real upstream on the sandbox route → promotion refused with its
+/// reason, then granted → revoke in the portal → curl refused. Screenshots of every page go to
+/// `target/portal-screenshots/`.
+#[test]
+fn the_self_service_path_works_in_a_real_browser() {
+    let (_rt, upstream) = std::thread::spawn(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let up = rt.block_on(Upstream::start());
+        (rt, up)
+    })
+    .join()
+    .unwrap();
+    let s = setup(upstream.addr, None);
+    s.ok(&["ca", "init"]);
+    let token = s.invite("initech");
+    let (csr, key) = s.csr("initech");
+    let served = serve(&s);
+
+    // The binary lives in <target>/debug/: the screenshots go beside it, under <target>.
+    let target = Path::new(env!("CARGO_BIN_EXE_certgate"))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap();
+    let screenshots = target.join("portal-screenshots");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    let params = serde_json::json!({
+        "portal": format!("https://localhost:{}", s.api.port()),
+        "gateway": format!("https://localhost:{}", s.listen.port()),
+        "server_ca": s.env.path("ca.pem"),
+        "token": token,
+        "csr": csr,
+        "key": key,
+        "admin_token": ADMIN_TOKEN,
+        // The inviter may not promote the partner she invited: the refusal the scenario expects.
+        "refused_promoter": "alice",
+        "refusal": "cannot promote it: promotion needs a second person",
+        "screenshots": screenshots,
+        "out": s.env.dir.path(),
+    });
+    let params_file = write_file(s.env.dir.path(), "browser.json", &params.to_string());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/portal.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg("--params")
+        .arg(&params_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 {}: {e}", script.display()));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the browser scenario did not finish within 240 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        status.success(),
+        "the browser scenario failed ({status}); certgate's log:\n{}",
+        served.log()
+    );
+
+    // What the browser did is in the event log, each change with its actor.
+    let history = s.history("initech");
+    for line in [
+        "enrol by portal 127.0.0.1",
+        "approve by carol",
+        "promote by carol",
+        "revoke by carol: keyCompromise",
+    ] {
+        assert!(history.contains(line), "{line}:\n{history}");
+    }
+    assert!(!history.contains("promote by alice"), "{history}");
+    assert!(
+        upstream.count() >= 2,
+        "the upstream saw the sandbox and production calls"
+    );
+    let shots = std::fs::read_dir(&screenshots).unwrap().count();
+    assert!(
+        shots >= 10,
+        "{shots} screenshots in {}",
+        screenshots.display()
+    );
+    s.ok(&["registry", "verify"]);
+}

@@ -159,8 +159,8 @@ where
     let path = req.uri().path().to_owned();
     let response = if method == Method::POST {
         match same_site(req.headers(), &cookies) {
-            Err(why) => {
-                audit("csrf", &ip, None, "-", "refused");
+            Err((code, why)) => {
+                audit("csrf", &ip, None, "-", code);
                 forbidden(why)
             }
             Ok(()) => {
@@ -169,7 +169,7 @@ where
                     Err((status, why)) => return finish(text(status, &why), set_cookies),
                 };
                 if !token::same(form.get("csrf"), &csrf) || csrf.is_empty() {
-                    audit("csrf", &ip, None, "-", "refused");
+                    audit("csrf", &ip, None, "-", "bad_csrf_token");
                     forbidden(STALE_FORM)
                 } else {
                     post(
@@ -187,7 +187,8 @@ where
             }
         }
     } else if method == Method::GET || method == Method::HEAD {
-        get(shared, portal, &path, &ip, approver, &cookies, &csrf).await
+        let host = host_of(req.headers());
+        get(shared, portal, &path, &ip, approver, &cookies, &csrf, &host).await
     } else {
         page(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -215,16 +216,23 @@ fn finish(mut response: Response<Full<Bytes>>, set_cookies: Vec<String>) -> Resp
 fn same_site(
     headers: &http::HeaderMap,
     cookies: &HashMap<String, String>,
-) -> Result<(), &'static str> {
+) -> Result<(), (&'static str, &'static str)> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok());
-    if let (Some(origin), Some(host)) = (origin, host) {
-        if origin != format!("https://{host}") {
-            return Err("This form was sent from another site.");
-        }
+    // Under `Referrer-Policy: no-referrer` browsers send `Origin: null` for the portal's own
+    // forms, so `null` is left to the token; a named other origin is refused outright, and so
+    // is a request the browser itself marks as started by another site.
+    let cross_origin = match (origin, host) {
+        (Some(origin), Some(host)) => origin != "null" && origin != format!("https://{host}"),
+        _ => false,
+    };
+    let fetch_site = headers.get("sec-fetch-site").and_then(|h| h.to_str().ok());
+    let cross_site = fetch_site.is_some_and(|s| s != "same-origin" && s != "none");
+    if cross_origin || cross_site {
+        return Err(("cross_origin", "This form was sent from another site."));
     }
     if !cookies.contains_key(CSRF_COOKIE) {
-        return Err(STALE_FORM);
+        return Err(("no_csrf_cookie", STALE_FORM));
     }
     Ok(())
 }
@@ -264,6 +272,7 @@ where
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn get(
     shared: &Arc<Shared>,
     portal: &Portal,
@@ -272,6 +281,7 @@ async fn get(
     approver: Option<Approver>,
     cookies: &HashMap<String, String>,
     csrf: &str,
+    host: &str,
 ) -> Response<Full<Bytes>> {
     match path {
         "/portal" | "/portal/" => page(
@@ -287,7 +297,7 @@ async fn get(
         ),
         "/portal/static/portal.css" => asset("text/css; charset=utf-8", CSS),
         "/portal/static/portal.js" => asset("text/javascript; charset=utf-8", JS),
-        "/portal/enrolment" => enrolment_page(shared, portal, cookies, csrf).await,
+        "/portal/enrolment" => enrolment_page(shared, portal, cookies, csrf, host).await,
         "/portal/enrolment/certificate.pem" => download(shared, ip, cookies).await,
         "/portal/approver" => match approver {
             Some(a) => approver_page(shared, &a, csrf).await,
@@ -465,6 +475,7 @@ async fn enrolment_page(
     portal: &Portal,
     cookies: &HashMap<String, String>,
     csrf: &str,
+    host: &str,
 ) -> Response<Full<Bytes>> {
     let Some((id, secret)) = cookies
         .get(ENROLMENT_COOKIE)
@@ -490,7 +501,7 @@ async fn enrolment_page(
         return redirect("/portal/");
     };
     let usage = UsageFile::read(&portal.state.usage()).unwrap_or_default();
-    let status_url = format!("https://HOST/v1/enrolments/{id}/{secret}");
+    let status_url = format!("https://{host}/v1/enrolments/{id}/{secret}");
     page(
         StatusCode::OK,
         &pages::EnrolmentPage {
@@ -888,6 +899,20 @@ fn cookie(name: &str, value: &str) -> String {
 
 fn clear_cookie(name: &str) -> String {
     format!("{name}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+/// The request's Host when it is a plain host name or address (it goes into shown commands).
+fn host_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("HOST")
+        .to_owned()
 }
 
 fn cookies<B>(req: &Request<B>) -> HashMap<String, String> {
