@@ -715,3 +715,71 @@ fn the_self_service_path_works_in_a_real_browser() {
     );
     s.ok(&["registry", "verify"]);
 }
+
+#[test]
+fn portal_settings_are_checked_where_they_are_written() {
+    let env = Env::new();
+    let check = |portal: &str| {
+        let extra = format!(
+            "lifecycle:\n  state_dir: state\nonboarding:\n  listen: \"127.0.0.1:0\"\n  portal:\n{portal}"
+        );
+        let config = write_file(
+            env.dir.path(),
+            "certgate.yaml",
+            &env.config(dead_upstream(), &extra),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = check("    gateway_url: \"https://api.example.com\"\n");
+    assert!(
+        !ok && text.contains("onboarding.portal") && text.contains("no approver could sign in"),
+        "{text}"
+    );
+    let (ok, text) = check("    admin_token_sha256: \"not-a-hash-but-maybe-the-token\"\n");
+    assert!(
+        !ok && text.contains("onboarding.portal.admin_token_sha256")
+            && text.contains("expected 64 hex digits"),
+        "{text}"
+    );
+    assert!(!text.contains("not-a-hash-but-maybe-the-token"), "{text}");
+    let (ok, text) = check(&format!(
+        "    admin_token_sha256: \"{}\"\n    admin_token_file: token.txt\n",
+        "a".repeat(64)
+    ));
+    assert!(!ok && text.contains("not both"), "{text}");
+    let (ok, text) = check(&format!(
+        "    admin_token_sha256: \"{}\"\n    approvers: [carol]\n",
+        "a".repeat(64)
+    ));
+    assert!(
+        !ok && text.contains("onboarding.portal.approvers") && text.contains("set `approver_ca`"),
+        "{text}"
+    );
+    let (ok, text) = check(&format!(
+        "    admin_token_sha256: \"{}\"\n    gateway_url: \"http://api.example.com\"\n",
+        "a".repeat(64)
+    ));
+    assert!(
+        !ok && text.contains("onboarding.portal.gateway_url"),
+        "{text}"
+    );
+    let valid = format!("    admin_token_sha256: \"{}\"\n", "a".repeat(64));
+    let (_, text) = check(&valid);
+    assert!(!text.contains("onboarding"), "{text}");
+    common::cli::ok(&env.path("certgate.yaml"), &["ca", "init"]);
+    let (ok, text) = check(&valid);
+    assert!(ok, "{text}");
+}

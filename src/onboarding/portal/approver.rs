@@ -234,3 +234,60 @@ fn verifier(
             reason: e.to_string(),
         })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn approvers(names: &[&str], token: Option<&str>) -> Approvers {
+        Approvers {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            admin_token_sha256: token.map(token::sha256_hex),
+            sessions: DashMap::new(),
+        }
+    }
+
+    fn certificate(cn: &str, uri: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_certificate_is_an_approver_only_under_an_accepted_name() {
+        let der = certificate("carol", "spiffe://corp.example/approver/carol");
+        let any = approvers(&[], None).of_certificate(&der).unwrap();
+        assert_eq!(any.name, "carol");
+        assert_eq!(any.via, Via::Certificate);
+        let by_uri = approvers(&["spiffe://corp.example/approver/carol"], None)
+            .of_certificate(&der)
+            .unwrap();
+        assert_eq!(by_uri.name, "spiffe://corp.example/approver/carol");
+        assert_eq!(approvers(&["dave"], None).of_certificate(&der), None);
+        assert_eq!(
+            approvers(&[], None).of_certificate(b"not a certificate"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_session_needs_the_admin_token_and_ends_at_sign_out_or_expiry() {
+        let a = approvers(&[], Some("the-token"));
+        let now = Instant::now();
+        assert_eq!(a.sign_in("wrong", "dave", now), None);
+        assert_eq!(approvers(&[], None).sign_in("", "dave", now), None);
+        let cookie = a.sign_in("the-token", "dave", now).unwrap();
+        let who = a.of_session(&cookie, now).unwrap();
+        assert_eq!((who.name.as_str(), who.via), ("dave", Via::AdminToken));
+        assert_eq!(a.of_session("forged", now), None);
+        assert_eq!(a.of_session(&cookie, now + SESSION_LIFETIME), None);
+        a.sign_out(&cookie);
+        assert_eq!(a.of_session(&cookie, now), None);
+    }
+}
