@@ -199,6 +199,33 @@ pub struct Lifecycle {
     /// The control plane's feed (`certgate control-plane`) a gateway mirrors `state_dir` from,
     /// when the registry lives on another host; `None`: the files are written locally.
     pub source: Option<Endpoint>,
+    /// The sandbox evidence `partner promote` needs (`lifecycle.promotion`).
+    pub promotion: Promotion,
+}
+
+/// The sandbox calls a partner must have made before `partner promote` grants production, per
+/// scope it was granted, as the gateways recorded them in the state folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promotion {
+    /// Calls answered with a 1xx–3xx status on sandbox routes needing the scope (at least 1).
+    pub min_calls: u64,
+    /// How many of the latest calls on those routes must include no refused one; 0 turns the
+    /// check off.
+    pub clean_calls: u64,
+}
+
+/// Default [`Promotion::min_calls`].
+pub const DEFAULT_PROMOTE_MIN_CALLS: u64 = 20;
+/// Default [`Promotion::clean_calls`].
+pub const DEFAULT_PROMOTE_CLEAN_CALLS: u64 = 10;
+
+impl Default for Promotion {
+    fn default() -> Self {
+        Self {
+            min_calls: DEFAULT_PROMOTE_MIN_CALLS,
+            clean_calls: DEFAULT_PROMOTE_CLEAN_CALLS,
+        }
+    }
 }
 
 /// The registry's database, from `lifecycle.database`.

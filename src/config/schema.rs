@@ -86,6 +86,20 @@ pub struct Lifecycle {
     /// A control plane's feed (`http://host:port`) that a gateway mirrors into `state_dir`.
     #[serde(default)]
     pub source: Option<String>,
+    /// The sandbox evidence `partner promote` needs.
+    #[serde(default)]
+    pub promotion: Option<Promotion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// Successful sandbox calls needed per scope (default 20).
+    #[serde(default)]
+    pub min_calls: Option<u64>,
+    /// The latest calls per scope that must include no refused one (default 10; 0: unchecked).
+    #[serde(default)]
+    pub clean_calls: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

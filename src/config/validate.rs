@@ -472,6 +472,16 @@ impl<'a> Validator<'a> {
                     None
                 }
             });
+        let promotion = l
+            .promotion
+            .map_or_else(model::Promotion::default, |p| model::Promotion {
+                min_calls: self.positive(
+                    "lifecycle.promotion.min_calls",
+                    p.min_calls,
+                    model::DEFAULT_PROMOTE_MIN_CALLS,
+                ),
+                clean_calls: p.clean_calls.unwrap_or(model::DEFAULT_PROMOTE_CLEAN_CALLS),
+            });
         Some(model::Lifecycle {
             state_dir,
             bundle,
@@ -479,6 +489,7 @@ impl<'a> Validator<'a> {
             max_validity_days,
             database,
             source,
+            promotion,
         })
     }
 
