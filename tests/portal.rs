@@ -56,7 +56,7 @@ fn setup(upstream: SocketAddr, approver_ca: Option<&str>) -> Setup {
     let approver_ca = approver_ca.unwrap_or("approver-ca.pem");
     let extra = format!(
         "  - name: sandbox-orders\n    path_prefix: /sandbox/orders\n    scope: orders:read\n    upstream: sandbox\n    environment: sandbox\n\
-         lifecycle:\n  state_dir: state\nonboarding:\n  listen: \"{api}\"\n  per_address_per_minute: 200\n  portal:\n    approver_ca: {approver_ca}\n    admin_token_sha256: \"{hash}\"\n    gateway_url: \"https://localhost:{}\"\n",
+         lifecycle:\n  state_dir: state\n  promotion:\n    min_calls: 3\nonboarding:\n  listen: \"{api}\"\n  per_address_per_minute: 200\n  portal:\n    approver_ca: {approver_ca}\n    admin_token_sha256: \"{hash}\"\n    gateway_url: \"https://localhost:{}\"\n",
         listen.port()
     );
     let yaml = env
@@ -628,7 +628,7 @@ fn approvals_in_the_portal_land_in_the_event_log_with_their_actor() {
 /// The whole self-service path in Debian's Chromium (tests/browser/portal.py): invite (CLI) →
 /// enrol in the browser with an `openssl req` CSR → approve in the approver's view → download →
 /// curl through the gateway to a real upstream on the sandbox route → promotion refused with its
-/// reason, then granted → revoke in the portal → curl refused. Screenshots of every page go to
+/// reason until the sandbox call threshold is met, then granted → revoke in the portal → curl refused. Screenshots of every page go to
 /// `target/portal-screenshots/`.
 #[test]
 fn the_self_service_path_works_in_a_real_browser() {
@@ -660,9 +660,9 @@ fn the_self_service_path_works_in_a_real_browser() {
         "csr": csr,
         "key": key,
         "admin_token": ADMIN_TOKEN,
-        // The inviter may not promote the partner she invited: the refusal the scenario expects.
-        "refused_promoter": "alice",
-        "refusal": "cannot promote it: promotion needs a second person",
+        // `lifecycle.promotion.min_calls: 3` above: refused until three sandbox calls are counted.
+        "min_calls": 3,
+        "refusal": "of 3 successful sandbox calls",
         "screenshots": screenshots,
         "out": s.env.dir.path(),
     });
@@ -702,7 +702,10 @@ fn the_self_service_path_works_in_a_real_browser() {
     ] {
         assert!(history.contains(line), "{line}:\n{history}");
     }
-    assert!(!history.contains("promote by alice"), "{history}");
+    assert!(
+        history.contains("needed 3 successful per scope"),
+        "the promotion's evidence is in its event:\n{history}"
+    );
     assert!(
         upstream.count() >= 2,
         "the upstream saw the sandbox and production calls"

@@ -182,15 +182,27 @@ class Scenario:
         got = self.call("/v1/orders/1", cert, a.key)
         self.expect(got == "403", f"production before promotion: {got}")
 
-        # Promotion is refused with its reason until the evidence holds, then succeeds.
-        self.sign_in(a.refused_promoter)
+        # Promotion is refused with its reason until the sandbox calls reach the threshold.
         self.open("/portal/approver")
         self.click("#promote-initech")
         result = self.text("#result")
-        self.expect(result.startswith("Refused") and a.refusal in result,
+        self.expect(self.text("h1") == "Refused" and a.refusal in result,
                     f"promotion should be refused with {a.refusal!r}: {result}")
         self.screenshot("promote-refused")
-        self.sign_in("carol")
+        for _ in range(a.min_calls):
+            got = self.call("/sandbox/orders/1", cert, a.key)
+            self.expect(got == "200", f"a sandbox call: {got}")
+        # The partner's view shows the count once the gateway has written it (every 10 s).
+        deadline = time.monotonic() + 40
+        while True:
+            self.open("/portal/enrolment")
+            counted = self.text("#calls-0")
+            if int(counted.split()[0]) >= a.min_calls:
+                break
+            if time.monotonic() > deadline:
+                fail(f"the sandbox calls were never counted: {counted}")
+            time.sleep(1)
+        self.screenshot("enrolment-calls-counted")
         self.open("/portal/approver")
         self.click("#promote-initech")
         result = self.text("#result")

@@ -27,7 +27,7 @@ use super::api::registry;
 use super::{Shared, BODY_READ_TIMEOUT};
 use crate::config::model;
 use crate::lifecycle::ca::FileSigner;
-use crate::lifecycle::commands::{self, CommandError, Enrol, Policy, UsageEvidence};
+use crate::lifecycle::commands::{self, CommandError, Enrol, Policy, RecordedUsage};
 use crate::lifecycle::publish;
 use crate::lifecycle::registry::REVOCATION_REASONS;
 use crate::lifecycle::token;
@@ -56,7 +56,8 @@ pub(crate) struct Portal {
     crl_next_update: Duration,
     gateway_url: String,
     has_certificates: bool,
-    usage: Box<dyn UsageEvidence>,
+    /// The sandbox calls promotion needs (`lifecycle.promotion`), shown to partners too.
+    promotion: model::Promotion,
 }
 
 /// A request's parsed form and cookies.
@@ -101,7 +102,7 @@ impl Portal {
             crl_next_update: lifecycle.crl_next_update,
             gateway_url: settings.gateway_url.clone(),
             has_certificates: verifier.is_some(),
-            usage: Box::new(commands::UsageNotRecorded),
+            promotion: lifecycle.promotion,
         };
         Ok((portal, verifier))
     }
@@ -507,7 +508,7 @@ async fn enrolment_page(
         &pages::EnrolmentPage {
             title: "Your enrolment",
             csrf: csrf.to_owned(),
-            v: pages::enrolment_view(&record, partner, &enrolment, &usage),
+            v: pages::enrolment_view(&record, partner, &enrolment, &usage, portal.promotion),
             commands: pages::commands_for(partner, &portal.gateway_url, &status_url),
         },
     )
@@ -699,12 +700,26 @@ async fn act(
                     (o, format!("Revoked the certificates of {id} ({reason})."))
                 }
                 _ => {
+                    // Read at each promotion: the gateways keep adding to it.
+                    let usage = match UsageFile::read(&portal.state.usage()) {
+                        Ok(usage) => usage,
+                        Err(e) => {
+                            return Ok(Err(format!(
+                                "The gateways' usage records cannot be read: {}",
+                                crate::error_chain(&e)
+                            )))
+                        }
+                    };
+                    let evidence = RecordedUsage {
+                        usage,
+                        promotion: portal.promotion,
+                    };
                     let o = commands::promote(
                         &mut store,
                         &actor,
                         id,
                         commands::DEFAULT_PROMOTE_MIN_DAYS,
-                        portal.usage.as_ref(),
+                        &evidence,
                     )
                     .await?;
                     let m = format!(
@@ -734,15 +749,27 @@ async fn act(
                     )
                 }
             };
-            Ok(Done {
+            Ok(Ok(Done {
                 message,
                 partner: outcome.event.partner,
-            })
+            }))
         })
         .await
     };
     match result {
-        Ok(done) => {
+        Ok(Err(refusal)) => {
+            audit_approver(action_name, ip, approver, &partner, "refused");
+            page(
+                StatusCode::CONFLICT,
+                &pages::Outcome {
+                    title: "Refused",
+                    ok: false,
+                    message: refusal,
+                    back: "/portal/approver",
+                },
+            )
+        }
+        Ok(Ok(done)) => {
             audit_approver(action_name, ip, approver, &done.partner, "done");
             page(
                 StatusCode::OK,
@@ -771,7 +798,7 @@ async fn act(
                 &pages::Outcome {
                     title: "Refused",
                     ok: false,
-                    message: format!("Refused: {}", crate::error_chain(&e)),
+                    message: crate::error_chain(&e),
                     back: "/portal/approver",
                 },
             )

@@ -101,8 +101,10 @@ pub(super) struct CertView {
 
 pub(super) struct ScopeView {
     pub(super) scope: String,
-    pub(super) calls: String,
-    pub(super) needed: String,
+    /// Successful and refused sandbox calls, as the gateways last wrote them.
+    pub(super) ok: u64,
+    pub(super) refused: u64,
+    pub(super) needed: u64,
     pub(super) last_call: String,
 }
 
@@ -116,7 +118,10 @@ pub(super) struct EnrolmentView {
     pub(super) sandbox_only: bool,
     pub(super) certificate: Option<CertView>,
     pub(super) scopes: Vec<ScopeView>,
-    pub(super) evidence_note: &'static str,
+    /// Successful sandbox calls production needs per scope.
+    pub(super) min_calls: u64,
+    /// The latest calls per scope that must include no refused one; 0: not checked.
+    pub(super) clean_calls: u64,
 }
 
 pub(super) struct EnrolmentSummary {
@@ -235,6 +240,7 @@ pub(super) fn enrolment_view(
     partner: &Partner,
     e: &Enrolment,
     usage: &UsageFile,
+    promotion: crate::config::model::Promotion,
 ) -> EnrolmentView {
     let cert = record
         .certificates
@@ -254,10 +260,12 @@ pub(super) fn enrolment_view(
         .chain(&partner.requested_scopes)
         .map(|scope| {
             let sandbox = crate::config::model::sandbox_scope(scope);
+            let calls = usage.calls(&partner.id, &sandbox);
             ScopeView {
                 scope: scope.clone(),
-                calls: "not recorded".to_owned(),
-                needed: "-".to_owned(),
+                ok: calls.ok,
+                refused: calls.refused,
+                needed: promotion.min_calls,
                 last_call: last_call(usage, &partner.id, &sandbox),
             }
         })
@@ -272,8 +280,8 @@ pub(super) fn enrolment_view(
         sandbox_only: partner.sandbox_only,
         certificate: cert.map(cert_view),
         scopes,
-        evidence_note:
-            "This gateway does not count calls per scope; the last call is from its usage records.",
+        min_calls: promotion.min_calls,
+        clean_calls: promotion.clean_calls,
     }
 }
 
