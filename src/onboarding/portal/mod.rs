@@ -603,8 +603,13 @@ async fn approver_page(
         .as_ref()
         .and_then(|p| UsageFile::read(&p.state.usage()).ok())
         .unwrap_or_default();
+    let promotion = shared
+        .portal
+        .as_ref()
+        .map(|p| p.promotion)
+        .unwrap_or_default();
     let (pending, partners, expiring, unused) =
-        pages::approver_lists(&records, &usage, time::OffsetDateTime::now_utc());
+        pages::approver_lists(&records, &usage, promotion, time::OffsetDateTime::now_utc());
     page(
         StatusCode::OK,
         &pages::ApproverPage {

@@ -147,6 +147,8 @@ pub(super) struct PartnerView {
     pub(super) scopes: String,
     pub(super) sandbox_only: bool,
     pub(super) promotable: bool,
+    /// For a sandbox-only partner: successful sandbox calls per scope against the threshold.
+    pub(super) sandbox_calls: String,
     pub(super) certs: Vec<CertView>,
 }
 
@@ -330,6 +332,7 @@ pub(super) fn commands_for(partner: &Partner, gateway_url: &str, status_url: &st
 pub(super) fn approver_lists(
     records: &[Record],
     usage: &UsageFile,
+    promotion: crate::config::model::Promotion,
     now: time::OffsetDateTime,
 ) -> (
     Vec<PendingView>,
@@ -419,6 +422,20 @@ pub(super) fn approver_lists(
             },
             sandbox_only: p.sandbox_only,
             promotable: p.status == PartnerStatus::Approved && p.sandbox_only,
+            sandbox_calls: if p.sandbox_only {
+                p.scopes
+                    .iter()
+                    .map(|scope| {
+                        let calls = usage
+                            .calls(&p.id, &crate::config::model::sandbox_scope(scope))
+                            .ok;
+                        format!("{scope}: {calls} of {}", promotion.min_calls)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                String::new()
+            },
             certs: valid.into_iter().map(cert_view).collect(),
         });
     }
