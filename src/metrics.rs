@@ -55,7 +55,7 @@ use crate::revocation::{RevocationCounters, RevocationSource};
 use crate::tls::handshake::HandshakeFailure;
 use crate::tls::server::{ServedCertificate, DEFAULT_SNI};
 use crate::upstream::UpstreamErrorKind;
-use crate::usage::{Accepted, Usage, UsageTable};
+use crate::usage::{Accepted, CallOutcome, Usage, UsageTable};
 
 /// Label value for a request that matched no route.
 pub const NO_ROUTE: &str = "none";
@@ -232,6 +232,8 @@ pub struct Handles {
     denials: Box<[OnceLock<IntCounter>]>,
     /// Scope usage slots, by partner id.
     usage: UsageTable,
+    /// The scope each route needs, by route id.
+    route_scopes: Box<[ScopeId]>,
     /// When each partner's first certificate was issued (Unix seconds), by partner id.
     issued_at: Box<[Option<i64>]>,
 }
@@ -1000,6 +1002,7 @@ impl Handles {
             .collect();
         Self {
             usage: UsageTable::build(&metrics.usage, config),
+            route_scopes: config.routes.iter().map(|r| r.scope).collect(),
             issued_at: config
                 .partners
                 .iter()
@@ -1033,6 +1036,7 @@ impl Handles {
             requests: cells(routes.len() * partners.len() * STATUS_CLASSES.len()),
             denials: cells(Refusal::ALL.len() * partners.len()),
             usage: UsageTable::default(),
+            route_scopes: Box::default(),
             issued_at: Box::default(),
             durations: routes
                 .iter()
@@ -1121,6 +1125,32 @@ impl Handles {
             }
         }
         Some(accepted)
+    }
+
+    /// Counts a finished call of `partner` on `route` for the promotion evidence: `refused` when
+    /// the gateway refused it, otherwise by the status it was answered with. Calls that matched
+    /// no route need no scope and are not counted.
+    pub fn call(
+        &self,
+        route: Option<RouteId>,
+        partner: Option<PartnerId>,
+        refused: bool,
+        status: u16,
+    ) {
+        let (Some(route), Some(partner)) = (route, partner) else {
+            return;
+        };
+        let Some(scope) = self.route_scopes.get(route.0) else {
+            return;
+        };
+        let outcome = if refused {
+            CallOutcome::Refused
+        } else if status < 400 {
+            CallOutcome::Ok
+        } else {
+            CallOutcome::Other
+        };
+        self.usage.call(partner, *scope, outcome);
     }
 
     /// Observes the time to an upstream's response head.

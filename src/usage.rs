@@ -1,5 +1,6 @@
-//! Least-privilege evidence: when each partner last used each scope it holds, when it made its
-//! first accepted call, and when its last one.
+//! Least-privilege and promotion evidence: when each partner last used each scope it holds, when
+//! it made its first accepted call and its last one, and per scope how many of its calls
+//! succeeded, how many the gateway refused, and how many it made since the last refusal.
 //!
 //! The data path records into slots resolved when a generation is built ([`UsageTable`], indexed
 //! by the partner and scope ids the policy already uses): a few relaxed atomic loads and, when a
@@ -12,6 +13,11 @@
 //! processes may share one state folder: each merges what the file holds before writing, and
 //! checks afterwards that what it recorded is in the file, writing again when a concurrent writer
 //! replaced it in between.
+//!
+//! Call counts cannot be merged by taking a maximum across processes, so each process writes its
+//! own counts under a writer id of its own (process id and start time): counts only grow within
+//! one process, so merging keeps, per writer, the record with more calls, and a restarted
+//! gateway starts a new writer instead of counting twice what the file already holds.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -75,13 +81,78 @@ pub struct PartnerUsageRecord {
     /// Per scope name, the latest accepted request whose route needed it.
     #[serde(default)]
     pub scopes: BTreeMap<String, u64>,
+    /// Per scope name and writer (one gateway process), the outcomes of the calls whose route
+    /// needed the scope.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub calls: BTreeMap<String, BTreeMap<String, CallRecord>>,
+}
+
+/// One writer's counts of one partner's calls on routes needing one scope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Every call, whatever its outcome.
+    pub calls: u64,
+    /// Calls the upstream answered with a 1xx, 2xx or 3xx status.
+    pub ok: u64,
+    /// Calls the gateway refused (a policy or request refusal, not an upstream failure).
+    pub refused: u64,
+    /// Calls since the latest refused one (all of them when none was refused).
+    pub since_refused: u64,
+    /// Unix milliseconds of the first call.
+    pub first_ms: u64,
+    /// Unix milliseconds of the latest refused call; 0 when none was.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_refused_ms: u64,
+}
+
+/// One partner's calls on one scope, summed over every writer: what promotion checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallSummary {
+    pub calls: u64,
+    pub ok: u64,
+    pub refused: u64,
+    /// Calls made since the latest refused one; `None` when none was refused. With several
+    /// writers this is a lower bound: the latest refusal's writer's own calls since, plus every
+    /// call of writers that started after it. Calls of a writer running at the same time are
+    /// not counted, so a gateway beside another never makes the streak look longer than it is.
+    pub since_refused: Option<u64>,
+}
+
+/// How a call ended, for the promotion evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The upstream answered with a 1xx, 2xx or 3xx status.
+    Ok,
+    /// The gateway refused it.
+    Refused,
+    /// Anything else: an upstream failure, or the upstream answered 4xx or 5xx.
+    Other,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The process's usage slots, shared by every generation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Usage {
     partners: DashMap<Box<str>, Arc<PartnerSlots>>,
-    scopes: DashMap<(Box<str>, Box<str>), Arc<AtomicU64>>,
+    scopes: DashMap<(Box<str>, Box<str>), Arc<ScopeSlots>>,
+    /// This process's key under [`PartnerUsageRecord::calls`].
+    writer: String,
+}
+
+/// One partner's process-wide slots for one scope.
+#[derive(Debug, Default)]
+struct ScopeSlots {
+    /// Unix seconds of the latest accepted request; 0 means "not yet".
+    last_used: AtomicU64,
+    calls: AtomicU64,
+    ok: AtomicU64,
+    refused: AtomicU64,
+    since_refused: AtomicU64,
+    first_ms: AtomicU64,
+    last_refused_ms: AtomicU64,
 }
 
 /// One partner's process-wide slots. 0 means "not yet".
@@ -103,7 +174,7 @@ pub struct UsageTable {
 struct PartnerTable {
     slots: Arc<PartnerSlots>,
     /// The scopes the partner holds, in [`ScopeId`] order; a handful, so a scan beats a map.
-    scopes: Box<[(ScopeId, Arc<AtomicU64>)]>,
+    scopes: Box<[(ScopeId, Arc<ScopeSlots>)]>,
 }
 
 /// What [`UsageTable::accepted`] saw.
@@ -150,6 +221,15 @@ impl UsageFile {
                 let slot = mine.scopes.entry(scope.clone()).or_default();
                 *slot = (*slot).max(*at);
             }
+            for (scope, writers) in &theirs.calls {
+                let mine = mine.calls.entry(scope.clone()).or_default();
+                for (writer, record) in writers {
+                    let slot = mine.entry(writer.clone()).or_default();
+                    if record.calls > slot.calls {
+                        *slot = *record;
+                    }
+                }
+            }
         }
     }
 
@@ -168,6 +248,33 @@ impl UsageFile {
     /// The latest accepted request of `partner`, if any.
     pub fn last_call(&self, partner: &str) -> Option<u64> {
         self.partners.get(partner)?.last_call
+    }
+
+    /// `partner`'s calls on routes needing `scope` (for a sandbox route, the scope's sandbox
+    /// twin), summed over every writer.
+    pub fn calls(&self, partner: &str, scope: &str) -> CallSummary {
+        let Some(writers) = self.partners.get(partner).and_then(|p| p.calls.get(scope)) else {
+            return CallSummary::default();
+        };
+        let mut sum = CallSummary::default();
+        for r in writers.values() {
+            sum.calls += r.calls;
+            sum.ok += r.ok;
+            sum.refused += r.refused;
+        }
+        let latest = writers
+            .iter()
+            .filter(|(_, r)| r.last_refused_ms != 0)
+            .max_by_key(|(_, r)| r.last_refused_ms);
+        sum.since_refused = latest.map(|(writer, r)| {
+            let later: u64 = writers
+                .iter()
+                .filter(|(w, o)| *w != writer && o.first_ms > r.last_refused_ms)
+                .map(|(_, o)| o.calls)
+                .sum();
+            r.since_refused + later
+        });
+        sum
     }
 
     /// Writes to a temporary file beside `path`, syncs it, and renames it over `path`.
@@ -198,6 +305,22 @@ impl UsageFile {
 
 // === impl Usage ===
 
+impl Default for Usage {
+    fn default() -> Self {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // Several `Usage`s in one process (tests run gateways side by side) need distinct ids.
+        static INSTANCE: AtomicU64 = AtomicU64::new(0);
+        let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
+        Self {
+            partners: DashMap::new(),
+            scopes: DashMap::new(),
+            writer: format!("{}-{started:x}-{n}", std::process::id()),
+        }
+    }
+}
+
 impl Usage {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
@@ -207,7 +330,7 @@ impl Usage {
         self.partners.entry(id.into()).or_default().clone()
     }
 
-    fn scope(&self, partner: &str, scope: &str) -> Arc<AtomicU64> {
+    fn scope(&self, partner: &str, scope: &str) -> Arc<ScopeSlots> {
         self.scopes
             .entry((partner.into(), scope.into()))
             .or_default()
@@ -228,14 +351,22 @@ impl Usage {
             p.last_call = (last != 0).then_some(last);
         }
         for entry in &self.scopes {
-            let at = entry.value().load(Ordering::Relaxed);
+            let (partner, scope) = entry.key();
+            let slots = entry.value();
+            let at = slots.last_used.load(Ordering::Relaxed);
+            let calls = slots.record();
+            if at == 0 && calls.calls == 0 {
+                continue;
+            }
+            let p = file.partners.entry(partner.to_string()).or_default();
             if at != 0 {
-                let (partner, scope) = entry.key();
-                file.partners
-                    .entry(partner.to_string())
+                p.scopes.insert(scope.to_string(), at);
+            }
+            if calls.calls != 0 {
+                p.calls
+                    .entry(scope.to_string())
                     .or_default()
-                    .scopes
-                    .insert(scope.to_string(), at);
+                    .insert(self.writer.clone(), calls);
             }
         }
         file
@@ -259,7 +390,9 @@ impl Usage {
                     .fetch_max(last.saturating_mul(1000), Ordering::Relaxed);
             }
             for (scope, at) in &p.scopes {
-                self.scope(id, scope).fetch_max(*at, Ordering::Relaxed);
+                self.scope(id, scope)
+                    .last_used
+                    .fetch_max(*at, Ordering::Relaxed);
             }
         }
     }
@@ -329,16 +462,14 @@ impl UsageTable {
     /// Records an accepted request of `partner` on a route that needs `scope`.
     pub fn accepted(&self, partner: PartnerId, scope: ScopeId) -> Option<Accepted> {
         let p = self.partners.get(partner.0)?;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = now_ms();
         let now = now_ms / 1000;
         if p.slots.last_call_ms.load(Ordering::Relaxed) < now_ms {
             p.slots.last_call_ms.fetch_max(now_ms, Ordering::Relaxed);
         }
         if let Some((_, slot)) = p.scopes.iter().find(|(s, _)| *s == scope) {
-            if slot.load(Ordering::Relaxed) < now {
-                slot.fetch_max(now, Ordering::Relaxed);
+            if slot.last_used.load(Ordering::Relaxed) < now {
+                slot.last_used.fetch_max(now, Ordering::Relaxed);
             }
         }
         let first = p.slots.first_call.load(Ordering::Relaxed) == 0
@@ -348,6 +479,70 @@ impl UsageTable {
                 .is_ok();
         Some(Accepted { at: now, first })
     }
+
+    /// Counts a finished call of `partner` on a route needing `scope`. Scopes the partner does
+    /// not hold have no slots: a call refused for lack of the scope is not one of its calls.
+    pub fn call(&self, partner: PartnerId, scope: ScopeId, outcome: CallOutcome) {
+        let Some(slots) = self
+            .partners
+            .get(partner.0)
+            .and_then(|p| p.scopes.iter().find(|(s, _)| *s == scope))
+            .map(|(_, slots)| slots)
+        else {
+            return;
+        };
+        slots.count(outcome);
+    }
+}
+
+// === impl ScopeSlots ===
+
+impl ScopeSlots {
+    fn count(&self, outcome: CallOutcome) {
+        if self.first_ms.load(Ordering::Relaxed) == 0 {
+            let _ = self.first_ms.compare_exchange(
+                0,
+                now_ms().max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        match outcome {
+            CallOutcome::Ok => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                self.since_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            CallOutcome::Other => {
+                self.since_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            CallOutcome::Refused => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                self.since_refused.store(0, Ordering::Relaxed);
+                self.last_refused_ms
+                    .fetch_max(now_ms().max(1), Ordering::Relaxed);
+            }
+        }
+        // Last, so a flush that sees this call also sees its outcome counted.
+        self.calls.fetch_add(1, Ordering::Release);
+    }
+
+    fn record(&self) -> CallRecord {
+        let calls = self.calls.load(Ordering::Acquire);
+        CallRecord {
+            calls,
+            ok: self.ok.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            since_refused: self.since_refused.load(Ordering::Relaxed).min(calls),
+            first_ms: self.first_ms.load(Ordering::Relaxed),
+            last_refused_ms: self.last_refused_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -362,6 +557,7 @@ mod tests {
                 first_call: Some(first),
                 last_call: Some(last),
                 scopes: scopes.iter().map(|(s, t)| ((*s).into(), *t)).collect(),
+                calls: BTreeMap::new(),
             },
         );
         f
@@ -398,7 +594,10 @@ mod tests {
             .write(&path)
             .unwrap();
         let usage = Usage::new();
-        usage.scope("acme", "read").store(1000, Ordering::Relaxed);
+        usage
+            .scope("acme", "read")
+            .last_used
+            .store(1000, Ordering::Relaxed);
         usage
             .partner("acme")
             .first_call
@@ -422,13 +621,103 @@ mod tests {
         );
     }
 
+    fn calls(
+        calls: u64,
+        ok: u64,
+        since_refused: u64,
+        first_ms: u64,
+        refused_ms: u64,
+    ) -> CallRecord {
+        CallRecord {
+            calls,
+            ok,
+            refused: u64::from(refused_ms != 0),
+            since_refused,
+            first_ms,
+            last_refused_ms: refused_ms,
+        }
+    }
+
+    fn with_calls(writers: &[(&str, CallRecord)]) -> UsageFile {
+        let mut f = UsageFile::default();
+        let p = f.partners.entry("acme".into()).or_default();
+        let scope = p.calls.entry("read@sandbox".into()).or_default();
+        for (w, r) in writers {
+            scope.insert((*w).into(), *r);
+        }
+        f
+    }
+
+    #[test]
+    fn call_counts_merge_per_writer_by_the_newer_record_and_sum_across_writers() {
+        let mut a = with_calls(&[("w1", calls(5, 5, 5, 1000, 0))]);
+        let b = with_calls(&[
+            ("w1", calls(3, 3, 3, 1000, 0)),
+            ("w2", calls(4, 2, 1, 2000, 3000)),
+        ]);
+        a.merge(&b);
+        assert_eq!(
+            a,
+            with_calls(&[
+                ("w1", calls(5, 5, 5, 1000, 0)),
+                ("w2", calls(4, 2, 1, 2000, 3000)),
+            ])
+        );
+        // Merging again changes nothing: a retried flush does not count twice.
+        let once = a.clone();
+        a.merge(&b);
+        assert_eq!(a, once);
+        let sum = a.calls("acme", "read@sandbox");
+        assert_eq!((sum.calls, sum.ok, sum.refused), (9, 7, 1));
+        // w1 started before w2's refusal: its calls may precede it and do not count.
+        assert_eq!(sum.since_refused, Some(1));
+        assert_eq!(a.calls("acme", "write@sandbox"), CallSummary::default());
+    }
+
+    #[test]
+    fn a_writer_started_after_the_latest_refusal_adds_all_its_calls_to_the_streak() {
+        let f = with_calls(&[
+            ("old", calls(10, 8, 0, 1000, 5000)),
+            ("new", calls(6, 6, 6, 9000, 0)),
+        ]);
+        assert_eq!(f.calls("acme", "read@sandbox").since_refused, Some(6));
+        let clean = with_calls(&[("new", calls(6, 6, 6, 9000, 0))]);
+        assert_eq!(clean.calls("acme", "read@sandbox").since_refused, None);
+    }
+
+    #[test]
+    fn counted_outcomes_reach_the_file_under_this_writer() {
+        let usage = Usage::new();
+        let slots = usage.scope("acme", "read@sandbox");
+        for outcome in [
+            CallOutcome::Ok,
+            CallOutcome::Refused,
+            CallOutcome::Ok,
+            CallOutcome::Other,
+            CallOutcome::Ok,
+        ] {
+            slots.count(outcome);
+        }
+        let file = usage.recorded();
+        let sum = file.calls("acme", "read@sandbox");
+        assert_eq!(
+            (sum.calls, sum.ok, sum.refused, sum.since_refused),
+            (5, 3, 1, Some(3))
+        );
+        assert_eq!(file.partners["acme"].calls["read@sandbox"].len(), 1);
+        assert!(file.partners["acme"].scopes.is_empty(), "no accepted call");
+    }
+
     #[test]
     fn an_unreadable_file_is_named_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("scopes.json");
         std::fs::write(&path, "not json").unwrap();
         let usage = Usage::new();
-        usage.scope("acme", "read").store(1000, Ordering::Relaxed);
+        usage
+            .scope("acme", "read")
+            .last_used
+            .store(1000, Ordering::Relaxed);
         let err = usage.flush(&path).unwrap_err();
         assert!(err.to_string().contains("scopes.json"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"not json");

@@ -122,6 +122,13 @@ impl Lab {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// What the usage file says of `partner`'s calls on `scope`, over every writer.
+    fn calls(&self, partner: &str, scope: &str) -> certgate::usage::CallSummary {
+        certgate::usage::UsageFile::read(&self.state.join("usage/scopes.json"))
+            .unwrap()
+            .calls(partner, scope)
+    }
+
     async fn gateway(&self) -> certgate::runtime::Gateway {
         self.env.start_with(&self.yaml, true).await
     }
@@ -266,6 +273,18 @@ async fn scope_usage_from_real_traffic_persists_and_drives_the_unused_scope_repo
         usage["partners"]["hooli"]["scopes"]["orders:read"], long_ago,
         "{usage}"
     );
+    // Call outcomes per scope, under this process's writer id: the refusal is counted on the
+    // scope of the route that refused it.
+    let calls = lab.calls("initech", "orders:read");
+    assert_eq!(
+        (calls.calls, calls.ok, calls.refused, calls.since_refused),
+        (1, 1, 0, None)
+    );
+    let calls = lab.calls("initech", "payments:write");
+    assert_eq!(
+        (calls.calls, calls.ok, calls.refused, calls.since_refused),
+        (1, 0, 1, Some(0))
+    );
 
     // The last requests before a shutdown are flushed by it.
     assert_eq!(lab.call(&gw, &initech, post("/v1/payments/1")).await, 200);
@@ -290,6 +309,24 @@ async fn scope_usage_from_real_traffic_persists_and_drives_the_unused_scope_repo
     );
     assert_eq!(usage["partners"]["hooli"]["last_call"], long_ago, "{usage}");
     gw.shutdown().await;
+    // Counts add up across restarts: the new process writes beside the old one's record and
+    // counts nothing twice; its calls all follow the old process's refusal.
+    let calls = lab.calls("initech", "orders:read");
+    assert_eq!((calls.calls, calls.ok), (2, 2));
+    assert_eq!(
+        usage["partners"]["initech"]["calls"]["orders:read"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2,
+        "{usage}"
+    );
+    let calls = lab.calls("initech", "payments:write");
+    assert_eq!(
+        (calls.calls, calls.ok, calls.refused, calls.since_refused),
+        (2, 1, 1, Some(1)),
+        "the POST before the shutdown was flushed by it"
+    );
 
     // 30 days: hooli's stale scope, with the command that removes it; initech used both.
     let report = lab.ok(&["partner", "report", "--unused-scopes", "--since", "30d"]);

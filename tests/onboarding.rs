@@ -311,6 +311,22 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
     .join()
     .unwrap();
     let s = setup(up.1.addr, "");
+    // Promotion needs 3 successful sandbox calls and none refused in the latest 2; the sandbox
+    // route takes GET only, so a POST there is a refused sandbox call.
+    let yaml = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replacen(
+            "lifecycle:\n  state_dir: state\n",
+            "lifecycle:\n  state_dir: state\n  promotion:\n    min_calls: 3\n    clean_calls: 2\n",
+            1,
+        )
+        .replacen(
+            "    upstream: sandbox\n    environment: sandbox\n",
+            "    upstream: sandbox\n    environment: sandbox\n    methods: [GET]\n",
+            1,
+        );
+    assert!(yaml.contains("clean_calls: 2") && yaml.contains("methods: [GET]\n"));
+    std::fs::write(&s.config, yaml).unwrap();
     s.ok(&["ca", "init"]);
     let token = s.invite("initech")["token"].as_str().unwrap().to_owned();
     let _served = serve(&s);
@@ -412,9 +428,10 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
 
     // The gateway picks up the published partner and serves the downloaded certificate, on
     // sandbox routes only.
-    let call = |path: &str| {
+    let call_with = |method: &str, path: &str| {
         let out = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .arg("--cacert")
             .arg(s.env.path("ca.pem"))
             .arg("--cert")
             .arg(&cert)
@@ -425,6 +442,7 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let call = |path: &str| call_with("GET", path);
     let until_200 = |path: &str| {
         let deadline = Instant::now() + Duration::from_secs(15);
         while call(path) != "200" {
@@ -463,7 +481,53 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
     ]);
     assert!(err.contains("promotion needs more than 120"), "{err}");
     assert_eq!(call("/v1/orders/7"), "403");
-    s.ok(&["partner", "promote", "initech", "--actor", "carol"]);
+
+    // Sandbox calls, as the gateway records them (flushed to the state folder every 10 s): one
+    // successful so far; a refused one resets the clean streak.
+    assert_eq!(call_with("POST", "/sandbox/orders/7"), "405");
+    let promote_until = |done: &dyn Fn(Result<&str, &str>) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let out = common::cli::run(
+                &s.config,
+                &["partner", "promote", "initech", "--actor", "carol"],
+            );
+            let text = String::from_utf8_lossy(&out.stderr).into_owned();
+            let result = if out.status.success() {
+                Ok(text.as_str())
+            } else {
+                Err(text.as_str())
+            };
+            if done(result) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "promotion never got there: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let err = promote_until(&|r| r.is_err_and(|e| e.contains("a refused sandbox call")));
+    assert!(
+        err.contains("`orders:read`: 1 of 3 successful sandbox calls")
+            && err
+                .contains("`orders:read`: a refused sandbox call among the latest 2 (0 since it)"),
+        "{err}"
+    );
+    // Production calls are not sandbox calls and count for nothing.
+    assert_eq!(call("/v1/orders/7"), "403");
+    assert_eq!(call("/sandbox/orders/7"), "200");
+    let err = promote_until(&|r| r.is_err_and(|e| e.contains("2 of 3")));
+    assert!(err.contains("(1 since it)"), "{err}");
+    assert_eq!(call("/sandbox/orders/8"), "200");
+    promote_until(&|r| {
+        assert!(
+            r.is_ok() || r.is_err_and(|e| e.contains("2 of 3") || e.contains("1 since it")),
+            "{r:?}"
+        );
+        r.is_ok()
+    });
     until_200("/v1/orders/7");
     assert_eq!(
         call("/sandbox/orders/7"),
@@ -473,6 +537,10 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
     let history = s.ok(&["partner", "history", "initech"]);
     assert!(
         history.contains("promote by carol: certificate"),
+        "{history}"
+    );
+    assert!(
+        history.contains("sandbox calls: `orders:read` 3 successful of 4 (1 refused)"),
         "{history}"
     );
     assert!(history.contains("clientAuth, ECDSA P-256"), "{history}");
@@ -829,4 +897,47 @@ fn environments_are_checked_where_they_are_written() {
         );
     let (ok, text) = check(&yaml);
     assert!(ok, "{text}");
+}
+
+#[test]
+fn promotion_thresholds_are_checked_where_they_are_written() {
+    let env = Env::new();
+    let check = |promotion: &str| {
+        let yaml = env.config(
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            &format!("lifecycle:\n  state_dir: state\n  promotion:\n{promotion}"),
+        );
+        let config = write_file(env.dir.path(), "certgate.yaml", &yaml);
+        let out = Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // A valid configuration with a lifecycle needs the CA's published files.
+    check("    min_calls: 5\n    clean_calls: 0\n");
+    common::cli::ok(&env.path("certgate.yaml"), &["ca", "init"]);
+    let (ok, text) = check("    min_calls: 5\n    clean_calls: 0\n");
+    assert!(ok, "clean_calls: 0 turns the refusal check off: {text}");
+
+    let (ok, text) = check("    min_calls: 0\n");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("lifecycle.promotion.min_calls") && text.contains("greater than zero"),
+        "{text}"
+    );
+    let (ok, text) = check("    min_call: 5\n");
+    assert!(
+        !ok && text.contains("lifecycle.promotion.min_call: unknown field"),
+        "{text}"
+    );
 }

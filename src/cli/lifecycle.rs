@@ -242,6 +242,8 @@ struct Context {
     database: Database,
     policy: Policy,
     crl_next_update: std::time::Duration,
+    /// `lifecycle.promotion`, or its defaults without a configuration.
+    promotion: config::model::Promotion,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -541,7 +543,10 @@ async fn change_inner(command: PartnerCommand) -> Result<ExitCode, CliError> {
         }
         P::Reject { id, reason, .. } => commands::reject(&mut store, actor, &id, &reason).await?,
         P::Promote { id, min_days, .. } => {
-            let usage = commands::UsageNotRecorded;
+            let usage = commands::RecordedUsage {
+                usage: crate::usage::UsageFile::read(&ctx.state.usage())?,
+                promotion: ctx.promotion,
+            };
             commands::promote(&mut store, actor, &id, min_days, &usage).await?
         }
         P::Issue {
@@ -990,5 +995,6 @@ fn context(place: &Place, needs_scopes: bool) -> Result<Context, CliError> {
         crl_next_update: lifecycle
             .as_ref()
             .map_or(DEFAULT_CRL_NEXT_UPDATE, |l| l.crl_next_update),
+        promotion: lifecycle.as_ref().map(|l| l.promotion).unwrap_or_default(),
     })
 }

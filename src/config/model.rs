@@ -95,7 +95,33 @@ pub struct Onboarding {
     pub per_address_per_minute: u32,
     /// Submissions per enrolment token per minute (default 5).
     pub per_token_per_minute: u32,
+    /// The web portal under `/portal/` on the same listener; off when absent.
+    pub portal: Option<Portal>,
 }
+
+/// The web portal's approver authentication and what it shows partners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Portal {
+    /// Client certificates verified against this CA file (PEM) are approvers.
+    pub approver_ca: Option<PathBuf>,
+    /// Accepted approver names; empty accepts every certificate of `approver_ca`.
+    pub approvers: Vec<String>,
+    pub admin_token: Option<AdminToken>,
+    /// The gateway's public base URL (`https://host:port`), for the commands shown to partners.
+    pub gateway_url: String,
+}
+
+/// Where the admin token's hash comes from. The token itself is never kept in memory past start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminToken {
+    /// SHA-256 of the token, lower-case hex.
+    Sha256(String),
+    /// A file holding the token, read and hashed at start.
+    File(PathBuf),
+}
+
+/// The gateway URL shown to partners when `onboarding.portal.gateway_url` is not set.
+pub const DEFAULT_PORTAL_GATEWAY_URL: &str = "https://gateway.example";
 
 /// Where a route (and the upstream it forwards to) belongs. A sandbox route requires the sandbox
 /// twin of its scope (see [`sandbox_scope`]): partners granted the scope in production hold the
@@ -173,6 +199,33 @@ pub struct Lifecycle {
     /// The control plane's feed (`certgate control-plane`) a gateway mirrors `state_dir` from,
     /// when the registry lives on another host; `None`: the files are written locally.
     pub source: Option<Endpoint>,
+    /// The sandbox evidence `partner promote` needs (`lifecycle.promotion`).
+    pub promotion: Promotion,
+}
+
+/// The sandbox calls a partner must have made before `partner promote` grants production, per
+/// scope it was granted, as the gateways recorded them in the state folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promotion {
+    /// Calls answered with a 1xx–3xx status on sandbox routes needing the scope (at least 1).
+    pub min_calls: u64,
+    /// How many of the latest calls on those routes must include no refused one; 0 turns the
+    /// check off.
+    pub clean_calls: u64,
+}
+
+/// Default [`Promotion::min_calls`].
+pub const DEFAULT_PROMOTE_MIN_CALLS: u64 = 20;
+/// Default [`Promotion::clean_calls`].
+pub const DEFAULT_PROMOTE_CLEAN_CALLS: u64 = 10;
+
+impl Default for Promotion {
+    fn default() -> Self {
+        Self {
+            min_calls: DEFAULT_PROMOTE_MIN_CALLS,
+            clean_calls: DEFAULT_PROMOTE_CLEAN_CALLS,
+        }
+    }
 }
 
 /// The environment variable that, when set and not empty, replaces `lifecycle.database` (same

@@ -39,6 +39,31 @@ pub struct Onboarding {
     pub per_address_per_minute: Option<u32>,
     #[serde(default)]
     pub per_token_per_minute: Option<u32>,
+    /// The web portal on the same listener; see `docs/onboarding.md`.
+    #[serde(default)]
+    pub portal: Option<Portal>,
+}
+
+/// `onboarding.portal`: who may act as an approver, and what partners are shown.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Portal {
+    /// PEM file of the CA(s) that issue approvers' client certificates.
+    #[serde(default)]
+    pub approver_ca: Option<PathBuf>,
+    /// Names (subject CN, or URI/DNS SAN) of the approver certificates accepted; all of the
+    /// approver CA's when absent.
+    #[serde(default)]
+    pub approvers: Option<Vec<String>>,
+    /// SHA-256 (hex) of the admin token.
+    #[serde(default)]
+    pub admin_token_sha256: Option<String>,
+    /// A file holding the admin token itself (a mounted secret), hashed at start.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// The gateway's public base URL, for the commands shown to partners.
+    #[serde(default)]
+    pub gateway_url: Option<String>,
 }
 
 /// The embedded CA and partner registry (`certgate ca init`, `certgate partner …`).
@@ -61,6 +86,20 @@ pub struct Lifecycle {
     /// A control plane's feed (`http://host:port`) that a gateway mirrors into `state_dir`.
     #[serde(default)]
     pub source: Option<String>,
+    /// The sandbox evidence `partner promote` needs.
+    #[serde(default)]
+    pub promotion: Option<Promotion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// Successful sandbox calls needed per scope (default 20).
+    #[serde(default)]
+    pub min_calls: Option<u64>,
+    /// The latest calls per scope that must include no refused one (default 10; 0: unchecked).
+    #[serde(default)]
+    pub clean_calls: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

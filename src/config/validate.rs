@@ -356,7 +356,77 @@ impl<'a> Validator<'a> {
                 o.per_token_per_minute,
                 model::DEFAULT_PER_TOKEN_PER_MINUTE,
             ),
+            portal: o.portal.map(|p| self.portal(p)),
         })
+    }
+
+    fn portal(&mut self, p: schema::Portal) -> model::Portal {
+        let approver_ca = p
+            .approver_ca
+            .map(|path| self.file_path("onboarding.portal.approver_ca", &path));
+        let approvers = p.approvers.unwrap_or_default();
+        if approvers.iter().any(|a| a.trim().is_empty()) {
+            self.problem(
+                "onboarding.portal.approvers",
+                "an approver name must not be empty",
+            );
+        }
+        if !approvers.is_empty() && approver_ca.is_none() {
+            self.problem(
+                "onboarding.portal.approvers",
+                "approver names are matched on client certificates: set `approver_ca` too",
+            );
+        }
+        let admin_token = match (p.admin_token_sha256, p.admin_token_file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "onboarding.portal.admin_token_file",
+                    "set one of `admin_token_sha256` and `admin_token_file`, not both",
+                );
+                None
+            }
+            (Some(hash), None) => {
+                let hash = hash.trim().to_ascii_lowercase();
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    // The value is not echoed: it may be the token pasted by mistake.
+                    self.problem(
+                        "onboarding.portal.admin_token_sha256",
+                        "expected 64 hex digits, the SHA-256 of the token (`printf %s TOKEN | sha256sum`)",
+                    );
+                }
+                Some(model::AdminToken::Sha256(hash))
+            }
+            (None, Some(path)) => Some(model::AdminToken::File(
+                self.file_path("onboarding.portal.admin_token_file", &path),
+            )),
+            (None, None) => None,
+        };
+        if approver_ca.is_none() && admin_token.is_none() {
+            self.problem(
+                "onboarding.portal",
+                "no approver could sign in: set `approver_ca` (client certificates) or `admin_token_sha256` / `admin_token_file`",
+            );
+        }
+        let gateway_url = p
+            .gateway_url
+            .unwrap_or_else(|| model::DEFAULT_PORTAL_GATEWAY_URL.to_owned());
+        if !gateway_url.starts_with("https://")
+            || gateway_url.len() <= "https://".len()
+            || gateway_url
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b"\"'<>`".contains(&b))
+        {
+            self.problem(
+                "onboarding.portal.gateway_url",
+                format!("`{gateway_url}`: expected the gateway's https:// base URL"),
+            );
+        }
+        model::Portal {
+            approver_ca,
+            approvers,
+            admin_token,
+            gateway_url: gateway_url.trim_end_matches('/').to_owned(),
+        }
     }
 
     // --- lifecycle ---
@@ -407,6 +477,16 @@ impl<'a> Validator<'a> {
                     None
                 }
             });
+        let promotion = l
+            .promotion
+            .map_or_else(model::Promotion::default, |p| model::Promotion {
+                min_calls: self.positive(
+                    "lifecycle.promotion.min_calls",
+                    p.min_calls,
+                    model::DEFAULT_PROMOTE_MIN_CALLS,
+                ),
+                clean_calls: p.clean_calls.unwrap_or(model::DEFAULT_PROMOTE_CLEAN_CALLS),
+            });
         Some(model::Lifecycle {
             state_dir,
             bundle,
@@ -414,6 +494,7 @@ impl<'a> Validator<'a> {
             max_validity_days,
             database,
             source,
+            promotion,
         })
     }
 

@@ -19,6 +19,8 @@ use super::registry::{
 };
 use super::store::{self, Draft, Store, StoreError};
 use super::token;
+use crate::config::model::{sandbox_scope, Promotion};
+use crate::usage::UsageFile;
 
 /// Longest validity `partner issue` grants unless configured otherwise, in days.
 pub use crate::config::published::DEFAULT_MAX_VALIDITY_DAYS;
@@ -138,6 +140,57 @@ pub struct UsageNotRecorded;
 impl UsageEvidence for UsageNotRecorded {
     fn check(&self, _partner: &Partner) -> Result<String, String> {
         Ok("sandbox call counts: not recorded (no usage source configured)".to_owned())
+    }
+}
+
+/// The evidence the gateways recorded in the state folder's usage file: per scope the partner
+/// was granted, at least [`Promotion::min_calls`] successful calls on sandbox routes needing it,
+/// and none refused among the latest [`Promotion::clean_calls`] of them.
+#[derive(Debug, Clone)]
+pub struct RecordedUsage {
+    pub usage: UsageFile,
+    pub promotion: Promotion,
+}
+
+impl UsageEvidence for RecordedUsage {
+    fn check(&self, partner: &Partner) -> Result<String, String> {
+        let Promotion {
+            min_calls,
+            clean_calls,
+        } = self.promotion;
+        let mut missing = Vec::new();
+        let mut seen = Vec::new();
+        for scope in &partner.scopes {
+            let calls = self.usage.calls(&partner.id, &sandbox_scope(scope));
+            if calls.ok < min_calls {
+                missing.push(format!(
+                    "`{scope}`: {} of {min_calls} successful sandbox calls",
+                    calls.ok
+                ));
+            }
+            match calls.since_refused {
+                Some(since) if clean_calls > 0 && since < clean_calls => missing.push(format!(
+                    "`{scope}`: a refused sandbox call among the latest {clean_calls} ({since} since it)"
+                )),
+                _ => {}
+            }
+            seen.push(format!(
+                "`{scope}` {} successful of {} ({} refused)",
+                calls.ok, calls.calls, calls.refused
+            ));
+        }
+        if !missing.is_empty() {
+            return Err(missing.join("; "));
+        }
+        let clean = if clean_calls > 0 {
+            format!(", none refused in the latest {clean_calls}")
+        } else {
+            String::new()
+        };
+        Ok(format!(
+            "sandbox calls: {} (needed {min_calls} successful per scope{clean})",
+            seen.join(", ")
+        ))
     }
 }
 

@@ -122,7 +122,7 @@ impl Code {
     }
 
     /// The code for a refused command. Exhaustive, so a new refusal needs a code to build.
-    fn of(e: &CommandError) -> Code {
+    pub(super) fn of(e: &CommandError) -> Code {
         match e {
             CommandError::InvalidToken => Self::InvalidToken,
             CommandError::TokenUsed(_) => Self::TokenUsed,
@@ -169,7 +169,7 @@ impl Code {
 /// every lifetime, so they cannot sit inside a spawned connection task. A registry call is a short
 /// database transaction, and enrolments are rare, so a blocking thread per call costs nothing
 /// that matters.
-async fn registry<T, F, Fut>(call: F) -> Result<T, CommandError>
+pub(super) async fn registry<T, F, Fut>(call: F) -> Result<T, CommandError>
 where
     T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,

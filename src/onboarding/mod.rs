@@ -9,6 +9,7 @@
 
 mod api;
 mod limit;
+mod portal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +58,10 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("onboarding.portal")]
+    Approvers(#[from] portal::ApproverError),
+    #[error("the portal cannot load the lifecycle CA")]
+    Signer(#[source] crate::lifecycle::ca::CaError),
 }
 
 /// A running enrolment API; stopped by [`Running::stop`] or when dropped.
@@ -75,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) settings: model::Onboarding,
     pub(crate) by_address: limit::RateLimit,
     pub(crate) by_token: limit::RateLimit,
+    /// The web portal, when `onboarding.portal` is set.
+    pub(crate) portal: Option<portal::Portal>,
 }
 
 /// Binds `settings.listen` and serves the enrolment API for the registry in `state`, with the
@@ -88,18 +95,27 @@ pub async fn start(
     state: &StateDir,
     database: &model::Database,
     server: &model::Server,
+    lifecycle: &model::Lifecycle,
 ) -> Result<Running, StartError> {
-    let tls = crate::tls::server::build_without_client_auth(server).map_err(|errors| {
-        errors
-            .into_iter()
-            .next()
-            .map_or(StartError::NoTls, StartError::Tls)
-    })?;
     let ca_path = state.ca_cert();
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| StartError::Ca {
         path: ca_path.clone(),
         source,
     })?;
+    let (portal, verifier) = match &settings.portal {
+        Some(p) => {
+            let (portal, verifier) = portal::Portal::load(p, lifecycle, state, &ca_pem)?;
+            (Some(portal), verifier)
+        }
+        None => (None, None),
+    };
+    let tls =
+        crate::tls::server::build_with_client_verifier(server, verifier).map_err(|errors| {
+            errors
+                .into_iter()
+                .next()
+                .map_or(StartError::NoTls, StartError::Tls)
+        })?;
     let store = Store::open(database).await?;
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -117,6 +133,7 @@ pub async fn start(
         settings: settings.clone(),
         by_address: limit::RateLimit::per_minute(settings.per_address_per_minute),
         by_token: limit::RateLimit::per_minute(settings.per_token_per_minute),
+        portal,
     });
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
@@ -183,9 +200,24 @@ async fn accept_loop(
             else {
                 return;
             };
-            let service = hyper::service::service_fn(move |req| {
+            // An approver's certificate (verified against the approver CA by the handshake) is
+            // read once per connection.
+            let approver = shared.portal.as_ref().and_then(|p| {
+                let der = tls.get_ref().1.peer_certificates()?.first()?;
+                p.approvers.of_certificate(der).map(Arc::new)
+            });
+            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(api::handle(&shared, peer, req).await) }
+                let approver = approver.clone();
+                async move {
+                    let path = req.uri().path();
+                    let answer = if path == "/portal" || path.starts_with("/portal/") {
+                        portal::handle(&shared, peer, approver.as_deref(), req).await
+                    } else {
+                        api::handle(&shared, peer, req).await
+                    };
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())

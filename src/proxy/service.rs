@@ -125,6 +125,9 @@ impl OnFinish for Exchange {
         let (route, upstream) = names(ctx, self.route, self.upstream);
         // Upstream failures happen after policy allowed the request: they are not denials.
         let denied = self.refusal.is_some_and(|r| !r.is_upstream_failure());
+        ctx.snapshot
+            .metrics
+            .call(self.route, ctx.partner.map(|(p, _)| p), denied, self.status);
         RequestLine {
             conn: ctx.audit_fields(),
             denied,
