@@ -467,13 +467,16 @@ impl Supervisor {
             };
             let mut tracked = parts.io.into_inner();
             svc = parts.service;
-            if !parts.read_buf.is_empty() {
+            let read_buf = parts.read_buf;
+            if !read_buf.is_empty() {
                 // Bytes of a request head hyper had read: serve them at once, and do not park
                 // again before a request is answered, so a trickle of bytes cannot restart the
                 // header read timeout forever.
-                tracked.unread = parts.read_buf;
+                tracked.unread = read_buf;
                 http.park_after_handled = ctx.activity.handled() + 1;
             } else {
+                // Empty, but it still owns hyper's whole read buffer: freed before parking.
+                drop(read_buf);
                 let session = tracked.inner.get_ref().1;
                 if session.wants_read() && !session.wants_write() {
                     if let Some(ended) = self.park(&tracked, &gate, &mut http).await {
