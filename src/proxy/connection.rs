@@ -50,6 +50,13 @@ const REVOKED_GRACE: Duration = Duration::from_millis(750);
 /// pays for rebuilding the connection.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// The partner's TLS stream, boxed once the handshake is done. The connection's task moves it
+/// from the handshake to the HTTP phase and in and out of hyper's connection, and an async
+/// function's future keeps a slot for each place a value it holds passes through: inline, the
+/// stream (about 1.2 KiB, most of it rustls' connection state) would be paid several times over
+/// for the connection's whole life, parked or not.
+type PartnerTls = Box<TlsStream<TcpStream>>;
+
 /// What every request on a connection shares: decided once, right after the handshake.
 #[derive(Debug)]
 pub struct ConnContext {
@@ -219,7 +226,7 @@ async fn tls_handshake(
     peer: SocketAddr,
     id: u64,
     snapshot: &Snapshot,
-) -> Option<TlsStream<TcpStream>> {
+) -> Option<PartnerTls> {
     let started = Instant::now();
     let timeout = snapshot.config.server.limits.handshake_timeout;
     let handshake = handshake::accept(&snapshot.acceptor, tcp, timeout).await;
@@ -228,7 +235,7 @@ async fn tls_handshake(
         started.elapsed(),
     );
     match handshake {
-        Ok(tls) => Some(tls),
+        Ok(tls) => Some(Box::new(tls)),
         Err(refused) => {
             super::refused_handshake::audit(snapshot, id, peer, &refused.error, started.elapsed());
             refused.close().await;
@@ -321,13 +328,13 @@ impl Supervisor {
     /// Reads the verified peer, registers the connection for revocation and settles what every
     /// request on it shares.
     async fn establish(
-        tls: TlsStream<TcpStream>,
+        tls: PartnerTls,
         peer: SocketAddr,
         id: u64,
         snapshot: Arc<Snapshot>,
         phase: watch::Receiver<Phase>,
         permit: OwnedSemaphorePermit,
-    ) -> Option<(Self, TlsStream<TcpStream>)> {
+    ) -> Option<(Self, PartnerTls)> {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let (_, session) = tls.get_ref();
         let chain = session.peer_certificates().unwrap_or(&[]);
@@ -398,7 +405,7 @@ impl Supervisor {
 
     /// Serves HTTP (h1 or h2 by ALPN) until the connection ends. True when it ended by itself,
     /// which is also how an upgrade hands its transport over; false when the supervisor cut it.
-    async fn serve_http(&mut self, tls: TlsStream<TcpStream>) -> bool {
+    async fn serve_http(&mut self, tls: PartnerTls) -> bool {
         let ctx = self.ctx.clone();
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let svc_ctx = ctx.clone();
@@ -467,13 +474,16 @@ impl Supervisor {
             };
             let mut tracked = parts.io.into_inner();
             svc = parts.service;
-            if !parts.read_buf.is_empty() {
+            let read_buf = parts.read_buf;
+            if !read_buf.is_empty() {
                 // Bytes of a request head hyper had read: serve them at once, and do not park
                 // again before a request is answered, so a trickle of bytes cannot restart the
                 // header read timeout forever.
-                tracked.unread = parts.read_buf;
+                tracked.unread = read_buf;
                 http.park_after_handled = ctx.activity.handled() + 1;
             } else {
+                // Empty, but it still owns hyper's whole read buffer: freed before parking.
+                drop(read_buf);
                 let session = tracked.inner.get_ref().1;
                 if session.wants_read() && !session.wants_write() {
                     if let Some(ended) = self.park(&tracked, &gate, &mut http).await {
@@ -495,7 +505,7 @@ impl Supervisor {
     /// `None` to serve HTTP again, closing at once when `http.closing` says so.
     async fn park(
         &mut self,
-        io: &Tracked<TlsStream<TcpStream>>,
+        io: &Tracked<PartnerTls>,
         gate: &WakeGate,
         http: &mut HttpState,
     ) -> Option<bool> {
@@ -580,7 +590,7 @@ impl Supervisor {
     /// place of the HTTP connection.
     async fn next_parked_event(
         &mut self,
-        io: &Tracked<TlsStream<TcpStream>>,
+        io: &Tracked<PartnerTls>,
         gate: &WakeGate,
         http: &mut HttpState,
     ) -> Event {
