@@ -20,9 +20,10 @@ use super::connection::ConnContext;
 use super::headers;
 use super::tunnel::{PendingTunnel, TunnelMeta};
 use crate::audit::request::RequestLine;
-use crate::config::model::UpstreamId;
+use crate::config::model::{ScopeId, UpstreamId};
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
 use crate::refusal::Refusal;
+use crate::snapshot::Snapshot;
 use crate::upstream::body::{BodyError, CountIn, CountOut, FromUpstream, OnFinish};
 use crate::upstream::UpstreamFailure;
 
@@ -264,39 +265,7 @@ async fn decide_and_forward(
         sni: ctx.sni.as_deref(),
         path: req.uri().path(),
     };
-    let (route_id, new_path) = match snapshot.routes.decide(facts, &partner.scopes) {
-        Ok(Allowed { route, path }) => (
-            route,
-            match path {
-                std::borrow::Cow::Borrowed(_) => None,
-                std::borrow::Cow::Owned(p) => Some(p),
-            },
-        ),
-        Err(denial @ Denial::MethodNotAllowed) => {
-            let allow = snapshot
-                .routes
-                .allowed_methods(facts)
-                .iter()
-                .map(http::Method::as_str)
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(Refused {
-                // Routes without a method list contribute nothing: they allow all but `CONNECT`.
-                allow: HeaderValue::from_str(&allow).ok().filter(|a| !a.is_empty()),
-                route: snapshot.routes.refused_route(facts),
-                ..Refusal::Policy(denial).into()
-            });
-        }
-        Err(denial @ Denial::ScopeDenied) => {
-            return Err(Refused {
-                route: snapshot.routes.refused_route(facts),
-                ..Refusal::Policy(denial).into()
-            });
-        }
-        Err(denial) => {
-            return Err(Refusal::Policy(denial).into());
-        }
-    };
+    let (route_id, new_path) = decide_route(snapshot, facts, &partner.scopes)?;
     let route = &config.routes[route_id.0];
     *chosen = Some((route_id, route.upstream));
     // Policy accepted it: the partner used the route's scope now.
@@ -311,20 +280,7 @@ async fn decide_and_forward(
         }
     }
 
-    let path_and_query = match new_path {
-        None => req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        Some(path) => {
-            let full = match req.uri().query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            PathAndQuery::try_from(full).map_err(|_| Refused::from(Refusal::BadRequest))?
-        }
-    };
+    let path_and_query = upstream_target(req.uri(), new_path)?;
     let upstream = &snapshot.upstreams[route.upstream.0];
     let claim = ctx
         .dedicated
@@ -364,19 +320,10 @@ async fn decide_and_forward(
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, kind = e.kind().as_str(), error = %crate::error_chain(&e), "upstream request failed");
             snapshot.metrics.upstream_error(route.upstream, e.kind());
-            let refusal = match e {
-                UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
-                UpstreamFailure::Timeout(_) => Refusal::UpstreamTimeout,
-                UpstreamFailure::Exchange(_) => Refusal::UpstreamError,
-                UpstreamFailure::ClientBody(e) if BodyError::is_too_large(&*e) => {
-                    Refusal::BodyTooLarge
-                }
-                UpstreamFailure::ClientBody(_) => Refusal::BadRequest,
-            };
             return Err(Refused {
                 route: Some(route_id),
                 upstream: Some(route.upstream),
-                ..refusal.into()
+                ..upstream_refusal(&e).into()
             });
         }
     };
@@ -409,6 +356,75 @@ async fn decide_and_forward(
         upstream: route.upstream,
         upstream_ms,
     })
+}
+
+/// The route policy picks for the request, and the path it rewrote, if it did. A refusal names
+/// the route the request matched when that is known, and for a method refusal the methods the
+/// path allows (`Allow`).
+fn decide_route(
+    snapshot: &Snapshot,
+    facts: RequestFacts<'_>,
+    scopes: &[ScopeId],
+) -> Result<(RouteId, Option<String>), Refused> {
+    match snapshot.routes.decide(facts, scopes) {
+        Ok(Allowed { route, path }) => Ok((
+            route,
+            match path {
+                std::borrow::Cow::Borrowed(_) => None,
+                std::borrow::Cow::Owned(p) => Some(p),
+            },
+        )),
+        Err(denial @ Denial::MethodNotAllowed) => {
+            let allow = snapshot
+                .routes
+                .allowed_methods(facts)
+                .iter()
+                .map(http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(Refused {
+                // Routes without a method list contribute nothing: they allow all but `CONNECT`.
+                allow: HeaderValue::from_str(&allow).ok().filter(|a| !a.is_empty()),
+                route: snapshot.routes.refused_route(facts),
+                ..Refusal::Policy(denial).into()
+            })
+        }
+        Err(denial @ Denial::ScopeDenied) => Err(Refused {
+            route: snapshot.routes.refused_route(facts),
+            ..Refusal::Policy(denial).into()
+        }),
+        Err(denial) => Err(Refusal::Policy(denial).into()),
+    }
+}
+
+/// The path and query sent upstream: the partner's own, or the route's rewrite of the path with
+/// the partner's query kept.
+fn upstream_target(uri: &Uri, rewritten: Option<String>) -> Result<PathAndQuery, Refused> {
+    match rewritten {
+        None => Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))),
+        Some(path) => {
+            let full = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            PathAndQuery::try_from(full).map_err(|_| Refused::from(Refusal::BadRequest))
+        }
+    }
+}
+
+/// What the partner is told when the upstream exchange failed. A body the partner sent that broke
+/// or overran its limit is the partner's error, not the upstream's.
+fn upstream_refusal(e: &UpstreamFailure) -> Refusal {
+    match e {
+        UpstreamFailure::Connect(_) => Refusal::UpstreamUnavailable,
+        UpstreamFailure::Timeout(_) => Refusal::UpstreamTimeout,
+        UpstreamFailure::Exchange(_) => Refusal::UpstreamError,
+        UpstreamFailure::ClientBody(e) if BodyError::is_too_large(&**e) => Refusal::BodyTooLarge,
+        UpstreamFailure::ClientBody(_) => Refusal::BadRequest,
+    }
 }
 
 /// Whether the client asks to switch protocols. Only WebSocket-style upgrades pass; `h2c` never
