@@ -325,7 +325,14 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
             "    upstream: sandbox\n    environment: sandbox\n    methods: [GET]\n",
             1,
         );
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let yaml = yaml.replacen(
+        "admin:\n  listen: \"127.0.0.1:0\"",
+        &format!("admin:\n  listen: \"{admin}\""),
+        1,
+    );
     assert!(yaml.contains("clean_calls: 2") && yaml.contains("methods: [GET]\n"));
+    assert!(yaml.contains(&admin.to_string()));
     std::fs::write(&s.config, yaml).unwrap();
     s.ok(&["ca", "init"]);
     let token = s.invite("initech")["token"].as_str().unwrap().to_owned();
@@ -382,6 +389,36 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("token_used")),
+        "{body}"
+    );
+    // A second invitation whose token expires unused.
+    let expiring = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut store = Store::open(&certgate::config::model::Database::Sqlite(s.database()))
+            .await
+            .unwrap();
+        let scopes = ["orders:read".to_owned()];
+        let req = Register {
+            id: "hooli",
+            owner: "dev@hooli.example",
+            scopes: &scopes,
+            identity: Identity::Spiffe("spiffe://partners.example.com/hooli".into()),
+        };
+        let policy = Policy {
+            known_scopes: None,
+            yaml_identities: Default::default(),
+            max_validity_days: 90,
+        };
+        commands::invite(&mut store, &policy, "alice", req, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .token
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (hooli_csr, _) = s.csr("hooli", "URI:spiffe://partners.example.com/hooli");
+    let (status, body) = s.submit(&submission(&expiring, &hooli_csr));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (410, Some("token_expired")),
         "{body}"
     );
 
@@ -552,6 +589,33 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
     );
     assert!(history.contains("approve by bob"), "{history}");
     s.ok(&["registry", "verify"]);
+
+    // The onboarding metrics of that serving process.
+    let out = Command::new("curl")
+        .args(["-sS", "--fail"])
+        .arg(format!("http://{admin}/metrics"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let metrics = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        r#"certgate_onboarding_enrolments_failed_total{reason="csr_identity_mismatch"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="csr_unparseable"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="bad_request"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="body_too_large"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="invalid_token"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="token_used"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="token_expired"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="csr_weak_key"} 0"#,
+        r#"certgate_onboarding_tokens_total{event="issued"} 2"#,
+        r#"certgate_onboarding_tokens_total{event="used"} 1"#,
+        r#"certgate_onboarding_tokens_total{event="expired"} 1"#,
+        "certgate_onboarding_enrolled_to_first_sandbox_call_seconds_count 1",
+        "certgate_onboarding_first_sandbox_call_to_production_seconds_count 1",
+        "certgate_onboarding_issued_to_first_call_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
 }
 
 #[test]

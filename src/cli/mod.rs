@@ -423,7 +423,9 @@ async fn serve(path: &Path, config: Config, mirror: Option<Mirror>) -> anyhow::R
     };
     let _enrolment = match &enrolment {
         Some((settings, state, database)) => {
-            match crate::onboarding::start(settings, state, database, &server).await {
+            match crate::onboarding::start(settings, state, database, &server, gateway.metrics())
+                .await
+            {
                 Ok(running) => Some(running),
                 Err(e) => {
                     eprintln!("{}: {}", path.display(), crate::error_chain(&e));

@@ -66,6 +66,9 @@ pub struct RegisteredPartner {
     pub registered_at: Option<i64>,
     pub approved_at: Option<i64>,
     pub first_issued_at: Option<i64>,
+    /// The enrolment request's submission, for partners that came through the enrolment API.
+    pub enrolled_at: Option<i64>,
+    pub promoted_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

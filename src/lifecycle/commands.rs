@@ -373,6 +373,7 @@ async fn new_partner(
             approved_at: None,
             first_issued_at: None,
             sandbox_only: invitation.is_some(),
+            promoted_at: None,
             invitation,
             enrolment: None,
         }),
@@ -962,13 +963,14 @@ pub async fn promote(
             missing,
         });
     }
+    let now = now_rfc3339();
     let mut np = p.clone();
     np.sandbox_only = false;
+    np.promoted_at = Some(now.clone());
     let after = Record {
         partner: Some(np),
         certificates: before.certificates.clone(),
     };
-    let now = now_rfc3339();
     let reason = evidence.join("; ");
     let event = w
         .append(

@@ -55,6 +55,9 @@ pub struct Partner {
     /// partner that came through an invitation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox_only: bool,
+    /// RFC 3339: when `partner promote` granted production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<String>,
 }
 
 /// A one-time enrolment token's record. The token itself is never stored: whoever can read the

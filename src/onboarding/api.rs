@@ -195,6 +195,9 @@ where
 {
     let ip = peer.ip().to_canonical().to_string();
     if !shared.by_address.allow(&ip, Instant::now()) {
+        if req.method() == Method::POST && req.uri().path() == "/v1/enrolments" {
+            shared.metrics.enrolment_failed(Code::RateLimited);
+        }
         audit("refused", &ip, None, Code::RateLimited.as_str());
         return error(
             Code::RateLimited,
@@ -207,7 +210,14 @@ where
         .and_then(|rest| rest.split_once('/'))
         .map(|(id, secret)| (id.to_owned(), secret.to_owned()));
     match (req.method(), path.as_str(), status) {
-        (&Method::POST, "/v1/enrolments", _) => submit(shared, &ip, req).await,
+        (&Method::POST, "/v1/enrolments", _) => {
+            let response = submit(shared, &ip, req).await;
+            if let Some(code) = response.extensions().get::<Code>() {
+                shared.metrics.enrolment_failed(*code);
+            }
+            count_tokens(shared).await;
+            response
+        }
         (&Method::GET, _, Some((id, secret))) => status_of(shared, &ip, &id, &secret).await,
         (_, "/v1/enrolments", _) | (_, _, Some(_)) => error(
             Code::MethodNotAllowed,
@@ -377,11 +387,38 @@ fn audit(action: &str, ip: &str, partner: Option<&str>, outcome: &str) {
     );
 }
 
+/// A refusal; its code rides along in the response's extensions, so the caller counts it.
 fn error(code: Code, message: &str) -> Response<Full<Bytes>> {
-    json(
+    let mut response = json(
         code.status(),
         &serde_json::json!({"error": code.as_str(), "message": message}),
-    )
+    );
+    response.extensions_mut().insert(code);
+    response
+}
+
+/// Recounts the registry's enrolment tokens into the metrics. A failure only leaves the counts
+/// as they were: the next submission or the periodic recount tries again.
+pub(super) async fn count_tokens(shared: &Arc<Shared>) {
+    let records = {
+        let shared = Arc::clone(shared);
+        registry(move || async move {
+            let mut store = shared.store.lock().await;
+            Ok(store.records().await?)
+        })
+        .await
+    };
+    match records {
+        Ok(records) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            shared
+                .metrics
+                .set_tokens(super::token_counts(&records, now));
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "enrolment API: cannot count tokens");
+        }
+    }
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {

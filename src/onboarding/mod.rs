@@ -24,6 +24,7 @@ pub use api::Code;
 use crate::config::model;
 use crate::lifecycle::store::{Store, StoreError};
 use crate::lifecycle::StateDir;
+use crate::metrics::{Metrics, TokenCounts};
 use crate::tls::server::ServerTlsError;
 
 /// Connections served at once; more wait in the kernel's backlog.
@@ -36,6 +37,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a connection is kept, keep-alive included.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// How often the token metrics are recounted from the registry besides after each submission:
+/// tokens expire with time, and invitations come from other processes (the CLI).
+const TOKEN_RECOUNT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -75,10 +79,12 @@ pub(crate) struct Shared {
     pub(crate) settings: model::Onboarding,
     pub(crate) by_address: limit::RateLimit,
     pub(crate) by_token: limit::RateLimit,
+    /// The gateway's metrics: refused submissions and token counts.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Binds `settings.listen` and serves the enrolment API for the registry in `state`, with the
-/// gateway's server certificates from `server`.
+/// gateway's server certificates from `server`, counting into `metrics`.
 ///
 /// # Errors
 /// The address cannot be bound, the certificates or the CA do not load, or the registry does not
@@ -88,6 +94,7 @@ pub async fn start(
     state: &StateDir,
     database: &model::Database,
     server: &model::Server,
+    metrics: Arc<Metrics>,
 ) -> Result<Running, StartError> {
     let tls = crate::tls::server::build_without_client_auth(server).map_err(|errors| {
         errors
@@ -117,14 +124,16 @@ pub async fn start(
         settings: settings.clone(),
         by_address: limit::RateLimit::per_minute(settings.per_address_per_minute),
         by_token: limit::RateLimit::per_minute(settings.per_token_per_minute),
+        metrics,
     });
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
         listener,
         TlsAcceptor::from(tls),
-        shared,
-        stopped,
+        shared.clone(),
+        stopped.clone(),
     ));
+    tokio::spawn(recount_tokens(shared, stopped));
     tracing::info!(listen = %addr, "enrolment API listening");
     Ok(Running { addr, stop, task })
 }
@@ -147,6 +156,37 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// Recounts the registry's tokens every [`TOKEN_RECOUNT`] until stopped.
+async fn recount_tokens(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TOKEN_RECOUNT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = tick.tick() => api::count_tokens(&shared).await,
+        }
+    }
+}
+
+/// Counts the registry's enrolment tokens at `now` (Unix seconds) from its records.
+fn token_counts(records: &[crate::lifecycle::registry::Record], now: i64) -> TokenCounts {
+    let mut counts = TokenCounts::default();
+    for invitation in records
+        .iter()
+        .filter_map(|r| r.partner.as_ref()?.invitation.as_ref())
+    {
+        counts.issued += 1;
+        if invitation.used_at.is_some() {
+            counts.used += 1;
+        } else if crate::lifecycle::commands::parse_time(&invitation.expires_at)
+            .is_none_or(|t| t.unix_timestamp() <= now)
+        {
+            counts.expired += 1;
+        }
+    }
+    counts
 }
 
 async fn accept_loop(
