@@ -534,6 +534,16 @@ impl Metrics {
         self.connection_limit_reached.inc();
     }
 
+    /// Whether a connection of `partner` presented the certificate with `serial` (hex, any case)
+    /// in the last [`SEEN_WINDOW`], as far as this process saw.
+    pub fn seen_certificate(&self, partner: &str, serial: &str) -> bool {
+        let norm = |s: &str| s.trim_start_matches('0').to_ascii_lowercase();
+        let wanted = norm(serial);
+        self.seen_certs
+            .get(partner)
+            .is_some_and(|certs| certs.iter().any(|c| norm(&c.serial) == wanted))
+    }
+
     /// Notes a verified partner certificate for the expiry gauge. Once per connection: one map
     /// lookup by partner id; allocates only for a partner or serial not seen before.
     pub fn saw_certificate(&self, partner: &str, serial: &str, not_after: i64) {
@@ -1399,6 +1409,9 @@ mod tests {
             EnrolmentCode::CsrWeakKey,
             EnrolmentCode::CsrUnsupportedKey,
             EnrolmentCode::CsrIdentityMismatch,
+            EnrolmentCode::ClientCertificateRequired,
+            EnrolmentCode::CertificateNotValid,
+            EnrolmentCode::RenewalUnavailable,
             EnrolmentCode::Internal,
         );
         assert_eq!(labels.len(), EnrolmentCode::ALL.len(), "codes are distinct");

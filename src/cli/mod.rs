@@ -411,7 +411,7 @@ async fn serve(path: &Path, config: Config, mirror: Option<Mirror>) -> anyhow::R
                 .database
                 .clone()
                 .unwrap_or_else(|| crate::config::model::Database::Sqlite(state.database()));
-            (settings, state, database)
+            (settings, l.clone(), state, database)
         });
     let server = config.server.clone();
     let gateway = match Gateway::start_with(config, options).await {
@@ -422,9 +422,16 @@ async fn serve(path: &Path, config: Config, mirror: Option<Mirror>) -> anyhow::R
         }
     };
     let _enrolment = match &enrolment {
-        Some((settings, state, database)) => {
-            match crate::onboarding::start(settings, state, database, &server, gateway.metrics())
-                .await
+        Some((settings, lifecycle, state, database)) => {
+            match crate::onboarding::start(
+                settings,
+                lifecycle,
+                state,
+                database,
+                &server,
+                gateway.metrics(),
+            )
+            .await
             {
                 Ok(running) => Some(running),
                 Err(e) => {

@@ -98,7 +98,13 @@ pub struct Onboarding {
     pub per_address_per_minute: u32,
     /// Submissions per enrolment token per minute (default 5).
     pub per_token_per_minute: u32,
+    /// How long a certificate renewed over EST (`simplereenroll`) stays valid beside its
+    /// successor before it is revoked as superseded (default 24 hours; 0: at the next check).
+    pub renewal_grace: Duration,
 }
+
+/// Default [`Onboarding::renewal_grace`].
+pub const DEFAULT_RENEWAL_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Where a route (and the upstream it forwards to) belongs. A sandbox route requires the sandbox
 /// twin of its scope (see [`sandbox_scope`]): partners granted the scope in production hold the

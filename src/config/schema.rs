@@ -39,6 +39,9 @@ pub struct Onboarding {
     pub per_address_per_minute: Option<u32>,
     #[serde(default)]
     pub per_token_per_minute: Option<u32>,
+    /// How long a certificate renewed over EST stays valid beside its successor (default 24h).
+    #[serde(default)]
+    pub renewal_grace: Option<String>,
 }
 
 /// The embedded CA and partner registry (`certgate ca init`, `certgate partner …`).

@@ -123,6 +123,10 @@ pub struct Certificate {
     pub revoked_at: Option<String>,
     /// The serial of the certificate this one renews.
     pub renews: Option<String>,
+    /// RFC 3339: from then on the certificate this one renews is revoked as superseded (a
+    /// renewal over EST). `None`: it stays valid until it expires or is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes_at: Option<String>,
     pub pem: String,
 }
 

@@ -8,6 +8,7 @@
 //! state folder and the server certificates, so any process that has those can run it.
 
 mod api;
+mod est;
 mod limit;
 
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// How often the token metrics are recounted from the registry besides after each submission:
 /// tokens expire with time, and invitations come from other processes (the CLI).
 const TOKEN_RECOUNT: Duration = Duration::from_secs(30);
+/// The longest between two looks for certificates renewed over EST that are due to be revoked.
+const SUPERSEDE_CHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -59,6 +62,14 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{}: not a CA certificate the enrolment API can verify renewals against", path.display())]
+    CaInvalid {
+        path: std::path::PathBuf,
+        #[source]
+        source: Option<rustls::Error>,
+    },
+    #[error("the enrolment API's client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -81,6 +92,13 @@ pub(crate) struct Shared {
     pub(crate) by_token: limit::RateLimit,
     /// The gateway's metrics: refused submissions and token counts.
     pub(crate) metrics: Arc<Metrics>,
+    /// The embedded CA's key, for renewals over EST; `None` where this process cannot read it
+    /// (renewal then answers `renewal_unavailable`).
+    pub(crate) signer: Option<crate::lifecycle::ca::FileSigner>,
+    pub(crate) state: StateDir,
+    /// `lifecycle.max_validity_days` and `lifecycle.crl_next_update`, for renewals.
+    pub(crate) max_validity_days: u32,
+    pub(crate) crl_next_update: Duration,
 }
 
 /// Binds `settings.listen` and serves the enrolment API for the registry in `state`, with the
@@ -91,22 +109,52 @@ pub(crate) struct Shared {
 /// open.
 pub async fn start(
     settings: &model::Onboarding,
+    lifecycle: &model::Lifecycle,
     state: &StateDir,
     database: &model::Database,
     server: &model::Server,
     metrics: Arc<Metrics>,
 ) -> Result<Running, StartError> {
-    let tls = crate::tls::server::build_without_client_auth(server).map_err(|errors| {
-        errors
-            .into_iter()
-            .next()
-            .map_or(StartError::NoTls, StartError::Tls)
-    })?;
     let ca_path = state.ca_cert();
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| StartError::Ca {
         path: ca_path.clone(),
         source,
     })?;
+    // A client certificate is optional: enrolling partners have none; renewing ones present
+    // the one they hold, verified here against the embedded CA (chain, dates, clientAuth) and
+    // then against the registry, which knows every revocation before the CRL does.
+    let verifier = {
+        use rustls::pki_types::pem::PemObject as _;
+        let invalid = |source| StartError::CaInvalid {
+            path: ca_path.clone(),
+            source,
+        };
+        let ca = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|_| invalid(None))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).map_err(|e| invalid(Some(e)))?;
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(StartError::Verifier)?
+    };
+    let tls =
+        crate::tls::server::build_for_onboarding(server, Some(verifier)).map_err(|errors| {
+            errors
+                .into_iter()
+                .next()
+                .map_or(StartError::NoTls, StartError::Tls)
+        })?;
+    let signer = match crate::lifecycle::ca::FileSigner::load(state) {
+        Ok(signer) => Some(signer),
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "enrolment API: the CA key is not readable here; renewal over EST is unavailable");
+            None
+        }
+    };
     let store = Store::open(database).await?;
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -125,6 +173,10 @@ pub async fn start(
         by_address: limit::RateLimit::per_minute(settings.per_address_per_minute),
         by_token: limit::RateLimit::per_minute(settings.per_token_per_minute),
         metrics,
+        signer,
+        state: state.clone(),
+        max_validity_days: lifecycle.max_validity_days,
+        crl_next_update: lifecycle.crl_next_update,
     });
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
@@ -133,7 +185,8 @@ pub async fn start(
         shared.clone(),
         stopped.clone(),
     ));
-    tokio::spawn(recount_tokens(shared, stopped));
+    tokio::spawn(recount_tokens(shared.clone(), stopped.clone()));
+    tokio::spawn(supersede_renewed(shared, stopped));
     tracing::info!(listen = %addr, "enrolment API listening");
     Ok(Running { addr, stop, task })
 }
@@ -166,6 +219,24 @@ async fn recount_tokens(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>)
         tokio::select! {
             _ = stopped.changed() => break,
             _ = tick.tick() => api::count_tokens(&shared).await,
+        }
+    }
+}
+
+/// Revokes certificates renewed over EST once their successor is in use or their grace period
+/// has passed, checking a few times per grace period: at least every second, at most every
+/// [`SUPERSEDE_CHECK`], so a successor's first use is acted on soon.
+async fn supersede_renewed(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    if shared.signer.is_none() {
+        return;
+    }
+    let every = (shared.settings.renewal_grace / 4).clamp(Duration::from_secs(1), SUPERSEDE_CHECK);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = tick.tick() => api::supersede(&shared).await,
         }
     }
 }
@@ -223,9 +294,19 @@ async fn accept_loop(
             else {
                 return;
             };
+            // Verified by the handshake when present; read once per connection.
+            let client: Option<Arc<[u8]>> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Arc::from(c.as_ref()));
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(api::handle(&shared, peer, req).await) }
+                let client = client.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(api::handle(&shared, peer, client, req).await)
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())

@@ -108,17 +108,33 @@ pub fn build(
 pub fn build_without_client_auth(
     server: &model::Server,
 ) -> Result<Arc<ServerConfig>, Vec<ServerTlsError>> {
+    build_for_onboarding(server, None)
+}
+
+/// As [`build_without_client_auth`], and asks for a client certificate that `verifier` checks
+/// when one is presented: for the enrolment API, where partners renew with the certificate they
+/// hold and enrol without one.
+///
+/// # Errors
+/// Every certificate/key problem, each naming its file.
+pub fn build_for_onboarding(
+    server: &model::Server,
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, Vec<ServerTlsError>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let (resolver, _) = SniResolver::load(&server.certificates, &provider)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match server.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .map_err(|e| vec![e.into()])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| vec![e.into()])?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
