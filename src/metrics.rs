@@ -51,7 +51,7 @@ use prometheus::{
 use crate::config::model::{Config, PartnerId, RegistryFacts, ScopeId, UpstreamId};
 use crate::config::published::PublishStatus;
 use crate::conn_refusal::ConnRefusal;
-use crate::onboarding::Code as EnrolmentCode;
+use crate::enrolment_code::Code as EnrolmentCode;
 use crate::policy::RouteId;
 use crate::refusal::Refusal;
 use crate::revocation::{RevocationCounters, RevocationSource};
