@@ -40,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod conn_refusal;
 pub(crate) mod control;
+pub mod enrolment_code;
 pub mod feed;
 pub(crate) mod fswatch;
 pub mod identity;

@@ -17,9 +17,11 @@
 //!   when it publishes ([`Metrics::set_registered_certificates`]).
 //! * lifecycle evidence: onboarding lead times and time to revoke from the registry facts of a
 //!   published generation ([`Metrics::set_registry`], [`Metrics::observe_revocations`]), the
-//!   issued → first call lead time when [`Handles::accepted`] sees a partner's first call, and
-//!   from the state folder at every usage flush (`runtime`): partners without traffic and the
-//!   registry's publish status.
+//!   issued → first call and enrolled → first sandbox call lead times when [`Handles::accepted`]
+//!   sees a partner's first call, and from the state folder at every usage flush (`runtime`):
+//!   partners without traffic and the registry's publish status.
+//! * `onboarding`: refused enrolment submissions by error code, and the registry's enrolment
+//!   tokens (issued, used, expired), counted by the enrolment API of the same process.
 //! * Linux only: the standard `process_*` metrics (memory, CPU, file descriptors), read from
 //!   `/proc` at scrape time.
 //!
@@ -49,6 +51,7 @@ use prometheus::{
 use crate::config::model::{Config, PartnerId, RegistryFacts, ScopeId, UpstreamId};
 use crate::config::published::PublishStatus;
 use crate::conn_refusal::ConnRefusal;
+use crate::enrolment_code::Code as EnrolmentCode;
 use crate::policy::RouteId;
 use crate::refusal::Refusal;
 use crate::revocation::{RevocationCounters, RevocationSource};
@@ -121,6 +124,25 @@ const HANDSHAKE_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// What happened to enrolment tokens: the `event` label of `certgate_onboarding_tokens_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEvent {
+    /// An invitation handed one out.
+    Issued,
+    /// It was traded for an enrolment request.
+    Used,
+    /// It expired unused.
+    Expired,
+}
+
+/// How many enrolment tokens the registry holds in each state; see [`Metrics::set_tokens`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCounts {
+    pub issued: u64,
+    pub used: u64,
+    pub expired: u64,
+}
+
 /// Every metric of one gateway, registered in its own [`Registry`]. Survives reloads: the
 /// runtime builds one and hands an `Arc` to every generation.
 pub struct Metrics {
@@ -161,6 +183,12 @@ struct LifecycleMetrics {
     registered_to_approved: Histogram,
     approved_to_issued: Histogram,
     issued_to_first_call: Histogram,
+    enrolled_to_first_call: Histogram,
+    first_call_to_production: Histogram,
+    /// In [`EnrolmentCode::ALL`] order.
+    enrolments_failed: [IntCounter; EnrolmentCode::ALL.len()],
+    /// In [`TokenEvent::ALL`] order.
+    tokens: [IntCounter; TokenEvent::ALL.len()],
     time_to_revoke: Histogram,
     /// In [`EXPIRY_WINDOWS`] order; set at scrape time from the registered certificates.
     expiring: [IntGauge; 2],
@@ -168,7 +196,8 @@ struct LifecycleMetrics {
     publish_failures: IntCounter,
     publish_pending: IntGauge,
     /// Partner id → which lead times this process has observed (bit 0: registered→approved,
-    /// bit 1: approved→issued), so each partner counts once per process.
+    /// bit 1: approved→issued, bit 2: first call→production), so each partner counts once per
+    /// process.
     onboarding_seen: DashMap<Box<str>, u8>,
     /// Revocations (partner, time) taken in: `Some(when applied)` until observed, `None` after.
     /// The first generation's revocations predate this process and are never observed.
@@ -236,6 +265,22 @@ pub struct Handles {
     route_scopes: Box<[ScopeId]>,
     /// When each partner's first certificate was issued (Unix seconds), by partner id.
     issued_at: Box<[Option<i64>]>,
+    /// When each partner's enrolment request was submitted (Unix seconds), by partner id.
+    enrolled_at: Box<[Option<i64>]>,
+}
+
+// === impl TokenEvent ===
+
+impl TokenEvent {
+    pub const ALL: [TokenEvent; 3] = [Self::Issued, Self::Used, Self::Expired];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Used => "used",
+            Self::Expired => "expired",
+        }
+    }
 }
 
 // === impl Metrics ===
@@ -489,6 +534,16 @@ impl Metrics {
         self.connection_limit_reached.inc();
     }
 
+    /// Whether a connection of `partner` presented the certificate with `serial` (hex, any case)
+    /// in the last [`SEEN_WINDOW`], as far as this process saw.
+    pub fn seen_certificate(&self, partner: &str, serial: &str) -> bool {
+        let norm = |s: &str| s.trim_start_matches('0').to_ascii_lowercase();
+        let wanted = norm(serial);
+        self.seen_certs
+            .get(partner)
+            .is_some_and(|certs| certs.iter().any(|c| norm(&c.serial) == wanted))
+    }
+
     /// Notes a verified partner certificate for the expiry gauge. Once per connection: one map
     /// lookup by partner id; allocates only for a partner or serial not seen before.
     pub fn saw_certificate(&self, partner: &str, serial: &str, not_after: i64) {
@@ -686,6 +741,17 @@ impl Metrics {
                     *seen |= 2;
                 }
             }
+            if *seen & 4 == 0 {
+                let first = self
+                    .usage
+                    .first_call(&p.id)
+                    .and_then(|f| i64::try_from(f).ok());
+                if let (Some(f), Some(promoted)) = (first, p.promoted_at) {
+                    l.first_call_to_production
+                        .observe((promoted - f).max(0) as f64);
+                    *seen |= 4;
+                }
+            }
         }
         let first = !l.started.swap(true, std::sync::atomic::Ordering::Relaxed);
         let now = std::time::Instant::now();
@@ -716,6 +782,29 @@ impl Metrics {
             let after = (last_ms - revoked_at.saturating_mul(1000)).max(0);
             l.time_to_revoke.observe(after as f64 / 1000.0);
             *entry.value_mut() = None;
+        }
+    }
+
+    /// Counts an enrolment submission the enrolment API refused with `code`.
+    pub fn enrolment_failed(&self, code: EnrolmentCode) {
+        if let Some(i) = EnrolmentCode::ALL.iter().position(|c| *c == code) {
+            self.lifecycle.enrolments_failed[i].inc();
+        }
+    }
+
+    /// Takes in the registry's token counts: each counter moves up to its count, never down (a
+    /// registry's invitations are never removed, so a lower count is another registry's view).
+    pub fn set_tokens(&self, counts: TokenCounts) {
+        for (event, counter) in TokenEvent::ALL.iter().zip(&self.lifecycle.tokens) {
+            let n = match event {
+                TokenEvent::Issued => counts.issued,
+                TokenEvent::Used => counts.used,
+                TokenEvent::Expired => counts.expired,
+            };
+            let have = counter.get();
+            if n > have {
+                counter.inc_by(n - have);
+            }
         }
     }
 
@@ -757,6 +846,31 @@ impl LifecycleMetrics {
             "certgate_onboarding_issued_to_first_call_seconds",
             "First certificate to first accepted request of registry partners, observed by the gateway that sees the first call.",
         )?;
+        let enrolled_to_first_call = lead(
+            "certgate_onboarding_enrolled_to_first_sandbox_call_seconds",
+            "Enrolment request submitted to first accepted (sandbox) request of partners that came through the enrolment API, observed by the gateway that sees the first call.",
+        )?;
+        let first_call_to_production = lead(
+            "certgate_onboarding_first_sandbox_call_to_production_seconds",
+            "First accepted (sandbox) request to promotion into production, each partner observed once per gateway process that knows its first call.",
+        )?;
+        let failed_vec = IntCounterVec::new(
+            Opts::new(
+                "certgate_onboarding_enrolments_failed_total",
+                "Enrolment submissions the enrolment API refused, by its error code.",
+            ),
+            &["reason"],
+        )?;
+        let enrolments_failed =
+            EnrolmentCode::ALL.map(|c| failed_vec.with_label_values(&[c.as_str()]));
+        let tokens_vec = IntCounterVec::new(
+            Opts::new(
+                "certgate_onboarding_tokens_total",
+                "Enrolment tokens in the registry that were issued, used, or expired unused, as the enrolment API of this process last counted them.",
+            ),
+            &["event"],
+        )?;
+        let tokens = TokenEvent::ALL.map(|e| tokens_vec.with_label_values(&[e.as_str()]));
         let time_to_revoke = Histogram::with_opts(
             HistogramOpts::new(
                 "certgate_time_to_revoke_seconds",
@@ -788,6 +902,10 @@ impl LifecycleMetrics {
             Box::new(registered_to_approved.clone()),
             Box::new(approved_to_issued.clone()),
             Box::new(issued_to_first_call.clone()),
+            Box::new(enrolled_to_first_call.clone()),
+            Box::new(first_call_to_production.clone()),
+            Box::new(failed_vec),
+            Box::new(tokens_vec),
             Box::new(time_to_revoke.clone()),
             Box::new(expiring_vec),
             Box::new(partners_idle.clone()),
@@ -801,6 +919,10 @@ impl LifecycleMetrics {
             registered_to_approved,
             approved_to_issued,
             issued_to_first_call,
+            enrolled_to_first_call,
+            first_call_to_production,
+            enrolments_failed,
+            tokens,
             time_to_revoke,
             expiring,
             partners_idle,
@@ -994,19 +1116,28 @@ impl Handles {
     /// Resolves the per-route, per-upstream handles of `config` (the request and denial matrices
     /// are resolved cell by cell on first use).
     pub fn build(metrics: &Arc<Metrics>, config: &Config) -> Self {
-        let issued: std::collections::HashMap<&str, i64> = config
-            .registry
-            .partners
-            .iter()
-            .filter_map(|p| Some((p.id.as_str(), p.first_issued_at?)))
-            .collect();
+        let facts: std::collections::HashMap<&str, &crate::config::model::RegisteredPartner> =
+            config
+                .registry
+                .partners
+                .iter()
+                .map(|p| (p.id.as_str(), p))
+                .collect();
+        let fact = |id: &str, f: fn(&crate::config::model::RegisteredPartner) -> Option<i64>| {
+            facts.get(id).and_then(|p| f(p))
+        };
         Self {
             usage: UsageTable::build(&metrics.usage, config),
             route_scopes: config.routes.iter().map(|r| r.scope).collect(),
             issued_at: config
                 .partners
                 .iter()
-                .map(|p| issued.get(p.id.as_str()).copied())
+                .map(|p| fact(&p.id, |r| r.first_issued_at))
+                .collect(),
+            enrolled_at: config
+                .partners
+                .iter()
+                .map(|p| fact(&p.id, |r| r.enrolled_at))
                 .collect(),
             ..Self::named(
                 metrics,
@@ -1038,6 +1169,7 @@ impl Handles {
             usage: UsageTable::default(),
             route_scopes: Box::default(),
             issued_at: Box::default(),
+            enrolled_at: Box::default(),
             durations: routes
                 .iter()
                 .map(|r| metrics.request_duration.with_label_values(&[r.as_ref()]))
@@ -1116,12 +1248,19 @@ impl Handles {
     pub fn accepted(&self, partner: PartnerId, scope: ScopeId) -> Option<Accepted> {
         let accepted = self.usage.accepted(partner, scope)?;
         if accepted.first {
+            let at = i64::try_from(accepted.at).unwrap_or(i64::MAX);
+            let lifecycle = &self.metrics.lifecycle;
             if let Some(issued) = self.issued_at.get(partner.0).copied().flatten() {
-                let lead = i64::try_from(accepted.at).unwrap_or(i64::MAX) - issued;
-                self.metrics
-                    .lifecycle
+                lifecycle
                     .issued_to_first_call
-                    .observe(lead.max(0) as f64);
+                    .observe((at - issued).max(0) as f64);
+            }
+            // An enrolled partner is granted sandbox routes only until promoted, and promotion
+            // needs sandbox calls: its first accepted call is a sandbox call.
+            if let Some(enrolled) = self.enrolled_at.get(partner.0).copied().flatten() {
+                lifecycle
+                    .enrolled_to_first_call
+                    .observe((at - enrolled).max(0) as f64);
             }
         }
         Some(accepted)
@@ -1243,6 +1382,69 @@ mod tests {
         assert!(m
             .encode(&ScrapeState::default())
             .contains("certgate_connection_limit_reached_total 0"));
+    }
+
+    #[test]
+    fn every_enrolment_code_and_token_event_is_exported_at_zero_and_counted() {
+        let labels = assert_all_lists_every_variant!(TokenEvent:
+            TokenEvent::Issued,
+            TokenEvent::Used,
+            TokenEvent::Expired,
+        );
+        assert_eq!(labels.len(), TokenEvent::ALL.len());
+        let labels = assert_all_lists_every_variant!(EnrolmentCode:
+            EnrolmentCode::BadRequest,
+            EnrolmentCode::BodyTooLarge,
+            EnrolmentCode::RequestTimeout,
+            EnrolmentCode::RateLimited,
+            EnrolmentCode::NotFound,
+            EnrolmentCode::MethodNotAllowed,
+            EnrolmentCode::InvalidToken,
+            EnrolmentCode::TokenUsed,
+            EnrolmentCode::TokenExpired,
+            EnrolmentCode::PartnerNotEnrollable,
+            EnrolmentCode::FieldTooLong,
+            EnrolmentCode::CsrUnparseable,
+            EnrolmentCode::CsrBadSignature,
+            EnrolmentCode::CsrWeakKey,
+            EnrolmentCode::CsrUnsupportedKey,
+            EnrolmentCode::CsrIdentityMismatch,
+            EnrolmentCode::ClientCertificateRequired,
+            EnrolmentCode::CertificateNotValid,
+            EnrolmentCode::RenewalUnavailable,
+            EnrolmentCode::Internal,
+        );
+        assert_eq!(labels.len(), EnrolmentCode::ALL.len(), "codes are distinct");
+        let m = Metrics::new();
+        let text = m.encode(&ScrapeState::default());
+        for code in EnrolmentCode::ALL {
+            let line = format!(
+                "certgate_onboarding_enrolments_failed_total{{reason=\"{}\"}} 0",
+                code.as_str()
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+        m.enrolment_failed(EnrolmentCode::CsrWeakKey);
+        m.set_tokens(TokenCounts {
+            issued: 3,
+            used: 2,
+            expired: 1,
+        });
+        // A lower count never moves a counter back.
+        m.set_tokens(TokenCounts {
+            issued: 2,
+            used: 2,
+            expired: 0,
+        });
+        let text = m.encode(&ScrapeState::default());
+        for line in [
+            "certgate_onboarding_enrolments_failed_total{reason=\"csr_weak_key\"} 1",
+            "certgate_onboarding_tokens_total{event=\"issued\"} 3",
+            "certgate_onboarding_tokens_total{event=\"used\"} 2",
+            "certgate_onboarding_tokens_total{event=\"expired\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}");
+        }
     }
 
     #[test]

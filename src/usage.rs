@@ -426,6 +426,15 @@ impl Usage {
         })
     }
 
+    /// Unix seconds of `partner`'s first accepted request, as this process and the usage file
+    /// it absorbed know it.
+    pub fn first_call(&self, partner: &str) -> Option<u64> {
+        self.partners
+            .get(partner)
+            .map(|p| p.first_call.load(Ordering::Relaxed))
+            .filter(|s| *s != 0)
+    }
+
     /// Milliseconds of `partner`'s latest accepted request, as this process knows it.
     pub fn last_call_ms(&self, partner: &str) -> Option<u64> {
         self.partners

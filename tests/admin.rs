@@ -159,9 +159,10 @@ async fn label_values_stay_bounded_under_hostile_paths_and_hosts() {
             }
         }
     }
-    // Fixed series plus histogram buckets for the configured routes and upstreams: it must not
+    // Fixed series (every enum label value exported at zero, the lifecycle and onboarding
+    // histograms) plus histogram buckets for the configured routes and upstreams: it must not
     // grow with the number of distinct requests.
-    assert!(series < 300, "{series} series:\n{text}");
+    assert!(series < 400, "{series} series:\n{text}");
     let request_series = text
         .lines()
         .filter(|l| l.starts_with("certgate_requests_total{"))

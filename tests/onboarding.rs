@@ -325,7 +325,14 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
             "    upstream: sandbox\n    environment: sandbox\n    methods: [GET]\n",
             1,
         );
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let yaml = yaml.replacen(
+        "admin:\n  listen: \"127.0.0.1:0\"",
+        &format!("admin:\n  listen: \"{admin}\""),
+        1,
+    );
     assert!(yaml.contains("clean_calls: 2") && yaml.contains("methods: [GET]\n"));
+    assert!(yaml.contains(&admin.to_string()));
     std::fs::write(&s.config, yaml).unwrap();
     s.ok(&["ca", "init"]);
     let token = s.invite("initech")["token"].as_str().unwrap().to_owned();
@@ -382,6 +389,36 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("token_used")),
+        "{body}"
+    );
+    // A second invitation whose token expires unused.
+    let expiring = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut store = Store::open(&certgate::config::model::Database::Sqlite(s.database()))
+            .await
+            .unwrap();
+        let scopes = ["orders:read".to_owned()];
+        let req = Register {
+            id: "hooli",
+            owner: "dev@hooli.example",
+            scopes: &scopes,
+            identity: Identity::Spiffe("spiffe://partners.example.com/hooli".into()),
+        };
+        let policy = Policy {
+            known_scopes: None,
+            yaml_identities: Default::default(),
+            max_validity_days: 90,
+        };
+        commands::invite(&mut store, &policy, "alice", req, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .token
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (hooli_csr, _) = s.csr("hooli", "URI:spiffe://partners.example.com/hooli");
+    let (status, body) = s.submit(&submission(&expiring, &hooli_csr));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (410, Some("token_expired")),
         "{body}"
     );
 
@@ -552,6 +589,33 @@ fn an_enrolment_through_the_api_is_approved_downloaded_and_calls_the_gateway() {
     );
     assert!(history.contains("approve by bob"), "{history}");
     s.ok(&["registry", "verify"]);
+
+    // The onboarding metrics of that serving process.
+    let out = Command::new("curl")
+        .args(["-sS", "--fail"])
+        .arg(format!("http://{admin}/metrics"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let metrics = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        r#"certgate_onboarding_enrolments_failed_total{reason="csr_identity_mismatch"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="csr_unparseable"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="bad_request"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="body_too_large"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="invalid_token"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="token_used"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="token_expired"} 1"#,
+        r#"certgate_onboarding_enrolments_failed_total{reason="csr_weak_key"} 0"#,
+        r#"certgate_onboarding_tokens_total{event="issued"} 2"#,
+        r#"certgate_onboarding_tokens_total{event="used"} 1"#,
+        r#"certgate_onboarding_tokens_total{event="expired"} 1"#,
+        "certgate_onboarding_enrolled_to_first_sandbox_call_seconds_count 1",
+        "certgate_onboarding_first_sandbox_call_to_production_seconds_count 1",
+        "certgate_onboarding_issued_to_first_call_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
 }
 
 #[test]
@@ -940,4 +1004,256 @@ fn promotion_thresholds_are_checked_where_they_are_written() {
         !ok && text.contains("lifecycle.promotion.min_call: unknown field"),
         "{text}"
     );
+}
+
+/// `curl` to the enrolment API's EST re-enrolment path with `cert`/`key` (if any) and the base64
+/// CSR in `body`; returns (HTTP status, body). Status 0: the TLS handshake failed.
+fn simplereenroll(s: &Setup, client: Option<(&Path, &Path)>, body: &Path) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(s.env.path("ca.pem"));
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    cmd.args(["-H", "content-type: application/pkcs10", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(s.api_url("/.well-known/est/simplereenroll"));
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn a_partner_renews_over_mtls_with_est_and_the_old_certificate_is_superseded_after_the_grace() {
+    let up = std::thread::spawn(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let up = rt.block_on(Upstream::start());
+        (rt, up)
+    })
+    .join()
+    .unwrap();
+    // A grace far beyond the test: the old certificate goes because the new one is used.
+    let s = setup(up.1.addr, "  renewal_grace: 1h\n");
+    s.ok(&["ca", "init"]);
+    s.ok(&[
+        "partner",
+        "register",
+        "initech",
+        "--owner",
+        "dev@initech.example",
+        "--scopes",
+        "orders:read",
+        "--spiffe",
+        INITECH,
+        "--actor",
+        "alice",
+    ]);
+    s.ok(&["partner", "approve", "initech", "--actor", "bob"]);
+    let (csr, old_key) = s.csr("old", &format!("URI:{INITECH}"));
+    let old = s.env.path("old.pem");
+    s.ok(&[
+        "partner",
+        "issue",
+        "initech",
+        "--csr",
+        path(&csr),
+        "--out",
+        path(&old),
+        "--actor",
+        "bob",
+    ]);
+    let _served = serve(&s);
+    let gateway = |cert: &Path, key: &Path| {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(s.env.path("ca.pem"))
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg(format!("https://localhost:{}/v1/orders/7", s.listen.port()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(gateway(&old, &old_key), "200");
+
+    // EST's wire format: the CSR's DER in base64 (what the PEM body is), the answer a base64
+    // PKCS#7 certs-only that openssl reads.
+    let (new_csr, new_key) = s.csr("new", &format!("URI:{INITECH}"));
+    let pem = std::fs::read_to_string(&new_csr).unwrap();
+    let b64: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body = s.env.path("new.b64");
+    std::fs::write(&body, &b64).unwrap();
+
+    // Without a client certificate, or with one the embedded CA did not issue: refused.
+    let (status, answer) = simplereenroll(&s, None, &body);
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("client_certificate_required"), "{answer}");
+    s.env.acme().write(s.env.dir.path(), "acme");
+    let (status, _) = simplereenroll(
+        &s,
+        Some((&s.env.path("acme.pem"), &s.env.path("acme-key.pem"))),
+        &body,
+    );
+    assert_eq!(status, 0, "a foreign certificate fails the handshake");
+
+    let (status, answer) = simplereenroll(&s, Some((&old, &old_key)), &body);
+    assert_eq!(status, 200, "{answer}");
+    let p7 = s.env.path("new.p7.pem");
+    std::fs::write(
+        &p7,
+        format!(
+            "-----BEGIN PKCS7-----\n{}\n-----END PKCS7-----\n",
+            answer.trim()
+        ),
+    )
+    .unwrap();
+    let printed = openssl_ok(&["pkcs7", "-print_certs", "-in", path(&p7)]);
+    let begin = printed.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let end =
+        printed.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    let new = s.env.path("new.pem");
+    std::fs::write(&new, format!("{}\n", &printed[begin..end])).unwrap();
+    let text = openssl_ok(&["x509", "-noout", "-text", "-in", path(&new)]);
+    assert!(text.contains(INITECH), "same identity: {text}");
+    let verified = openssl_ok(&[
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        path(&s.state.join("ca/ca.pem")),
+        path(&new),
+    ]);
+    assert!(verified.contains(": OK"), "{verified}");
+
+    // Both work until the new one is used; then the old one is revoked as superseded and cut.
+    assert_eq!(gateway(&old, &old_key), "200");
+    assert_eq!(gateway(&new, &new_key), "200");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while gateway(&old, &old_key) == "200" {
+        assert!(
+            Instant::now() < deadline,
+            "the old certificate was never superseded"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(gateway(&new, &new_key), "200");
+    let history = s.ok(&["partner", "history", "initech"]);
+    assert!(
+        history.contains("renew by est 127.0.0.1 for initech"),
+        "{history}"
+    );
+    assert!(
+        history.contains("revoke by est renewal: superseded"),
+        "{history}"
+    );
+
+    // The revoked certificate still chains to the CA, and the registry refuses it.
+    let (status, answer) = simplereenroll(&s, Some((&old, &old_key)), &body);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.contains("certificate_not_valid") && answer.contains("revoked"),
+        "{answer}"
+    );
+    s.ok(&["registry", "verify"]);
+}
+
+#[tokio::test]
+async fn a_renewal_over_est_supersedes_its_predecessor_when_used_or_after_the_grace() {
+    let mut r = registry().await;
+    let scopes = ["orders:read".to_owned()];
+    let req = Register {
+        id: "initech",
+        owner: "dev@initech.example",
+        scopes: &scopes,
+        identity: Identity::Spiffe(INITECH.to_owned()),
+    };
+    commands::register(&mut r.store, &r.policy, "alice", req)
+        .await
+        .unwrap();
+    commands::approve(&mut r.store, "bob", "initech")
+        .await
+        .unwrap();
+    let first = commands::issue(
+        &mut r.store,
+        &r.policy,
+        &r.signer,
+        "bob",
+        "initech",
+        &rcgen_csr(INITECH),
+        30,
+    )
+    .await
+    .unwrap();
+    let old = first.record.certificates[0].serial.clone();
+    let unused = |_: &str, _: &str| false;
+
+    // Within the grace and unused: the old certificate stays.
+    let renewed = commands::reenroll(
+        &mut r.store,
+        &r.policy,
+        &r.signer,
+        "est",
+        "initech",
+        &rcgen_csr(INITECH),
+        30,
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let new = renewed
+        .record
+        .certificates
+        .iter()
+        .find(|c| c.renews.as_deref() == Some(old.as_str()))
+        .unwrap()
+        .serial
+        .clone();
+    let due = commands::supersede_due(&mut r.store, "est", &unused).await;
+    assert_eq!(due.unwrap(), 0);
+    // Its successor seen in use: revoked as superseded, once.
+    let seen = new.clone();
+    let used = move |p: &str, s: &str| p == "initech" && s == seen;
+    let due = commands::supersede_due(&mut r.store, "est", &used).await;
+    assert_eq!(due.unwrap(), 1);
+    let due = commands::supersede_due(&mut r.store, "est", &used).await;
+    assert_eq!(due.unwrap(), 0);
+    let record = r.store.record("initech").await.unwrap();
+    let c = record
+        .certificates
+        .iter()
+        .find(|c| c.serial == old)
+        .unwrap();
+    assert_eq!(c.revocation_reason.as_deref(), Some("superseded"));
+
+    // A zero grace: due at the next look, used or not; the successor stays.
+    commands::reenroll(
+        &mut r.store,
+        &r.policy,
+        &r.signer,
+        "est",
+        "initech",
+        &rcgen_csr(INITECH),
+        30,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let due = commands::supersede_due(&mut r.store, "est", &unused).await;
+    assert_eq!(due.unwrap(), 1);
+    let record = r.store.record("initech").await.unwrap();
+    let valid: Vec<&str> = record
+        .certificates
+        .iter()
+        .filter(|c| c.status == certgate::lifecycle::registry::CertStatus::Valid)
+        .map(|c| c.serial.as_str())
+        .collect();
+    assert_eq!(valid.len(), 1, "{valid:?}");
+    assert_ne!(valid[0], new, "the renewed one went, its successor stayed");
 }

@@ -438,7 +438,7 @@ async fn serve(path: &Path, config: Config, mirror: Option<Mirror>) -> anyhow::R
                 .database
                 .clone()
                 .unwrap_or_else(|| crate::config::model::Database::Sqlite(state.database()));
-            (settings, state, database, l.clone())
+            (settings, l.clone(), state, database)
         });
     let server = config.server.clone();
     let gateway = match Gateway::start_with(config, options).await {
@@ -449,8 +449,17 @@ async fn serve(path: &Path, config: Config, mirror: Option<Mirror>) -> anyhow::R
         }
     };
     let _enrolment = match &enrolment {
-        Some((settings, state, database, lifecycle)) => {
-            match crate::onboarding::start(settings, state, database, &server, lifecycle).await {
+        Some((settings, lifecycle, state, database)) => {
+            match crate::onboarding::start(
+                settings,
+                lifecycle,
+                state,
+                database,
+                &server,
+                gateway.metrics(),
+            )
+            .await
+            {
                 Ok(running) => Some(running),
                 Err(e) => {
                     eprintln!("{}: {}", path.display(), crate::error_chain(&e));

@@ -66,6 +66,9 @@ pub struct RegisteredPartner {
     pub registered_at: Option<i64>,
     pub approved_at: Option<i64>,
     pub first_issued_at: Option<i64>,
+    /// The enrolment request's submission, for partners that came through the enrolment API.
+    pub enrolled_at: Option<i64>,
+    pub promoted_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +100,9 @@ pub struct Onboarding {
     pub per_token_per_minute: u32,
     /// The web portal under `/portal/` on the same listener; off when absent.
     pub portal: Option<Portal>,
+    /// How long a certificate renewed over EST (`simplereenroll`) stays valid beside its
+    /// successor before it is revoked as superseded (default 24 hours; 0: at the next check).
+    pub renewal_grace: Duration,
 }
 
 /// The web portal's approver authentication and what it shows partners.
@@ -122,6 +128,9 @@ pub enum AdminToken {
 
 /// The gateway URL shown to partners when `onboarding.portal.gateway_url` is not set.
 pub const DEFAULT_PORTAL_GATEWAY_URL: &str = "https://gateway.example";
+
+/// Default [`Onboarding::renewal_grace`].
+pub const DEFAULT_RENEWAL_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Where a route (and the upstream it forwards to) belongs. A sandbox route requires the sandbox
 /// twin of its scope (see [`sandbox_scope`]): partners granted the scope in production hold the

@@ -149,6 +149,12 @@ pub struct PublishedPartner {
     pub approved_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_issued_at: Option<i64>,
+    /// When its developer submitted the enrolment request (invited partners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_at: Option<i64>,
+    /// When `partner promote` granted production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<i64>,
 }
 
 /// A valid certificate of a published partner.
@@ -310,6 +316,8 @@ pub fn merge(config: &mut model::Config) -> Result<(), Problems> {
             registered_at: p.registered_at,
             approved_at: p.approved_at,
             first_issued_at: p.first_issued_at,
+            enrolled_at: p.enrolled_at,
+            promoted_at: p.promoted_at,
         });
         config
             .registry

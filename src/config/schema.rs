@@ -42,6 +42,9 @@ pub struct Onboarding {
     /// The web portal on the same listener; see `docs/onboarding.md`.
     #[serde(default)]
     pub portal: Option<Portal>,
+    /// How long a certificate renewed over EST stays valid beside its successor (default 24h).
+    #[serde(default)]
+    pub renewal_grace: Option<String>,
 }
 
 /// `onboarding.portal`: who may act as an approver, and what partners are shown.

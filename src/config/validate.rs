@@ -339,8 +339,15 @@ impl<'a> Validator<'a> {
             );
         }
         let listen = self.socket_addr("onboarding.listen", &o.listen);
+        let renewal_grace = self.duration(
+            "onboarding.renewal_grace",
+            o.renewal_grace.as_deref(),
+            model::DEFAULT_RENEWAL_GRACE,
+            Zero::Allowed,
+        );
         Some(model::Onboarding {
             listen,
+            renewal_grace,
             max_body_bytes: self.positive(
                 "onboarding.max_body_bytes",
                 o.max_body_bytes,

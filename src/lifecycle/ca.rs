@@ -100,6 +100,9 @@ pub struct CheckedCsr {
     pub key: String,
 }
 
+/// How far before its issue a partner certificate's notBefore lies.
+pub const LEAF_BACKDATE: ::time::Duration = ::time::Duration::minutes(1);
+
 // === impl FileSigner ===
 
 impl FileSigner {
@@ -565,7 +568,7 @@ pub fn leaf_params(
         .replace_nanosecond(0)
         .unwrap_or(OffsetDateTime::now_utc());
     // A minute back: a partner whose clock runs a little behind can use it at once.
-    params.not_before = now - ::time::Duration::minutes(1);
+    params.not_before = now - LEAF_BACKDATE;
     params.not_after = now + ::time::Duration::days(i64::from(days));
     Ok(params)
 }

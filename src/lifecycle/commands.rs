@@ -368,6 +368,7 @@ async fn new_partner(
             approved_at: None,
             first_issued_at: None,
             sandbox_only: invitation.is_some(),
+            promoted_at: None,
             invitation,
             enrolment: None,
         }),
@@ -658,7 +659,7 @@ pub async fn issue(
     csr: &[u8],
     days: u32,
 ) -> Result<Outcome, CommandError> {
-    sign(store, policy, signer, actor, id, csr, days, None).await
+    sign(store, policy, signer, actor, id, csr, days, None, None).await
 }
 
 /// Issues a successor certificate. The old ones stay valid until they expire, unless
@@ -686,8 +687,81 @@ pub async fn renew(
         csr,
         days,
         Some(revoke_old),
+        None,
     )
     .await
+}
+
+/// A renewal the partner asked for itself, holding a valid certificate (EST `simplereenroll`):
+/// like [`renew`], and the certificates it renews are revoked as superseded once `grace` has
+/// passed ([`supersede_due`] does it), so the partner has time to roll the new one out.
+///
+/// # Errors
+/// As [`renew`].
+#[allow(clippy::too_many_arguments)]
+pub async fn reenroll(
+    store: &mut Store,
+    policy: &Policy,
+    signer: &dyn Signer,
+    actor: &str,
+    id: &str,
+    csr: &[u8],
+    days: u32,
+    grace: std::time::Duration,
+) -> Result<Outcome, CommandError> {
+    let at =
+        OffsetDateTime::now_utc() + time::Duration::try_from(grace).unwrap_or(time::Duration::ZERO);
+    sign(
+        store,
+        policy,
+        signer,
+        actor,
+        id,
+        csr,
+        days,
+        Some(false),
+        Some(format_time(at)),
+    )
+    .await
+}
+
+/// Revokes as superseded every certificate renewed over EST whose successor has been used
+/// (`used(partner, serial)`) or whose [`Certificate::supersedes_at`] has passed, one `revoke`
+/// event each; returns how many it revoked.
+///
+/// # Errors
+/// The registry failed; what was revoked before stays revoked.
+pub async fn supersede_due(
+    store: &mut Store,
+    actor: &str,
+    used: &(dyn Fn(&str, &str) -> bool + Send + Sync),
+) -> Result<usize, CommandError> {
+    let now = OffsetDateTime::now_utc();
+    let mut due = Vec::new();
+    for r in store.records().await? {
+        let Some(p) = &r.partner else { continue };
+        for new in r
+            .certificates
+            .iter()
+            .filter(|c| c.status == CertStatus::Valid)
+        {
+            let (Some(old), Some(at)) = (&new.renews, &new.supersedes_at) else {
+                continue;
+            };
+            let old_valid = r
+                .certificates
+                .iter()
+                .any(|c| &c.serial == old && c.status == CertStatus::Valid);
+            let passed = parse_time(at).is_some_and(|t| t <= now) || used(&p.id, &new.serial);
+            if old_valid && passed {
+                due.push((p.id.clone(), old.clone()));
+            }
+        }
+    }
+    for (id, serial) in &due {
+        revoke(store, actor, id, Some(serial), "superseded").await?;
+    }
+    Ok(due.len())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -700,6 +774,7 @@ async fn sign(
     csr: &[u8],
     days: u32,
     renewal: Option<bool>,
+    supersedes_at: Option<String>,
 ) -> Result<Outcome, CommandError> {
     need_actor(actor)?;
     check_days(policy, days)?;
@@ -735,7 +810,8 @@ async fn sign(
             Some(latest)
         }
     };
-    let (cert, chain_pem, key) = new_certificate(signer, p, csr, days, renews)?;
+    let (mut cert, chain_pem, key) = new_certificate(signer, p, csr, days, renews)?;
+    cert.supersedes_at = supersedes_at.filter(|_| cert.renews.is_some());
     let reason = format!("{key}; {days} days; serial {}", cert.serial);
     after.certificates.push(cert);
     store::sort_certificates(&mut after.certificates);
@@ -957,13 +1033,14 @@ pub async fn promote(
             missing,
         });
     }
+    let now = now_rfc3339();
     let mut np = p.clone();
     np.sandbox_only = false;
+    np.promoted_at = Some(now.clone());
     let after = Record {
         partner: Some(np),
         certificates: before.certificates.clone(),
     };
-    let now = now_rfc3339();
     let reason = evidence.join("; ");
     let event = w
         .append(
@@ -1162,6 +1239,7 @@ fn certificate_of(
         revocation_reason: None,
         revoked_at: None,
         renews,
+        supersedes_at: None,
         pem: ca::pem_of("CERTIFICATE", der),
     })
 }

@@ -236,6 +236,12 @@ async fn publish_table(
             registered_at: parse_time(&p.registered_at).map(|t| t.unix_timestamp()),
             approved_at: unix(&p.approved_at),
             first_issued_at: unix(&p.first_issued_at),
+            enrolled_at: p
+                .enrolment
+                .as_ref()
+                .and_then(|e| parse_time(&e.submitted_at))
+                .map(|t| t.unix_timestamp()),
+            promoted_at: unix(&p.promoted_at),
             id: p.id,
             owner: p.owner,
             identity: p.identity,

@@ -55,6 +55,9 @@ pub struct Partner {
     /// partner that came through an invitation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox_only: bool,
+    /// RFC 3339: when `partner promote` granted production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<String>,
 }
 
 /// A one-time enrolment token's record. The token itself is never stored: whoever can read the
@@ -120,6 +123,10 @@ pub struct Certificate {
     pub revoked_at: Option<String>,
     /// The serial of the certificate this one renews.
     pub renews: Option<String>,
+    /// RFC 3339: from then on the certificate this one renews is revoked as superseded (a
+    /// renewal over EST). `None`: it stays valid until it expires or is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes_at: Option<String>,
     pub pem: String,
 }
 

@@ -14,35 +14,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use rustls::pki_types::pem::PemObject as _;
 use serde::Deserialize;
 
 use super::{Shared, BODY_READ_TIMEOUT};
+pub use crate::enrolment_code::Code;
 use crate::lifecycle::ca::CsrError;
 use crate::lifecycle::commands::{self, CommandError, Enrol};
 use crate::lifecycle::registry::{CertStatus, EnrolmentStatus};
 use crate::lifecycle::token;
-
-/// Every error code the API answers with: stable, machine-readable, documented.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    BadRequest,
-    BodyTooLarge,
-    RequestTimeout,
-    RateLimited,
-    NotFound,
-    MethodNotAllowed,
-    InvalidToken,
-    TokenUsed,
-    TokenExpired,
-    PartnerNotEnrollable,
-    FieldTooLong,
-    CsrUnparseable,
-    CsrBadSignature,
-    CsrWeakKey,
-    CsrUnsupportedKey,
-    CsrIdentityMismatch,
-    Internal,
-}
 
 /// The request body of `POST /v1/enrolments`.
 #[derive(Debug, Deserialize)]
@@ -59,68 +39,6 @@ struct Submission {
 // === impl Code ===
 
 impl Code {
-    pub const ALL: [Code; 17] = [
-        Code::BadRequest,
-        Code::BodyTooLarge,
-        Code::RequestTimeout,
-        Code::RateLimited,
-        Code::NotFound,
-        Code::MethodNotAllowed,
-        Code::InvalidToken,
-        Code::TokenUsed,
-        Code::TokenExpired,
-        Code::PartnerNotEnrollable,
-        Code::FieldTooLong,
-        Code::CsrUnparseable,
-        Code::CsrBadSignature,
-        Code::CsrWeakKey,
-        Code::CsrUnsupportedKey,
-        Code::CsrIdentityMismatch,
-        Code::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad_request",
-            Self::BodyTooLarge => "body_too_large",
-            Self::RequestTimeout => "request_timeout",
-            Self::RateLimited => "rate_limited",
-            Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::InvalidToken => "invalid_token",
-            Self::TokenUsed => "token_used",
-            Self::TokenExpired => "token_expired",
-            Self::PartnerNotEnrollable => "partner_not_enrollable",
-            Self::FieldTooLong => "field_too_long",
-            Self::CsrUnparseable => "csr_unparseable",
-            Self::CsrBadSignature => "csr_bad_signature",
-            Self::CsrWeakKey => "csr_weak_key",
-            Self::CsrUnsupportedKey => "csr_unsupported_key",
-            Self::CsrIdentityMismatch => "csr_identity_mismatch",
-            Self::Internal => "internal",
-        }
-    }
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::BadRequest | Self::FieldTooLong => StatusCode::BAD_REQUEST,
-            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::InvalidToken => StatusCode::UNAUTHORIZED,
-            Self::TokenUsed | Self::PartnerNotEnrollable => StatusCode::CONFLICT,
-            Self::TokenExpired => StatusCode::GONE,
-            Self::CsrUnparseable
-            | Self::CsrBadSignature
-            | Self::CsrWeakKey
-            | Self::CsrUnsupportedKey
-            | Self::CsrIdentityMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     /// The code for a refused command. Exhaustive, so a new refusal needs a code to build.
     pub(super) fn of(e: &CommandError) -> Code {
         match e {
@@ -163,6 +81,9 @@ impl Code {
     }
 }
 
+/// EST's re-enrolment path (RFC 7030 section 3.2.2, no CA label).
+const SIMPLEREENROLL: &str = "/.well-known/est/simplereenroll";
+
 /// Runs one registry call on a blocking thread that drives it to completion.
 ///
 /// The store's queries run on sqlx's `any` driver, whose futures rustc cannot prove `Send` for
@@ -187,6 +108,7 @@ where
 pub(super) async fn handle<B>(
     shared: &Arc<Shared>,
     peer: SocketAddr,
+    client: Option<Arc<[u8]>>,
     req: Request<B>,
 ) -> Response<Full<Bytes>>
 where
@@ -195,6 +117,9 @@ where
 {
     let ip = peer.ip().to_canonical().to_string();
     if !shared.by_address.allow(&ip, Instant::now()) {
+        if req.method() == Method::POST && req.uri().path() == "/v1/enrolments" {
+            shared.metrics.enrolment_failed(Code::RateLimited);
+        }
         audit("refused", &ip, None, Code::RateLimited.as_str());
         return error(
             Code::RateLimited,
@@ -207,8 +132,20 @@ where
         .and_then(|rest| rest.split_once('/'))
         .map(|(id, secret)| (id.to_owned(), secret.to_owned()));
     match (req.method(), path.as_str(), status) {
-        (&Method::POST, "/v1/enrolments", _) => submit(shared, &ip, req).await,
+        (&Method::POST, "/v1/enrolments", _) => {
+            let response = submit(shared, &ip, req).await;
+            if let Some(code) = response.extensions().get::<Code>() {
+                shared.metrics.enrolment_failed(*code);
+            }
+            count_tokens(shared).await;
+            response
+        }
         (&Method::GET, _, Some((id, secret))) => status_of(shared, &ip, &id, &secret).await,
+        (&Method::POST, SIMPLEREENROLL, _) => reenroll(shared, &ip, client, req).await,
+        (_, SIMPLEREENROLL, _) => error(
+            Code::MethodNotAllowed,
+            "POST a base64 PKCS#10 request to simplereenroll",
+        ),
         (_, "/v1/enrolments", _) | (_, _, Some(_)) => error(
             Code::MethodNotAllowed,
             "POST /v1/enrolments submits; GET on a status URL reads",
@@ -231,24 +168,9 @@ where
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
         })
         .map(str::to_owned);
-    let limit = usize::try_from(shared.settings.max_body_bytes).unwrap_or(usize::MAX);
-    let body = Limited::new(req.into_body(), limit).collect();
-    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
-        Err(_) => {
-            return error(
-                Code::RequestTimeout,
-                "the request body did not arrive in time",
-            )
-        }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            audit("enrol", ip, None, Code::BodyTooLarge.as_str());
-            return error(
-                Code::BodyTooLarge,
-                &format!("the request body is over {limit} bytes"),
-            );
-        }
-        Ok(Err(_)) => return error(Code::BadRequest, "the request body could not be read"),
-        Ok(Ok(collected)) => collected.to_bytes(),
+    let bytes = match read_body(shared, ip, "enrol", req.into_body()).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused,
     };
     let submission: Submission = match serde_json::from_slice(&bytes) {
         Ok(s) => s,
@@ -302,6 +224,252 @@ where
             )
         }
         Err(e) => refusal(ip, "enrol", &e),
+    }
+}
+
+/// The request body, within `max_body_bytes` and [`BODY_READ_TIMEOUT`].
+async fn read_body<B>(
+    shared: &Shared,
+    ip: &str,
+    action: &str,
+    body: B,
+) -> Result<Bytes, Response<Full<Bytes>>>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let limit = usize::try_from(shared.settings.max_body_bytes).unwrap_or(usize::MAX);
+    let body = Limited::new(body, limit).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
+        Err(_) => Err(error(
+            Code::RequestTimeout,
+            "the request body did not arrive in time",
+        )),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            audit(action, ip, None, Code::BodyTooLarge.as_str());
+            Err(error(
+                Code::BodyTooLarge,
+                &format!("the request body is over {limit} bytes"),
+            ))
+        }
+        Ok(Err(_)) => Err(error(
+            Code::BadRequest,
+            "the request body could not be read",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// What a re-enrolment found in the registry.
+enum Reenrolled {
+    Issued {
+        partner: String,
+        der: Vec<u8>,
+    },
+    /// The presented certificate is not a valid certificate of an approved partner.
+    NotValid(String),
+    /// This process cannot sign.
+    Unavailable,
+}
+
+/// EST `simplereenroll`: a partner presenting a valid certificate of the embedded CA gets a new
+/// one for the same identity from its CSR. The old one is revoked as superseded after
+/// `onboarding.renewal_grace`.
+async fn reenroll<B>(
+    shared: &Arc<Shared>,
+    ip: &str,
+    client: Option<Arc<[u8]>>,
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let Some(client) = client else {
+        audit(
+            "reenroll",
+            ip,
+            None,
+            Code::ClientCertificateRequired.as_str(),
+        );
+        return error(
+            Code::ClientCertificateRequired,
+            "renewal needs the certificate being renewed, presented over mutual TLS",
+        );
+    };
+    if shared.signer.is_none() {
+        return unavailable(ip);
+    }
+    let bytes = match read_body(shared, ip, "reenroll", req.into_body()).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused,
+    };
+    let Some(csr) = super::est::request(&bytes) else {
+        audit("reenroll", ip, None, Code::CsrUnparseable.as_str());
+        return error(
+            Code::CsrUnparseable,
+            "expected a base64-encoded PKCS#10 request (application/pkcs10)",
+        );
+    };
+    let fingerprint = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(&client))
+    };
+    let actor = format!("est {ip}");
+    let result = {
+        let shared = Arc::clone(shared);
+        registry(move || async move {
+            let mut store = shared.store.lock().await;
+            let records = store.records().await?;
+            let held = records.iter().find_map(|r| {
+                let c = r
+                    .certificates
+                    .iter()
+                    .find(|c| c.fingerprint_sha256 == fingerprint)?;
+                Some((r.partner.as_ref()?, c))
+            });
+            let (partner, cert) = match held {
+                None => {
+                    return Ok(Reenrolled::NotValid(
+                        "the certificate is not one the registry issued".into(),
+                    ))
+                }
+                Some((_, c)) if c.status != CertStatus::Valid => {
+                    return Ok(Reenrolled::NotValid(format!(
+                        "certificate {} is revoked",
+                        c.serial
+                    )))
+                }
+                Some((p, _)) if p.status != crate::lifecycle::registry::PartnerStatus::Approved => {
+                    return Ok(Reenrolled::NotValid(format!(
+                        "partner `{}` is {}",
+                        p.id, p.status
+                    )))
+                }
+                Some((p, c)) => (p.id.clone(), c.serial.clone()),
+            };
+            let Some(signer) = shared.signer.as_ref() else {
+                return Ok(Reenrolled::Unavailable);
+            };
+            let policy = commands::Policy {
+                known_scopes: None,
+                yaml_identities: Default::default(),
+                max_validity_days: shared.max_validity_days,
+            };
+            let done = commands::reenroll(
+                &mut store,
+                &policy,
+                signer,
+                &format!("{actor} for {partner}"),
+                &partner,
+                &csr,
+                shared.max_validity_days,
+                shared.settings.renewal_grace,
+            )
+            .await?;
+            publish(&mut store, &shared).await;
+            let issued = done
+                .record
+                .certificates
+                .iter()
+                .rfind(|c| c.renews.as_deref() == Some(cert.as_str()))
+                .map(|c| c.pem.clone())
+                .unwrap_or_default();
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(issued.as_bytes())
+                .map(|d| d.to_vec())
+                .unwrap_or_default();
+            Ok(Reenrolled::Issued { partner, der })
+        })
+        .await
+    };
+    match result {
+        Ok(Reenrolled::Issued { partner, der }) if !der.is_empty() => {
+            audit("reenroll", ip, Some(&partner), "issued");
+            let mut response =
+                Response::new(Full::new(Bytes::from(super::est::certs_only(&[&der]))));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/pkcs7-mime; smime-type=certs-only"),
+            );
+            headers.insert(
+                "content-transfer-encoding",
+                header::HeaderValue::from_static("base64"),
+            );
+            headers.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            response
+        }
+        Ok(Reenrolled::Issued { partner, .. }) => {
+            audit("reenroll", ip, Some(&partner), Code::Internal.as_str());
+            error(
+                Code::Internal,
+                "the issued certificate could not be encoded",
+            )
+        }
+        Ok(Reenrolled::Unavailable) => unavailable(ip),
+        Ok(Reenrolled::NotValid(why)) => {
+            audit("reenroll", ip, None, Code::CertificateNotValid.as_str());
+            error(Code::CertificateNotValid, &why)
+        }
+        Err(e) => refusal(ip, "reenroll", &e),
+    }
+}
+
+fn unavailable(ip: &str) -> Response<Full<Bytes>> {
+    audit("reenroll", ip, None, Code::RenewalUnavailable.as_str());
+    error(
+        Code::RenewalUnavailable,
+        "this server cannot sign: renew through the partner's owner",
+    )
+}
+
+/// Publishes the registry's partner table and CRL after a change made here; a failure is
+/// recorded in the publish status (and alerted on), and the next change or
+/// `certgate registry publish` retries it.
+async fn publish(store: &mut crate::lifecycle::store::Store, shared: &Shared) {
+    let Some(signer) = shared.signer.as_ref() else {
+        return;
+    };
+    if let Err(e) =
+        crate::lifecycle::publish::publish(store, signer, &shared.state, shared.crl_next_update)
+            .await
+    {
+        tracing::error!(error = %crate::error_chain(&e), "enrolment API: publishing the registry failed");
+    }
+}
+
+/// Revokes the certificates renewed over EST whose successor this process has seen in use, or
+/// whose grace period has passed, and publishes.
+pub(super) async fn supersede(shared: &Arc<Shared>) {
+    let result = {
+        let shared = Arc::clone(shared);
+        registry(move || async move {
+            let mut store = shared.store.lock().await;
+            let metrics = shared.metrics.clone();
+            let used = move |partner: &str, serial: &str| metrics.seen_certificate(partner, serial);
+            let n = commands::supersede_due(&mut store, "est renewal", &used).await?;
+            if n > 0 {
+                publish(&mut store, &shared).await;
+            }
+            Ok(n)
+        })
+        .await
+    };
+    match result {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            event = "onboarding",
+            onboarding.action = "supersede",
+            onboarding.actor = "est renewal",
+            onboarding.outcome = n,
+            "enrolment API: renewed certificates revoked as superseded"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "enrolment API: superseding renewed certificates failed");
+        }
     }
 }
 
@@ -377,11 +545,38 @@ fn audit(action: &str, ip: &str, partner: Option<&str>, outcome: &str) {
     );
 }
 
+/// A refusal; its code rides along in the response's extensions, so the caller counts it.
 fn error(code: Code, message: &str) -> Response<Full<Bytes>> {
-    json(
+    let mut response = json(
         code.status(),
         &serde_json::json!({"error": code.as_str(), "message": message}),
-    )
+    );
+    response.extensions_mut().insert(code);
+    response
+}
+
+/// Recounts the registry's enrolment tokens into the metrics. A failure only leaves the counts
+/// as they were: the next submission or the periodic recount tries again.
+pub(super) async fn count_tokens(shared: &Arc<Shared>) {
+    let records = {
+        let shared = Arc::clone(shared);
+        registry(move || async move {
+            let mut store = shared.store.lock().await;
+            Ok(store.records().await?)
+        })
+        .await
+    };
+    match records {
+        Ok(records) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            shared
+                .metrics
+                .set_tokens(super::token_counts(&records, now));
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "enrolment API: cannot count tokens");
+        }
+    }
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {

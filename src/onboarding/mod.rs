@@ -8,6 +8,8 @@
 //! state folder and the server certificates, so any process that has those can run it.
 
 mod api;
+mod clients;
+mod est;
 mod limit;
 mod portal;
 
@@ -25,6 +27,7 @@ pub use api::Code;
 use crate::config::model;
 use crate::lifecycle::store::{Store, StoreError};
 use crate::lifecycle::StateDir;
+use crate::metrics::{Metrics, TokenCounts};
 use crate::tls::server::ServerTlsError;
 
 /// Connections served at once; more wait in the kernel's backlog.
@@ -37,6 +40,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a connection is kept, keep-alive included.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// How often the token metrics are recounted from the registry besides after each submission:
+/// tokens expire with time, and invitations come from other processes (the CLI).
+const TOKEN_RECOUNT: Duration = Duration::from_secs(30);
+/// The longest between two looks for certificates renewed over EST that are due to be revoked.
+const SUPERSEDE_CHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,12 +64,20 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("{}: not a CA certificate the enrolment API can verify renewals against", path.display())]
+    CaInvalid {
+        path: std::path::PathBuf,
+        #[source]
+        source: Option<rustls::Error>,
+    },
+    #[error("the enrolment API's client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
     #[error("onboarding.portal")]
     Approvers(#[from] portal::ApproverError),
     #[error("the portal cannot load the lifecycle CA")]
     Signer(#[source] crate::lifecycle::ca::CaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A running enrolment API; stopped by [`Running::stop`] or when dropped.
@@ -80,42 +96,84 @@ pub(crate) struct Shared {
     pub(crate) settings: model::Onboarding,
     pub(crate) by_address: limit::RateLimit,
     pub(crate) by_token: limit::RateLimit,
+    /// The gateway's metrics: refused submissions and token counts.
+    pub(crate) metrics: Arc<Metrics>,
+    /// The embedded CA's key, for renewals over EST; `None` where this process cannot read it
+    /// (renewal then answers `renewal_unavailable`).
+    pub(crate) signer: Option<crate::lifecycle::ca::FileSigner>,
+    pub(crate) state: StateDir,
+    /// `lifecycle.max_validity_days` and `lifecycle.crl_next_update`, for renewals.
+    pub(crate) max_validity_days: u32,
+    pub(crate) crl_next_update: Duration,
     /// The web portal, when `onboarding.portal` is set.
     pub(crate) portal: Option<portal::Portal>,
+    /// Tells partner from approver certificates.
+    pub(crate) clients: Arc<clients::Clients>,
 }
 
 /// Binds `settings.listen` and serves the enrolment API for the registry in `state`, with the
-/// gateway's server certificates from `server`.
+/// gateway's server certificates from `server`, counting into `metrics`.
 ///
 /// # Errors
 /// The address cannot be bound, the certificates or the CA do not load, or the registry does not
 /// open.
 pub async fn start(
     settings: &model::Onboarding,
+    lifecycle: &model::Lifecycle,
     state: &StateDir,
     database: &model::Database,
     server: &model::Server,
-    lifecycle: &model::Lifecycle,
+    metrics: Arc<Metrics>,
 ) -> Result<Running, StartError> {
     let ca_path = state.ca_cert();
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| StartError::Ca {
         path: ca_path.clone(),
         source,
     })?;
-    let (portal, verifier) = match &settings.portal {
+    // A client certificate is optional: enrolling partners have none; renewing ones present
+    // the one they hold, verified here against the embedded CA (chain, dates, clientAuth) and
+    // then against the registry, which knows every revocation before the CRL does.
+    let verifier = {
+        use rustls::pki_types::pem::PemObject as _;
+        let invalid = |source| StartError::CaInvalid {
+            path: ca_path.clone(),
+            source,
+        };
+        let ca = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|_| invalid(None))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).map_err(|e| invalid(Some(e)))?;
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(StartError::Verifier)?
+    };
+    let (portal, approver_verifier) = match &settings.portal {
         Some(p) => {
             let (portal, verifier) = portal::Portal::load(p, lifecycle, state, &ca_pem)?;
             (Some(portal), verifier)
         }
         None => (None, None),
     };
-    let tls =
-        crate::tls::server::build_with_client_verifier(server, verifier).map_err(|errors| {
+    let clients = Arc::new(clients::Clients::new(verifier, approver_verifier));
+    let tls = crate::tls::server::build_for_onboarding(server, Some(clients.clone())).map_err(
+        |errors| {
             errors
                 .into_iter()
                 .next()
                 .map_or(StartError::NoTls, StartError::Tls)
-        })?;
+        },
+    )?;
+    let signer = match crate::lifecycle::ca::FileSigner::load(state) {
+        Ok(signer) => Some(signer),
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "enrolment API: the CA key is not readable here; renewal over EST is unavailable");
+            None
+        }
+    };
     let store = Store::open(database).await?;
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -133,15 +191,23 @@ pub async fn start(
         settings: settings.clone(),
         by_address: limit::RateLimit::per_minute(settings.per_address_per_minute),
         by_token: limit::RateLimit::per_minute(settings.per_token_per_minute),
+        metrics,
+        signer,
+        state: state.clone(),
+        max_validity_days: lifecycle.max_validity_days,
+        crl_next_update: lifecycle.crl_next_update,
         portal,
+        clients,
     });
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
         listener,
         TlsAcceptor::from(tls),
-        shared,
-        stopped,
+        shared.clone(),
+        stopped.clone(),
     ));
+    tokio::spawn(recount_tokens(shared.clone(), stopped.clone()));
+    tokio::spawn(supersede_renewed(shared, stopped));
     tracing::info!(listen = %addr, "enrolment API listening");
     Ok(Running { addr, stop, task })
 }
@@ -164,6 +230,55 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// Recounts the registry's tokens every [`TOKEN_RECOUNT`] until stopped.
+async fn recount_tokens(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TOKEN_RECOUNT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = tick.tick() => api::count_tokens(&shared).await,
+        }
+    }
+}
+
+/// Revokes certificates renewed over EST once their successor is in use or their grace period
+/// has passed, checking a few times per grace period: at least every second, at most every
+/// [`SUPERSEDE_CHECK`], so a successor's first use is acted on soon.
+async fn supersede_renewed(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    if shared.signer.is_none() {
+        return;
+    }
+    let every = (shared.settings.renewal_grace / 4).clamp(Duration::from_secs(1), SUPERSEDE_CHECK);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = tick.tick() => api::supersede(&shared).await,
+        }
+    }
+}
+
+/// Counts the registry's enrolment tokens at `now` (Unix seconds) from its records.
+fn token_counts(records: &[crate::lifecycle::registry::Record], now: i64) -> TokenCounts {
+    let mut counts = TokenCounts::default();
+    for invitation in records
+        .iter()
+        .filter_map(|r| r.partner.as_ref()?.invitation.as_ref())
+    {
+        counts.issued += 1;
+        if invitation.used_at.is_some() {
+            counts.used += 1;
+        } else if crate::lifecycle::commands::parse_time(&invitation.expires_at)
+            .is_none_or(|t| t.unix_timestamp() <= now)
+        {
+            counts.expired += 1;
+        }
+    }
+    counts
 }
 
 async fn accept_loop(
@@ -200,21 +315,30 @@ async fn accept_loop(
             else {
                 return;
             };
-            // An approver's certificate (verified against the approver CA by the handshake) is
-            // read once per connection.
-            let approver = shared.portal.as_ref().and_then(|p| {
-                let der = tls.get_ref().1.peer_certificates()?.first()?;
-                p.approvers.of_certificate(der).map(Arc::new)
-            });
+            // Verified by the handshake when present; its role is settled once per connection.
+            let (client, approver) =
+                match shared.clients.classify(tls.get_ref().1.peer_certificates()) {
+                    clients::Client::None => (None, None),
+                    clients::Client::Partner(der) => (Some(Arc::<[u8]>::from(der.as_ref())), None),
+                    clients::Client::Approver(der) => (
+                        None,
+                        shared
+                            .portal
+                            .as_ref()
+                            .and_then(|p| p.approvers.of_certificate(der))
+                            .map(Arc::new),
+                    ),
+                };
             let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
                 let shared = shared.clone();
+                let client = client.clone();
                 let approver = approver.clone();
                 async move {
                     let path = req.uri().path();
                     let answer = if path == "/portal" || path.starts_with("/portal/") {
                         portal::handle(&shared, peer, approver.as_deref(), req).await
                     } else {
-                        api::handle(&shared, peer, req).await
+                        api::handle(&shared, peer, client, req).await
                     };
                     Ok::<_, std::convert::Infallible>(answer)
                 }

@@ -108,16 +108,16 @@ pub fn build(
 pub fn build_without_client_auth(
     server: &model::Server,
 ) -> Result<Arc<ServerConfig>, Vec<ServerTlsError>> {
-    build_with_client_verifier(server, None)
+    build_for_onboarding(server, None)
 }
 
-/// Like [`build_without_client_auth`], with client certificates checked by `verifier` when given:
-/// the enrolment listener's portal recognises approvers by theirs, while partners' developers and
-/// API callers present none.
+/// As [`build_without_client_auth`], and asks for a client certificate that `verifier` checks
+/// when one is presented: on the onboarding listener partners renew with the certificate they
+/// hold, approvers sign in to the portal with theirs, and enrolling partners present none.
 ///
 /// # Errors
 /// Every certificate/key problem, each naming its file.
-pub fn build_with_client_verifier(
+pub fn build_for_onboarding(
     server: &model::Server,
     verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, Vec<ServerTlsError>> {
