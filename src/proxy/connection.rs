@@ -408,8 +408,6 @@ impl Supervisor {
     async fn serve_http(&mut self, tls: PartnerTls) -> bool {
         let ctx = self.ctx.clone();
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let svc_ctx = ctx.clone();
-        let svc = service_fn(move |req| service::handle(svc_ctx.clone(), req));
         let io = Tracked::new(tls, ctx.clone());
         let mut http = HttpState {
             closing: false,
@@ -424,27 +422,50 @@ impl Supervisor {
         // on each of the few wakes per request the connection and its upstream make.
         let gate = WakeGate::new();
         if h2 {
-            // Boxed like the HTTP/1.1 one below: the task's future is as large as its largest
-            // state, and most connections never are in this one.
-            let h2_ctx = ctx.clone();
-            let streams = service_fn(move |req| h2_ctx.clone().until_cut(req));
-            drop(svc);
-            let mut conn = Box::pin(
-                ctx.snapshot
-                    .http2
-                    .serve_connection_with_upgrades(TokioIo::new(io), streams),
-            );
-            loop {
-                let event = self.next_http_event(conn.as_mut(), &gate, &mut http).await;
-                match self.on_http_event(event, &mut http) {
-                    Step::Wait | Step::Park | Step::Resume => {}
-                    Step::Close => conn.as_mut().graceful_shutdown(),
-                    Step::Stop => return false,
-                    Step::Ended => return true,
-                }
+            self.serve_h2(io, &gate, &mut http).await
+        } else {
+            self.serve_h1(io, &gate, &mut http).await
+        }
+    }
+
+    async fn serve_h2(
+        &mut self,
+        io: Tracked<PartnerTls>,
+        gate: &WakeGate,
+        http: &mut HttpState,
+    ) -> bool {
+        let ctx = self.ctx.clone();
+        // Boxed like the HTTP/1.1 one: the task's future is as large as its largest state, and
+        // most connections never are in this one.
+        let h2_ctx = ctx.clone();
+        let streams = service_fn(move |req| h2_ctx.clone().until_cut(req));
+        let mut conn = Box::pin(
+            ctx.snapshot
+                .http2
+                .serve_connection_with_upgrades(TokioIo::new(io), streams),
+        );
+        loop {
+            let event = self.next_http_event(conn.as_mut(), gate, http).await;
+            match self.on_http_event(event, http) {
+                Step::Wait | Step::Park | Step::Resume => {}
+                Step::Close => conn.as_mut().graceful_shutdown(),
+                Step::Stop => return false,
+                Step::Ended => return true,
             }
         }
-        let (mut io, mut svc) = (io, svc);
+    }
+
+    /// HTTP/1.1, parking between requests: once idle, hyper's connection (and its buffers) is
+    /// taken apart down to the TLS stream, and built again when the partner sends.
+    async fn serve_h1(
+        &mut self,
+        mut io: Tracked<PartnerTls>,
+        gate: &WakeGate,
+        http: &mut HttpState,
+    ) -> bool {
+        let ctx = self.ctx.clone();
+        let svc_ctx = ctx.clone();
+        let mut svc = service_fn(move |req| service::handle(svc_ctx.clone(), req));
         loop {
             // Boxed, so that a parked connection's task holds none of it.
             let mut conn = Box::new(
@@ -457,10 +478,8 @@ impl Supervisor {
                 Pin::new(&mut *conn).graceful_shutdown();
             }
             let parts = loop {
-                let event = self
-                    .next_http_event(Pin::new(&mut *conn), &gate, &mut http)
-                    .await;
-                match self.on_http_event(event, &mut http) {
+                let event = self.next_http_event(Pin::new(&mut *conn), gate, http).await;
+                match self.on_http_event(event, http) {
                     Step::Wait | Step::Resume => {}
                     Step::Close => Pin::new(&mut *conn).graceful_shutdown(),
                     Step::Stop => return false,
@@ -486,7 +505,7 @@ impl Supervisor {
                 drop(read_buf);
                 let session = tracked.inner.get_ref().1;
                 if session.wants_read() && !session.wants_write() {
-                    if let Some(ended) = self.park(&tracked, &gate, &mut http).await {
+                    if let Some(ended) = self.park(&tracked, gate, http).await {
                         return ended;
                     }
                 }

@@ -15,17 +15,18 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use super::connection::ConnContext;
 use super::headers;
 use super::tunnel::{PendingTunnel, TunnelMeta};
 use crate::audit::request::RequestLine;
-use crate::config::model::{ScopeId, UpstreamId};
+use crate::config::model::{PartnerId, ScopeId, UpstreamId};
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
 use crate::refusal::Refusal;
 use crate::snapshot::Snapshot;
 use crate::upstream::body::{BodyError, CountIn, CountOut, FromUpstream, OnFinish};
-use crate::upstream::UpstreamFailure;
+use crate::upstream::{UpstreamBody, UpstreamFailure};
 
 /// Responses are either streamed from the upstream or a small JSON refusal, counted on the way
 /// out.
@@ -239,37 +240,14 @@ async fn decide_and_forward(
     bytes_in: &Arc<AtomicU64>,
     chosen: &mut Option<(RouteId, UpstreamId)>,
 ) -> Result<Forwarded, Refused> {
-    if let Some(refusal) = ctx.refuse {
-        return Err(refusal.into());
-    }
-    if ctx.revoked.is_revoked() {
-        return Err(Refusal::CertificateRevoked.into());
-    }
+    let admitted = admit(ctx, &req)?;
     let snapshot = &ctx.snapshot;
     let config = &snapshot.config;
-    let Some((partner_id, _)) = ctx.partner else {
-        return Err(Refusal::UnknownPartner.into());
-    };
-    let partner = &config.partners[partner_id.0];
-
-    let upgrade = upgrade_requested(&req)?;
-    check_transfer_encoding(&req)?;
-    // A tunnel to an authority (`CONNECT host:port`) has no path a route could match.
-    if req.method() == Method::CONNECT && req.uri().path_and_query().is_none() {
-        return Err(Refusal::Policy(Denial::MethodNotAllowed).into());
-    }
-    let (host, replace_host) = request_host(&req)?;
-    let facts = RequestFacts {
-        method: req.method(),
-        host: host.as_ref().and_then(|h| h.to_str().ok()),
-        sni: ctx.sni.as_deref(),
-        path: req.uri().path(),
-    };
-    let (route_id, new_path) = decide_route(snapshot, facts, &partner.scopes)?;
+    let route_id = admitted.route;
     let route = &config.routes[route_id.0];
     *chosen = Some((route_id, route.upstream));
     // Policy accepted it: the partner used the route's scope now.
-    snapshot.metrics.accepted(partner_id, route.scope);
+    snapshot.metrics.accepted(admitted.partner, route.scope);
     if let Some(limit) = route.max_body_bytes {
         // A declared Content-Length over the limit is refused before the upstream is contacted.
         if http_body::Body::size_hint(req.body()).lower() > limit {
@@ -280,24 +258,113 @@ async fn decide_and_forward(
         }
     }
 
-    let path_and_query = upstream_target(req.uri(), new_path)?;
-    let upstream = &snapshot.upstreams[route.upstream.0];
-    let claim = ctx
-        .dedicated
-        .as_ref()
-        .filter(|_| !upgrade && upstream.dedicable())
-        .and_then(|d| Some((d, d.claim(route.upstream, upstream)?)));
-
+    let path_and_query = upstream_target(req.uri(), admitted.new_path)?;
+    let upgrade = admitted.upgrade;
     let mut req = req.map(|body| CountIn::new(body, bytes_in.clone(), route.max_body_bytes));
     // The upstream gets the host policy checked, as its only `Host`: from :authority for an
     // HTTP/2 request, from the target of an absolute-form HTTP/1.1 one.
-    if let Some(host) = host.filter(|_| replace_host) {
+    if let Some(host) = admitted.host {
         req.headers_mut().insert(header::HOST, host);
     }
     ctx.headers
         .rewrite_request(req.headers_mut(), &config.forward, upgrade);
 
     let sent = Instant::now();
+    let (mut response, client_upgrade) =
+        exchange(ctx, route_id, route.upstream, req, path_and_query, upgrade).await?;
+    // The HTTP version is hop-by-hop (RFC 9110 §6.2): an HTTP/1.0 upstream's answer goes to the
+    // partner as certgate's own HTTP/1.1, so the partner's connection stays usable.
+    if response.version() == Version::HTTP_10 {
+        *response.version_mut() = Version::HTTP_11;
+    }
+    let upstream_took = sent.elapsed();
+    snapshot.metrics.upstream(route.upstream, upstream_took);
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::rewrite_response(response.headers_mut(), switching && upgrade);
+    if let Some(client) = client_upgrade.filter(|_| switching) {
+        ctx.hand_over(PendingTunnel {
+            client,
+            upstream: hyper::upgrade::on(&mut response),
+            meta: TunnelMeta {
+                route: route_id,
+                upstream_id: route.upstream,
+                started: sent,
+            },
+        });
+    }
+    Ok(Forwarded {
+        response,
+        route: route_id,
+        upstream: route.upstream,
+        upstream_ms: upstream_took.as_secs_f64() * 1e3,
+    })
+}
+
+/// What admission decided for a request the connection may forward.
+struct Admitted {
+    partner: PartnerId,
+    route: RouteId,
+    /// The path the route rewrote, if it did.
+    new_path: Option<String>,
+    /// The `Host` the upstream gets in place of the partner's, when it must change.
+    host: Option<HeaderValue>,
+    upgrade: bool,
+}
+
+/// The connection's standing, the request's framing and the route policy, in that order: the
+/// first that refuses names the refusal.
+fn admit(ctx: &ConnContext, req: &Request<Incoming>) -> Result<Admitted, Refused> {
+    if let Some(refusal) = ctx.refuse {
+        return Err(refusal.into());
+    }
+    if ctx.revoked.is_revoked() {
+        return Err(Refusal::CertificateRevoked.into());
+    }
+    let Some((partner, _)) = ctx.partner else {
+        return Err(Refusal::UnknownPartner.into());
+    };
+    let upgrade = upgrade_requested(req)?;
+    check_transfer_encoding(req)?;
+    // A tunnel to an authority (`CONNECT host:port`) has no path a route could match.
+    if req.method() == Method::CONNECT && req.uri().path_and_query().is_none() {
+        return Err(Refusal::Policy(Denial::MethodNotAllowed).into());
+    }
+    let (host, replace_host) = request_host(req)?;
+    let facts = RequestFacts {
+        method: req.method(),
+        host: host.as_ref().and_then(|h| h.to_str().ok()),
+        sni: ctx.sni.as_deref(),
+        path: req.uri().path(),
+    };
+    let scopes = &ctx.snapshot.config.partners[partner.0].scopes;
+    let (route, new_path) = decide_route(&ctx.snapshot, facts, scopes)?;
+    Ok(Admitted {
+        partner,
+        route,
+        new_path,
+        host: host.filter(|_| replace_host),
+        upgrade,
+    })
+}
+
+/// Sends the request upstream: over the connection's own upstream connection when it has one
+/// free for this upstream, else through the shared pool. A request that upgrades always goes
+/// through the pool, whose connection hyper can hand over as a tunnel. A failure is logged and
+/// counted against the upstream here, and answered as the refusal the partner gets.
+async fn exchange(
+    ctx: &ConnContext,
+    route: RouteId,
+    id: UpstreamId,
+    mut req: Request<UpstreamBody>,
+    path_and_query: PathAndQuery,
+    upgrade: bool,
+) -> Result<(Response<FromUpstream>, Option<OnUpgrade>), Refused> {
+    let upstream = &ctx.snapshot.upstreams[id.0];
+    let claim = ctx
+        .dedicated
+        .as_ref()
+        .filter(|_| !upgrade && upstream.dedicable())
+        .and_then(|d| Some((d, d.claim(id, upstream)?)));
     let result = if let Some((dedicated, claim)) = claim {
         *req.uri_mut() = Uri::from(path_and_query);
         dedicated
@@ -315,46 +382,14 @@ async fn decide_and_forward(
             .await
             .map(|response| (response.map(FromUpstream::Pooled), client_upgrade))
     };
-    let (mut response, client_upgrade) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(upstream = %upstream.name, kind = e.kind().as_str(), error = %crate::error_chain(&e), "upstream request failed");
-            snapshot.metrics.upstream_error(route.upstream, e.kind());
-            return Err(Refused {
-                route: Some(route_id),
-                upstream: Some(route.upstream),
-                ..upstream_refusal(&e).into()
-            });
+    result.map_err(|e| {
+        tracing::warn!(upstream = %upstream.name, kind = e.kind().as_str(), error = %crate::error_chain(&e), "upstream request failed");
+        ctx.snapshot.metrics.upstream_error(id, e.kind());
+        Refused {
+            route: Some(route),
+            upstream: Some(id),
+            ..upstream_refusal(&e).into()
         }
-    };
-    // The HTTP version is hop-by-hop (RFC 9110 §6.2): an HTTP/1.0 upstream's answer goes to the
-    // partner as certgate's own HTTP/1.1, so the partner's connection stays usable.
-    if response.version() == Version::HTTP_10 {
-        *response.version_mut() = Version::HTTP_11;
-    }
-    let upstream_took = sent.elapsed();
-    snapshot.metrics.upstream(route.upstream, upstream_took);
-    let upstream_ms = upstream_took.as_secs_f64() * 1e3;
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    headers::rewrite_response(response.headers_mut(), switching && upgrade);
-    if switching {
-        if let Some(client) = client_upgrade {
-            ctx.hand_over(PendingTunnel {
-                client,
-                upstream: hyper::upgrade::on(&mut response),
-                meta: TunnelMeta {
-                    route: route_id,
-                    upstream_id: route.upstream,
-                    started: sent,
-                },
-            });
-        }
-    }
-    Ok(Forwarded {
-        response,
-        route: route_id,
-        upstream: route.upstream,
-        upstream_ms,
     })
 }
 
