@@ -92,7 +92,7 @@ run_one() {
       sed 's/^/  fuzz\//' <<<"$new"
       # from the panic or sanitizer report on, else the end of the log
       if grep -qE 'panicked at|ERROR: ' "logs/$t.log"; then
-        sed -nE '/panicked at|ERROR: /,$p' "logs/$t.log" | head -n 60
+        sed -nE '/panicked at|ERROR: /,$p' "logs/$t.log" | sed -n 1,60p
       else
         tail -n 40 "logs/$t.log"
       fi
