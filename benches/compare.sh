@@ -5,6 +5,7 @@
 #                      [--peers "certgate nginx haproxy nginx-minlog nginx-min"]
 #                      [--idle-conns N] [--no-build] [--baseline PATH] [--variants "ecdsa-none rsa-none ..."]
 #                      [--keepalive-only] [--idle-only] [--storm] [--storm-only] [--certgate PATH]
+#                      [--handshakes N]
 #
 # --certgate PATH measures that certgate binary instead of building one. Either way the binary is
 # copied into the results first: `cargo bench --no-run --bench loadgen` (the load generator's build)
@@ -18,6 +19,8 @@
 # --idle-only runs just the idle-memory test (no rounds). --storm adds the reconnect storm to each
 # round (on the 1M-entry CRL variant): 64 keep-alive connections send while --storm-conns (5 000) new
 # connections arrive, each a full mTLS handshake and one request; --storm-only runs just that.
+# --handshakes N sets certgate's server.limits.max_concurrent_handshakes (the handshake budget;
+# default 8 per worker thread); the baseline peer keeps its config as is, so an older binary still starts.
 #
 # The same job for every gateway includes the audit trail: certgate writes one JSON line per request
 # naming the partner's certificate (subject, serial, fingerprint), the route, the status, the byte
@@ -54,6 +57,7 @@ QUICK=0
 KEEPALIVE_ONLY=0
 BASELINE=""
 CERTGATE_BIN=""
+HANDSHAKES=""
 VARIANTS="ecdsa-none rsa-none ecdsa-0 ecdsa-10k ecdsa-1m"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -72,7 +76,8 @@ while [ $# -gt 0 ]; do
         --storm) STORM=1 ;;
         --storm-only) STORM=1; KEEPALIVE_ONLY=1; VARIANTS=ecdsa-1m; IDLE_CONNS=0 ;;
         --storm-conns) STORM_CONNS=$2; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        --handshakes) HANDSHAKES=$2; shift ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -258,9 +263,13 @@ WATCH=""
 GW_START_SECS=0
 GW_LOG=""
 
-write_certgate() { # variant dir
+write_certgate() { # variant dir peer
     local v=$1 d=$2 key=${1%%-*} crl=${1#*-}
-    local crl_yaml=""
+    local crl_yaml="" budget=""
+    if [ "$3" = certgate ] && [ -n "$HANDSHAKES" ]; then
+        budget="
+    max_concurrent_handshakes: $HANDSHAKES"
+    fi
     if [ "$crl" != none ]; then
         crl_yaml="        crl:
           - path: $P/root.crl
@@ -280,7 +289,7 @@ server:
         ca: $P/cas.pem
 $crl_yaml
   limits:
-    max_connections: 30000
+    max_connections: 30000$budget
     idle_timeout: 75s
     # An idle HTTP/1.1 connection closes at the shorter of this and idle_timeout (hyper's header
     # read timer runs between requests): 75 s like the others' keep-alive timeouts, so the idle
@@ -427,7 +436,7 @@ start_gw() { # peer variant
     t0=$(date +%s.%N)
     case "$peer" in
         certgate|baseline)
-            write_certgate "$v" "$d"
+            write_certgate "$v" "$d" "$peer"
             local bin=$CERTGATE
             [ "$peer" = baseline ] && bin=$BASELINE
             taskset -c "$GW_CORE" "$bin" --threads 1 --log-format json serve --config "$d/certgate.yaml" \

@@ -154,6 +154,8 @@ pub struct Metrics {
     /// Index 0 is `ok`, then [`HandshakeFailure::ALL`] in order.
     handshakes: [IntCounter; 1 + HandshakeFailure::ALL.len()],
     handshake_duration: Histogram,
+    handshakes_queued: IntGauge,
+    handshake_queue_duration: Histogram,
     denials: IntCounterVec,
     revocation: Arc<RevocationCounters>,
     revocation_sources: RevocationSourceGauges,
@@ -234,8 +236,8 @@ struct SeenCert {
     last_seen: u64,
 }
 
-/// Decrements its gauge (`certgate_connections_active` or `certgate_connections_parked`) when
-/// dropped.
+/// Decrements its gauge (`certgate_connections_active`, `certgate_connections_parked` or
+/// `certgate_tls_handshakes_queued`) when dropped.
 #[derive(Debug)]
 pub struct ConnectionGuard(IntGauge);
 
@@ -348,6 +350,17 @@ impl Metrics {
             )
             .buckets(HANDSHAKE_BUCKETS.to_vec()),
         )?;
+        let handshakes_queued = IntGauge::new(
+            "certgate_tls_handshakes_queued",
+            "Handshakes with bytes to work on, waiting for one of max_concurrent_handshakes slots.",
+        )?;
+        let handshake_queue_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "certgate_tls_handshake_queue_seconds",
+                "Time from a handshake's bytes arriving to its getting a slot, per step of work.",
+            )
+            .buckets(HANDSHAKE_BUCKETS.to_vec()),
+        )?;
         let denials = IntCounterVec::new(
             Opts::new(
                 "certgate_policy_denials_total",
@@ -441,6 +454,8 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(handshake_vec),
             Box::new(handshake_duration.clone()),
+            Box::new(handshakes_queued.clone()),
+            Box::new(handshake_queue_duration.clone()),
             Box::new(denials.clone()),
             Box::new(revocation_vec),
             Box::new(crl_next_update.clone()),
@@ -468,6 +483,8 @@ impl Metrics {
             upstream_errors,
             handshakes,
             handshake_duration,
+            handshakes_queued,
+            handshake_queue_duration,
             denials,
             revocation,
             revocation_sources,
@@ -506,6 +523,17 @@ impl Metrics {
         };
         self.handshakes[i].inc();
         self.handshake_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts a handshake waiting for a slot until the guard drops.
+    pub fn handshake_queued(&self) -> ConnectionGuard {
+        self.handshakes_queued.inc();
+        ConnectionGuard(self.handshakes_queued.clone())
+    }
+
+    /// A handshake step got its slot after waiting `waited` (zero when one was free).
+    pub fn handshake_slot_taken(&self, waited: Duration) {
+        self.handshake_queue_duration.observe(waited.as_secs_f64());
     }
 
     /// Counts an open connection until the guard drops.

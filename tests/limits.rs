@@ -1167,3 +1167,60 @@ async fn upstream_connect_and_response_timeouts_are_answered_counted_and_audited
         );
     }
 }
+
+/// The handshake budget with one slot. A client that connects and sends nothing takes no slot, nor
+/// does one that sent its ClientHello and stalls: a slot is held only while there are bytes to
+/// work on. A partner connecting meanwhile is served at once both times, long before the stalled
+/// client's handshake timeout.
+#[tokio::test]
+async fn a_silent_or_stalled_handshake_holds_no_slot() {
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env
+        .start(&limits(
+            &env,
+            &up,
+            "    max_concurrent_handshakes: 1\n    handshake_timeout: 60s\n",
+        ))
+        .await;
+    let admin = gw.admin_addr();
+    let served_soon = || async {
+        tokio::time::timeout(Duration::from_secs(20), env.still_serves(&gw))
+            .await
+            .expect("the partner waited for a slot a silent or stalled client held");
+    };
+
+    let _silent = TcpStream::connect(gw.local_addr()).await.unwrap();
+    served_soon().await;
+
+    let mut hello = Vec::new();
+    let mut client = rustls::ClientConnection::new(
+        env.client(Some(&env.acme()), &[b"http/1.1"]),
+        "localhost".try_into().unwrap(),
+    )
+    .unwrap();
+    client.write_tls(&mut hello).unwrap();
+    let mut stalled = TcpStream::connect(gw.local_addr()).await.unwrap();
+    stalled.write_all(&hello).await.unwrap();
+    // The server's flight arrives: the stalled client's handshake had its slot and worked.
+    let mut flight = [0u8; 5];
+    stalled.read_exact(&mut flight).await.unwrap();
+    assert_eq!(flight[0], 0x16, "a TLS handshake record");
+    served_soon().await;
+
+    let scraped = scrape_until(admin, &["certgate_tls_handshakes_queued 0"]).await;
+    let steps = scraped
+        .lines()
+        .find_map(|l| l.strip_prefix("certgate_tls_handshake_queue_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap();
+    assert!(
+        steps >= 5,
+        "two handshakes of two steps each and the stalled one's first: {steps}"
+    );
+    // Neither handshake was refused or timed out: the stalled one is still in progress.
+    assert!(
+        scraped.contains("certgate_tls_handshakes_total{result=\"timeout\"} 0\n"),
+        "{scraped}"
+    );
+}

@@ -288,6 +288,10 @@ pub enum TlsVersion {
 pub struct Limits {
     /// Concurrent client connections (default 10 000); further connections wait in the kernel backlog.
     pub max_connections: usize,
+    /// Handshakes working on the CPU at once (default 8 per worker thread); the rest wait in
+    /// arrival order, so a reconnect storm cannot starve the requests of established
+    /// connections. See `proxy::handshake_budget`.
+    pub max_concurrent_handshakes: Option<usize>,
     /// TLS handshake deadline (default 10s).
     pub handshake_timeout: Duration,
     /// Deadline for a request's headers to arrive (default 10s): the slowloris guard.
@@ -315,6 +319,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_concurrent_handshakes: None,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

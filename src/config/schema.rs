@@ -196,6 +196,7 @@ pub struct Ocsp {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_connections: Option<usize>,
+    pub max_concurrent_handshakes: Option<usize>,
     pub handshake_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,

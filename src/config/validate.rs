@@ -604,6 +604,9 @@ impl<'a> Validator<'a> {
                 limits.max_connections,
                 d.max_connections,
             ),
+            max_concurrent_handshakes: limits
+                .max_concurrent_handshakes
+                .map(|n| self.positive(&format!("{at}.max_concurrent_handshakes"), Some(n), 1)),
             handshake_timeout: self.duration(
                 &format!("{at}.handshake_timeout"),
                 limits.handshake_timeout.as_deref(),

@@ -25,6 +25,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_rustls::server::TlsStream;
 
 use super::activity::{Activity, LastSeen, Tracked};
+use super::handshake_budget::{HandshakeBudget, PartnerSocket};
 use super::headers::ConnectionHeaders;
 use super::listener::Phase;
 use super::service;
@@ -55,7 +56,7 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// function's future keeps a slot for each place a value it holds passes through: inline, the
 /// stream (about 1.2 KiB, most of it rustls' connection state) would be paid several times over
 /// for the connection's whole life, parked or not.
-type PartnerTls = Box<TlsStream<TcpStream>>;
+type PartnerTls = Box<TlsStream<PartnerSocket>>;
 
 /// What every request on a connection shares: decided once, right after the handshake.
 #[derive(Debug)]
@@ -196,6 +197,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     id: u64,
     snapshot: Arc<Snapshot>,
+    handshakes: Arc<HandshakeBudget>,
     phase: watch::Receiver<Phase>,
     permit: OwnedSemaphorePermit,
 ) {
@@ -203,7 +205,7 @@ pub(crate) async fn serve(
     // The handshake and the identity check are boxed: the task holds its future for the
     // connection's whole life, at the size of its largest state, and these two are large and
     // over within the first milliseconds.
-    let Some(tls) = Box::pin(tls_handshake(tcp, peer, id, &snapshot)).await else {
+    let Some(tls) = Box::pin(tls_handshake(tcp, peer, id, &snapshot, &handshakes)).await else {
         return;
     };
     let established = Box::pin(Supervisor::establish(
@@ -220,16 +222,23 @@ pub(crate) async fn serve(
     }
 }
 
-/// The TLS handshake under its timeout. A refused one is counted, audited and closed here.
+/// The TLS handshake, in its turn and under its timeout. A refused one is counted, audited and
+/// closed here.
 async fn tls_handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
     snapshot: &Snapshot,
+    handshakes: &Arc<HandshakeBudget>,
 ) -> Option<PartnerTls> {
     let started = Instant::now();
     let timeout = snapshot.config.server.limits.handshake_timeout;
-    let handshake = handshake::accept(&snapshot.acceptor, tcp, timeout).await;
+    let mut handshake =
+        handshake::accept(&snapshot.acceptor, handshakes.socket(tcp), timeout).await;
+    match &mut handshake {
+        Ok(tls) => tls.get_mut().0.handshake_done(),
+        Err(refused) => refused.io_mut().map_or((), PartnerSocket::handshake_done),
+    }
     snapshot.metrics.metrics().handshake(
         handshake.as_ref().err().map(|r| r.error.kind),
         started.elapsed(),
@@ -622,7 +631,7 @@ impl Supervisor {
             ..
         } = self;
         let dedicated = ctx.dedicated.as_ref();
-        let tcp = io.inner.get_ref().0;
+        let tcp = io.inner.get_ref().0.tcp();
         loop {
             let rare = std::pin::pin!(rare_event(
                 revoked,

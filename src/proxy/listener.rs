@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore, TryAcquireError};
 
 use super::connection;
+use super::handshake_budget::HandshakeBudget;
 use crate::snapshot::Snapshot;
 
 /// Where the gateway is in its life; every connection watches it. Ordered: a gateway only moves
@@ -36,6 +37,7 @@ pub(crate) async fn accept_loop(
     current: Arc<ArcSwap<Snapshot>>,
     permits: Arc<Semaphore>,
     limit: usize,
+    handshakes: Arc<HandshakeBudget>,
     mut shutdown: watch::Receiver<Phase>,
 ) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -83,7 +85,15 @@ pub(crate) async fn accept_loop(
         let snapshot = current.load_full();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let shutdown = shutdown.clone();
-        tokio::spawn(connection::serve(tcp, peer, id, snapshot, shutdown, permit));
+        tokio::spawn(connection::serve(
+            tcp,
+            peer,
+            id,
+            snapshot,
+            handshakes.clone(),
+            shutdown,
+            permit,
+        ));
     }
 }
 

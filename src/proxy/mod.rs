@@ -6,6 +6,7 @@
 pub(crate) mod activity;
 pub(crate) mod admission;
 pub(crate) mod connection;
+pub(crate) mod handshake_budget;
 pub mod headers;
 pub(crate) mod listener;
 mod refused_handshake;

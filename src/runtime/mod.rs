@@ -21,6 +21,7 @@ use crate::admin;
 use crate::config::model::Config;
 use crate::feed::mirror::SourceState;
 use crate::metrics::Metrics;
+use crate::proxy::handshake_budget::{HandshakeBudget, SLOTS_PER_WORKER};
 use crate::proxy::listener::{self, Phase};
 use crate::revocation::{CrlLoadError, LoadFailure, Registry, RevocationService};
 use reload::ReloadTask;
@@ -125,6 +126,16 @@ impl Gateway {
         let (admin_listener, admin_addr) = admin_listener?;
         let max_connections = snapshot.config.server.limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let handshakes = HandshakeBudget::new(
+            snapshot
+                .config
+                .server
+                .limits
+                .max_concurrent_handshakes
+                .unwrap_or(SLOTS_PER_WORKER * workers),
+            metrics.clone(),
+        );
         let (shutdown, rx) = watch::channel(Phase::Serving);
         snapshot.revocation.start();
         let current = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -154,6 +165,7 @@ impl Gateway {
             current.clone(),
             permits.clone(),
             max_connections,
+            handshakes,
             rx,
         ));
         tracing::info!(listen = %local_addr, admin = %admin_addr, "certgate is accepting partner connections");

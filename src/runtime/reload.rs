@@ -156,6 +156,11 @@ fn restart_only_changes(running: &Snapshot, new: &config::model::Config) -> Vec<
     if old.limits.max_connections != new.server.limits.max_connections {
         warnings.push("server.limits.max_connections changes take effect at restart".to_owned());
     }
+    if old.limits.max_concurrent_handshakes != new.server.limits.max_concurrent_handshakes {
+        warnings.push(
+            "server.limits.max_concurrent_handshakes changes take effect at restart".to_owned(),
+        );
+    }
     if running.config.admin.listen != new.admin.listen {
         warnings.push("admin.listen changes take effect at restart".to_owned());
     }

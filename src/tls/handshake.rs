@@ -236,6 +236,11 @@ impl<IO> Refused<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    /// The connection, unless the handshake timed out.
+    pub fn io_mut(&mut self) -> Option<&mut IO> {
+        self.io.as_mut()
+    }
+
     /// Closes the connection without losing the alert rustls sent. In TLS 1.3 the client checks
     /// nothing more after its Finished and at once sends its first bytes (an HTTP/2 preface, a
     /// request), which the server, refusing its certificate only then, never reads. Closing a
