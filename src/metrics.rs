@@ -357,7 +357,7 @@ impl Metrics {
         let handshake_queue_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "certgate_tls_handshake_queue_seconds",
-                "Time from a handshake's bytes arriving to its getting a slot, per step of work.",
+                "Time from a handshake's bytes arriving to its getting a slot.",
             )
             .buckets(HANDSHAKE_BUCKETS.to_vec()),
         )?;
@@ -531,7 +531,7 @@ impl Metrics {
         ConnectionGuard(self.handshakes_queued.clone())
     }
 
-    /// A handshake step got its slot after waiting `waited` (zero when one was free).
+    /// A handshake got its slot after waiting `waited` (zero when one was free).
     pub fn handshake_slot_taken(&self, waited: Duration) {
         self.handshake_queue_duration.observe(waited.as_secs_f64());
     }

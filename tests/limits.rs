@@ -1168,10 +1168,10 @@ async fn upstream_connect_and_response_timeouts_are_answered_counted_and_audited
     }
 }
 
-/// The handshake budget with one slot. A client that connects and sends nothing takes no slot, nor
-/// does one that sent its ClientHello and stalls: a slot is held only while there are bytes to
-/// work on. A partner connecting meanwhile is served at once both times, long before the stalled
-/// client's handshake timeout.
+/// The handshake budget with one slot. A client that connects and sends nothing takes no slot; one
+/// that sent its ClientHello and stalls gives its slot back once it has kept the handshake
+/// waiting for a moment. A partner connecting meanwhile is served both times, long before the
+/// stalled client's handshake timeout.
 #[tokio::test]
 async fn a_silent_or_stalled_handshake_holds_no_slot() {
     let env = Env::new();
@@ -1214,10 +1214,7 @@ async fn a_silent_or_stalled_handshake_holds_no_slot() {
         .find_map(|l| l.strip_prefix("certgate_tls_handshake_queue_seconds_count "))
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap();
-    assert!(
-        steps >= 5,
-        "two handshakes of two steps each and the stalled one's first: {steps}"
-    );
+    assert!(steps >= 3, "a slot for each of three handshakes: {steps}");
     // Neither handshake was refused or timed out: the stalled one is still in progress.
     assert!(
         scraped.contains("certgate_tls_handshakes_total{result=\"timeout\"} 0\n"),

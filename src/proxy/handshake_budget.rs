@@ -6,11 +6,16 @@
 //! request. The budget lets `server.limits.max_concurrent_handshakes` of them work at once; the
 //! others wait their turn in arrival order (tokio's semaphore is fair).
 //!
-//! A slot is held only while a handshake has bytes to work on: [`PartnerSocket`] takes one when
-//! the client's bytes have arrived and gives it back as soon as the handshake waits for the
-//! network again. Round trips, a slow client and a client that connects and sends nothing cost
-//! no slot, so the budget bounds CPU work, never handshakes per round trip.
+//! The slot counts a handshake from the arrival of its client's bytes to its end, so a handshake
+//! that has a slot finishes before others start: only the tasks holding one sit in the run queue
+//! beside the keep-alive requests. (A slot held only for the span of one poll would never be
+//! contended on a worker thread: it would bound nothing.) A client that connects and sends
+//! nothing takes no slot. A handshake that waits for its client longer than [`NETWORK_HOLD`]
+//! gives its slot back, and queues again when the client's bytes arrive: long round trips and
+//! stalling clients cannot keep slots, so the budget bounds CPU work, not handshakes per round
+//! trip.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tokio_util::sync::PollSemaphore;
 
 use crate::metrics::{ConnectionGuard, Metrics};
@@ -28,6 +34,11 @@ use crate::metrics::{ConnectionGuard, Metrics};
 /// handshakes keep a worker busy, few enough that a keep-alive request waits behind at most
 /// eight handshake steps (`benches/RESULTS.md`, the storm with and without the budget).
 pub(crate) const SLOTS_PER_WORKER: usize = 8;
+
+/// How long a handshake keeps its slot while waiting for its client. Longer than a client's
+/// turn on a LAN (its own key exchange and signature: a millisecond or two), shorter than a
+/// WAN round trip.
+pub(crate) const NETWORK_HOLD: Duration = Duration::from_millis(10);
 
 /// Process lifetime: the slots are shared by every configuration generation.
 pub(crate) struct HandshakeBudget {
@@ -51,6 +62,8 @@ impl HandshakeBudget {
                 budget: self.clone(),
                 permit: None,
                 waiting: None,
+                hold: None,
+                hold_armed: false,
             })),
         }
     }
@@ -69,6 +82,10 @@ struct Turn {
     budget: Arc<HandshakeBudget>,
     permit: Option<OwnedSemaphorePermit>,
     waiting: Option<Waiting>,
+    /// Armed while the handshake holds a slot and waits for its client; allocated at the first
+    /// such wait and reset for the next.
+    hold: Option<Pin<Box<Sleep>>>,
+    hold_armed: bool,
 }
 
 struct Waiting {
@@ -113,6 +130,26 @@ impl Turn {
         self.waiting = None;
         Poll::Ready(())
     }
+
+    /// The handshake holds a slot and its client has not answered yet: keeps the slot for
+    /// [`NETWORK_HOLD`], then gives it back.
+    fn poll_hold(&mut self, cx: &mut Context<'_>) {
+        if self.permit.is_none() {
+            return;
+        }
+        let until = Instant::now() + NETWORK_HOLD;
+        let hold = self
+            .hold
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until.into())));
+        if !self.hold_armed {
+            hold.as_mut().reset(until.into());
+            self.hold_armed = true;
+        }
+        if hold.as_mut().poll(cx).is_ready() {
+            self.permit = None;
+            self.hold_armed = false;
+        }
+    }
 }
 
 impl AsyncRead for PartnerSocket {
@@ -131,8 +168,9 @@ impl AsyncRead for PartnerSocket {
         }
         let read = Pin::new(&mut this.tcp).poll_read(cx, buf);
         if read.is_pending() {
-            // Waiting for the network: the CPU is someone else's meanwhile.
-            turn.permit = None;
+            turn.poll_hold(cx);
+        } else {
+            turn.hold_armed = false;
         }
         read
     }
