@@ -367,6 +367,23 @@ fn a_zero_body_limit_is_located_at_the_server_or_its_route() {
 }
 
 #[test]
+fn a_zero_handshake_budget_is_located() {
+    let text = FULL.replace(
+        "    idle_timeout: 90s\n",
+        "    idle_timeout: 90s\n    max_concurrent_handshakes: 0\n",
+    );
+    let problem = only_problem(&text);
+    let (line, _, field) = yaml_place(&problem);
+    assert_eq!(field, "server.limits.max_concurrent_handshakes");
+    let expected = 1 + text
+        .lines()
+        .position(|l| l.contains("max_concurrent_handshakes: 0"))
+        .expect("the test config holds the needle");
+    assert_eq!(line, expected);
+    assert_eq!(problem.message, "must be greater than zero");
+}
+
+#[test]
 fn ocsp_off_means_no_ocsp() {
     let text = MINIMAL.replace("mode: soft_fail", "mode: off");
     assert!(check(&text).unwrap().trust_bundles[0].ocsp.is_none());

@@ -288,9 +288,10 @@ pub enum TlsVersion {
 pub struct Limits {
     /// Concurrent client connections (default 10 000); further connections wait in the kernel backlog.
     pub max_connections: usize,
-    /// Handshakes working on the CPU at once (default 8 per worker thread); the rest wait in
-    /// arrival order, so a reconnect storm cannot starve the requests of established
-    /// connections. See `proxy::handshake_budget`.
+    /// Handshakes in progress at once (default 8 per worker thread); the rest wait in arrival
+    /// order, so a reconnect storm cannot starve the requests of established connections. A
+    /// handshake waiting more than 10 ms for its client lets another go ahead meanwhile. See
+    /// `proxy::handshake_budget`.
     pub max_concurrent_handshakes: Option<usize>,
     /// TLS handshake deadline (default 10s).
     pub handshake_timeout: Duration,

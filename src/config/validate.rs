@@ -604,9 +604,10 @@ impl<'a> Validator<'a> {
                 limits.max_connections,
                 d.max_connections,
             ),
-            max_concurrent_handshakes: limits
-                .max_concurrent_handshakes
-                .map(|n| self.positive(&format!("{at}.max_concurrent_handshakes"), Some(n), 1)),
+            max_concurrent_handshakes: self.positive_opt(
+                &format!("{at}.max_concurrent_handshakes"),
+                limits.max_concurrent_handshakes,
+            ),
             handshake_timeout: self.duration(
                 &format!("{at}.handshake_timeout"),
                 limits.handshake_timeout.as_deref(),
@@ -1414,9 +1415,9 @@ impl<'a> Validator<'a> {
     }
 
     /// An optional limit with no default: absent stays `None`, zero is a problem.
-    fn positive_opt(&mut self, at: &str, value: Option<u64>) -> Option<u64> {
+    fn positive_opt<T: PartialEq + Default>(&mut self, at: &str, value: Option<T>) -> Option<T> {
         match value {
-            Some(0) => {
+            Some(v) if v == T::default() => {
                 self.problem(at, "must be greater than zero");
                 None
             }

@@ -659,7 +659,14 @@ pub async fn issue(
     csr: &[u8],
     days: u32,
 ) -> Result<Outcome, CommandError> {
-    sign(store, policy, signer, actor, id, csr, days, None, None).await
+    let request = SignRequest {
+        actor,
+        id,
+        csr,
+        days,
+        succession: Succession::First,
+    };
+    sign(store, policy, signer, request).await
 }
 
 /// Issues a successor certificate. The old ones stay valid until they expire, unless
@@ -678,18 +685,14 @@ pub async fn renew(
     days: u32,
     revoke_old: bool,
 ) -> Result<Outcome, CommandError> {
-    sign(
-        store,
-        policy,
-        signer,
+    let request = SignRequest {
         actor,
         id,
         csr,
         days,
-        Some(revoke_old),
-        None,
-    )
-    .await
+        succession: Succession::Renew { revoke_old },
+    };
+    sign(store, policy, signer, request).await
 }
 
 /// A renewal the partner asked for itself, holding a valid certificate (EST `simplereenroll`):
@@ -711,18 +714,16 @@ pub async fn reenroll(
 ) -> Result<Outcome, CommandError> {
     let at =
         OffsetDateTime::now_utc() + time::Duration::try_from(grace).unwrap_or(time::Duration::ZERO);
-    sign(
-        store,
-        policy,
-        signer,
+    let request = SignRequest {
         actor,
         id,
         csr,
         days,
-        Some(false),
-        Some(format_time(at)),
-    )
-    .await
+        succession: Succession::Reenroll {
+            supersedes_at: format_time(at),
+        },
+    };
+    sign(store, policy, signer, request).await
 }
 
 /// Revokes as superseded every certificate renewed over EST whose successor has been used
@@ -764,18 +765,39 @@ pub async fn supersede_due(
     Ok(due.len())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What [`issue`], [`renew`] and [`reenroll`] ask [`sign`] for.
+struct SignRequest<'a> {
+    actor: &'a str,
+    id: &'a str,
+    csr: &'a [u8],
+    days: u32,
+    succession: Succession,
+}
+
+/// How the new certificate relates to the partner's current ones.
+enum Succession {
+    /// No predecessor needed.
+    First,
+    /// Succeeds the latest valid certificate; `revoke_old` revokes every valid one at once.
+    Renew { revoke_old: bool },
+    /// Succeeds the latest valid certificate, which is superseded at `supersedes_at` or at the
+    /// new one's first use.
+    Reenroll { supersedes_at: String },
+}
+
 async fn sign(
     store: &mut Store,
     policy: &Policy,
     signer: &dyn Signer,
-    actor: &str,
-    id: &str,
-    csr: &[u8],
-    days: u32,
-    renewal: Option<bool>,
-    supersedes_at: Option<String>,
+    request: SignRequest<'_>,
 ) -> Result<Outcome, CommandError> {
+    let SignRequest {
+        actor,
+        id,
+        csr,
+        days,
+        succession,
+    } = request;
     need_actor(actor)?;
     check_days(policy, days)?;
     let mut w = store.write().await?;
@@ -788,10 +810,10 @@ async fn sign(
     ca::check_csr(csr, &p.identity)?;
     let now = now_rfc3339();
     let mut after = before.clone();
-    let renews = match renewal {
-        None => None,
-        Some(revoke_old) => {
-            let latest = before
+    let renews = match succession {
+        Succession::First => None,
+        Succession::Renew { .. } | Succession::Reenroll { .. } => Some(
+            before
                 .certificates
                 .iter()
                 .rfind(|c| c.status == CertStatus::Valid)
@@ -799,19 +821,22 @@ async fn sign(
                 .ok_or_else(|| CommandError::NoCertificate {
                     id: id.to_owned(),
                     serial: None,
-                })?;
-            if revoke_old {
-                for c in &mut after.certificates {
-                    if c.status == CertStatus::Valid {
-                        revoke_cert(c, "superseded", &now);
-                    }
+                })?,
+        ),
+    };
+    let action = if renews.is_some() { "renew" } else { "issue" };
+    let (mut cert, chain_pem, key) = new_certificate(signer, p, csr, days, renews)?;
+    match succession {
+        Succession::First | Succession::Renew { revoke_old: false } => {}
+        Succession::Renew { revoke_old: true } => {
+            for c in &mut after.certificates {
+                if c.status == CertStatus::Valid {
+                    revoke_cert(c, "superseded", &now);
                 }
             }
-            Some(latest)
         }
-    };
-    let (mut cert, chain_pem, key) = new_certificate(signer, p, csr, days, renews)?;
-    cert.supersedes_at = supersedes_at.filter(|_| cert.renews.is_some());
+        Succession::Reenroll { supersedes_at } => cert.supersedes_at = Some(supersedes_at),
+    }
     let reason = format!("{key}; {days} days; serial {}", cert.serial);
     after.certificates.push(cert);
     store::sort_certificates(&mut after.certificates);
@@ -820,7 +845,6 @@ async fn sign(
             ap.first_issued_at = Some(now.clone());
         }
     }
-    let action = if renewal.is_some() { "renew" } else { "issue" };
     let event = w
         .append(
             draft(&now, actor, action, id, Some(&reason)),
