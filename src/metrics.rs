@@ -239,7 +239,7 @@ struct SeenCert {
 /// Decrements its gauge (`certgate_connections_active`, `certgate_connections_parked` or
 /// `certgate_tls_handshakes_queued`) when dropped.
 #[derive(Debug)]
-pub struct ConnectionGuard(IntGauge);
+pub struct GaugeGuard(IntGauge);
 
 /// One configuration generation's pre-resolved metric handles, indexed by the ids the data path
 /// already holds. Built with the snapshot; counts land in the same series across reloads because
@@ -526,9 +526,9 @@ impl Metrics {
     }
 
     /// Counts a handshake waiting for a slot until the guard drops.
-    pub fn handshake_queued(&self) -> ConnectionGuard {
+    pub fn handshake_queued(&self) -> GaugeGuard {
         self.handshakes_queued.inc();
-        ConnectionGuard(self.handshakes_queued.clone())
+        GaugeGuard(self.handshakes_queued.clone())
     }
 
     /// A handshake got its slot after waiting `waited` (zero when one was free).
@@ -537,15 +537,15 @@ impl Metrics {
     }
 
     /// Counts an open connection until the guard drops.
-    pub fn connection(&self) -> ConnectionGuard {
+    pub fn connection(&self) -> GaugeGuard {
         self.connections_active.inc();
-        ConnectionGuard(self.connections_active.clone())
+        GaugeGuard(self.connections_active.clone())
     }
 
     /// Counts a parked connection until the guard drops.
-    pub fn parked(&self) -> ConnectionGuard {
+    pub fn parked(&self) -> GaugeGuard {
         self.connections_parked.inc();
-        ConnectionGuard(self.connections_parked.clone())
+        GaugeGuard(self.connections_parked.clone())
     }
 
     pub fn connections_active(&self) -> i64 {
@@ -1130,9 +1130,9 @@ impl std::fmt::Debug for RevocationSourceGauges {
     }
 }
 
-// === impl ConnectionGuard ===
+// === impl GaugeGuard ===
 
-impl Drop for ConnectionGuard {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }

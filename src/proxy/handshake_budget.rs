@@ -28,11 +28,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_util::sync::PollSemaphore;
 
-use crate::metrics::{ConnectionGuard, Metrics};
+use crate::metrics::{GaugeGuard, Metrics};
 
 /// Slots per runtime worker thread when the configuration sets none: enough that a storm's
-/// handshakes keep a worker busy, few enough that a keep-alive request waits behind at most
-/// eight handshake steps (`benches/RESULTS.md`, the storm with and without the budget).
+/// handshakes keep a worker busy while some wait for their clients, few enough that a
+/// keep-alive request shares its worker's run queue with at most eight handshakes
+/// (`benches/RESULTS.md`, the storm with and without the budget).
 pub(crate) const SLOTS_PER_WORKER: usize = 8;
 
 /// How long a handshake keeps its slot while waiting for its client. Longer than a client's
@@ -62,8 +63,7 @@ impl HandshakeBudget {
                 budget: self.clone(),
                 permit: None,
                 waiting: None,
-                hold: None,
-                hold_armed: false,
+                hold: HoldTimer::default(),
             })),
         }
     }
@@ -82,16 +82,43 @@ struct Turn {
     budget: Arc<HandshakeBudget>,
     permit: Option<OwnedSemaphorePermit>,
     waiting: Option<Waiting>,
-    /// Armed while the handshake holds a slot and waits for its client; allocated at the first
-    /// such wait and reset for the next.
-    hold: Option<Pin<Box<Sleep>>>,
-    hold_armed: bool,
+    hold: HoldTimer,
+}
+
+/// Runs while a handshake holds a slot and waits for its client. The timer is allocated at the
+/// first such wait and reset for the next, so a handshake's several waits cost one allocation.
+#[derive(Default)]
+struct HoldTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl HoldTimer {
+    /// Starts the timer if it is not running, and tells whether it has run out.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let until = tokio::time::Instant::now() + NETWORK_HOLD;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if !self.armed {
+            sleep.as_mut().reset(until);
+            self.armed = true;
+        }
+        let expired = sleep.as_mut().poll(cx).is_ready();
+        self.armed = !expired;
+        expired
+    }
+
+    /// The client answered: the next wait starts a fresh [`NETWORK_HOLD`].
+    fn stop(&mut self) {
+        self.armed = false;
+    }
 }
 
 struct Waiting {
     since: Instant,
     acquire: PollSemaphore,
-    _queued: ConnectionGuard,
+    _queued: GaugeGuard,
 }
 
 impl PartnerSocket {
@@ -134,20 +161,8 @@ impl Turn {
     /// The handshake holds a slot and its client has not answered yet: keeps the slot for
     /// [`NETWORK_HOLD`], then gives it back.
     fn poll_hold(&mut self, cx: &mut Context<'_>) {
-        if self.permit.is_none() {
-            return;
-        }
-        let until = Instant::now() + NETWORK_HOLD;
-        let hold = self
-            .hold
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until.into())));
-        if !self.hold_armed {
-            hold.as_mut().reset(until.into());
-            self.hold_armed = true;
-        }
-        if hold.as_mut().poll(cx).is_ready() {
+        if self.permit.is_some() && self.hold.poll_expired(cx) {
             self.permit = None;
-            self.hold_armed = false;
         }
     }
 }
@@ -170,7 +185,7 @@ impl AsyncRead for PartnerSocket {
         if read.is_pending() {
             turn.poll_hold(cx);
         } else {
-            turn.hold_armed = false;
+            turn.hold.stop();
         }
         read
     }
@@ -214,6 +229,8 @@ impl AsyncWrite for PartnerSocket {
 
 impl PartnerSocket {
     /// A client that does not read its handshake flight holds no slot while certgate waits.
+    /// Unlike a read, no grace period: a flight is a few kilobytes, so a full send buffer means
+    /// a client that stopped reading, not one that is about to answer.
     fn release_if_pending(&mut self, pending: bool) {
         if let (true, Some(turn)) = (pending, self.turn.as_deref_mut()) {
             turn.permit = None;
