@@ -2,6 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// With the `mimalloc` feature: less memory per idle connection, more CPU per keep-alive request
+/// (the trade-off and its figures are in Cargo.toml and `benches/RESULTS.md`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = certgate::cli::Cli::parse();
     let workers = cli
