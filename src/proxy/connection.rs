@@ -447,7 +447,10 @@ impl Supervisor {
         // Boxed like the HTTP/1.1 one: the task's future is as large as its largest state, and
         // most connections never are in this one.
         let h2_ctx = ctx.clone();
-        let streams = service_fn(move |req| h2_ctx.clone().until_cut(req));
+        // Each stream's handler is boxed: hyper moves a stream's future several times on its way
+        // into the task it spawns (H2Stream, the executor, tokio's task cell), and the handler
+        // future is kilobytes large; a box moves as one pointer.
+        let streams = service_fn(move |req| Box::pin(h2_ctx.clone().until_cut(req)));
         let mut conn = Box::pin(
             ctx.snapshot
                 .http2
