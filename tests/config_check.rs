@@ -339,12 +339,6 @@ fn a_route_body_limit_overrides_the_server_wide_one() {
 
 #[test]
 fn a_zero_body_limit_is_located_at_the_server_or_its_route() {
-    let line_of = |text: &str, needle: &str| {
-        1 + text
-            .lines()
-            .position(|l| l.contains(needle))
-            .expect("the test config holds the needle")
-    };
     let server = FULL.replace(
         "    idle_timeout: 90s\n",
         "    idle_timeout: 90s\n    max_body_bytes: 0\n",
@@ -375,11 +369,7 @@ fn a_zero_handshake_budget_is_located() {
     let problem = only_problem(&text);
     let (line, _, field) = yaml_place(&problem);
     assert_eq!(field, "server.limits.max_concurrent_handshakes");
-    let expected = 1 + text
-        .lines()
-        .position(|l| l.contains("max_concurrent_handshakes: 0"))
-        .expect("the test config holds the needle");
-    assert_eq!(line, expected);
+    assert_eq!(line, line_of(&text, "max_concurrent_handshakes: 0"));
     assert_eq!(problem.message, "must be greater than zero");
 }
 
@@ -861,7 +851,10 @@ fn clean() -> String {
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+    1 + text
+        .lines()
+        .position(|l| l.contains(needle))
+        .expect("the test config holds the needle")
 }
 
 #[test]
