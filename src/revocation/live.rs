@@ -7,11 +7,11 @@
 //! The key is (issuer raw DN, serial) without the trust bundle: issuer name plus serial identifies a
 //! certificate, and a revocation by the CA of that name applies wherever the certificate is used.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// Open connections by certificate. Share one `Arc<Registry>` across configuration generations so
 /// connections accepted under an old [`super::Checker`] are still cut by a new one.
@@ -34,20 +34,31 @@ pub struct Guard {
 /// revoked. Cancel-safe.
 #[derive(Debug, Clone)]
 pub struct RevokedSignal {
-    rx: watch::Receiver<bool>,
+    flag: Arc<Flag>,
 }
 
+/// One connection's revocation: set once, never cleared. A flag and a `Notify` rather than a
+/// `watch` channel, whose shared state is about 350 bytes (it keeps eight `Notify`s for its
+/// receivers) where this is 56, and every open connection holds one.
+#[derive(Debug, Default)]
+struct Flag {
+    revoked: AtomicBool,
+    notify: Notify,
+}
+
+/// Shared between the registry's entry and the guards of every connection registered under it:
+/// a partner's many connections hold one copy of its issuer and serial, not one each.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CertKey {
-    issuer: Box<[u8]>,
-    serial: Box<[u8]>,
+    issuer: Arc<[u8]>,
+    serial: Arc<[u8]>,
 }
 
 #[derive(Debug)]
 struct Entry {
     token: u64,
     conn_id: u64,
-    tx: Arc<watch::Sender<bool>>,
+    flag: Arc<Flag>,
 }
 
 // === impl Registry ===
@@ -79,28 +90,31 @@ impl Registry {
         certs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
         conn_id: u64,
     ) -> (Guard, RevokedSignal) {
-        let (tx, rx) = watch::channel(false);
-        let tx = Arc::new(tx);
+        let flag = Arc::new(Flag::default());
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let mut keys = Vec::new();
+        let certs = certs.into_iter();
+        // Held for the connection's life: sized to the chain, not to a growing vector's steps.
+        let (fewest, most) = certs.size_hint();
+        let mut keys = Vec::with_capacity(most.unwrap_or(fewest));
         for (issuer, serial) in certs {
             let key = CertKey {
                 issuer: issuer.into(),
                 serial: serial.into(),
             };
-            self.by_cert.entry(key.clone()).or_default().push(Entry {
+            let mut entries = self.by_cert.entry(key).or_default();
+            entries.push(Entry {
                 token,
                 conn_id,
-                tx: Arc::clone(&tx),
+                flag: Arc::clone(&flag),
             });
-            keys.push(key);
+            keys.push(entries.key().clone());
         }
         let guard = Guard {
             registry: Arc::clone(self),
             keys,
             token,
         };
-        (guard, RevokedSignal { rx })
+        (guard, RevokedSignal { flag })
     }
 
     /// Signals every live connection registered under (issuer, serial). Returns how many were
@@ -147,8 +161,10 @@ impl Registry {
 }
 
 fn fire(entry: &Entry, issuer: &[u8], serial: &[u8]) {
-    // `send_replace` stores even without receivers; firing twice is harmless.
-    if !entry.tx.send_replace(true) {
+    // Firing twice is harmless: only the first logs, and waking nobody is cheap.
+    let first = !entry.flag.revoked.swap(true, Ordering::AcqRel);
+    entry.flag.notify.notify_waiters();
+    if first {
         tracing::info!(
             conn.id = entry.conn_id,
             cert.serial = %hex::encode(serial),
@@ -177,14 +193,18 @@ impl RevokedSignal {
     /// Waits until the certificate is revoked. Never resolves if the registry goes away without a
     /// revocation (that is not a revocation).
     pub async fn revoked(&mut self) {
-        if self.rx.wait_for(|revoked| *revoked).await.is_err() {
-            std::future::pending::<()>().await;
+        let notified = self.flag.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a revocation between the two still wakes it.
+        notified.as_mut().enable();
+        if !self.is_revoked() {
+            notified.await;
         }
     }
 
     /// Whether the revocation has fired already.
     pub fn is_revoked(&self) -> bool {
-        *self.rx.borrow()
+        self.flag.revoked.load(Ordering::Acquire)
     }
 }
 
@@ -209,6 +229,26 @@ mod tests {
         drop(g2);
         assert!(reg.is_empty());
         assert_eq!(reg.revoke(b"ca", b"\x01"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_already_waiting_is_woken_and_an_unrevoked_one_is_not() {
+        let reg = Registry::new();
+        let (_g1, s1) = reg.register(b"ca", b"\x01", 1);
+        let (_g2, s2) = reg.register(b"ca", b"\x02", 2);
+        let waiting = |mut s: RevokedSignal| tokio::spawn(async move { s.revoked().await });
+        let (w1, w2) = (waiting(s1.clone()), waiting(s2.clone()));
+        // Both tasks are parked on the signal before anything fires.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!w1.is_finished() && !w2.is_finished());
+        assert_eq!(reg.revoke(b"ca", b"\x01"), 1);
+        tokio::time::timeout(Duration::from_secs(1), w1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s1.is_revoked() && !s2.is_revoked());
+        assert!(!w2.is_finished());
+        w2.abort();
     }
 
     #[tokio::test]
