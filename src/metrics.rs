@@ -548,6 +548,15 @@ impl Metrics {
         GaugeGuard(self.connections_parked.clone())
     }
 
+    /// Handshakes finished, successful or not, since start.
+    pub fn handshakes_done(&self) -> u64 {
+        self.handshake_duration.get_sample_count()
+    }
+
+    pub fn connections_parked(&self) -> i64 {
+        self.connections_parked.get()
+    }
+
     pub fn connections_active(&self) -> i64 {
         self.connections_active.get()
     }

@@ -1,6 +1,6 @@
 //! The module map holds: dependencies between certgate's top-level modules point one way (no
 //! cycle), `docs/architecture.md` names every top-level module, and nothing in the project reads
-//! files from beside the repository.
+//! files from beside the repository. `unsafe` stays in the one place allowed to use it.
 //!
 //! A module's dependencies are the `crate::<module>` paths its files name, comments and doc
 //! comments excluded, so an intra-doc link does not count as a dependency but every `use` does.
@@ -162,4 +162,23 @@ fn nothing_reads_files_from_beside_the_repository() {
         offenders.is_empty(),
         "these files read from beside the repository: {offenders:?}"
     );
+}
+
+#[test]
+fn unsafe_code_is_allowed_in_one_audited_place_only() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let allow = ["allow(", "unsafe_code)"].concat();
+    let mut allowed: Vec<String> = files
+        .iter()
+        .filter(|f| fs::read_to_string(f).unwrap().contains(&allow))
+        .map(|f| f.strip_prefix(root()).unwrap().display().to_string())
+        .collect();
+    allowed.sort();
+    assert_eq!(allowed, ["src/runtime/trim.rs"]);
+    let trim = fs::read_to_string(root().join("src/runtime/trim.rs")).unwrap();
+    assert_eq!(trim.matches(&allow).count(), 1, "one function, one call");
+    assert_eq!(trim.matches("unsafe {").count(), 1);
+    let lib = fs::read_to_string(root().join("src/lib.rs")).unwrap();
+    assert!(lib.contains("#![deny(unsafe_code)]"));
 }

@@ -7,11 +7,11 @@
 #![no_main]
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use certgate::config::model::{ClientCertHeader, Forward, StripHeaders, STRIP_BY_DEFAULT};
 use certgate::identity::PeerIdentity;
-use certgate::proxy::headers::{rewrite_response, ConnectionHeaders};
+use certgate::proxy::headers::{rewrite_response, CertificateHeaders, ConnectionHeaders};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use rustls_pki_types::pem::PemObject;
@@ -69,7 +69,8 @@ fn fixture() -> &'static Fixture {
             strip_headers: StripHeaders::with_defaults(EXTRA_STRIP.iter().copied()),
         });
         let conn = [0, 1, 2].map(|i| {
-            ConnectionHeaders::build(&forward[i], Some("acme"), &id, &[leaf.clone()], addr)
+            let certificate = CertificateHeaders::render(&forward[i], &id, &[leaf.clone()]);
+            ConnectionHeaders::build(Some("acme"), Arc::new(certificate), addr)
         });
         Fixture { forward, conn }
     })

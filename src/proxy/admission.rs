@@ -86,9 +86,7 @@ pub(crate) async fn admit(
             }),
         });
     }
-    let (identity, partner, refusal) = identify(snapshot, chain)
-        .await
-        .map_err(AdmissionError::Identity)?;
+    let (partner, refusal) = identify(snapshot, &identity, chain).await;
     Ok(Admission {
         identity,
         partner,

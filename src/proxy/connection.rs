@@ -7,6 +7,7 @@
 //! supervisor while its tunnel runs, so it keeps its connection permit and its revocation watch.
 
 use std::error::Error as StdError;
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,6 +29,7 @@ use super::activity::{Activity, LastSeen, Tracked};
 use super::handshake_budget::{HandshakeBudget, PartnerSocket};
 use super::headers::ConnectionHeaders;
 use super::listener::Phase;
+use super::presented::{Presented, PresentedChains};
 use super::service;
 use super::tunnel::{self, Counted, PendingTunnel, Side, Traffic, TunnelEnd};
 use super::wake_gate::WakeGate;
@@ -65,11 +67,10 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     pub sni: Option<Box<str>>,
     pub snapshot: Arc<Snapshot>,
-    pub identity: Arc<PeerIdentity>,
+    /// The verified chain, parsed once for every connection presenting it.
+    pub presented: Arc<Presented>,
     /// `peer`, rendered once for every audit line.
     pub peer_text: Box<str>,
-    /// `identity`'s SHA-256 fingerprint in hex, rendered once for every audit line.
-    pub fingerprint_hex: Box<str>,
     pub partner: Option<(PartnerId, PartnerMatch)>,
     /// Set when the connection may not forward anything (unknown partner, revoked): every request
     /// gets this refusal, so the client learns why instead of seeing a bare reset.
@@ -117,6 +118,15 @@ pub(crate) enum Cut {
 }
 
 impl ConnContext {
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.presented.identity
+    }
+
+    /// The leaf's SHA-256 fingerprint in hex.
+    pub fn fingerprint_hex(&self) -> &str {
+        &self.presented.fingerprint_hex
+    }
+
     pub fn partner_id(&self) -> Option<&str> {
         self.partner
             .and_then(|(p, _)| self.snapshot.config.partners.get(p.0))
@@ -184,11 +194,17 @@ impl ConnContext {
             client_addr: &self.peer_text,
             sni: self.sni.as_deref().unwrap_or(""),
             partner: self.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
-            subject: self.identity.subject.as_str(),
-            serial: self.identity.serial.as_str(),
-            sha256: &self.fingerprint_hex,
+            subject: self.identity().subject.as_str(),
+            serial: self.identity().serial.as_str(),
+            sha256: self.fingerprint_hex(),
         }
     }
+}
+
+/// What the connections of every configuration generation share, for the process's life.
+pub(crate) struct Shared {
+    pub(crate) handshakes: Arc<HandshakeBudget>,
+    pub(crate) chains: PresentedChains,
 }
 
 /// Serves one accepted TCP connection to the end.
@@ -197,7 +213,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     id: u64,
     snapshot: Arc<Snapshot>,
-    handshakes: Arc<HandshakeBudget>,
+    shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
     permit: OwnedSemaphorePermit,
 ) {
@@ -205,11 +221,18 @@ pub(crate) async fn serve(
     // The handshake and the identity check are boxed: the task holds its future for the
     // connection's whole life, at the size of its largest state, and these two are large and
     // over within the first milliseconds.
-    let Some(tls) = Box::pin(tls_handshake(tcp, peer, id, &snapshot, &handshakes)).await else {
+    let Some(tls) = Box::pin(tls_handshake(tcp, peer, id, &snapshot, &shared.handshakes)).await
+    else {
         return;
     };
     let established = Box::pin(Supervisor::establish(
-        tls, peer, id, snapshot, phase, permit,
+        tls,
+        peer,
+        id,
+        snapshot,
+        &shared.chains,
+        phase,
+        permit,
     ))
     .await;
     let Some((mut supervisor, tls)) = established else {
@@ -321,14 +344,14 @@ enum Step {
 struct HttpState {
     /// A graceful shutdown has begun (drain, revocation or idle): no new requests are read.
     closing: bool,
-    /// The certificate was revoked: in-flight requests have until `hard_stop`.
-    revoked: bool,
     /// The HTTP/1.1 connection is parked: hyper's connection and its buffers are gone, only
     /// the TLS stream is kept.
     parked: bool,
     /// Parking waits until this many requests have been answered.
     park_after_handled: u64,
-    hard_stop: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the certificate is revoked: in-flight requests have until it fires. Made then,
+    /// not for every connection, which would hold a timer it will almost never use.
+    hard_stop: Option<Pin<Box<tokio::time::Sleep>>>,
     idle_check: Pin<Box<tokio::time::Sleep>>,
     seen: LastSeen,
 }
@@ -341,6 +364,7 @@ impl Supervisor {
         peer: SocketAddr,
         id: u64,
         snapshot: Arc<Snapshot>,
+        chains: &PresentedChains,
         phase: watch::Receiver<Phase>,
         permit: OwnedSemaphorePermit,
     ) -> Option<(Self, PartnerTls)> {
@@ -350,19 +374,19 @@ impl Supervisor {
         // Register before re-checking: a CRL swapped in between then still finds this connection.
         let registry = snapshot.revocation.registry().clone();
         let (live, revoked) = registry.register_chain(Revocation::chain_keys(chain), id);
-        let (identity, partner, refuse) = match identify(&snapshot, chain).await {
-            Ok(identified) => identified,
+        let presented = match chains.get_or_parse(chain, &snapshot.config.forward) {
+            Ok(presented) => presented,
             Err(reason) => {
                 tracing::warn!(conn.id = id, client.addr = %peer, %reason, "cannot read the verified peer certificate");
                 return None;
             }
         };
+        let (partner, refuse) = identify(&snapshot, &presented.identity, chain).await;
         let partner_id = partner
             .and_then(|(p, _)| snapshot.config.partners.get(p.0))
             .map(|p| p.id.as_str())
             .filter(|_| refuse.is_none());
-        let headers =
-            ConnectionHeaders::build(&snapshot.config.forward, partner_id, &identity, chain, peer);
+        let headers = ConnectionHeaders::build(partner_id, presented.headers.clone(), peer);
         let limits = &snapshot.config.server.limits;
         let idle = limits.idle_timeout;
         let ctx = Arc::new(ConnContext {
@@ -371,8 +395,7 @@ impl Supervisor {
             sni: session.server_name().map(Box::from),
             snapshot: snapshot.clone(),
             peer_text: peer.to_string().into(),
-            fingerprint_hex: identity.fingerprint_hex().into(),
-            identity: Arc::new(identity),
+            presented,
             partner,
             refuse,
             headers,
@@ -387,14 +410,14 @@ impl Supervisor {
         if ctx.refuse.is_none() {
             if let Some(partner) = ctx.partner_id() {
                 let metrics = snapshot.metrics.metrics();
-                metrics.saw_certificate(partner, &ctx.identity.serial, ctx.identity.not_after);
+                metrics.saw_certificate(partner, &ctx.identity().serial, ctx.identity().not_after);
             }
         }
         tracing::debug!(
             conn.id = id,
             client.addr = &*ctx.peer_text,
             partner = ctx.partner_id(),
-            subject = %ctx.identity.subject,
+            subject = %ctx.identity().subject,
             refused = ctx.refuse.map(Refusal::as_str),
             "connection established"
         );
@@ -420,10 +443,9 @@ impl Supervisor {
         let io = Tracked::new(tls, ctx.clone());
         let mut http = HttpState {
             closing: false,
-            revoked: false,
             parked: false,
             park_after_handled: 0,
-            hard_stop: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            hard_stop: None,
             idle_check: Box::pin(tokio::time::sleep(self.active_tick())),
             seen: LastSeen::new(&ctx.activity, Instant::now()),
         };
@@ -679,9 +701,7 @@ impl Supervisor {
     fn on_revoked(&self, http: &mut HttpState) -> Step {
         audit_revoked(&self.ctx);
         http.closing = true;
-        http.revoked = true;
-        let grace_over = Instant::now() + REVOKED_GRACE;
-        http.hard_stop.as_mut().reset(grace_over.into());
+        http.hard_stop = Some(Box::pin(tokio::time::sleep(REVOKED_GRACE)));
         Step::Close
     }
 
@@ -861,11 +881,16 @@ async fn rare_event(
     watch_revoked: bool,
     http: &mut HttpState,
 ) -> Event {
+    let revoked_already = http.hard_stop.is_some();
+    let hard_stop = std::future::poll_fn(|cx| match &mut http.hard_stop {
+        Some(sleep) => sleep.as_mut().poll(cx),
+        None => Poll::Pending,
+    });
     tokio::select! {
         biased;
-        () = revoked.revoked(), if watch_revoked && !http.revoked => Event::Revoked,
+        () = revoked.revoked(), if watch_revoked && !revoked_already => Event::Revoked,
         p = next_phase(phase, seen_phase), if seen_phase < Phase::Cut => Event::Phase(p),
-        () = &mut http.hard_stop, if http.revoked => Event::HardStop,
+        () = hard_stop, if revoked_already => Event::HardStop,
         () = &mut http.idle_check => Event::IdleCheck,
     }
 }
@@ -900,7 +925,7 @@ fn audit_revoked(ctx: &ConnContext) {
         conn.id = ctx.id,
         client.addr = &*ctx.peer_text,
         partner = ctx.partner_id().unwrap_or("unknown"),
-        cert.serial = %ctx.identity.serial,
+        cert.serial = %ctx.identity().serial,
         "certificate revoked: closing its live connection"
     );
 }
@@ -920,41 +945,37 @@ fn refused(
         conn.id = ctx.id,
         client.addr = &*ctx.peer_text,
         partner = ctx.partner_id().unwrap_or(crate::metrics::UNKNOWN_PARTNER),
-        cert.serial = %ctx.identity.serial,
-        cert.sha256 = &*ctx.fingerprint_hex,
+        cert.serial = %ctx.identity().serial,
+        cert.sha256 = ctx.fingerprint_hex(),
         reason = reason.as_str(),
         error = error.map(tracing::field::display),
         "connection closed: the client crossed a limit or broke the protocol"
     );
 }
 
-pub(super) type Identified = (
-    PeerIdentity,
-    Option<(PartnerId, PartnerMatch)>,
-    Option<Refusal>,
-);
+pub(super) type Identified = (Option<(PartnerId, PartnerMatch)>, Option<Refusal>);
 
-/// Parses the leaf once, finds the partner and re-checks revocation (resumed sessions skip the
+/// Finds the partner of `identity`, the leaf of `chain`, and re-checks revocation (resumed sessions skip the
 /// verifier, so this is what keeps resumption from outliving a revocation), then settles OCSP when
 /// the handshake found no cached answer.
 ///
 /// [`super::admission::admit`] runs this too, so `certgate inspect` gives the same verdict.
 pub(super) async fn identify(
     snapshot: &Snapshot,
+    identity: &PeerIdentity,
     chain: &[rustls_pki_types::CertificateDer<'_>],
-) -> Result<Identified, String> {
-    let leaf = chain.first().ok_or("no client certificate")?;
-    let identity = PeerIdentity::from_der(leaf).map_err(|e| e.to_string())?;
-    let partner = snapshot.partners.lookup(&identity);
-    let refuse = match partner {
-        None => Some(Refusal::UnknownPartner),
-        Some((pid, _)) => {
+) -> Identified {
+    let partner = snapshot.partners.lookup(identity);
+    let refuse = match (partner, chain.split_first()) {
+        // Without a leaf there is no identity to have found a partner by.
+        (None, _) | (_, None) => Some(Refusal::UnknownPartner),
+        (Some((pid, _)), Some((leaf, intermediates))) => {
             let bundle = snapshot.config.partners[pid.0].trust_bundle;
             let now = UnixTime::now();
             let checked = if snapshot.trust.bundles.len() > 1 {
                 snapshot
                     .verifier
-                    .verify_for_bundle(bundle, leaf, &chain[1..], now)
+                    .verify_for_bundle(bundle, leaf, intermediates, now)
                     .map_err(|e| match e {
                         rustls::Error::InvalidCertificate(c) => c,
                         _ => CertificateError::UnknownIssuer,
@@ -976,5 +997,5 @@ pub(super) async fn identify(
             }
         }
     };
-    Ok((identity, partner, refuse))
+    (partner, refuse)
 }

@@ -1,10 +1,12 @@
 //! Header rewriting between partner and upstream.
 //!
-//! Everything that depends only on the connection (who the partner is, its certificate, its
-//! address) is rendered once per connection into [`ConnectionHeaders`]; per request certgate only
-//! removes headers and inserts clones of prebuilt values (reference-counted, no re-encoding).
+//! Everything that depends only on the connection (who the partner is, its address) is rendered
+//! once per connection into [`ConnectionHeaders`], and what depends only on the certificate chain
+//! once per chain ([`CertificateHeaders`]); per request certgate only removes headers and inserts
+//! clones of prebuilt values (reference-counted, no re-encoding).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -47,36 +49,29 @@ fn identity_names(forward: &Forward) -> [&HeaderName; 7] {
     ]
 }
 
-/// The headers certgate adds to every request of one connection.
+/// The headers certgate adds to every request of one connection. The default adds none, leaving
+/// only the removals.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionHeaders {
-    add: Vec<(HeaderName, HeaderValue)>,
+    /// `X-Forwarded-For` and `Forwarded`, rendered from the client's address.
+    client: Option<[HeaderValue; 2]>,
+    partner: Option<HeaderValue>,
+    /// Shared by every connection presenting the same chain ([`super::presented`]).
+    certificate: Arc<CertificateHeaders>,
 }
 
-impl ConnectionHeaders {
-    /// Renders the identity and forwarding headers for a verified connection. `partner` is `None`
-    /// for a connection that will only ever be refused.
-    pub fn build(
+/// The headers rendered from a client's certificate chain: `Client-Cert` and
+/// `Client-Cert-Chain`, or `X-Forwarded-Client-Cert`, as `forward` asks.
+#[derive(Debug, Default)]
+pub struct CertificateHeaders(Box<[(HeaderName, HeaderValue)]>);
+
+impl CertificateHeaders {
+    pub fn render(
         forward: &Forward,
-        partner: Option<&str>,
         identity: &PeerIdentity,
         chain: &[CertificateDer<'_>],
-        client: SocketAddr,
     ) -> Self {
-        let mut add = Vec::with_capacity(6);
-        let ip = client.ip();
-        add.push((X_FORWARDED_FOR.clone(), header_value(&ip.to_string())));
-        add.push((X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https")));
-        let forwarded = match ip {
-            IpAddr::V4(v4) => format!("for={v4};proto=https"),
-            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=https"),
-        };
-        add.push((header::FORWARDED, header_value(&forwarded)));
-        if let Some(partner) = partner {
-            if let Ok(v) = HeaderValue::from_str(partner) {
-                add.push((forward.partner_header.clone(), v));
-            }
-        }
+        let mut add = Vec::with_capacity(2);
         match forward.client_cert_header {
             ClientCertHeader::Rfc9440 => {
                 if let Some((leaf, rest)) = chain.split_first() {
@@ -92,7 +87,33 @@ impl ConnectionHeaders {
             }
             ClientCertHeader::None => {}
         }
-        Self { add }
+        Self(add.into_boxed_slice())
+    }
+
+    /// The names of the headers rendered, in the order they are added.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, _)| name.as_str())
+    }
+}
+
+impl ConnectionHeaders {
+    /// The headers of a verified connection from `client`, presenting the chain `certificate`
+    /// was rendered from. `partner` is `None` for a connection that will only ever be refused.
+    pub fn build(
+        partner: Option<&str>,
+        certificate: Arc<CertificateHeaders>,
+        client: SocketAddr,
+    ) -> Self {
+        let ip = client.ip();
+        let forwarded = match ip {
+            IpAddr::V4(v4) => format!("for={v4};proto=https"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=https"),
+        };
+        Self {
+            client: Some([header_value(&ip.to_string()), header_value(&forwarded)]),
+            partner: partner.and_then(|p| HeaderValue::from_str(p).ok()),
+            certificate,
+        }
     }
 
     /// Prepares a partner's request for the upstream: drops hop-by-hop and identity headers the
@@ -118,8 +139,17 @@ impl ConnectionHeaders {
                 headers.remove(name);
             }
         }
-        headers.reserve(self.add.len());
-        for (name, value) in &self.add {
+        let client = if self.client.is_some() { 3 } else { 0 };
+        headers.reserve(client + usize::from(self.partner.is_some()) + self.certificate.0.len());
+        if let Some([forwarded_for, forwarded]) = &self.client {
+            headers.insert(X_FORWARDED_FOR.clone(), forwarded_for.clone());
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+            headers.insert(header::FORWARDED, forwarded.clone());
+        }
+        if let Some(partner) = &self.partner {
+            headers.insert(forward.partner_header.clone(), partner.clone());
+        }
+        for (name, value) in &self.certificate.0 {
             headers.insert(name.clone(), value.clone());
         }
     }

@@ -9,7 +9,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore, TryAcquireError};
 
 use super::connection;
-use super::handshake_budget::HandshakeBudget;
 use crate::snapshot::Snapshot;
 
 /// Where the gateway is in its life; every connection watches it. Ordered: a gateway only moves
@@ -37,7 +36,7 @@ pub(crate) async fn accept_loop(
     current: Arc<ArcSwap<Snapshot>>,
     permits: Arc<Semaphore>,
     limit: usize,
-    handshakes: Arc<HandshakeBudget>,
+    shared: Arc<connection::Shared>,
     mut shutdown: watch::Receiver<Phase>,
 ) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -90,7 +89,7 @@ pub(crate) async fn accept_loop(
             peer,
             id,
             snapshot,
-            handshakes.clone(),
+            shared.clone(),
             shutdown,
             permit,
         ));

@@ -9,6 +9,7 @@ pub(crate) mod connection;
 pub(crate) mod handshake_budget;
 pub mod headers;
 pub(crate) mod listener;
+pub(crate) mod presented;
 mod refused_handshake;
 pub(crate) mod service;
 pub mod tunnel;

@@ -2,6 +2,7 @@
 //! generations, and drains on shutdown.
 
 mod reload;
+mod trim;
 mod usage;
 
 use std::net::SocketAddr;
@@ -21,8 +22,10 @@ use crate::admin;
 use crate::config::model::Config;
 use crate::feed::mirror::SourceState;
 use crate::metrics::Metrics;
+use crate::proxy::connection;
 use crate::proxy::handshake_budget::{HandshakeBudget, SLOTS_PER_WORKER};
 use crate::proxy::listener::{self, Phase};
+use crate::proxy::presented::PresentedChains;
 use crate::revocation::{CrlLoadError, LoadFailure, Registry, RevocationService};
 use reload::ReloadTask;
 
@@ -62,6 +65,7 @@ pub struct Gateway {
     reload_task: JoinHandle<()>,
     usage_stop: oneshot::Sender<()>,
     usage_task: JoinHandle<()>,
+    trim_task: JoinHandle<()>,
 }
 
 /// Where a gateway's configuration came from, for reloads.
@@ -160,12 +164,17 @@ impl Gateway {
                 options.lifecycle_source,
             ),
         );
+        let trim_task = trim::spawn(metrics.clone());
+        let shared = Arc::new(connection::Shared {
+            handshakes,
+            chains: PresentedChains::default(),
+        });
         let accept = tokio::spawn(listener::accept_loop(
             listener,
             current.clone(),
             permits.clone(),
             max_connections,
-            handshakes,
+            shared,
             rx,
         ));
         tracing::info!(listen = %local_addr, admin = %admin_addr, "certgate is accepting partner connections");
@@ -183,6 +192,7 @@ impl Gateway {
             reload_task,
             usage_stop,
             usage_task,
+            trim_task,
         })
     }
 
@@ -270,6 +280,7 @@ impl Gateway {
         let _ = self.usage_stop.send(());
         let _ = self.usage_task.await;
         self.admin.stop().await;
+        self.trim_task.abort();
         outcome
     }
 }
