@@ -955,9 +955,9 @@ fn refused(
 
 pub(super) type Identified = (Option<(PartnerId, PartnerMatch)>, Option<Refusal>);
 
-/// Finds the partner of `identity`, the leaf of `chain`, and re-checks revocation (resumed sessions skip the
-/// verifier, so this is what keeps resumption from outliving a revocation), then settles OCSP when
-/// the handshake found no cached answer.
+/// Finds the partner of `identity` (parsed from `chain`'s leaf) and re-checks revocation (resumed
+/// sessions skip the verifier, so this is what keeps resumption from outliving a revocation), then
+/// settles OCSP when the handshake found no cached answer.
 ///
 /// [`super::admission::admit`] runs this too, so `certgate inspect` gives the same verdict.
 pub(super) async fn identify(

@@ -14,11 +14,11 @@ use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
 use rustls_pki_types::CertificateDer;
-use sha2::{Digest, Sha256};
 
 use super::headers::CertificateHeaders;
 use crate::config::model::{ClientCertHeader, Forward};
 use crate::identity::{IdentityError, PeerIdentity};
+use crate::revocation::certificates_digest;
 
 /// A verified chain as its connections see it.
 #[derive(Debug)]
@@ -83,7 +83,8 @@ impl PresentedChains {
         chain: &[CertificateDer<'_>],
         forward: &Forward,
     ) -> Result<Arc<Presented>, PresentedError> {
-        let key = chain_key(chain);
+        // Two chains share an entry only if they are the same certificates in the same order.
+        let key = certificates_digest(chain);
         let cached = self.by_chain.get(&key).and_then(|weak| weak.upgrade());
         if let Some(presented) = cached.filter(|p| p.rendered_for == forward.client_cert_header) {
             return Ok(presented);
@@ -108,26 +109,11 @@ impl PresentedChains {
     }
 }
 
-/// SHA-256 over every certificate of the chain, each prefixed by its length: two chains share an
-/// entry only if they are the same certificates in the same order.
-fn chain_key(chain: &[CertificateDer<'_>]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    for cert in chain {
-        hash.update((cert.len() as u64).to_be_bytes());
-        hash.update(cert.as_ref());
-    }
-    hash.finalize().into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::model::StripHeaders;
     use http::HeaderName;
-
-    fn forward() -> Forward {
-        forward_as(ClientCertHeader::Rfc9440)
-    }
 
     fn forward_as(client_cert_header: ClientCertHeader) -> Forward {
         Forward {
@@ -135,6 +121,19 @@ mod tests {
             partner_header: HeaderName::from_static("x-partner"),
             strip_headers: StripHeaders::with_defaults(std::iter::empty::<&str>()),
         }
+    }
+
+    /// `chain`'s shared view, rendered with `Client-Cert` headers.
+    fn parse(chains: &PresentedChains, chain: &[CertificateDer<'_>]) -> Arc<Presented> {
+        parse_as(chains, chain, ClientCertHeader::Rfc9440)
+    }
+
+    fn parse_as(
+        chains: &PresentedChains,
+        chain: &[CertificateDer<'_>],
+        header: ClientCertHeader,
+    ) -> Arc<Presented> {
+        chains.get_or_parse(chain, &forward_as(header)).unwrap()
     }
 
     fn leaf(cn: &str) -> CertificateDer<'static> {
@@ -147,20 +146,14 @@ mod tests {
     fn connections_with_one_chain_share_its_parse_and_others_do_not() {
         let chains = PresentedChains::default();
         let (a, b) = (leaf("a"), leaf("b"));
-        let first = chains
-            .get_or_parse(std::slice::from_ref(&a), &forward())
-            .unwrap();
-        let again = chains
-            .get_or_parse(std::slice::from_ref(&a), &forward())
-            .unwrap();
+        let first = parse(&chains, std::slice::from_ref(&a));
+        let again = parse(&chains, std::slice::from_ref(&a));
         assert!(Arc::ptr_eq(&first, &again));
-        let other = chains
-            .get_or_parse(std::slice::from_ref(&b), &forward())
-            .unwrap();
+        let other = parse(&chains, std::slice::from_ref(&b));
         assert!(!Arc::ptr_eq(&first, &other));
         assert_ne!(first.fingerprint_hex, other.fingerprint_hex);
         // The same leaf sent with an intermediate renders another Client-Cert-Chain.
-        let longer = chains.get_or_parse(&[a.clone(), b], &forward()).unwrap();
+        let longer = parse(&chains, &[a.clone(), b]);
         assert!(!Arc::ptr_eq(&first, &longer));
         assert_eq!(first.fingerprint_hex, longer.fingerprint_hex);
     }
@@ -169,28 +162,26 @@ mod tests {
     fn a_chain_no_connection_holds_is_parsed_again_and_dead_entries_are_swept() {
         let chains = PresentedChains::default();
         let a = leaf("a");
-        let first = chains
-            .get_or_parse(std::slice::from_ref(&a), &forward())
-            .unwrap();
+        let first = parse(&chains, std::slice::from_ref(&a));
         let weak = Arc::downgrade(&first);
         drop(first);
         assert!(weak.upgrade().is_none());
-        let again = chains
-            .get_or_parse(std::slice::from_ref(&a), &forward())
-            .unwrap();
+        let again = parse(&chains, std::slice::from_ref(&a));
         assert_eq!(again.fingerprint_hex, leaf_fingerprint(&a));
         // Entries nobody holds go at the next sweep, those still held stay: the table does not
         // grow with every chain ever seen.
         for i in 0..MIN_SWEEP {
             let dead = CertificateDer::from(format!("never parsed {i}").into_bytes());
-            chains.by_chain.insert(chain_key(&[dead]), Weak::new());
+            chains
+                .by_chain
+                .insert(certificates_digest(&[dead]), Weak::new());
         }
         chains
             .inserted_since_sweep
             .store(MIN_SWEEP - 1, Ordering::Relaxed);
         chains.sweep_if_due();
         assert_eq!(chains.by_chain.len(), 1);
-        let still = chains.get_or_parse(&[a], &forward()).unwrap();
+        let still = parse(&chains, &[a]);
         assert!(Arc::ptr_eq(&again, &still));
     }
 
@@ -198,22 +189,13 @@ mod tests {
     fn a_reload_that_changes_the_certificate_header_renders_it_again() {
         let chains = PresentedChains::default();
         let a = leaf("a");
-        let rfc = chains
-            .get_or_parse(std::slice::from_ref(&a), &forward())
-            .unwrap();
-        let xfcc = chains
-            .get_or_parse(
-                std::slice::from_ref(&a),
-                &forward_as(ClientCertHeader::Xfcc),
-            )
-            .unwrap();
+        let rfc = parse(&chains, std::slice::from_ref(&a));
+        let xfcc = parse_as(&chains, std::slice::from_ref(&a), ClientCertHeader::Xfcc);
         assert!(!Arc::ptr_eq(&rfc, &xfcc));
         let rendered = |p: &Presented| p.headers.names().map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(rendered(&rfc), ["client-cert"]);
         assert_eq!(rendered(&xfcc), ["x-forwarded-client-cert"]);
-        let again = chains
-            .get_or_parse(&[a], &forward_as(ClientCertHeader::Xfcc))
-            .unwrap();
+        let again = parse_as(&chains, &[a], ClientCertHeader::Xfcc);
         assert!(Arc::ptr_eq(&xfcc, &again));
     }
 
@@ -221,7 +203,7 @@ mod tests {
     fn an_empty_chain_is_an_error() {
         let chains = PresentedChains::default();
         assert!(matches!(
-            chains.get_or_parse(&[], &forward()),
+            chains.get_or_parse(&[], &forward_as(ClientCertHeader::Rfc9440)),
             Err(PresentedError::Empty)
         ));
         assert!(chains.by_chain.is_empty());

@@ -36,6 +36,7 @@ mod signed;
 mod state;
 
 pub use counters::{RevocationCounters, RevocationResult, RevocationSource};
+pub(crate) use state::certificates_digest;
 pub use state::{BundleRevocation, Revocation, RevocationService};
 
 use std::collections::HashMap;

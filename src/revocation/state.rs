@@ -119,7 +119,7 @@ impl BundleRevocation {
     ) -> Result<Self, BuildError> {
         let key = BundleKey {
             name: b.name.clone(),
-            cas: ca_digest(cas),
+            cas: certificates_digest(cas),
             crls: b.crls.clone(),
             crl_expired: b.crl_expired,
             ocsp: b.ocsp.clone().filter(|o| o.mode != OcspMode::Off),
@@ -676,12 +676,14 @@ fn ocsp_key(cert: &[u8]) -> Option<CertKey> {
     Some(CertKey::new(issuer, ee.serial()))
 }
 
-/// SHA-256 over a bundle's CA certificates, in order: the CA part of a [`BundleKey`].
-fn ca_digest(cas: &[CertificateDer<'static>]) -> [u8; 32] {
+/// SHA-256 over certificates in order, each prefixed by its length: equal only for the same
+/// certificates in the same order. The CA part of a [`BundleKey`], and the key of a client's
+/// presented chain (`proxy::presented`).
+pub(crate) fn certificates_digest(certs: &[CertificateDer<'_>]) -> [u8; 32] {
     let mut hash = Sha256::new();
-    for ca in cas {
-        hash.update((ca.len() as u64).to_be_bytes());
-        hash.update(ca.as_ref());
+    for cert in certs {
+        hash.update((cert.len() as u64).to_be_bytes());
+        hash.update(cert.as_ref());
     }
     hash.finalize().into()
 }
