@@ -2,8 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// With the `mimalloc` feature: less memory per idle connection, more CPU per keep-alive request
-/// (the trade-off and its figures are in Cargo.toml and `benches/RESULTS.md`).
+/// With the `mimalloc` feature: less memory per idle connection, and a keep-alive cost or gain
+/// that depends on the machine (figures in Cargo.toml and `docs/performance.md`).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
