@@ -543,6 +543,7 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -852,6 +853,43 @@ async fn http2_streams_over_the_concurrency_limit_are_refused_and_a_client_ignor
     );
 
     sent_away_while_others_are_served(&env, &gw, &h2.peer, "http2_flood").await;
+}
+
+/// As over HTTP/1.1: an HTTP/2 connection on which no byte moves for `idle_timeout` while a
+/// request waits for its upstream is cut as stalled. The gateway sends no PINGs of its own, which
+/// would keep such a connection looking busy (and cost a clock read per frame on every other).
+#[tokio::test]
+async fn an_http2_connection_silent_while_its_request_waits_is_cut_after_the_idle_timeout() {
+    audit();
+    let env = Env::new();
+    let up = Upstream::start().await;
+    let gw = env
+        .start(&limits(&env, &up, "    idle_timeout: 500ms\n"))
+        .await;
+    let mut h2 = RawH2::open(&env, &gw).await;
+    // The upstream answers after 4 s, well inside its 30 s request timeout.
+    h2.tls
+        .write_all(&get_requests(0..1, "/v1/orders/delay/4000"))
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let mut kinds = Vec::new();
+    while let Some(f) = h2.next().await {
+        kinds.push(f.kind);
+    }
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "cut after {:?}, not within 1.5 x idle_timeout",
+        sent.elapsed()
+    );
+    assert!(!kinds.contains(&PING), "the gateway pinged: {kinds:?}");
+    assert!(!kinds.contains(&HEADERS), "the response arrived: {kinds:?}");
+    settled(
+        &gw,
+        &[r#"certgate_connection_refusals_total{reason="stalled"} 1"#],
+    )
+    .await;
+    h2.peer.refused_line("stalled").await;
 }
 
 #[tokio::test]
