@@ -1038,6 +1038,8 @@ struct Window {
     /// other core was the limit.
     cores_busy: Vec<f64>,
     watched_cpu_us: u64,
+    /// The kernel's part of `watched_cpu_us`.
+    watched_sys_us: u64,
     watched_rss_kb_peak: u64,
     watched_pss_kb_end: u64,
 }
@@ -1050,6 +1052,7 @@ async fn measure_window(run: &Run) -> Window {
     let self_cpu0 = cpu_us(None);
     let cores0 = core_ticks();
     let watched0: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
+    let sys0 = sys_us(pids);
     let started = Instant::now();
     run.measuring.store(true, Ordering::Relaxed);
     let end = started + Duration::from_secs_f64(run.common.duration);
@@ -1061,6 +1064,7 @@ async fn measure_window(run: &Run) -> Window {
     run.stop.store(true, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     let watched1: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
+    let sys1 = sys_us(pids);
     let self_cpu1 = cpu_us(None);
     let cores_busy = core_ticks()
         .iter()
@@ -1081,6 +1085,7 @@ async fn measure_window(run: &Run) -> Window {
         self_cpu_us: self_cpu1.saturating_sub(self_cpu0),
         cores_busy,
         watched_cpu_us: watched1.saturating_sub(watched0),
+        watched_sys_us: sys1.saturating_sub(sys0),
         watched_rss_kb_peak: peak.max(end_sample.rss_kb),
         watched_pss_kb_end: end_sample.pss_kb,
     }
@@ -1136,6 +1141,8 @@ fn report(run: &Run, mode: &str, w: Window, mut lat: Vec<u32>, extra: Value) -> 
         "watched_cpu_us": w.watched_cpu_us,
         "watched_cpu_util": w.watched_cpu_us as f64 / 1e6 / w.secs.max(1e-9),
         "watched_cpu_us_per_req": per_req(w.watched_cpu_us),
+        "watched_sys_us": w.watched_sys_us,
+        "watched_sys_us_per_req": per_req(w.watched_sys_us),
         "watched_rss_kb_peak": w.watched_rss_kb_peak,
         "watched_pss_kb_end": w.watched_pss_kb_end,
     })
@@ -1146,16 +1153,28 @@ fn report(run: &Run, mode: &str, w: Window, mut lat: Vec<u32>, extra: Value) -> 
 /// utime+stime of a process (all its threads), or of this one, in microseconds. The kernel counts
 /// in clock ticks (100 Hz on Debian: `getconf CLK_TCK`), so windows should be seconds long.
 fn cpu_us(pid: Option<u32>) -> u64 {
+    let (user, sys) = cpu_times_us(pid);
+    user + sys
+}
+
+/// Watched processes' kernel time (stime) in microseconds: with loopback TCP a gateway's sends also
+/// pay for the receiving socket's processing, so its kernel time is a large, fairly fixed share.
+fn sys_us(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| cpu_times_us(Some(*p)).1).sum()
+}
+
+/// (utime, stime) of a process, or of this one, in microseconds.
+fn cpu_times_us(pid: Option<u32>) -> (u64, u64) {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_owned(),
     };
     let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0;
+        return (0, 0);
     };
     // Fields after the command name (which may contain spaces) start at field 3.
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0;
+        return (0, 0);
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| {
@@ -1165,7 +1184,7 @@ fn cpu_us(pid: Option<u32>) -> u64 {
             .unwrap_or(0)
     };
     // utime is field 14, stime field 15 (1-based); `rest` starts at field 3.
-    (ticks(11) + ticks(12)) * 10_000
+    (ticks(11) * 10_000, ticks(12) * 10_000)
 }
 
 /// One core's line of `/proc/stat`, in clock ticks.
