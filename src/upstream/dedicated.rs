@@ -215,7 +215,7 @@ impl Dedicated {
             }
         }
         let timeout = upstream.request_timeout();
-        let exchange = exchange(upstream, claim, &parts, body);
+        let exchange = exchange(upstream, claim, &mut parts, body);
         let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             // Dropping the exchange closes its connection; the next request opens a new one.
@@ -229,7 +229,7 @@ impl Dedicated {
 async fn exchange(
     upstream: &Upstream,
     claim: Claim,
-    parts: &Parts,
+    parts: &mut Parts,
     body: UpstreamBody,
 ) -> Result<Response<DedicatedBody>, UpstreamFailure> {
     let Claim { kept, mut home } = claim;

@@ -109,18 +109,27 @@ pub(super) enum Parsed {
 /// [`MAX_HEAD_BYTES`], and a small array is cheap to zero on every response.
 type FieldAt = [u32; 4];
 
-/// The response's header map is made with room for at least this many fields: hyper's server
-/// keeps the map of the response it just wrote for the partner's next request head, to which
-/// certgate then adds its identity and forwarding headers. A map sized for the response alone
-/// would be grown and rehashed on every request.
+/// The response's header map has room for at least this many fields: hyper's server keeps the
+/// map of the response it just wrote for the partner's next request head, to which certgate then
+/// adds its identity and forwarding headers. A map sized for the response alone would be grown and
+/// rehashed on every request.
 const MIN_MAP_CAPACITY: usize = 24;
 
 /// Parses one response head at the front of `buf`, and removes it from there once complete.
 ///
+/// A final head's fields go into `spare`'s map, taken and cleared: the request's own, sent by
+/// then, which would otherwise be freed while the response allocated another. Over HTTP/1.1 the
+/// one map then goes round (request, response, hyper's cache, next request) without a new
+/// allocation. An interim or partial head, or an error before the fields, leaves `spare` alone.
+///
 /// # Errors
 /// A head that is malformed, too long, carries an invalid `Content-Length`, or switches protocols
 /// (certgate never asks an upstream on this path to).
-pub(super) fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
+pub(super) fn parse_response(
+    buf: &mut BytesMut,
+    method: &Method,
+    spare: &mut HeaderMap,
+) -> Result<Parsed, Error> {
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -180,7 +189,9 @@ pub(super) fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Pars
     }
 
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count.max(MIN_MAP_CAPACITY));
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    headers.reserve(count.max(MIN_MAP_CAPACITY));
     for &[name, name_len, value, value_len] in &fields[..count] {
         let name =
             HeaderName::from_bytes(&head[span(name, name_len)]).map_err(|_| Error::HeaderField)?;
@@ -268,7 +279,11 @@ mod tests {
     use super::*;
 
     fn parse(raw: &str) -> Result<Parsed, Error> {
-        parse_response(&mut BytesMut::from(raw), &Method::GET)
+        parse_response(
+            &mut BytesMut::from(raw),
+            &Method::GET,
+            &mut HeaderMap::new(),
+        )
     }
 
     fn head(raw: &str) -> ResponseHead {
@@ -354,7 +369,9 @@ mod tests {
     #[test]
     fn a_head_is_framed_by_its_length_and_consumed() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok");
-        let Parsed::Final(head) = parse_response(&mut buf, &Method::GET).unwrap() else {
+        let Parsed::Final(head) =
+            parse_response(&mut buf, &Method::GET, &mut HeaderMap::new()).unwrap()
+        else {
             panic!("not final");
         };
         assert_eq!(head.status, StatusCode::OK);
@@ -362,6 +379,30 @@ mod tests {
         assert!(head.reusable);
         assert_eq!(head.headers["x-a"], "b");
         assert_eq!(&buf[..], b"ok");
+    }
+
+    #[test]
+    fn a_final_head_takes_the_spare_map_and_an_interim_one_leaves_it() {
+        let mut spare = HeaderMap::with_capacity(64);
+        spare.insert("x-request", HeaderValue::from_static("sent"));
+        let capacity = spare.capacity();
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: b\r\n\r\n",
+        );
+        assert!(matches!(
+            parse_response(&mut buf, &Method::GET, &mut spare),
+            Ok(Parsed::Interim)
+        ));
+        assert_eq!(spare["x-request"], "sent");
+        let Ok(Parsed::Final(head)) = parse_response(&mut buf, &Method::GET, &mut spare) else {
+            panic!("not final");
+        };
+        assert!(spare.is_empty());
+        assert_eq!(head.headers.len(), 2);
+        assert!(!head.headers.contains_key("x-request"));
+        assert_eq!(head.headers["x-a"], "b");
+        // The request's allocation, not a new one.
+        assert_eq!(head.headers.capacity(), capacity);
     }
 
     #[test]
@@ -380,11 +421,11 @@ mod tests {
             "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
         );
         assert!(matches!(
-            parse_response(&mut buf, &Method::GET),
+            parse_response(&mut buf, &Method::GET, &mut HeaderMap::new()),
             Ok(Parsed::Interim)
         ));
         assert!(matches!(
-            parse_response(&mut buf, &Method::GET),
+            parse_response(&mut buf, &Method::GET, &mut HeaderMap::new()),
             Ok(Parsed::Final(ResponseHead {
                 status: StatusCode::NO_CONTENT,
                 ..
@@ -406,7 +447,9 @@ mod tests {
                 Method::GET,
             ),
         ] {
-            let Ok(Parsed::Final(head)) = parse_response(&mut BytesMut::from(raw), &method) else {
+            let Ok(Parsed::Final(head)) =
+                parse_response(&mut BytesMut::from(raw), &method, &mut HeaderMap::new())
+            else {
                 panic!("{raw:?} not parsed");
             };
             assert_eq!(head.framing, BodyFraming::Length(0), "{raw:?}");
@@ -488,7 +531,7 @@ mod tests {
             raw in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
         ) {
             let mut buf = BytesMut::from(&raw[..]);
-            match parse_response(&mut buf, &Method::GET) {
+            match parse_response(&mut buf, &Method::GET, &mut HeaderMap::new()) {
                 Ok(Parsed::Final(_) | Parsed::Interim) => proptest::prop_assert!(buf.len() < raw.len()),
                 Ok(Parsed::Partial) => proptest::prop_assert_eq!(&buf[..], &raw[..]),
                 Err(_) => {}

@@ -22,7 +22,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
-use http::{Method, Response};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,7 +130,7 @@ impl Conn {
     /// request again can give the same home to the next connection.
     pub async fn exchange<H: Home>(
         self,
-        parts: &Parts,
+        parts: &mut Parts,
         body: Option<UpstreamBody>,
         home: H,
     ) -> Result<Response<ResponseBody<H>>, (ExchangeError, H)> {
@@ -158,7 +158,7 @@ impl Conn {
     /// framing survived the request.
     async fn send(
         mut self,
-        parts: &Parts,
+        parts: &mut Parts,
         body: Option<UpstreamBody>,
     ) -> Result<(Self, head::ResponseHead, bool), ExchangeError> {
         let framing = match &body {
@@ -183,11 +183,11 @@ impl Conn {
 
         let mut reusable = true;
         let head = match body {
-            None => read_head(&mut self.io, &mut self.read, &parts.method).await,
+            None => read_head(&mut self.io, &mut self.read, parts).await,
             Some(body) => {
                 let (mut reader, mut writer) = self.io.split();
                 let mut send = pin!(send_body(&mut writer, &self.write, body, framing));
-                let mut answer = pin!(read_head(&mut reader, &mut self.read, &parts.method));
+                let mut answer = pin!(read_head(&mut reader, &mut self.read, parts));
                 let mut sent = false;
                 let mut write_failed = None;
                 loop {
@@ -226,16 +226,17 @@ impl Conn {
     }
 }
 
-/// Reads until one final response head has arrived, skipping interim (1xx) ones.
+/// Reads until one final response head has arrived, skipping interim (1xx) ones. The final head
+/// takes the request's header map (see [`head::parse_response`]).
 async fn read_head<R: AsyncReadExt + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
-    method: &Method,
+    request: &mut Parts,
 ) -> Result<head::ResponseHead, Error> {
     let mut received = !buf.is_empty();
     loop {
         if !buf.is_empty() {
-            match head::parse_response(buf, method)? {
+            match head::parse_response(buf, &request.method, &mut request.headers)? {
                 Parsed::Final(head) => return Ok(head),
                 Parsed::Interim => continue,
                 Parsed::Partial => {}
