@@ -5,7 +5,6 @@
 //! and the full duration, and `certgate_request_duration_seconds` measures the same span.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 
 use super::connection::ConnContext;
@@ -25,7 +24,7 @@ use crate::config::model::{PartnerId, ScopeId, UpstreamId};
 use crate::policy::{Allowed, Denial, RequestFacts, RouteId};
 use crate::refusal::Refusal;
 use crate::snapshot::Snapshot;
-use crate::upstream::body::{BodyError, CountIn, CountOut, FromUpstream, OnFinish};
+use crate::upstream::body::{BodyError, BytesIn, CountIn, CountOut, FromUpstream, OnFinish};
 use crate::upstream::{UpstreamBody, UpstreamFailure};
 
 /// Responses are either streamed from the upstream or a small JSON refusal, counted on the way
@@ -42,7 +41,7 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     // Shares the request head's buffer: no copy of the path for the audit line.
     let uri = req.uri().clone();
-    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_in = BytesIn::for_body(req.body().is_end_stream());
     let mut unanswered = Unanswered {
         ctx: &ctx,
         started,
@@ -113,7 +112,7 @@ pub(crate) struct Exchange {
     upstream: Option<UpstreamId>,
     upstream_ms: f64,
     refusal: Option<Refusal>,
-    bytes_in: Arc<AtomicU64>,
+    bytes_in: BytesIn,
 }
 
 impl OnFinish for Exchange {
@@ -139,7 +138,7 @@ impl OnFinish for Exchange {
             method: self.method.as_str(),
             path: self.uri.path(),
             status: self.status,
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.get(),
             bytes_out,
             complete,
             upstream_ms: self.upstream_ms,
@@ -170,7 +169,7 @@ struct Unanswered<'a> {
     started: Instant,
     method: &'a Method,
     uri: &'a Uri,
-    bytes_in: &'a AtomicU64,
+    bytes_in: &'a BytesIn,
     /// The route policy chose and its upstream, once it has.
     chosen: Option<(RouteId, UpstreamId)>,
     armed: bool,
@@ -198,7 +197,7 @@ impl Drop for Unanswered<'_> {
             method: self.method.as_str(),
             path: self.uri.path(),
             status: 0,
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.get(),
             bytes_out: 0,
             complete: false,
             upstream_ms: 0.0,
@@ -237,7 +236,7 @@ impl From<Refusal> for Refused {
 async fn decide_and_forward(
     ctx: &ConnContext,
     req: Request<Incoming>,
-    bytes_in: &Arc<AtomicU64>,
+    bytes_in: &BytesIn,
     chosen: &mut Option<(RouteId, UpstreamId)>,
 ) -> Result<Forwarded, Refused> {
     let admitted = admit(ctx, &req)?;

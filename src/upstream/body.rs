@@ -41,19 +41,44 @@ impl BodyError {
     }
 }
 
+/// How many bytes of a request's body went upstream, shared between the body as it streams and
+/// the request's audit line. A request that came without a body (most GETs) gets none: it
+/// allocates nothing and reads as 0.
+#[derive(Debug, Clone, Default)]
+pub struct BytesIn(Option<Arc<AtomicU64>>);
+
+impl BytesIn {
+    /// A counter for a body that may bring data; none for one that has ended already.
+    pub fn for_body(ended: bool) -> Self {
+        Self((!ended).then(|| Arc::new(AtomicU64::new(0))))
+    }
+
+    fn add(&self, n: u64) {
+        if let Some(count) = &self.0 {
+            count.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0
+            .as_ref()
+            .map_or(0, |count| count.load(Ordering::Relaxed))
+    }
+}
+
 /// A request body that adds the size of every data frame it passes on to a shared counter, and
 /// fails with [`BodyError::TooLarge`] instead of passing on a frame that would take it past
 /// `limit`.
 #[derive(Debug)]
 pub struct CountIn<B> {
     inner: B,
-    bytes: Arc<AtomicU64>,
+    bytes: BytesIn,
     limit: Option<u64>,
     seen: u64,
 }
 
 impl<B> CountIn<B> {
-    pub fn new(inner: B, bytes: Arc<AtomicU64>, limit: Option<u64>) -> Self {
+    pub fn new(inner: B, bytes: BytesIn, limit: Option<u64>) -> Self {
         Self {
             inner,
             bytes,
@@ -90,7 +115,7 @@ where
             if let Some(limit) = self.limit.filter(|l| self.seen > *l) {
                 return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
             }
-            self.bytes.fetch_add(len, Ordering::Relaxed);
+            self.bytes.add(len);
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -217,5 +242,28 @@ impl<B: Body, F: OnFinish> std::fmt::Debug for CountOut<B, F> {
         f.debug_struct("CountOut")
             .field("bytes", &self.bytes)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_counts_what_it_passes_on_and_an_ended_one_has_no_counter() {
+        let bytes = BytesIn::for_body(false);
+        let body = CountIn::new(Full::new(Bytes::from_static(b"hello")), bytes.clone(), None);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+        assert_eq!(bytes.get(), 5);
+        let ended = BytesIn::for_body(true);
+        assert!(
+            ended.0.is_none(),
+            "a request without a body allocated a counter"
+        );
+        assert_eq!(ended.get(), 0);
     }
 }
