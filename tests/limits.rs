@@ -809,15 +809,19 @@ async fn an_http2_continuation_flood_is_cut_before_the_header_block_ends() {
     sent_away_while_others_are_served(&env, &gw, &h2.peer, "http2_flood").await;
 }
 
-#[tokio::test]
-async fn http2_streams_over_the_concurrency_limit_are_refused_and_a_client_ignoring_it_sent_away() {
+/// A gateway with these `limits` lines, and one raw HTTP/2 connection to it as `acme`.
+async fn raw_h2_with_limits(extra: &str) -> (Env, Upstream, certgate::runtime::Gateway, RawH2) {
     audit();
     let env = Env::new();
     let up = Upstream::start().await;
-    let gw = env
-        .start(&limits(&env, &up, "    h2_max_concurrent_streams: 4\n"))
-        .await;
-    let mut h2 = RawH2::open(&env, &gw).await;
+    let gw = env.start(&limits(&env, &up, extra)).await;
+    let h2 = RawH2::open(&env, &gw).await;
+    (env, up, gw, h2)
+}
+
+#[tokio::test]
+async fn http2_streams_over_the_concurrency_limit_are_refused_and_a_client_ignoring_it_sent_away() {
+    let (env, up, gw, mut h2) = raw_h2_with_limits("    h2_max_concurrent_streams: 4\n").await;
     // Ten requests at once that each hold their stream for a second: four fit.
     let burst = get_requests(0..10, "/v1/orders/delay/1000");
     h2.tls.write_all(&burst).await.unwrap();
@@ -860,13 +864,7 @@ async fn http2_streams_over_the_concurrency_limit_are_refused_and_a_client_ignor
 /// would keep such a connection looking busy (and cost a clock read per frame on every other).
 #[tokio::test]
 async fn an_http2_connection_silent_while_its_request_waits_is_cut_after_the_idle_timeout() {
-    audit();
-    let env = Env::new();
-    let up = Upstream::start().await;
-    let gw = env
-        .start(&limits(&env, &up, "    idle_timeout: 500ms\n"))
-        .await;
-    let mut h2 = RawH2::open(&env, &gw).await;
+    let (_env, _up, gw, mut h2) = raw_h2_with_limits("    idle_timeout: 500ms\n").await;
     // The upstream answers after 4 s, well inside its 30 s request timeout: a connection cut as
     // stalled (within 1.5 x idle_timeout) never sees that response.
     h2.tls
