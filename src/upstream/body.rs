@@ -44,7 +44,7 @@ impl BodyError {
 /// How many bytes of a request's body went upstream, shared between the body as it streams and
 /// the request's audit line. A request that came without a body (most GETs) gets none: it
 /// allocates nothing and reads as 0.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BytesIn(Option<Arc<AtomicU64>>);
 
 impl BytesIn {

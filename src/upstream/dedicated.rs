@@ -247,6 +247,7 @@ async fn exchange(
                 Ok(response) => return Ok(response),
                 // Closed under the request before any answer (an upstream's idle timeout
                 // racing it): an idempotent request is safe to send again (RFC 9110 §9.2.2).
+                // Its header map is still whole: only a complete final head takes it.
                 Err((ExchangeError::Upstream(error), back))
                     if !error.answered() && idempotent(&parts.method) =>
                 {
