@@ -109,7 +109,7 @@ fuzz_target!(|data: &[u8]| {
     let method = if flags & 1 == 1 { Method::HEAD } else { Method::GET };
     let seed = u32::from(flags >> 1);
     let f = fixture();
-    let (parts, ()) = Request::builder()
+    let (mut parts, ()) = Request::builder()
         .method(method.clone())
         .uri("/fuzz")
         .header(header::HOST, "upstream.test")
@@ -124,7 +124,7 @@ fuzz_target!(|data: &[u8]| {
         let back = Arc::new(AtomicBool::new(false));
         let exchange = async {
             let Ok(answer) = Conn::new(client)
-                .exchange(&parts, None, Back(back.clone()))
+                .exchange(&mut parts, None, Back(back.clone()))
                 .await
             else {
                 return;
