@@ -109,12 +109,6 @@ pub(super) enum Parsed {
 /// [`MAX_HEAD_BYTES`], and a small array is cheap to zero on every response.
 type FieldAt = [u32; 4];
 
-/// The response's header map has room for at least this many fields: hyper's server keeps the
-/// map of the response it just wrote for the partner's next request head, to which certgate then
-/// adds its identity and forwarding headers. A map sized for the response alone would be grown and
-/// rehashed on every request.
-const MIN_MAP_CAPACITY: usize = 24;
-
 /// Parses one response head at the front of `buf`, and removes it from there once complete.
 ///
 /// A final head's fields go into `spare`'s map, taken and cleared: the request's own, sent by
@@ -191,7 +185,10 @@ pub(super) fn parse_response(
     let head = buf.split_to(len).freeze();
     let mut headers = std::mem::take(spare);
     headers.clear();
-    headers.reserve(count.max(MIN_MAP_CAPACITY));
+    // No more room than the response needs. Over HTTP/1.1 the map keeps what it grew to for the
+    // request and its identity headers, as it goes round; over HTTP/2 it goes to the encoder and is
+    // freed, so room beyond the response's would be a new allocation for nothing.
+    headers.reserve(count);
     for &[name, name_len, value, value_len] in &fields[..count] {
         let name =
             HeaderName::from_bytes(&head[span(name, name_len)]).map_err(|_| Error::HeaderField)?;
@@ -402,6 +399,21 @@ mod tests {
         assert!(!head.headers.contains_key("x-request"));
         assert_eq!(head.headers["x-a"], "b");
         // The request's allocation, not a new one.
+        assert_eq!(head.headers.capacity(), capacity);
+    }
+
+    /// An HTTP/2 request's map is as large as its fields needed, and is freed with the response
+    /// that takes it: a response that fits in that room must not grow it.
+    #[test]
+    fn a_response_that_fits_the_spare_map_keeps_its_room() {
+        let mut spare = HeaderMap::with_capacity(8);
+        let capacity = spare.capacity();
+        let fields: String = (0..capacity).map(|i| format!("X-{i}: v\r\n")).collect();
+        let mut buf = BytesMut::from(format!("HTTP/1.1 200 OK\r\n{fields}\r\n").as_str());
+        let Ok(Parsed::Final(head)) = parse_response(&mut buf, &Method::GET, &mut spare) else {
+            panic!("not final");
+        };
+        assert_eq!(head.headers.len(), capacity);
         assert_eq!(head.headers.capacity(), capacity);
     }
 
