@@ -994,13 +994,13 @@ impl Span {
         Self {
             started: Instant::now(),
             self_cpu_us: cpu_us(None),
-            watched_cpu_us: pids.iter().map(|p| cpu_us(Some(*p))).sum(),
+            watched_cpu_us: watched_cpu_us(pids).total,
             secs: 0.0,
         }
     }
 
     fn end(self, pids: &[u32]) -> Self {
-        let watched: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
+        let watched = watched_cpu_us(pids).total;
         Self {
             secs: self.started.elapsed().as_secs_f64(),
             self_cpu_us: cpu_us(None).saturating_sub(self.self_cpu_us),
@@ -1051,8 +1051,7 @@ async fn measure_window(run: &Run) -> Window {
     let pids = &run.common.watch_pid;
     let self_cpu0 = cpu_us(None);
     let cores0 = core_ticks();
-    let watched0: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
-    let sys0 = sys_us(pids);
+    let watched0 = watched_cpu_us(pids);
     let started = Instant::now();
     run.measuring.store(true, Ordering::Relaxed);
     let end = started + Duration::from_secs_f64(run.common.duration);
@@ -1063,8 +1062,7 @@ async fn measure_window(run: &Run) -> Window {
     }
     run.stop.store(true, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
-    let watched1: u64 = pids.iter().map(|p| cpu_us(Some(*p))).sum();
-    let sys1 = sys_us(pids);
+    let watched1 = watched_cpu_us(pids);
     let self_cpu1 = cpu_us(None);
     let cores_busy = core_ticks()
         .iter()
@@ -1084,8 +1082,8 @@ async fn measure_window(run: &Run) -> Window {
         secs,
         self_cpu_us: self_cpu1.saturating_sub(self_cpu0),
         cores_busy,
-        watched_cpu_us: watched1.saturating_sub(watched0),
-        watched_sys_us: sys1.saturating_sub(sys0),
+        watched_cpu_us: watched1.total.saturating_sub(watched0.total),
+        watched_sys_us: watched1.sys.saturating_sub(watched0.sys),
         watched_rss_kb_peak: peak.max(end_sample.rss_kb),
         watched_pss_kb_end: end_sample.pss_kb,
     }
@@ -1157,10 +1155,25 @@ fn cpu_us(pid: Option<u32>) -> u64 {
     user + sys
 }
 
-/// Watched processes' kernel time (stime) in microseconds: with loopback TCP a gateway's sends also
-/// pay for the receiving socket's processing, so its kernel time is a large, fairly fixed share.
-fn sys_us(pids: &[u32]) -> u64 {
-    pids.iter().map(|p| cpu_times_us(Some(*p)).1).sum()
+/// The watched processes' CPU time, summed, in microseconds.
+struct WatchedCpu {
+    /// utime + stime.
+    total: u64,
+    /// stime alone: with loopback TCP a gateway's sends also pay for the receiving socket's
+    /// processing, so its kernel time is a large, fairly fixed share.
+    sys: u64,
+}
+
+/// Both sums from one reading of each process's `/proc/PID/stat`, so they describe the same
+/// instant.
+fn watched_cpu_us(pids: &[u32]) -> WatchedCpu {
+    pids.iter().map(|p| cpu_times_us(Some(*p))).fold(
+        WatchedCpu { total: 0, sys: 0 },
+        |acc, (user, sys)| WatchedCpu {
+            total: acc.total + user + sys,
+            sys: acc.sys + sys,
+        },
+    )
 }
 
 /// (utime, stime) of a process, or of this one, in microseconds.
