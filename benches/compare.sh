@@ -5,7 +5,7 @@
 #                      [--peers "certgate nginx haproxy nginx-minlog nginx-min"]
 #                      [--idle-conns N] [--no-build] [--baseline PATH] [--variants "ecdsa-none rsa-none ..."]
 #                      [--keepalive-only] [--idle-only] [--storm] [--storm-only] [--certgate PATH]
-#                      [--handshakes N]
+#                      [--handshakes N] [--client-chain leaf|full]
 #
 # --certgate PATH measures that certgate binary instead of building one. Either way the binary is
 # copied into the results first: `cargo bench --no-run --bench loadgen` (the load generator's build)
@@ -21,6 +21,10 @@
 # connections arrive, each a full mTLS handshake and one request; --storm-only runs just that.
 # --handshakes N sets certgate's server.limits.max_concurrent_handshakes (the handshake budget;
 # default 8 per worker thread); the baseline peer keeps its config as is, so an older binary still starts.
+# --client-chain says what the bench partner presents: its leaf only (the default; the trust
+# bundle holds the intermediate, as the independent harness set it up) or its leaf and intermediate
+# (`full`). With `full`, certgate also forwards the intermediate upstream as `Client-Cert-Chain`
+# (RFC 9440), which no other peer sends: about 600 more bytes on every upstream request.
 #
 # The same job for every gateway includes the audit trail: certgate writes one JSON line per request
 # naming the partner's certificate (subject, serial, fingerprint), the route, the status, the byte
@@ -58,6 +62,7 @@ KEEPALIVE_ONLY=0
 BASELINE=""
 CERTGATE_BIN=""
 HANDSHAKES=""
+CLIENT_CHAIN=leaf
 VARIANTS="ecdsa-none rsa-none ecdsa-0 ecdsa-10k ecdsa-1m"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -77,11 +82,17 @@ while [ $# -gt 0 ]; do
         --storm-only) STORM=1; KEEPALIVE_ONLY=1; VARIANTS=ecdsa-1m; IDLE_CONNS=0 ;;
         --storm-conns) STORM_CONNS=$2; shift ;;
         --handshakes) HANDSHAKES=$2; shift ;;
-        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+        --client-chain) CLIENT_CHAIN=$2; shift ;;
+        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
+case "$CLIENT_CHAIN" in
+    leaf) PARTNER_CERT=partner; REVOKED_CERT=revoked ;;
+    full) PARTNER_CERT=partner-chain; REVOKED_CERT=revoked-chain ;;
+    *) echo "--client-chain is leaf or full, not $CLIENT_CHAIN" >&2; exit 2 ;;
+esac
 
 GW_PORT=18443
 UP_PORT=18080
@@ -488,12 +499,12 @@ curl_code() { # extra curl args...
 
 check_peer() { # peer variant round: valid → 200; no cert → refused; revoked → refused (with a CRL)
     local peer=$1 v=$2 valid none revoked="n/a" ok=true
-    valid=$(curl_code --cert "$P/partner-chain.pem" --key "$P/partner.key")
+    valid=$(curl_code --cert "$P/$PARTNER_CERT.pem" --key "$P/partner.key")
     none=$(curl_code)
     [ "$valid" = 200 ] || ok=false
     [ "$none" != 200 ] || ok=false
     if [ "${v#*-}" != none ] && [ "${v#*-}" != 0 ]; then
-        revoked=$(curl_code --cert "$P/revoked-chain.pem" --key "$P/revoked.key")
+        revoked=$(curl_code --cert "$P/$REVOKED_CERT.pem" --key "$P/revoked.key")
         [ "$revoked" != 200 ] || ok=false
     fi
     record "$peer" "check-$v" "$3" "{\"valid\":\"$valid\",\"no_cert\":\"$none\",\"revoked\":\"$revoked\",\"ok\":$ok}"
@@ -503,7 +514,7 @@ check_peer() { # peer variant round: valid → 200; no cert → refused; revoked
     fi
 }
 
-TLS_ARGS=(--ca "$P/cas.pem" --cert "$P/partner-chain.pem" --key "$P/partner.key")
+TLS_ARGS=(--ca "$P/cas.pem" --cert "$P/$PARTNER_CERT.pem" --key "$P/partner.key")
 run_lg() { # peer test round mode args...
     local peer=$1 test=$2 round=$3; shift 3
     local out
@@ -634,6 +645,6 @@ log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- summary -------------------------------------------------------------------------------------
 python3 "$ROOT/benches/summarize.py" "$RESULTS" "$OUT" \
-    --command "$COMMAND (rounds $ROUNDS, ${DURATION} s windows)" \
+    --command "$COMMAND (rounds $ROUNDS, ${DURATION} s windows, client chain: $CLIENT_CHAIN)" \
     --peers "$PEERS"
 log "done: $OUT/summary.md"

@@ -17,7 +17,14 @@
 # (user-space instructions only: the kernel's share of a request is not in it). A second pass runs
 # the same load under `strace -c -f` and reports system calls per request by name.
 # Loopback only; every process started is stopped by its PID. Output under target/bench-results/.
+# CLIENT_CHAIN=full makes the partner present its intermediate too (default: its leaf only), as
+# compare.sh's --client-chain.
 set -euo pipefail
+case "${CLIENT_CHAIN:-leaf}" in
+    leaf) PARTNER_CERT=partner ;;
+    full) PARTNER_CERT=partner-chain ;;
+    *) echo "CLIENT_CHAIN is leaf or full" >&2; exit 2 ;;
+esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 P=$(cd "$1" && pwd)
 shift
@@ -30,7 +37,7 @@ OUT=$ROOT/target/bench-results/instructions-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 PIDS=()
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done' EXIT
+trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done' EXIT
 for tool in valgrind callgrind_control strace nginx; do
     command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install valgrind strace nginx)" >&2; exit 1; }
 done
@@ -47,7 +54,7 @@ requests() {
 }
 load() { # seconds
     taskset -c 1 "$LOADGEN" keepalive --connections 16 --proto "$PROTO" --streams "$STREAMS" --addr "127.0.0.1:$GW_PORT" --ca "$P/cas.pem" \
-        --cert "$P/partner-chain.pem" --key "$P/partner.key" --duration "$1" --warmup 0.1 --label load
+        --cert "$P/$PARTNER_CERT.pem" --key "$P/partner.key" --duration "$1" --warmup 0.1 --label load
 }
 
 # Calls into the function whose name contains $2, summed over a callgrind output file (whose

@@ -9,7 +9,14 @@
 # upstream on core 1), drives 64 HTTP/1.1 keep-alive connections, and writes perf.data plus
 # flat and caller reports next to it. Every process started is stopped by its PID.
 # Also measures the audit log's share: the same load with RUST_LOG=warn (request lines off).
+# CLIENT_CHAIN=full makes the partner present its intermediate too (default: its leaf only), as
+# compare.sh's --client-chain.
 set -euo pipefail
+case "${CLIENT_CHAIN:-leaf}" in
+    leaf) PARTNER_CERT=partner ;;
+    full) PARTNER_CERT=partner-chain ;;
+    *) echo "CLIENT_CHAIN is leaf or full" >&2; exit 2 ;;
+esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 P=$(cd "$1" && pwd)
 SECS=${2:-8}
@@ -17,7 +24,7 @@ OUT=$ROOT/target/bench-results/profile-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 CERTGATE=$ROOT/target/release/certgate
 PIDS=()
-trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done' EXIT
+trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done' EXIT
 ulimit -n 20000
 # shellcheck source=benches/bench-env.sh
 . "$ROOT/benches/bench-env.sh"
@@ -32,7 +39,7 @@ start_gw() { # RUST_LOG value
 }
 load() { # seconds label
     taskset -c 1 "$LOADGEN" keepalive --connections 64 --addr 127.0.0.1:$GW_PORT --ca "$P/cas.pem" \
-        --cert "$P/partner-chain.pem" --key "$P/partner.key" --duration "$1" --warmup 0.5 --watch-pid "$GW" --label "$2"
+        --cert "$P/$PARTNER_CERT.pem" --key "$P/partner.key" --duration "$1" --warmup 0.5 --watch-pid "$GW" --label "$2"
 }
 
 # 1. Audit log on (info) vs off (warn), interleaved, three times each.
