@@ -19,7 +19,7 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 
-use certgate::audit::request::{Connection, RequestLine};
+use certgate::audit::request::{certificate_json, Connection, RequestLine};
 use certgate::audit::{install, subscriber, LogFormat};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tracing_subscriber::EnvFilter;
@@ -31,16 +31,22 @@ struct Request {
     subject: String,
     serial: String,
     sha256: String,
+    /// As a connection's chain holds them (`Presented::certificate_json`).
+    certificate_json: Box<str>,
     path: String,
 }
 
 impl Request {
     fn new() -> Self {
+        let subject = "CN=acme-billing, O=Acme Corp, C=DE";
+        let serial = "5D0A3C1F9E2B7744";
+        let sha256 = "f1f156676f3ef6a233f23411c6ac2f5a4467711254ae041a57c5827e30373cc7";
         Self {
             peer_text: SocketAddr::from(([10, 20, 30, 40], 51_234)).to_string(),
-            subject: "CN=acme-billing, O=Acme Corp, C=DE".into(),
-            serial: "5D0A3C1F9E2B7744".into(),
-            sha256: "f1f156676f3ef6a233f23411c6ac2f5a4467711254ae041a57c5827e30373cc7".into(),
+            subject: subject.into(),
+            serial: serial.into(),
+            sha256: sha256.into(),
+            certificate_json: certificate_json(subject, serial, sha256),
             path: "/v1/orders/42/items?page=2".into(),
         }
     }
@@ -56,6 +62,7 @@ impl Request {
                 subject: &self.subject,
                 serial: &self.serial,
                 sha256: &self.sha256,
+                certificate_json: Some(&self.certificate_json),
             },
             denied: false,
             reason: "ok",

@@ -10,12 +10,20 @@
 //! `allocation_counter` counts allocations of the calling thread only, so tests running in parallel
 //! do not disturb each other.
 
-use certgate::audit::request::{Connection, RequestLine};
+use certgate::audit::request::{certificate_json, Connection, RequestLine};
 use certgate::audit::{install, subscriber, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// A request line with the values a request has by then.
-fn request<'a>(subject: &'a str, path: &'a str) -> RequestLine<'a> {
+const SERIAL: &str = "5D0A3C1F9E2B7744";
+const SHA256: &str = "f1f156676f3ef6a233f23411c6ac2f5a4467711254ae041a57c5827e30373cc7";
+
+/// A request line with the values a request has by then; `certificate_json` as the connection's
+/// chain holds it, or `None`.
+fn request<'a>(
+    subject: &'a str,
+    path: &'a str,
+    certificate_json: Option<&'a str>,
+) -> RequestLine<'a> {
     RequestLine {
         conn: Connection {
             id: 184_467,
@@ -23,8 +31,9 @@ fn request<'a>(subject: &'a str, path: &'a str) -> RequestLine<'a> {
             sni: "api.partners.example.com",
             partner: "acme",
             subject,
-            serial: "5D0A3C1F9E2B7744",
-            sha256: "f1f156676f3ef6a233f23411c6ac2f5a4467711254ae041a57c5827e30373cc7",
+            serial: SERIAL,
+            sha256: SHA256,
+            certificate_json,
         },
         denied: false,
         reason: "ok",
@@ -46,7 +55,7 @@ const SUBJECT: &str = "CN=acme-billing, O=Acme Corp, C=DE \"quoted\"\n";
 /// Allocations (count, bytes) for one line as a tracing event through `subscriber`, after one
 /// warm-up line.
 fn per_event(subscriber: impl tracing::Subscriber + Send + Sync) -> (u64, u64) {
-    let line = request(SUBJECT, "/v1/orders/42");
+    let line = request(SUBJECT, "/v1/orders/42", None);
     tracing::subscriber::with_default(subscriber, || {
         line.event();
         let info = allocation_counter::measure(|| line.event());
@@ -85,7 +94,8 @@ fn a_request_audit_line_allocates_nothing_once_warm() {
         std::io::sink,
         false
     ));
-    let line = request(SUBJECT, "/v1/orders/42");
+    let rendered = certificate_json(SUBJECT, SERIAL, SHA256);
+    let line = request(SUBJECT, "/v1/orders/42", Some(&rendered));
     line.emit();
     let direct = allocation_counter::measure(|| line.emit());
     eprintln!(
@@ -95,9 +105,15 @@ fn a_request_audit_line_allocates_nothing_once_warm() {
     assert_eq!(direct.count_total, 0, "the direct audit line allocated");
     // Still allocation-free for a line longer than the first: the buffer only grows.
     let long_path = format!("/v1/orders/{}", "9".repeat(900));
-    let longer = request(SUBJECT, &long_path);
+    let longer = request(SUBJECT, &long_path, Some(&rendered));
     longer.emit();
     assert_eq!(allocation_counter::measure(|| longer.emit()).count_total, 0);
+    // And written from the fields, as a line without the rendered part is.
+    let unrendered = request(SUBJECT, "/v1/orders/42", None);
+    assert_eq!(
+        allocation_counter::measure(|| unrendered.emit()).count_total,
+        0
+    );
     // A zero above means something only if the counter counts in this binary.
     let control = allocation_counter::measure(|| drop(std::hint::black_box(vec![0u8; 8])));
     assert_eq!(control.count_total, 1);

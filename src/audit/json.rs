@@ -152,9 +152,31 @@ fn write_connection(line: &mut Line<'_, '_>, conn: &Connection<'_>) -> fmt::Resu
     line.write_quoted(b",\"client.addr\":\"", conn.client_addr, b"\"")?;
     line.write_quoted(b",\"sni\":\"", conn.sni, b"\"")?;
     line.write_quoted(b",\"partner\":\"", conn.partner, b"\"")?;
-    line.write_quoted(b",\"cert.subject\":\"", conn.subject, b"\"")?;
-    line.write_quoted(b",\"cert.serial\":\"", conn.serial, b"\"")?;
-    line.write_quoted(b",\"cert.sha256\":\"", conn.sha256, b"\"")
+    match conn.certificate_json {
+        Some(rendered) => line.write_str(rendered),
+        None => write_certificate(line, conn.subject, conn.serial, conn.sha256),
+    }
+}
+
+fn write_certificate(
+    line: &mut Line<'_, '_>,
+    subject: &str,
+    serial: &str,
+    sha256: &str,
+) -> fmt::Result {
+    line.write_quoted(b",\"cert.subject\":\"", subject, b"\"")?;
+    line.write_quoted(b",\"cert.serial\":\"", serial, b"\"")?;
+    line.write_quoted(b",\"cert.sha256\":\"", sha256, b"\"")
+}
+
+/// What [`write_certificate`] writes, on its own: rendered once per certificate chain.
+pub(super) fn certificate_fields(subject: &str, serial: &str, sha256: &str) -> String {
+    let mut out = String::new();
+    let mut writer = Writer::new(&mut out);
+    let mut line = Line::new(&mut writer);
+    // Writing into a `String` cannot fail.
+    let _ = write_certificate(&mut line, subject, serial, sha256).and_then(|()| line.flush());
+    out
 }
 
 /// The whole line for `request`, exactly as [`JsonLine`] writes the event `RequestLine::event`

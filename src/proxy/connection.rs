@@ -197,6 +197,7 @@ impl ConnContext {
             subject: self.identity().subject.as_str(),
             serial: self.identity().serial.as_str(),
             sha256: self.fingerprint_hex(),
+            certificate_json: Some(&self.presented.certificate_json),
         }
     }
 }

@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use rustls_pki_types::CertificateDer;
 
 use super::headers::CertificateHeaders;
+use crate::audit;
 use crate::config::model::{ClientCertHeader, Forward};
 use crate::identity::{IdentityError, PeerIdentity};
 use crate::revocation::certificates_digest;
@@ -26,6 +27,9 @@ pub struct Presented {
     pub identity: PeerIdentity,
     /// `identity`'s SHA-256 fingerprint in hex, for every audit line.
     pub fingerprint_hex: Box<str>,
+    /// The certificate's fields of a request audit line, rendered once for every line of every
+    /// connection presenting this chain.
+    pub certificate_json: Box<str>,
     pub headers: Arc<CertificateHeaders>,
     /// The setting `headers` were rendered for: a reload may change it.
     rendered_for: ClientCertHeader,
@@ -40,8 +44,14 @@ impl Presented {
         let leaf = chain.first().ok_or(PresentedError::Empty)?;
         let identity = PeerIdentity::from_der(leaf)?;
         let headers = Arc::new(CertificateHeaders::render(forward, &identity, chain));
+        let fingerprint_hex: Box<str> = identity.fingerprint_hex().into();
         Ok(Self {
-            fingerprint_hex: identity.fingerprint_hex().into(),
+            certificate_json: audit::request::certificate_json(
+                &identity.subject,
+                &identity.serial,
+                &fingerprint_hex,
+            ),
+            fingerprint_hex,
             identity,
             headers,
             rendered_for: forward.client_cert_header,

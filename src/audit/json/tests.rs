@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use super::request_line;
 use super::{first_escape, is_clean, split, write_escaped, write_timestamp};
-use crate::audit::request::{Connection, RequestLine};
+use crate::audit::request::{certificate_json, Connection, RequestLine};
 use crate::audit::{subscriber, LogFormat};
 
 thread_local! {
@@ -278,6 +278,7 @@ fn refused_request<'a>() -> RequestLine<'a> {
             subject: "CN=acme \"billing\", O=Acme\\Inc",
             serial: "2001",
             sha256: "f1f156676f3ef6a233f23411c6ac2f5a4467711254ae041a57c5827e30373cc7",
+            certificate_json: None,
         },
         denied: true,
         reason: "scope_denied",
@@ -592,6 +593,7 @@ proptest! {
                 subject: t(3),
                 serial: t(4),
                 sha256: t(5),
+                certificate_json: None,
             },
             denied: flags.0,
             reason: t(6),
@@ -608,6 +610,13 @@ proptest! {
         };
         let direct = direct_text(&request);
         prop_assert_eq!(without_timestamp(&direct), reference_text(&request));
+        // The certificate's fields rendered once, as a connection's lines carry them.
+        let rendered = certificate_json(t(3), t(4), t(5));
+        let prerendered = RequestLine {
+            conn: Connection { certificate_json: Some(&rendered), ..request.conn },
+            ..request
+        };
+        prop_assert_eq!(without_timestamp(&direct_text(&prerendered)), without_timestamp(&direct));
         let line: Value = serde_json::from_str(&direct).unwrap();
         prop_assert_eq!(line["cert.subject"].as_str(), Some(t(3)));
         prop_assert_eq!(line["http.path"].as_str(), Some(t(10)));
