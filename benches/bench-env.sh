@@ -2,6 +2,13 @@
 # the upstream (a plain nginx answering a 100-byte 200 on core 1) and a one-route certgate config
 # over a compare.sh PKI. Expects ROOT, OUT and P set; appends what it starts to PIDS.
 GW_PORT=${GW_PORT:-18443} UP_PORT=${UP_PORT:-18080} ADMIN_PORT=${ADMIN_PORT:-19901}
+# What the partner presents (compare.sh's --client-chain): its leaf only, or `full` with its
+# intermediate. The loads use $P/$PARTNER_CERT.pem.
+case "${CLIENT_CHAIN:-leaf}" in
+    leaf) PARTNER_CERT=partner ;;
+    full) PARTNER_CERT=partner-chain ;;
+    *) echo "CLIENT_CHAIN is leaf or full" >&2; exit 2 ;;
+esac
 # LOADGEN=path overrides the lookup (e.g. to reuse a binary while cargo is busy elsewhere).
 LOADGEN=${LOADGEN:-$(cd "$ROOT" && cargo bench --locked --no-run --bench loadgen --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)}

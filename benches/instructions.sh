@@ -18,13 +18,8 @@
 # the same load under `strace -c -f` and reports system calls per request by name.
 # Loopback only; every process started is stopped by its PID. Output under target/bench-results/.
 # CLIENT_CHAIN=full makes the partner present its intermediate too (default: its leaf only), as
-# compare.sh's --client-chain.
+# compare.sh's --client-chain (read in bench-env.sh).
 set -euo pipefail
-case "${CLIENT_CHAIN:-leaf}" in
-    leaf) PARTNER_CERT=partner ;;
-    full) PARTNER_CERT=partner-chain ;;
-    *) echo "CLIENT_CHAIN is leaf or full" >&2; exit 2 ;;
-esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 P=$(cd "$1" && pwd)
 shift

@@ -10,13 +10,8 @@
 # flat and caller reports next to it. Every process started is stopped by its PID.
 # Also measures the audit log's share: the same load with RUST_LOG=warn (request lines off).
 # CLIENT_CHAIN=full makes the partner present its intermediate too (default: its leaf only), as
-# compare.sh's --client-chain.
+# compare.sh's --client-chain (read in bench-env.sh).
 set -euo pipefail
-case "${CLIENT_CHAIN:-leaf}" in
-    leaf) PARTNER_CERT=partner ;;
-    full) PARTNER_CERT=partner-chain ;;
-    *) echo "CLIENT_CHAIN is leaf or full" >&2; exit 2 ;;
-esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 P=$(cd "$1" && pwd)
 SECS=${2:-8}
